@@ -1,0 +1,66 @@
+"""Shared pieces of the benchmark scripts: machine facts, trained models, result files."""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import keras_qrobust as kq  # noqa: E402
+from keras_qrobust._io import write_json, write_text  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+CACHE = HERE / ".cache"
+
+
+def machine() -> dict:
+    import importlib.metadata as md
+
+    versions = {}
+    for package in ("tensorflow", "tf_keras", "tensorflow-model-optimization", "numpy"):
+        try:
+            versions[package] = md.version(package)
+        except md.PackageNotFoundError:
+            versions[package] = None
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "packages": versions,
+        "keras_qrobust": kq.__version__,
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def trained_model(name: str, epochs: int, seed: int = 0, dataset: str = "fashion_mnist"):
+    """A zoo model trained on the full training split (cached in benchmarks/.cache)."""
+    path = CACHE / f"{dataset}_{name}_e{epochs}_s{seed}.keras"
+    if path.exists():
+        return kq.keras.models.load_model(path), {"cached": str(path)}
+    x, y = kq.datasets.load(dataset, "train")
+    kq.training.set_seed(seed, deterministic_ops=True)
+    model = kq.zoo.get(name, input_shape=x.shape[1:], num_classes=int(y.max()) + 1)
+    start = time.perf_counter()
+    kq.training.train_classifier(model, x, y, epochs=epochs, batch_size=128, seed=seed)
+    seconds = time.perf_counter() - start
+    CACHE.mkdir(exist_ok=True)
+    with kq._io.atomic_path(path, overwrite=True) as tmp:
+        model.save(tmp)
+    return model, {"train_seconds": round(seconds, 1)}
+
+
+def write_results(name: str, data: dict, markdown: str) -> tuple[Path, Path]:
+    json_path = write_json(RESULTS / f"{name}.json", data)
+    md_path = write_text(RESULTS / f"{name}.md", markdown)
+    return json_path, md_path
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)

@@ -1,0 +1,51 @@
+"""Atomic writes: outputs go to a temporary sibling, then are renamed into place."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+__all__ = ["atomic_path", "write_text", "write_json"]
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; on success move it to ``path``.
+
+    An existing ``path`` is replaced only with ``overwrite=True`` (FileExistsError
+    otherwise, raised before anything is written). On failure nothing at ``path`` changes.
+    """
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    workdir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    temporary = workdir / path.name
+    try:
+        yield temporary
+        if not temporary.exists():
+            raise RuntimeError(f"nothing was written to {temporary}")
+        if temporary.is_dir() and path.exists():
+            # os.replace cannot replace a directory: swap through a backup name
+            backup = workdir / f"{path.name}.old"
+            os.replace(path, backup)
+            os.replace(temporary, path)
+        else:
+            os.replace(temporary, path)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def write_text(path: str | os.PathLike, text: str, overwrite: bool = True) -> Path:
+    with atomic_path(path, overwrite=overwrite) as temporary:
+        temporary.write_text(text)
+    return Path(path)
+
+
+def write_json(path: str | os.PathLike, data, overwrite: bool = True) -> Path:
+    return write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n", overwrite)

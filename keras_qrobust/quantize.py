@@ -1,0 +1,238 @@
+"""RobustQuantizer: post-training quantization in the style of BrainChip's CNN2SNN flow.
+
+``quantize(model, samples)``:
+
+1. splits fused activations off the weight layers and folds BatchNormalization into the
+   Dense/Conv2D/DepthwiseConv2D/SeparableConv2D before it (:mod:`keras_qrobust.transforms`);
+2. replaces every weight layer by its quantized twin with a symmetric per-axis quantizer
+   (``input_weight_bits`` for the layers that read the model input, μ-law companding for the
+   last ``mu_law_last`` weight layers) and every ReLU by a :class:`~keras_qrobust.layers.QuantizedReLU`;
+3. calibrates each ReLU's range ``[0, max]`` on ``samples``, in graph order, so a layer's
+   range is measured on the outputs of the already-quantized layers before it (the
+   maximum, or a percentile, of the ReLU outputs).
+
+The caller's model is not modified; the result is a plain tf_keras model that saves and
+loads without ``custom_objects``.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+
+from . import quantizers as qz
+from ._keras import check_model
+from .calibration import CALIBRATIONS, calibrate_relus
+from .layers import QUANTIZED_LAYERS
+from .transforms import Graph, UnsupportedModelError, fold_batchnorm, replace_layers, split_activations
+from .transforms._kinds import ACTIVATIONS, PASS_THROUGH, QUANTIZED_WEIGHT_LAYERS, WEIGHT_LAYERS
+
+__all__ = ["RobustQuantizer", "parse_setting", "setting_name"]
+
+_SETTING = re.compile(r"^(?:w(\d+))?(?:a(\d+))?$")
+
+
+def setting_name(weight_bits: Optional[int], activation_bits: Optional[int]) -> str:
+    """``w4a4``, ``w3`` (weight-only) or ``a8`` (activation-only); ``fp32`` for neither."""
+    name = (f"w{weight_bits}" if weight_bits else "") + (f"a{activation_bits}" if activation_bits else "")
+    return name or "fp32"
+
+
+def parse_setting(setting: str) -> tuple[Optional[int], Optional[int]]:
+    """``"w4a4" -> (4, 4)``, ``"w3" -> (3, None)``, ``"a8" -> (None, 8)``."""
+    match = _SETTING.match(setting.strip().lower())
+    if not setting.strip() or match is None:
+        raise ValueError(
+            f"Cannot parse quantization setting {setting!r}: write it as wXaY (e.g. 'w4a4'), "
+            "wX for weight-only (e.g. 'w3') or aY for activation-only."
+        )
+    weight, activation = (int(g) if g else None for g in match.groups())
+    return weight, activation
+
+
+def _check_optional_bits(value, name: str) -> Optional[int]:
+    return None if value is None else qz.check_bits(value, name)
+
+
+@dataclass(frozen=True)
+class RobustQuantizer:
+    """Post-training wXaY quantization of a tf_keras model (immutable settings).
+
+    Args:
+        weight_bits: bits of every kernel except those of the input layers; None keeps
+            kernels float.
+        activation_bits: bits of every ReLU output; None quantizes weights only.
+        input_weight_bits: bits of the kernels of the layers that read the model input
+            (cnn2snn's ``input_weight_quantization``); None uses ``weight_bits``.
+        per_axis: one weight scale per output channel (else one per tensor).
+        calibration: ``"max"`` — the ReLU range is the largest calibrated output;
+            ``"percentile"`` — its ``percentile``-th percentile (clips rare outliers).
+        percentile: used when ``calibration="percentile"``.
+        mu_law_last: the last N weight layers use μ-law companding (Song 2020) instead of
+            the uniform grid.
+        mu: μ of the μ-law.
+        batch_size: calibration batch size.
+    """
+
+    weight_bits: Optional[int] = 8
+    activation_bits: Optional[int] = 8
+    input_weight_bits: Optional[int] = 8
+    per_axis: bool = True
+    calibration: str = "max"
+    percentile: float = 99.99
+    mu_law_last: int = 0
+    mu: float = 255.0
+    batch_size: int = 256
+
+    def __post_init__(self):
+        for name in ("weight_bits", "activation_bits", "input_weight_bits"):
+            _check_optional_bits(getattr(self, name), name)
+        if self.weight_bits is None and self.activation_bits is None:
+            raise ValueError("RobustQuantizer needs weight_bits or activation_bits (or both)")
+        if self.calibration not in CALIBRATIONS:
+            raise ValueError(f"calibration must be one of {CALIBRATIONS}, got {self.calibration!r}")
+        if not 50.0 < self.percentile <= 100.0:
+            raise ValueError(f"percentile must be in (50, 100], got {self.percentile}")
+        if not isinstance(self.mu_law_last, int) or self.mu_law_last < 0:
+            raise ValueError(f"mu_law_last must be an int >= 0, got {self.mu_law_last!r}")
+        if self.mu_law_last and self.weight_bits is None:
+            raise ValueError("mu_law_last needs weight_bits: the μ-law grid has weight_bits bits")
+        if not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, got {self.batch_size!r}")
+
+    @classmethod
+    def from_setting(cls, setting: str, **kwargs) -> "RobustQuantizer":
+        """``RobustQuantizer.from_setting("w4a4", input_weight_bits=8)``."""
+        weight_bits, activation_bits = parse_setting(setting)
+        return cls(weight_bits=weight_bits, activation_bits=activation_bits, **kwargs)
+
+    @property
+    def setting(self) -> str:
+        return setting_name(self.weight_bits, self.activation_bits)
+
+    def __str__(self) -> str:
+        parts = [self.setting]
+        if self.weight_bits is not None:
+            parts.append(f"input w{self.input_weight_bits or self.weight_bits}")
+            parts.append("per-axis" if self.per_axis else "per-tensor")
+        if self.activation_bits is not None:
+            parts.append(
+                "max calibration" if self.calibration == "max"
+                else f"p{self.percentile:g} calibration"
+            )
+        if self.mu_law_last:
+            parts.append(f"mu-law last {self.mu_law_last}")
+        return f"RobustQuantizer({', '.join(parts)})"
+
+    # ------------------------------------------------------------------ quantize
+    def quantize(self, model, samples=None):
+        """Return a quantized, calibrated copy of ``model``.
+
+        ``samples``: a float array shaped like the model input (a few hundred to a few
+        thousand training images); needed when ``activation_bits`` is set.
+        """
+        model = check_model(model)
+        if self.activation_bits is not None:
+            samples = _check_samples(samples, model)
+        graph = Graph.from_model(model)
+        _check_layers(graph)
+        graph = fold_batchnorm(split_activations(graph))
+        replacement, unquantized_activations = self._replacement(graph)
+        graph = replace_layers(graph, replacement)
+        if unquantized_activations:
+            warnings.warn(
+                "RobustQuantizer quantizes ReLU outputs only (as cnn2snn); these hidden "
+                f"activations stay float: {', '.join(unquantized_activations)}",
+                stacklevel=2,
+            )
+        graph.config["name"] = f"{model.name}_{self.setting}"
+        qmodel = graph.to_model()
+        if self.activation_bits is not None:
+            calibrate_relus(qmodel, samples, self.calibration, self.percentile, self.batch_size)
+        return qmodel
+
+    def _weight_quantizer(self, bits: int, part: str, mu_law: bool):
+        if mu_law:
+            return qz.MuLawQuantizer(bits, mu=self.mu, mode="compand")
+        depthwise = part == "depthwise_kernel"
+        return qz.SymmetricQuantizer(bits, per_axis=self.per_axis, axis=(-2, -1) if depthwise else -1)
+
+    def _replacement(self, graph: Graph):
+        weight_layers = [e["name"] for e in graph.iter_layers(WEIGHT_LAYERS)]
+        input_layers = {n for n in weight_layers if not graph.ancestors(n) & set(weight_layers)}
+        mu_layers = set(weight_layers[len(weight_layers) - self.mu_law_last:]) if self.mu_law_last else set()
+        unquantized_activations = []
+
+        def replace(entry: dict):
+            kind, name, config = entry["class_name"], entry["name"], dict(entry["config"])
+            if kind in WEIGHT_LAYERS:
+                bits = self.weight_bits
+                if name in input_layers and self.input_weight_bits is not None:
+                    bits = self.input_weight_bits
+                if bits is None:
+                    return None
+                for part, arg in QUANTIZED_LAYERS[kind].kernel_quantizer_args.items():
+                    config[arg] = qz.serialize(self._weight_quantizer(bits, part, name in mu_layers))
+                return f"Quantized{kind}", config
+            if self.activation_bits is None:
+                return None
+            if kind == "ReLU":
+                if config.get("negative_slope") or config.get("threshold"):
+                    unquantized_activations.append(f"{name} (leaky/thresholded ReLU)")
+                    return None
+                config["activation_quantizer"] = qz.serialize(qz.ActivationQuantizer(self.activation_bits))
+                return "QuantizedReLU", config
+            if kind in ("Activation", "Softmax") and not graph.is_output(name):
+                unquantized_activations.append(f"{name} ({config.get('activation', kind)})")
+            return None
+
+        return replace, unquantized_activations
+
+
+def _check_layers(graph: Graph) -> None:
+    supported = set(WEIGHT_LAYERS) | set(PASS_THROUGH) | set(ACTIVATIONS) | {"BatchNormalization"}
+    for entry in graph.layers:
+        kind = entry["class_name"].split(">")[-1]
+        if kind in QUANTIZED_WEIGHT_LAYERS or kind == "QuantizedReLU":
+            raise UnsupportedModelError(
+                f"Layer '{entry['name']}' ({kind}) is already quantized; pass the float model "
+                "to RobustQuantizer.quantize."
+            )
+        if kind not in supported:
+            raise UnsupportedModelError(
+                f"RobustQuantizer cannot quantize layer '{entry['name']}' ({kind}). Supported "
+                f"layers: {', '.join(sorted(supported))}. Replace or remove it (a TFOpLambda "
+                "comes from a raw TensorFlow op in a functional model: use the Keras layer "
+                "instead, e.g. keras.layers.Add for +)."
+            )
+
+
+def _check_samples(samples, model) -> np.ndarray:
+    if samples is None:
+        raise ValueError(
+            "samples are needed to calibrate activation ranges: pass a few hundred to a few "
+            "thousand training inputs, e.g. quantize(model, samples=x_train[:1024])"
+        )
+    if len(model.inputs) != 1:
+        raise UnsupportedModelError(f"Model '{model.name}' has {len(model.inputs)} inputs; only single-input models are supported")
+    array = np.asarray(samples)
+    expected = tuple(model.inputs[0].shape[1:])
+    if array.ndim != len(expected) + 1 or any(
+        e is not None and e != a for e, a in zip(expected, array.shape[1:])
+    ):
+        raise ValueError(
+            f"samples have shape {array.shape}; model '{model.name}' expects (N, "
+            f"{', '.join('?' if e is None else str(e) for e in expected)})"
+        )
+    if array.shape[0] == 0:
+        raise ValueError("samples is empty: pass at least one calibration input")
+    if not np.issubdtype(array.dtype, np.number):
+        raise TypeError(f"samples must be numeric, got dtype {array.dtype}")
+    array = array.astype(np.float32, copy=False)
+    if not np.all(np.isfinite(array)):
+        raise ValueError("samples contain NaN or infinite values")
+    return array

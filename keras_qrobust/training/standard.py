@@ -1,0 +1,50 @@
+"""Standard (non-adversarial) training of the zoo classifiers."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+
+from .._keras import check_model, keras, tf
+
+__all__ = ["compile_classifier", "train_classifier", "set_seed"]
+
+
+def set_seed(seed: int, deterministic_ops: bool = False) -> None:
+    """Seed Python, NumPy and TensorFlow. Call it before building a model: weights are
+    drawn when a layer is built. ``deterministic_ops`` also makes TensorFlow kernels
+    deterministic (same results run to run on a CPU, somewhat slower)."""
+    keras.utils.set_random_seed(seed)
+    if deterministic_ops:
+        tf.config.experimental.enable_op_determinism()
+
+
+def compile_classifier(model, learning_rate: float = 1e-3):
+    """Compile with Adam and cross-entropy on logits (binary for a single output)."""
+    model = check_model(model)
+    if model.output_shape[-1] == 1:
+        loss = keras.losses.BinaryCrossentropy(from_logits=True)
+        metrics = [keras.metrics.BinaryAccuracy(threshold=0.0, name="accuracy")]
+    else:
+        loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+        metrics = ["accuracy"]
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=loss, metrics=metrics)
+    return model
+
+
+def train_classifier(model, x, y, epochs: int = 3, batch_size: int = 128, seed: Optional[int] = 0,
+                     validation_split: float = 0.0, learning_rate: float = 1e-3, verbose: int = 0):
+    """Compile (if needed) and fit ``model`` on ``(x, y)``; returns the Keras History.
+
+    ``seed`` fixes the shuffling and dropout of this fit; the initial weights were fixed
+    (or not) when the model was built — see :func:`set_seed`.
+    """
+    if seed is not None:
+        keras.utils.set_random_seed(seed)
+    if model.optimizer is None:
+        compile_classifier(model, learning_rate)
+    return model.fit(
+        np.asarray(x, np.float32), np.asarray(y), epochs=epochs, batch_size=batch_size,
+        validation_split=validation_split, verbose=verbose, shuffle=True,
+    )

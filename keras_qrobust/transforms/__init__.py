@@ -1,0 +1,9 @@
+"""Graph rewrites, one per module. Each takes a model (returns a new model) or a Graph."""
+
+from ._graph import Graph, UnsupportedModelError
+from .fold_batchnorm import fold_batchnorm
+from .replace_layers import replace_layers
+from .split_activations import split_activations
+from .split_separable import split_separable
+
+__all__ = ["Graph", "UnsupportedModelError", "fold_batchnorm", "replace_layers", "split_activations", "split_separable"]

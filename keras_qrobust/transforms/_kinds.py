@@ -1,0 +1,31 @@
+"""Layer classes (by Keras class name) that the graph rewrites know about."""
+
+WEIGHT_LAYERS = ("Dense", "Conv2D", "DepthwiseConv2D", "SeparableConv2D")
+QUANTIZED_WEIGHT_LAYERS = tuple(f"Quantized{name}" for name in WEIGHT_LAYERS)
+
+# Kernel weights of each weight layer, in get_weights() order (the bias, if any, follows).
+KERNELS = {
+    "Dense": ("kernel",),
+    "Conv2D": ("kernel",),
+    "DepthwiseConv2D": ("depthwise_kernel",),
+    "SeparableConv2D": ("depthwise_kernel", "pointwise_kernel"),
+}
+
+# Layers that move, pool or combine values without weights of their own.
+PASS_THROUGH = (
+    "InputLayer",
+    "Flatten",
+    "Reshape",
+    "Dropout",
+    "SpatialDropout2D",
+    "GaussianNoise",
+    "MaxPooling2D",
+    "AveragePooling2D",
+    "GlobalAveragePooling2D",
+    "GlobalMaxPooling2D",
+    "ZeroPadding2D",
+    "Cropping2D",
+    "Add",
+    "Concatenate",
+)
+ACTIVATIONS = ("ReLU", "Activation", "Softmax")

@@ -1,0 +1,140 @@
+"""Reference models (tf_keras, logits out), sized for 28x28x1 inputs and a 2-core CPU."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from ._keras import keras, register, tf
+
+__all__ = ["cnn_small", "mlp_gorsline", "ds_cnn", "resnet_small", "ClipConstraint", "MODELS", "get"]
+
+layers = keras.layers
+
+
+@register
+class ClipConstraint(keras.constraints.Constraint):
+    """Clip every weight into ``[min_value, max_value]`` after each update."""
+
+    def __init__(self, min_value: float = -1.0, max_value: float = 1.0):
+        if not min_value < max_value:
+            raise ValueError(f"min_value must be < max_value, got {min_value} and {max_value}")
+        self.min_value, self.max_value = float(min_value), float(max_value)
+
+    def __call__(self, w):
+        return tf.clip_by_value(w, self.min_value, self.max_value)
+
+    def get_config(self):
+        return {"min_value": self.min_value, "max_value": self.max_value}
+
+
+def cnn_small(input_shape: Sequence[int] = (28, 28, 1), num_classes: int = 10, dropout: float = 0.25,
+              name: str = "cnn_small"):
+    """Two 3x3 convolutions with max pooling, a 128-unit dense layer and a logits layer.
+
+    225,034 parameters for 28x28x1 inputs and 10 classes.
+    """
+    return keras.Sequential(
+        [
+            keras.Input(tuple(input_shape)),
+            layers.Conv2D(32, 3, activation="relu", name="conv1"),
+            layers.MaxPooling2D(name="pool1"),
+            layers.Conv2D(64, 3, activation="relu", name="conv2"),
+            layers.MaxPooling2D(name="pool2"),
+            layers.Flatten(name="flatten"),
+            layers.Dropout(dropout, name="dropout"),
+            layers.Dense(128, activation="relu", name="fc1"),
+            layers.Dense(num_classes, name="logits"),
+        ],
+        name=name,
+    )
+
+
+def mlp_gorsline(input_shape: Sequence[int] = (28, 28, 1), hidden: int = 100, num_classes: int = 10,
+                 activation: str = "relu", name: str = "mlp_gorsline"):
+    """Gorsline et al. 2021 MLP: inputs -> ``hidden`` units -> ``num_classes`` logits.
+
+    All weights and biases are constrained to [-1, 1], as in the paper. ``num_classes=1``
+    gives the single-logit binary classifier used for two spirals.
+    """
+    clip = ClipConstraint(-1.0, 1.0)
+    dense = dict(kernel_constraint=clip, bias_constraint=clip)
+    return keras.Sequential(
+        [
+            keras.Input(tuple(input_shape)),
+            layers.Flatten(name="flatten"),
+            layers.Dense(hidden, activation=activation, name="hidden", **dense),
+            layers.Dense(num_classes, name="logits", **dense),
+        ],
+        name=name,
+    )
+
+
+def _conv_bn_relu(x, filters, kernel_size=3, strides=1, name=""):
+    x = layers.Conv2D(filters, kernel_size, strides=strides, padding="same", use_bias=False, name=f"{name}_conv")(x)
+    x = layers.BatchNormalization(name=f"{name}_bn")(x)
+    return layers.ReLU(name=f"{name}_relu")(x)
+
+
+def ds_cnn(input_shape: Sequence[int] = (28, 28, 1), num_classes: int = 10, name: str = "ds_cnn"):
+    """Akida-style depthwise-separable CNN: every convolution is followed by BatchNorm + ReLU.
+
+    One block is a DepthwiseConv2D + 1x1 Conv2D pair (MobileNet style), the others are
+    SeparableConv2D, so all foldable layer kinds occur.
+    """
+    inputs = keras.Input(tuple(input_shape))
+    x = _conv_bn_relu(inputs, 32, name="stem")
+    x = layers.DepthwiseConv2D(3, padding="same", use_bias=False, name="dw1")(x)
+    x = layers.BatchNormalization(name="dw1_bn")(x)
+    x = layers.ReLU(name="dw1_relu")(x)
+    x = _conv_bn_relu(x, 64, kernel_size=1, name="pw1")
+    x = layers.MaxPooling2D(name="pool1")(x)
+    for i, filters in enumerate((128, 128), start=2):
+        x = layers.SeparableConv2D(filters, 3, padding="same", use_bias=False, name=f"sep{i}")(x)
+        x = layers.BatchNormalization(name=f"sep{i}_bn")(x)
+        x = layers.ReLU(name=f"sep{i}_relu")(x)
+        x = layers.MaxPooling2D(name=f"pool{i}")(x)
+    x = layers.GlobalAveragePooling2D(name="gap")(x)
+    outputs = layers.Dense(num_classes, name="logits")(x)
+    return keras.Model(inputs, outputs, name=name)
+
+
+def _residual_block(x, filters, strides, name):
+    shortcut = x
+    y = layers.Conv2D(filters, 3, strides=strides, padding="same", use_bias=False, name=f"{name}_conv1")(x)
+    y = layers.BatchNormalization(name=f"{name}_bn1")(y)
+    y = layers.ReLU(name=f"{name}_relu1")(y)
+    y = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_conv2")(y)
+    y = layers.BatchNormalization(name=f"{name}_bn2")(y)
+    if strides != 1 or shortcut.shape[-1] != filters:
+        shortcut = layers.Conv2D(filters, 1, strides=strides, use_bias=False, name=f"{name}_proj")(shortcut)
+        shortcut = layers.BatchNormalization(name=f"{name}_proj_bn")(shortcut)
+    y = layers.Add(name=f"{name}_add")([y, shortcut])
+    return layers.ReLU(name=f"{name}_relu2")(y)
+
+
+def resnet_small(input_shape: Sequence[int] = (28, 28, 1), num_classes: int = 10,
+                 widths: Sequence[int] = (16, 32, 64), name: str = "resnet_small"):
+    """A small ResNet: stem, one residual block per width (stride 2 after the first),
+    global average pooling and a logits layer."""
+    inputs = keras.Input(tuple(input_shape))
+    x = _conv_bn_relu(inputs, widths[0], name="stem")
+    for i, filters in enumerate(widths):
+        x = _residual_block(x, filters, strides=1 if i == 0 else 2, name=f"block{i + 1}")
+    x = layers.GlobalAveragePooling2D(name="gap")(x)
+    outputs = layers.Dense(num_classes, name="logits")(x)
+    return keras.Model(inputs, outputs, name=name)
+
+
+MODELS = {
+    "cnn_small": cnn_small,
+    "mlp_gorsline": mlp_gorsline,
+    "ds_cnn": ds_cnn,
+    "resnet_small": resnet_small,
+}
+
+
+def get(name: str, **kwargs):
+    """Build a zoo model by name."""
+    if name not in MODELS:
+        raise ValueError(f"Unknown zoo model {name!r}; choose one of {', '.join(MODELS)}")
+    return MODELS[name](**kwargs)

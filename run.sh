@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# One entry point that sets up everything keras_qrobust needs (once) and runs a job.
+#
+#   ./run.sh demo [ARGS]         train cnn_small on Fashion-MNIST, quantize it at several
+#                                wXaY settings, print the accuracy table
+#   ./run.sh test [PYTEST ARGS]  run the test suite
+#   ./run.sh bench NAME [ARGS]   run benchmarks/NAME.py (writes JSON + Markdown results)
+#   ./run.sh setup               only set up
+#
+# Set-up: the Debian package dataset-fashion-mnist (unless KERAS_QROBUST_DATA points at the
+# IDX files), a Python 3.11 virtual environment in .venv (KQ_VENV to move it) with the
+# package, its extras and the pinned stack of constraints.txt. It is skipped when nothing
+# it depends on changed.
+set -euo pipefail
+cd "$(dirname "$0")"
+ROOT=$(pwd)
+VENV=${KQ_VENV:-$ROOT/.venv}
+EXTRAS="test,akida,bench"
+FMNIST=/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+
+say() { printf '[run.sh] %s\n' "$*" >&2; }
+
+find_python() {
+  for candidate in python3.11 python3 python; do
+    if command -v "$candidate" >/dev/null 2>&1 &&
+       "$candidate" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' 2>/dev/null; then
+      command -v "$candidate"; return 0
+    fi
+  done
+  say "Python 3.11 not found: the pinned stack (constraints.txt) is tested on Python 3.11."
+  say "Install it (e.g. apt-get install python3.11 python3.11-venv, or pyenv install 3.11) and rerun."
+  exit 1
+}
+
+install_fashion_mnist() {
+  if [ -n "${KERAS_QROBUST_DATA:-}" ] || [ -f "$FMNIST" ]; then return 0; fi
+  if ! command -v apt-get >/dev/null 2>&1; then
+    say "Fashion-MNIST is missing and apt-get is not available: set KERAS_QROBUST_DATA to a folder"
+    say "holding the four Fashion-MNIST IDX .gz files."
+    exit 1
+  fi
+  local sudo=""
+  if [ "$(id -u)" != 0 ]; then
+    if command -v sudo >/dev/null 2>&1; then sudo="sudo"; else
+      say "Installing dataset-fashion-mnist needs root: run 'apt-get install dataset-fashion-mnist' as root"
+      say "or set KERAS_QROBUST_DATA."; exit 1
+    fi
+  fi
+  say "installing the Debian package dataset-fashion-mnist"
+  export DEBIAN_FRONTEND=noninteractive
+  $sudo apt-get install -y -q --no-install-recommends dataset-fashion-mnist >/dev/null 2>&1 || {
+    $sudo apt-get update -q >/dev/null && $sudo apt-get install -y -q --no-install-recommends dataset-fashion-mnist >/dev/null; }
+}
+
+setup() {
+  install_fashion_mnist
+  local stamp="$VENV/.keras-qrobust-setup"
+  local want
+  want=$(cat pyproject.toml constraints.txt "$0" | sha256sum | cut -d' ' -f1)-$EXTRAS
+  if [ -x "$VENV/bin/python" ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then return 0; fi
+  if [ ! -x "$VENV/bin/python" ]; then
+    say "creating $VENV"
+    "$(find_python)" -m venv "$VENV"
+  fi
+  say "installing keras_qrobust[$EXTRAS] with the pinned stack (a few minutes the first time)"
+  "$VENV/bin/python" -m pip install -q --disable-pip-version-check -c constraints.txt -e ".[$EXTRAS]"
+  # tf_keras and cnn2snn also require the `tensorflow` wheel (a CUDA build), whose files land
+  # on top of tensorflow-cpu's: put the CPU build back on top (same version, no CUDA probing).
+  if [ "$(uname -s)-$(uname -m)" = "Linux-x86_64" ]; then
+    "$VENV/bin/python" -m pip install -q --disable-pip-version-check --force-reinstall --no-deps \
+      -c constraints.txt tensorflow-cpu
+  fi
+  "$VENV/bin/python" -m pip check >/dev/null
+  echo "$want" > "$stamp"
+}
+
+export TF_CPP_MIN_LOG_LEVEL=${TF_CPP_MIN_LOG_LEVEL:-2}
+command=${1:-}
+[ $# -gt 0 ] && shift
+case "$command" in
+  setup) setup ;;
+  demo)  setup; exec "$VENV/bin/keras-qrobust" quantize "$@" ;;
+  test)  setup; exec "$VENV/bin/python" -m pytest "$@" ;;
+  bench)
+    [ $# -ge 1 ] || { say "usage: ./run.sh bench NAME [ARGS]  (NAME: $(ls benchmarks/*.py | xargs -n1 basename | sed 's/\.py$//' | grep -v '^_' | tr '\n' ' '))"; exit 2; }
+    name=$1; shift; setup; exec "$VENV/bin/python" "benchmarks/$name.py" "$@" ;;
+  *) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+esac

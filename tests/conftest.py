@@ -1,0 +1,45 @@
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from hypothesis import settings  # noqa: E402
+
+import keras_qrobust as kq  # noqa: E402  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
+
+settings.register_profile("default", max_examples=60, deadline=None)
+settings.load_profile("default")
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)
+
+
+def randomize_batchnorm(model, rng) -> None:
+    """Give every BatchNormalization non-trivial statistics so folding is really tested."""
+    for layer in model.layers:
+        if isinstance(layer, kq.keras.layers.BatchNormalization):
+            n = layer.get_weights()[0].shape[0]
+            layer.set_weights([
+                rng.uniform(0.5, 1.5, n), rng.normal(0, 0.2, n), rng.normal(0, 0.2, n), rng.uniform(0.5, 2.0, n)
+            ])
+
+
+@pytest.fixture(scope="session")
+def fashion_slice():
+    """1,000 training and 500 test Fashion-MNIST images."""
+    x_train, y_train = kq.datasets.load("fashion_mnist", "train")
+    x_test, y_test = kq.datasets.load("fashion_mnist", "test")
+    return (x_train[:1000], y_train[:1000]), (x_test[:500], y_test[:500])
+
+
+@pytest.fixture(scope="session")
+def trained_cnn(fashion_slice):
+    """cnn_small trained for 2 epochs on 1,000 images."""
+    (x, y), _ = fashion_slice
+    kq.training.set_seed(0)
+    model = kq.zoo.cnn_small()
+    kq.training.train_classifier(model, x, y, epochs=2, batch_size=64, seed=0)
+    return model

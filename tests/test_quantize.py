@@ -1,0 +1,177 @@
+import numpy as np
+import pytest
+
+import keras_qrobust as kq
+from conftest import randomize_batchnorm
+from keras_qrobust.layers import QuantizedConv2D, QuantizedDense, QuantizedReLU
+from keras_qrobust.transforms import UnsupportedModelError
+
+keras = kq.keras
+layers = keras.layers
+SAMPLES = np.random.default_rng(1).uniform(0, 1, (96, 28, 28, 1)).astype(np.float32)
+
+
+def quantized_kernels(model):
+    for layer in model.layers:
+        if hasattr(layer, "quantized_kernels"):
+            for attr, value in layer.quantized_kernels().items():
+                yield layer, attr, value.numpy()
+
+
+@pytest.mark.parametrize("setting", ["w8a8", "w4a4", "w2a2"])
+@pytest.mark.parametrize("name", list(kq.zoo.MODELS))
+def test_every_zoo_model_quantizes(name, setting, rng):
+    model = kq.zoo.get(name)
+    randomize_batchnorm(model, rng)
+    weight_bits, activation_bits = kq.parse_setting(setting)
+    qmodel = kq.RobustQuantizer(weight_bits, activation_bits, input_weight_bits=weight_bits).quantize(model, SAMPLES)
+    assert not any(isinstance(l, layers.BatchNormalization) for l in qmodel.layers)
+    kinds = {type(l).__name__ for l in qmodel.layers}
+    assert not kinds & {"Dense", "Conv2D", "DepthwiseConv2D", "SeparableConv2D", "ReLU"}, kinds
+    for layer, attr, kernel in quantized_kernels(qmodel):  # every kernel on a <= 2^b-level grid
+        axes = (0, 1) if attr == "depthwise_kernel" else tuple(range(kernel.ndim - 1))
+        flat = np.moveaxis(kernel, axes, tuple(range(len(axes)))).reshape(-1, *kernel.shape[len(axes):])
+        for channel in flat.reshape(flat.shape[0], -1).T:
+            assert len(np.unique(channel)) <= 2 ** weight_bits, (layer.name, attr)
+    for layer in qmodel.layers:
+        if isinstance(layer, QuantizedReLU):
+            assert layer.activation_max.numpy() > 0
+            outputs = keras.Model(qmodel.inputs, layer.output).predict(SAMPLES[:8], verbose=0)
+            assert len(np.unique(outputs)) <= 2 ** activation_bits
+    outputs = qmodel.predict(SAMPLES, verbose=0)
+    assert np.all(np.isfinite(outputs))
+    if setting == "w8a8":
+        agreement = np.mean(outputs.argmax(1) == model.predict(SAMPLES, verbose=0).argmax(1))
+        assert agreement >= 0.9
+
+
+def test_first_layer_uses_input_weight_bits_and_mu_law_last():
+    qmodel = kq.RobustQuantizer(4, 4, input_weight_bits=8, mu_law_last=1).quantize(kq.zoo.cnn_small(), SAMPLES)
+    assert qmodel.get_layer("conv1").quantizers["kernel_quantizer"].bits == 8
+    assert qmodel.get_layer("conv2").quantizers["kernel_quantizer"].bits == 4
+    assert str(qmodel.get_layer("logits").quantizers["kernel_quantizer"]) == "mu_law(4, mu=255, compand)"
+    assert qmodel.name == "cnn_small_w4a4"
+
+
+def test_weight_only_keeps_float_relus():
+    qmodel = kq.RobustQuantizer(3, None).quantize(kq.zoo.cnn_small())
+    assert not any(isinstance(l, QuantizedReLU) for l in qmodel.layers)
+    assert isinstance(qmodel.get_layer("fc1"), QuantizedDense)
+
+
+def test_max_calibration_equals_largest_relu_output_of_first_layer():
+    model = kq.zoo.cnn_small()
+    qmodel = kq.RobustQuantizer(8, 4, input_weight_bits=None).quantize(model, SAMPLES)
+    first_weights_quantized = keras.Model(qmodel.inputs, qmodel.get_layer("conv1").output)
+    expected = np.maximum(first_weights_quantized.predict(SAMPLES, verbose=0), 0).max()
+    assert qmodel.get_layer("conv1_relu").activation_max.numpy() == pytest.approx(expected, rel=1e-6)
+
+
+def test_percentile_calibration_clips_outliers_exactly():
+    inputs = keras.Input((100,))
+    model = keras.Model(inputs, layers.ReLU()(layers.Dense(100, kernel_initializer="identity")(inputs)))
+    samples = np.tile(np.arange(100, dtype=np.float32), (10, 1))  # values 0..99, 10 copies each
+    rq = kq.RobustQuantizer(16, 8, calibration="percentile", percentile=95.0, batch_size=3)
+    relu = [l for l in rq.quantize(model, samples).layers if isinstance(l, QuantizedReLU)][0]
+    assert relu.activation_max.numpy() == pytest.approx(95.0, abs=0.01)  # the 50th largest of 1000 values
+
+
+def test_callers_model_is_untouched(rng):
+    model = kq.zoo.ds_cnn()
+    randomize_batchnorm(model, rng)
+    before = [w.copy() for w in model.get_weights()]
+    config = model.get_config()
+    kq.RobustQuantizer(4, 4).quantize(model, SAMPLES)
+    assert model.get_config() == config
+    for a, b in zip(before, model.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("fmt", ["keras", "savedmodel", "h5"])
+@pytest.mark.parametrize("name", ["cnn_small", "ds_cnn", "resnet_small"])
+def test_save_load_round_trip_is_identical_without_custom_objects(name, fmt, tmp_path, rng):
+    model = kq.zoo.get(name)
+    randomize_batchnorm(model, rng)
+    qmodel = kq.RobustQuantizer(4, 4, mu_law_last=1).quantize(model, SAMPLES)
+    path = tmp_path / {"keras": "m.keras", "savedmodel": "m_saved", "h5": "m.h5"}[fmt]
+    qmodel.save(path, **({"save_format": "tf"} if fmt == "savedmodel" else {}))
+    loaded = keras.models.load_model(path)
+    np.testing.assert_array_equal(loaded.predict(SAMPLES, verbose=0), qmodel.predict(SAMPLES, verbose=0))
+    assert [type(l).__name__ for l in loaded.layers] == [type(l).__name__ for l in qmodel.layers]
+
+
+def test_quantized_model_fine_tunes_with_fit_and_ste(fashion_slice):
+    (x, y), _ = fashion_slice
+    qmodel = kq.RobustQuantizer(4, 4).quantize(kq.zoo.cnn_small(), x[:256])
+    kq.training.compile_classifier(qmodel)
+    before = qmodel.get_layer("conv2").kernel.numpy().copy()
+    history = qmodel.fit(x[:512], y[:512], epochs=2, batch_size=64, verbose=0)
+    assert history.history["loss"][-1] < history.history["loss"][0]
+    assert not np.array_equal(before, qmodel.get_layer("conv2").kernel.numpy())
+
+
+def test_unsupported_layer_error_names_it():
+    model = keras.Sequential([keras.Input((10, 4)), layers.LSTM(8, name="my_lstm"), layers.Dense(2)])
+    with pytest.raises(UnsupportedModelError, match=r"layer 'my_lstm' \(LSTM\)"):
+        kq.RobustQuantizer(4, 4).quantize(model, np.zeros((2, 10, 4), np.float32))
+
+
+def test_tf_op_layer_error_explains_the_fix():
+    inputs = keras.Input((4,))
+    model = keras.Model(inputs, layers.Dense(2)(inputs * 2.0))
+    with pytest.raises(UnsupportedModelError, match="TFOpLambda.*Keras layer instead"):
+        kq.RobustQuantizer(4, None).quantize(model)
+
+
+def test_already_quantized_model_is_rejected():
+    qmodel = kq.RobustQuantizer(4, None).quantize(kq.zoo.cnn_small())
+    with pytest.raises(UnsupportedModelError, match="already quantized"):
+        kq.RobustQuantizer(4, None).quantize(qmodel)
+
+
+def test_keras3_model_gives_the_documented_type_error():
+    import keras as keras3
+
+    model = keras3.Sequential([keras3.Input((4,)), keras3.layers.Dense(2)])
+    with pytest.raises(TypeError, match=r"Keras 3 model.*tf_keras.*kq.keras"):
+        kq.RobustQuantizer(4, 4).quantize(model, np.zeros((1, 4), np.float32))
+
+
+@pytest.mark.parametrize("samples, error, match", [
+    (None, ValueError, "samples are needed"),
+    (np.zeros((0, 28, 28, 1)), ValueError, "empty"),
+    (np.zeros((4, 28, 28)), ValueError, r"expects \(N, 28, 28, 1\)"),
+    (np.full((4, 28, 28, 1), np.nan), ValueError, "NaN"),
+])
+def test_bad_samples(samples, error, match):
+    with pytest.raises(error, match=match):
+        kq.RobustQuantizer(4, 4).quantize(kq.zoo.cnn_small(), samples)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"weight_bits": None, "activation_bits": None}, "needs weight_bits or activation_bits"),
+    ({"weight_bits": 0}, r"weight_bits must be in \[1, 16\]"),
+    ({"calibration": "mse"}, "calibration must be one of"),
+    ({"mu_law_last": -1}, "mu_law_last"),
+    ({"weight_bits": None, "mu_law_last": 1}, "mu_law_last needs weight_bits"),
+])
+def test_bad_quantizer_arguments(kwargs, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        kq.RobustQuantizer(**kwargs)
+
+
+def test_settings_parse_and_print():
+    assert kq.parse_setting("w4a4") == (4, 4)
+    assert kq.parse_setting("W3") == (3, None)
+    assert kq.RobustQuantizer.from_setting("w3").setting == "w3"
+    assert str(kq.RobustQuantizer(4, 4)) == "RobustQuantizer(w4a4, input w8, per-axis, max calibration)"
+    with pytest.raises(ValueError, match="wXaY"):
+        kq.parse_setting("4bit")
+    with pytest.raises(Exception):
+        kq.RobustQuantizer(4, 4).weight_bits = 2  # immutable
+
+
+def test_non_relu_hidden_activation_warns():
+    model = keras.Sequential([keras.Input((4,)), layers.Dense(3, activation="tanh", name="h"), layers.Dense(2)])
+    with pytest.warns(UserWarning, match=r"stay float: h_tanh \(tanh\)"):
+        kq.RobustQuantizer(4, 4).quantize(model, np.zeros((2, 4), np.float32))
