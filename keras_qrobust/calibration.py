@@ -2,7 +2,8 @@
 
 * :func:`calibrate_relus` — the ranges of a RobustQuantizer model's QuantizedReLU layers,
   set one layer at a time in graph order, each measured on the outputs of the
-  already-quantized layers before it.
+  already-quantized layers before it: the maximum, a percentile, or the range that
+  minimizes the mean squared quantization error at the layer's bit width.
 * :func:`calibrate_tfmot` — post-training calibration of a tfmot ``quantize_apply`` model
   (any scheme): every activation range becomes the range observed on the samples, with no
   weight, BatchNorm statistic or optimizer step changed.
@@ -22,7 +23,9 @@ from .layers import QuantizedReLU
 
 __all__ = ["CALIBRATIONS", "calibrate_relus", "calibrate_tfmot"]
 
-CALIBRATIONS = ("max", "percentile")
+CALIBRATIONS = ("max", "percentile", "mse")
+HISTOGRAM_BINS = 4096
+MSE_CANDIDATES = 256
 
 
 def _relu_outputs(layer: QuantizedReLU, pre_activation: tf.Tensor) -> tf.Tensor:
@@ -32,41 +35,105 @@ def _relu_outputs(layer: QuantizedReLU, pre_activation: tf.Tensor) -> tf.Tensor:
     return outputs
 
 
-def calibrate_relus(model, samples: np.ndarray, calibration: str = "max", percentile: float = 99.99,
+def calibrate_relus(model, samples: np.ndarray, calibration: str = "mse", percentile: float = 99.99,
                     batch_size: int = 256) -> dict[str, float]:
     """Set the range of every QuantizedReLU of ``model`` from ``samples``, in graph order.
 
-    ``calibration="max"`` takes the largest ReLU output, ``"percentile"`` its
-    ``percentile``-th percentile over all output values. Returns the ranges by layer name.
+    One pass over the graph: each layer runs once on all samples (in batches), and a
+    QuantizedReLU's range is set from its inputs before it runs, so every range is
+    measured on the outputs of the already-quantized layers before it. ``calibration``:
+
+    * ``"max"`` — the largest ReLU output;
+    * ``"percentile"`` — the ``percentile``-th percentile of all output values (exact);
+    * ``"mse"`` — the ``max`` minimizing ``E[(Q(x) - x)^2]`` over the outputs for the layer's
+      bit width (histogram of 4096 bins, 256 candidate ranges up to the largest output), so
+      low bit widths clip rare large values and 8 bits keeps nearly the full range.
+
+    Returns the ranges by layer name.
     """
     if calibration not in CALIBRATIONS:
         raise ValueError(f"calibration must be one of {CALIBRATIONS}, got {calibration!r}")
     samples = np.asarray(samples, np.float32)
+    chunks = [tf.constant(samples[i:i + batch_size]) for i in range(0, len(samples), batch_size)]
     ranges = {}
-    for layer in [l for l in model.layers if isinstance(l, QuantizedReLU)]:
-        probe = keras.Model(model.inputs, layer.input)
-        batches = (
-            _relu_outputs(layer, probe(samples[i:i + batch_size], training=False))
-            for i in range(0, len(samples), batch_size)
-        )
-        if calibration == "max":
-            value = max(float(tf.reduce_max(b)) for b in batches)
+
+    def before_layer(layer, inputs: list):
+        if not isinstance(layer, QuantizedReLU):
+            return
+        outputs = [_relu_outputs(layer, x) for x in inputs]
+        largest = max(float(tf.reduce_max(x)) for x in outputs)
+        if calibration == "max" or largest <= 0:
+            value = largest
+        elif calibration == "percentile":
+            value = _percentile_from_top(outputs, percentile)
         else:
-            value = _percentile_from_top(batches, len(samples), percentile, probe.output.shape[1:])
+            value = _mse_range(outputs, largest, layer.activation_quantizer.bits)
         value = value if value > 0 else 1.0  # a ReLU that never fires: any range is exact
         layer.set_range(value)
         ranges[layer.name] = value
+
+    _walk_graph(model, chunks, before_layer)
     return ranges
 
 
-def _percentile_from_top(batches, n_samples: int, percentile: float, shape) -> float:
+def _walk_graph(model, chunks: list, before_layer) -> None:
+    """Run ``model`` layer by layer on every chunk (inference mode), calling
+    ``before_layer(layer, input_chunks)`` before each single-input layer runs.
+
+    The node order is tf_keras's own (``Functional._run_internal_graph``); a tensor is
+    dropped once its last consumer has run.
+    """
+    if not hasattr(model, "_nodes_by_depth") or not model._is_graph_network:
+        raise ValueError(f"Model '{model.name}' is not a Sequential/functional model with an input")
+    if len(model.inputs) != 1:
+        raise ValueError(f"Model '{model.name}' has {len(model.inputs)} inputs; calibration needs one")
+    values = {str(id(model.inputs[0])): chunks}
+    uses = dict(model._tensor_usage_count)
+    for depth in sorted(model._nodes_by_depth, reverse=True):
+        for node in model._nodes_by_depth[depth]:
+            if node.is_input or any(t not in values for t in node.flat_input_ids):
+                continue
+            layer = node.layer
+            if len(node.flat_input_ids) == 1:
+                before_layer(layer, values[node.flat_input_ids[0]])
+            outputs = []
+            for c in range(len(chunks)):
+                per_chunk = {}
+                for t in node.flat_input_ids:  # one copy per use: map_arguments pops them
+                    per_chunk.setdefault(t, []).append(values[t][c])
+                args, kwargs = node.map_arguments(per_chunk)
+                if layer._call_spec.expects_training_arg:
+                    kwargs = {**kwargs, "training": False}
+                outputs.append(tf.nest.flatten(layer(*args, **kwargs)))
+            for i, t in enumerate(node.flat_output_ids):
+                values[t] = [out[i] for out in outputs]
+            for t in set(node.flat_input_ids):
+                uses[t] -= node.flat_input_ids.count(t)
+                if uses[t] <= 0:
+                    values.pop(t, None)
+
+
+def _mse_range(outputs: list, largest: float, bits: int) -> float:
+    """The range in (0, largest] with the least mean squared quantization error."""
+    edges = np.linspace(0.0, largest, HISTOGRAM_BINS + 1)
+    counts = sum(np.histogram(np.asarray(x).ravel(), bins=edges)[0] for x in outputs)
+    centers = (edges[:-1] + edges[1:]) / 2
+    centers[0] = 0.0  # the first bin holds the exact zeros ReLU produces
+    candidates = largest * np.arange(1, MSE_CANDIDATES + 1) / MSE_CANDIDATES
+    steps = candidates[:, None] / (2**bits - 1)
+    clipped = np.minimum(centers[None, :], candidates[:, None])
+    errors = (counts * (np.floor(clipped / steps + 0.5) * steps - centers) ** 2).sum(axis=1)
+    return float(candidates[int(np.argmin(errors))])
+
+
+def _percentile_from_top(outputs: list, percentile: float) -> float:
     """Exact ``percentile`` of all values, keeping only the top ``k`` values seen so far."""
-    total = n_samples * int(np.prod(list(shape)))
+    total = sum(int(np.prod(x.shape)) for x in outputs)
     # round() first: 1000 * (1 - 95/100) is 50.00000000000004 in floating point
     k = max(1, math.ceil(round(total * (100.0 - percentile) / 100.0, 9)))
     top = tf.zeros([0])
-    for batch in batches:
-        merged = tf.concat([top, tf.reshape(batch, [-1])], axis=0)
+    for x in outputs:
+        merged = tf.concat([top, tf.reshape(x, [-1])], axis=0)
         top = tf.math.top_k(merged, k=min(k, int(merged.shape[0])), sorted=False).values
     return float(tf.reduce_min(top))
 

@@ -35,7 +35,8 @@ def _build_parser() -> argparse.ArgumentParser:
     q.add_argument("--settings", default=DEFAULT_SETTINGS,
                    help=f"comma-separated wXaY / wX settings (default: {DEFAULT_SETTINGS})")
     q.add_argument("--input-weight-bits", type=int, default=8, help="bits of the first layer's weights")
-    q.add_argument("--calibration", choices=("max", "percentile"), default="max")
+    q.add_argument("--calibration", choices=("max", "percentile", "mse"), default="mse",
+                   help="how ReLU ranges are chosen (default: mse)")
     q.add_argument("--calibration-samples", type=int, default=1024)
     q.add_argument("--train-samples", type=int, default=None, help="use only the first N training images")
     q.add_argument("--test-samples", type=int, default=None, help="score on the first N test images")

@@ -69,8 +69,10 @@ class RobustQuantizer:
         input_weight_bits: bits of the kernels of the layers that read the model input
             (cnn2snn's ``input_weight_quantization``); None uses ``weight_bits``.
         per_axis: one weight scale per output channel (else one per tensor).
-        calibration: ``"max"`` — the ReLU range is the largest calibrated output;
-            ``"percentile"`` — its ``percentile``-th percentile (clips rare outliers).
+        calibration: how each ReLU range is chosen from the calibration outputs:
+            ``"max"`` — the largest; ``"percentile"`` — the ``percentile``-th percentile;
+            ``"mse"`` — the range with the least mean squared quantization error at
+            ``activation_bits`` (clips rare large values at low bit widths).
         percentile: used when ``calibration="percentile"``.
         mu_law_last: the last N weight layers use μ-law companding (Song 2020) instead of
             the uniform grid.
@@ -82,7 +84,7 @@ class RobustQuantizer:
     activation_bits: Optional[int] = 8
     input_weight_bits: Optional[int] = 8
     per_axis: bool = True
-    calibration: str = "max"
+    calibration: str = "mse"
     percentile: float = 99.99
     mu_law_last: int = 0
     mu: float = 255.0
@@ -121,8 +123,8 @@ class RobustQuantizer:
             parts.append("per-axis" if self.per_axis else "per-tensor")
         if self.activation_bits is not None:
             parts.append(
-                "max calibration" if self.calibration == "max"
-                else f"p{self.percentile:g} calibration"
+                f"p{self.percentile:g} calibration" if self.calibration == "percentile"
+                else f"{self.calibration} calibration"
             )
         if self.mu_law_last:
             parts.append(f"mu-law last {self.mu_law_last}")

@@ -61,7 +61,7 @@ def test_weight_only_keeps_float_relus():
 
 def test_max_calibration_equals_largest_relu_output_of_first_layer():
     model = kq.zoo.cnn_small()
-    qmodel = kq.RobustQuantizer(8, 4, input_weight_bits=None).quantize(model, SAMPLES)
+    qmodel = kq.RobustQuantizer(8, 4, input_weight_bits=None, calibration="max").quantize(model, SAMPLES)
     first_weights_quantized = keras.Model(qmodel.inputs, qmodel.get_layer("conv1").output)
     expected = np.maximum(first_weights_quantized.predict(SAMPLES, verbose=0), 0).max()
     assert qmodel.get_layer("conv1_relu").activation_max.numpy() == pytest.approx(expected, rel=1e-6)
@@ -74,6 +74,38 @@ def test_percentile_calibration_clips_outliers_exactly():
     rq = kq.RobustQuantizer(16, 8, calibration="percentile", percentile=95.0, batch_size=3)
     relu = [l for l in rq.quantize(model, samples).layers if isinstance(l, QuantizedReLU)][0]
     assert relu.activation_max.numpy() == pytest.approx(95.0, abs=0.01)  # the 50th largest of 1000 values
+
+
+def _single_relu_model(width):
+    inputs = keras.Input((width,))
+    return keras.Model(inputs, layers.ReLU()(layers.Dense(width, kernel_initializer="identity")(inputs)))
+
+
+def test_mse_calibration_clips_a_rare_outlier_at_low_bits_only():
+    samples = np.random.default_rng(0).uniform(0, 1, (1000, 10)).astype(np.float32)
+    samples[0, 0] = 20.0  # one value in 10,000 is far out
+    ranges = {}
+    for bits in (2, 16):
+        relu = [l for l in kq.RobustQuantizer(16, bits, calibration="mse").quantize(_single_relu_model(10), samples).layers
+                if isinstance(l, QuantizedReLU)][0]
+        ranges[bits] = float(relu.activation_max.numpy())
+    assert 0.8 < ranges[2] < 1.5  # the bulk [0, 1] is kept, the outlier clipped
+    assert ranges[16] > 19.0  # with 65,535 levels keeping the outlier costs nothing
+
+
+def test_mse_calibration_minimizes_the_quantization_error():
+    samples = np.random.default_rng(1).exponential(1.0, (500, 8)).astype(np.float32)
+    relu = [l for l in kq.RobustQuantizer(16, 3, calibration="mse").quantize(_single_relu_model(8), samples).layers
+            if isinstance(l, QuantizedReLU)][0]
+    chosen = float(relu.activation_max.numpy())
+
+    def error(top):
+        step = top / 7
+        return np.mean((np.floor(np.minimum(samples, top) / step + 0.5) * step - samples) ** 2)
+
+    grid = np.linspace(0.05, samples.max(), 400)
+    assert error(chosen) <= min(error(t) for t in grid) * 1.02
+    assert kq.RobustQuantizer().calibration == "mse"  # the default
 
 
 def test_callers_model_is_untouched(rng):
@@ -151,7 +183,7 @@ def test_bad_samples(samples, error, match):
 @pytest.mark.parametrize("kwargs, match", [
     ({"weight_bits": None, "activation_bits": None}, "needs weight_bits or activation_bits"),
     ({"weight_bits": 0}, r"weight_bits must be in \[1, 16\]"),
-    ({"calibration": "mse"}, "calibration must be one of"),
+    ({"calibration": "entropy"}, "calibration must be one of"),
     ({"mu_law_last": -1}, "mu_law_last"),
     ({"weight_bits": None, "mu_law_last": 1}, "mu_law_last needs weight_bits"),
 ])
@@ -164,7 +196,7 @@ def test_settings_parse_and_print():
     assert kq.parse_setting("w4a4") == (4, 4)
     assert kq.parse_setting("W3") == (3, None)
     assert kq.RobustQuantizer.from_setting("w3").setting == "w3"
-    assert str(kq.RobustQuantizer(4, 4)) == "RobustQuantizer(w4a4, input w8, per-axis, max calibration)"
+    assert str(kq.RobustQuantizer(4, 4)) == "RobustQuantizer(w4a4, input w8, per-axis, mse calibration)"
     with pytest.raises(ValueError, match="wXaY"):
         kq.parse_setting("4bit")
     with pytest.raises(Exception):
