@@ -38,12 +38,12 @@ TARGETS = {"w8a8": 0.005, "w4a4": 0.03}
 TIME_TARGET_SECONDS = 5.0
 
 
-def timed(fn, repeats: int):
-    """(result of the last call, wall seconds of each call)."""
+def timed(repeats: int, fn, *args):
+    """(result of the last call of ``fn(*args)``, wall seconds of each call)."""
     seconds = []
     for _ in range(repeats):
         start = time.perf_counter()
-        result = fn()
+        result = fn(*args)
         seconds.append(time.perf_counter() - start)
     return result, seconds
 
@@ -66,12 +66,12 @@ def run_model(name, epochs, x_cal, x_test, y_test, repeats):
         row = {"setting": setting}
         for key, kwargs in VARIANTS.items():
             quantizer = kq.RobustQuantizer(weight_bits, activation_bits, **kwargs)
-            qmodel, seconds = timed(lambda: quantizer.quantize(model, x_cal), repeats if key == DEFAULT else 1)
+            qmodel, seconds = timed(repeats if key == DEFAULT else 1, quantizer.quantize, model, x_cal)
             row[key] = {"accuracy": kq.metrics.accuracy(qmodel, x_test, y_test),
                         "seconds_median": statistics.median(seconds), "seconds_first": seconds[0],
                         "quantizer": str(quantizer)}
         if activation_bits is not None and weight_bits <= 8 and activation_bits <= 8:
-            qmodel, seconds = timed(lambda: tfmot_ptq(model, weight_bits, activation_bits, x_cal), repeats)
+            qmodel, seconds = timed(repeats, tfmot_ptq, model, weight_bits, activation_bits, x_cal)
             row["tfmot_nbit"] = {"accuracy": kq.metrics.accuracy(qmodel, x_test, y_test),
                                  "seconds_median": statistics.median(seconds), "seconds_first": seconds[0]}
         else:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -70,7 +69,7 @@ def _quantize(args) -> int:
         quantizers = [RobustQuantizer.from_setting(setting, input_weight_bits=args.input_weight_bits,
                                                    calibration=args.calibration) for setting in settings]
     except (ValueError, TypeError) as error:
-        raise SystemExit(f"keras-qrobust: {error}")
+        raise SystemExit(f"keras-qrobust: {error}") from None
     save_dir = Path(args.save_dir) if args.save_dir else None
 
     x_train, y_train = datasets.load(args.dataset, "train")
@@ -83,7 +82,7 @@ def _quantize(args) -> int:
         try:
             model = check_model(keras.models.load_model(args.model, compile=False), "--model")
         except (OSError, TypeError) as error:
-            raise SystemExit(f"keras-qrobust: cannot use --model {args.model}: {error}")
+            raise SystemExit(f"keras-qrobust: cannot use --model {args.model}: {error}") from None
         if tuple(model.input_shape[1:]) != tuple(x_train.shape[1:]):
             raise SystemExit(
                 f"keras-qrobust: --model takes inputs of shape {model.input_shape[1:]} but "

@@ -166,7 +166,7 @@ class RobustQuantizer:
     def _replacement(self, graph: Graph):
         weight_layers = [e["name"] for e in graph.iter_layers(WEIGHT_LAYERS)]
         input_layers = {n for n in weight_layers if not graph.ancestors(n) & set(weight_layers)}
-        mu_layers = set(weight_layers[len(weight_layers) - self.mu_law_last:]) if self.mu_law_last else set()
+        mu_layers = set(weight_layers[max(0, len(weight_layers) - self.mu_law_last):]) if self.mu_law_last else set()
         unquantized_activations = []
 
         def replace(entry: dict):
@@ -179,7 +179,7 @@ class RobustQuantizer:
                     return None
                 for part, arg in QUANTIZED_LAYERS[kind].kernel_quantizer_args.items():
                     config[arg] = qz.serialize(self._weight_quantizer(bits, part, name in mu_layers))
-                return f"Quantized{kind}", config
+                return QUANTIZED_LAYERS[kind].__name__, config
             if self.activation_bits is None:
                 return None
             if kind == "ReLU":

@@ -1,9 +1,11 @@
+import dataclasses
+
 import numpy as np
 import pytest
 
 import keras_qrobust as kq
 from conftest import randomize_batchnorm
-from keras_qrobust.layers import QuantizedConv2D, QuantizedDense, QuantizedReLU
+from keras_qrobust.layers import QuantizedDense, QuantizedReLU
 from keras_qrobust.transforms import UnsupportedModelError
 
 keras = kq.keras
@@ -199,7 +201,7 @@ def test_settings_parse_and_print():
     assert str(kq.RobustQuantizer(4, 4)) == "RobustQuantizer(w4a4, input w8, per-axis, mse calibration)"
     with pytest.raises(ValueError, match="wXaY"):
         kq.parse_setting("4bit")
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         kq.RobustQuantizer(4, 4).weight_bits = 2  # immutable
 
 
