@@ -39,16 +39,23 @@ def machine() -> dict:
     }
 
 
-def trained_model(name: str, epochs: int, seed: int = 0, dataset: str = "fashion_mnist"):
-    """A zoo model trained on the full training split (cached in benchmarks/.cache)."""
-    path = CACHE / f"{dataset}_{name}_e{epochs}_s{seed}.keras"
+def trained_model(name: str, epochs: int, seed: int = 0, dataset: str = "fashion_mnist",
+                  adversarial: dict | None = None):
+    """A zoo model trained on the full training split (cached in benchmarks/.cache).
+
+    ``adversarial``: AdversarialModel arguments (e.g. ``{"attack": "fgsm_rs", "eps": 0.1}``)
+    for adversarial training; None trains normally.
+    """
+    tag = "" if not adversarial else "_" + "_".join(f"{k}{v}" for k, v in sorted(adversarial.items()))
+    path = CACHE / f"{dataset}_{name}_e{epochs}_s{seed}{tag}.keras"
     if path.exists():
         return kq.keras.models.load_model(path), {"cached": str(path)}
     x, y = kq.datasets.load(dataset, "train")
     kq.training.set_seed(seed, deterministic_ops=True)
     model = kq.zoo.get(name, input_shape=x.shape[1:], num_classes=int(y.max()) + 1)
+    trainer = kq.training.AdversarialModel(model, **adversarial) if adversarial else model
     start = time.perf_counter()
-    kq.training.train_classifier(model, x, y, epochs=epochs, batch_size=128, seed=seed)
+    kq.training.train_classifier(trainer, x, y, epochs=epochs, batch_size=128, seed=seed)
     seconds = time.perf_counter() - start
     CACHE.mkdir(exist_ok=True)
     with kq._io.atomic_path(path, overwrite=True) as tmp:

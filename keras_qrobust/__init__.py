@@ -5,7 +5,7 @@ This module only re-exports the public API.
 
 from ._keras import keras, tf  # noqa: F401  (first: sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 
-from . import calibration, configs, datasets, layers, metrics, quantizers, training, transforms, zoo  # noqa: E402
+from . import attacks, calibration, configs, datasets, layers, metrics, quantizers, training, transforms, zoo  # noqa: E402
 from .calibration import calibrate_tfmot  # noqa: E402
 from .configs import WXAYQuantizeConfig, WXAYScheme, WXScheme  # noqa: E402
 from .quantize import RobustQuantizer, parse_setting, setting_name  # noqa: E402
@@ -14,6 +14,7 @@ from .version import __version__  # noqa: E402
 __all__ = [
     "keras",
     "tf",
+    "attacks",
     "calibration",
     "calibrate_tfmot",
     "configs",

@@ -220,7 +220,8 @@ def _check_samples(samples, model) -> np.ndarray:
             "thousand training inputs, e.g. quantize(model, samples=x_train[:1024])"
         )
     if len(model.inputs) != 1:
-        raise UnsupportedModelError(f"Model '{model.name}' has {len(model.inputs)} inputs; only single-input models are supported")
+        raise UnsupportedModelError(
+            f"Model '{model.name}' has {len(model.inputs)} inputs; only single-input models are supported")
     array = np.asarray(samples)
     expected = tuple(model.inputs[0].shape[1:])
     if array.ndim != len(expected) + 1 or any(

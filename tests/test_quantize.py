@@ -88,7 +88,8 @@ def test_mse_calibration_clips_a_rare_outlier_at_low_bits_only():
     samples[0, 0] = 20.0  # one value in 10,000 is far out
     ranges = {}
     for bits in (2, 16):
-        relu = [l for l in kq.RobustQuantizer(16, bits, calibration="mse").quantize(_single_relu_model(10), samples).layers
+        quantized = kq.RobustQuantizer(16, bits, calibration="mse").quantize(_single_relu_model(10), samples)
+        relu = [l for l in quantized.layers
                 if isinstance(l, QuantizedReLU)][0]
         ranges[bits] = float(relu.activation_max.numpy())
     assert 0.8 < ranges[2] < 1.5  # the bulk [0, 1] is kept, the outlier clipped

@@ -1,5 +1,6 @@
-"""Training: standard classifier training (adversarial training lands here too)."""
+"""Training: standard and adversarial (PGD-AT, FGSM-RS, TRADES) training of classifiers."""
 
+from .adversarial import AdversarialModel
 from .standard import compile_classifier, set_seed, train_classifier
 
-__all__ = ["compile_classifier", "set_seed", "train_classifier"]
+__all__ = ["AdversarialModel", "compile_classifier", "set_seed", "train_classifier"]

@@ -23,7 +23,10 @@ def set_seed(seed: int, deterministic_ops: bool = False) -> None:
 def compile_classifier(model, learning_rate: float = 1e-3):
     """Compile with Adam and cross-entropy on logits (binary for a single output)."""
     model = check_model(model)
-    if model.output_shape[-1] == 1:
+    from .adversarial import AdversarialModel  # its output is the wrapped model's
+
+    classifier = model.model if isinstance(model, AdversarialModel) else model
+    if classifier.output_shape[-1] == 1:
         loss = keras.losses.BinaryCrossentropy(from_logits=True)
         metrics = [keras.metrics.BinaryAccuracy(threshold=0.0, name="accuracy")]
     else:

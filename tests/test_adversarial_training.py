@@ -1,0 +1,99 @@
+import numpy as np
+import pytest
+import tensorflow_model_optimization as tfmot
+
+import keras_qrobust as kq
+from keras_qrobust.training import AdversarialModel
+
+keras = kq.keras
+tf = kq.tf
+ATTACKS = ["pgd", "fgsm_rs", "trades"]
+
+
+def cross_entropy(model, x, y):
+    return float(tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(y, model(x, training=False))))
+
+
+@pytest.mark.parametrize("attack", ATTACKS)
+def test_train_step_perturbs_and_logs_clean_and_adversarial_metrics(attack, fashion_slice):
+    (x, y), (xt, yt) = fashion_slice
+    kq.training.set_seed(0)
+    robust = AdversarialModel(kq.zoo.cnn_small(), attack=attack, eps=0.1, steps=3)
+    kq.training.compile_classifier(robust)
+    history = robust.fit(x[:256], y[:256], epochs=2, batch_size=64, verbose=0, validation_data=(xt[:64], yt[:64]))
+    logs = history.history
+    for key in ("loss", "accuracy", "clean_loss", "adv_loss", "adv_accuracy", "val_loss", "val_accuracy"):
+        assert key in logs and np.all(np.isfinite(logs[key])), key
+    assert not any(k.startswith("val_adv") for k in logs)
+    assert all(a <= c for a, c in zip(logs["adv_accuracy"], logs["accuracy"]))
+    if attack == "trades":  # objective = CE(clean) + beta * KL(clean || adversarial)
+        np.testing.assert_allclose(logs["loss"], np.array(logs["clean_loss"]) + 6.0 * np.array(logs["adv_loss"]),
+                                   rtol=1e-4)
+    else:
+        assert all(a > c for a, c in zip(logs["adv_loss"], logs["clean_loss"]))
+        np.testing.assert_allclose(logs["loss"], logs["adv_loss"], rtol=1e-5)
+    x_adv = robust.adversarial_examples(x[:64], y[:64]).numpy()
+    assert np.abs(x_adv - x[:64]).max() <= 0.1 + 1e-6 and x_adv.min() >= 0 and x_adv.max() <= 1
+    if attack != "trades":
+        assert cross_entropy(robust.model, x_adv, y[:64]) > cross_entropy(robust.model, x[:64], y[:64])
+
+
+def test_adversarial_training_makes_pgd_less_effective(fashion_slice):
+    (x, y), (xt, yt) = fashion_slice
+    models = {}
+    for name, wrap in (("standard", False), ("pgd_at", True)):
+        kq.training.set_seed(0)
+        model = kq.zoo.cnn_small()
+        trainer = AdversarialModel(model, attack="pgd", eps=0.1, steps=3) if wrap else model
+        kq.training.compile_classifier(trainer)
+        trainer.fit(x, y, epochs=4, batch_size=64, verbose=0)
+        models[name] = model
+    robust = {name: kq.metrics.accuracy(m, kq.attacks.pgd(m, xt, yt, eps=0.1, steps=10, seed=0, verbose=0), yt)
+              for name, m in models.items()}
+    assert robust["pgd_at"] > robust["standard"] + 0.08, robust
+
+
+def test_works_on_tfmot_qat_and_robustquantizer_models(fashion_slice):
+    (x, y), _ = fashion_slice
+    tfq = tfmot.quantization.keras
+    qat = tfq.quantize_apply(tfq.quantize_annotate_model(kq.zoo.cnn_small()), scheme=kq.WXAYScheme(4, 4))
+    ptq = kq.RobustQuantizer(4, 4).quantize(kq.zoo.cnn_small(), x[:128])
+    for model in (qat, ptq):
+        robust = AdversarialModel(model, attack="fgsm_rs", eps=0.1)
+        kq.training.compile_classifier(robust)
+        before = [w.numpy().copy() for w in model.trainable_weights]
+        logs = robust.fit(x[:128], y[:128], epochs=1, batch_size=64, verbose=0).history
+        assert np.isfinite(logs["adv_loss"][0]) and logs["adv_loss"][0] > logs["clean_loss"][0]
+        assert any(not np.array_equal(b, w.numpy()) for b, w in zip(before, model.trainable_weights))
+
+
+def test_save_load_and_evaluate(tmp_path, fashion_slice):
+    (x, y), (xt, yt) = fashion_slice
+    robust = AdversarialModel(kq.zoo.cnn_small(), attack="trades", eps=0.05, steps=2, beta=3.0)
+    kq.training.compile_classifier(robust)
+    robust.fit(x[:64], y[:64], epochs=1, batch_size=32, verbose=0)
+    robust.save(tmp_path / "robust.keras")
+    loaded = keras.models.load_model(tmp_path / "robust.keras")
+    assert isinstance(loaded, AdversarialModel) and (loaded.attack, loaded.beta, loaded.steps) == ("trades", 3.0, 2)
+    np.testing.assert_array_equal(loaded.predict(xt[:16], verbose=0), robust.predict(xt[:16], verbose=0))
+    results = robust.evaluate(xt[:64], yt[:64], verbose=0, return_dict=True)
+    assert set(results) == {"loss", "accuracy"}
+    assert results["accuracy"] == pytest.approx(kq.metrics.accuracy(robust.model, xt[:64], yt[:64]))
+
+
+def test_fgsm_rs_takes_one_step_of_1_25_eps():
+    robust = AdversarialModel(kq.zoo.cnn_small(), attack="fgsm_rs", eps=0.08, steps=7)
+    assert robust.steps == 1 and robust.step_size == pytest.approx(0.1)
+    pgd = AdversarialModel(kq.zoo.cnn_small(), attack="pgd", eps=0.1, steps=10)
+    assert pgd.step_size == pytest.approx(0.025)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"attack": "cw"}, "attack must be one of"),
+    ({"eps": -1.0}, "eps must be a finite number >= 0"),
+    ({"steps": 0}, "steps must be an integer >= 1"),
+    ({"norm": 1}, "norm must be 'inf' or 2"),
+])
+def test_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        AdversarialModel(kq.zoo.cnn_small(), **kwargs)
