@@ -6,6 +6,7 @@ predictions. ``ATTACKS`` maps each per-example attack's name to its function.
 """
 
 from ._common import AttackModel, as_attack_model
+from .bpda import bpda
 from .blackbox import TransferResult, spsa, square, transfer
 from .cw import cw_l2
 from .deepfool import deepfool, deepfool_perturbation
@@ -49,6 +50,7 @@ __all__ = [
     "spsa",
     "square",
     "transfer",
+    "bpda",
     "TransferResult",
     "uap",
     "sgd_uap",

@@ -1,0 +1,66 @@
+"""BPDA: attack a model through the gradient of a differentiable stand-in.
+
+Backward Pass Differentiable Approximation (Athalye, Carlini & Wagner 2018, §4.1): run the
+forward pass of the defended model ``f`` but take gradients from an approximation ``g``
+of it — for a defense that maps or rounds weights, the model before the mapping
+(the mapping replaced by the identity on the backward pass). The wrapped model computes
+
+    h(x) = g(x) + stop_gradient(f(x) − g(x)),
+
+so ``h(x) = f(x)`` exactly while ``∇h = ∇g``. Every gradient attack of
+:mod:`keras_qrobust.attacks` runs on ``h`` unchanged and scores ``f``'s own decisions.
+"""
+
+from __future__ import annotations
+
+from .._keras import keras, tf
+from ._common import AttackModel, as_attack_model
+
+__all__ = ["bpda"]
+
+
+class _ForwardOfBackwardOf(keras.layers.Layer):
+    """``g(x) + stop_gradient(f(x) − g(x))`` on logits; not serializable (it holds models)."""
+
+    def __init__(self, forward: AttackModel, backward: AttackModel, **kwargs):
+        super().__init__(trainable=False, **kwargs)
+        self._forward = forward
+        self._backward = backward
+
+    def call(self, x):
+        forward = self._forward.logits(x)
+        backward = self._backward.logits(x)
+        return backward + tf.stop_gradient(forward - backward)
+
+
+def bpda(model, approximation, *, output: str = "auto", approximation_output: str = "auto") -> "keras.Model":
+    """A model with ``model``'s outputs (as logits) and ``approximation``'s input gradients.
+
+    ``model``: the defended model (e.g. after ``apply_mu_law(..., mode="map")``, or one whose
+    rounding has no straight-through gradient). ``approximation``: a differentiable model of
+    the same input shape and classes (e.g. the same network before the defense). The result
+    outputs logits (probability outputs are read through ``log``) and is meant for attacks,
+    not for saving.
+
+    Example::
+
+        defended = kq.transforms.apply_mu_law(model, mode="map")
+        x_adv = kq.attacks.pgd(kq.attacks.bpda(defended, model), x, y, eps=0.1)
+        kq.metrics.accuracy(defended, x_adv, y)
+    """
+    forward = as_attack_model(model, output)
+    backward = as_attack_model(approximation, approximation_output)
+    if forward.input_shape != backward.input_shape:
+        raise ValueError(
+            f"bpda: model '{forward.model.name}' takes inputs {forward.input_shape} but the "
+            f"approximation '{backward.model.name}' takes {backward.input_shape}; the "
+            "approximation must stand in for the model on the same inputs"
+        )
+    if forward.num_classes != backward.num_classes:
+        raise ValueError(
+            f"bpda: model '{forward.model.name}' scores {forward.num_classes} classes but the "
+            f"approximation '{backward.model.name}' scores {backward.num_classes}"
+        )
+    inputs = keras.Input(shape=forward.input_shape, dtype=forward.model.inputs[0].dtype)
+    logits = _ForwardOfBackwardOf(forward, backward, name="bpda")(inputs)
+    return keras.Model(inputs, logits, name=f"bpda_{forward.model.name}")

@@ -1,0 +1,70 @@
+import warnings
+
+import numpy as np
+import pytest
+
+import keras_qrobust as kq
+from keras_qrobust import attacks
+
+keras = kq.keras
+tf = kq.tf
+
+
+def _rounded_input(model):
+    """``model`` behind an 11-level input rounding without a straight-through gradient."""
+    inputs = keras.Input(model.input_shape[1:])
+    rounded = keras.layers.Lambda(lambda x: tf.round(x * 10.0) / 10.0, name="round")(inputs)
+    return keras.Model(inputs, model(rounded), name="rounded")
+
+
+@pytest.fixture(scope="module")
+def defended(trained_cnn):
+    return _rounded_input(trained_cnn)
+
+
+def test_forward_is_the_model_and_gradient_is_the_approximation(trained_cnn, defended, fashion_slice):
+    _, (x, y) = fashion_slice
+    x, y = x[:32], y[:32]
+    wrapped = attacks.bpda(defended, trained_cnn)
+    np.testing.assert_allclose(wrapped.predict(x, verbose=0), defended.predict(x, verbose=0), atol=1e-5)
+    xt = tf.constant(x)
+    grads = []
+    for model in (wrapped, trained_cnn):
+        with tf.GradientTape() as tape:
+            tape.watch(xt)
+            loss = tf.reduce_sum(tf.nn.sparse_softmax_cross_entropy_with_logits(y, model(xt)))
+        grads.append(tape.gradient(loss, xt).numpy())
+    # the loss value differs (defended logits), so the CE gradient differs through softmax;
+    # the logit Jacobian is the approximation's: compare one logit's gradient instead
+    jac = []
+    for model in (wrapped, trained_cnn):
+        with tf.GradientTape() as tape:
+            tape.watch(xt)
+            out = tf.reduce_sum(model(xt)[:, 3])
+        jac.append(tape.gradient(out, xt).numpy())
+    np.testing.assert_allclose(jac[0], jac[1], atol=1e-6)
+    assert np.abs(grads[0]).sum() > 0
+
+
+def test_bpda_breaks_a_gradient_masking_defense(trained_cnn, defended, fashion_slice):
+    _, (x, y) = fashion_slice
+    x, y = x[:128], y[:128]
+    clean = kq.metrics.accuracy(defended, x, y)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the no-gradient warning is the point of the defense
+        masked = attacks.pgd(defended, x, y, eps=0.1, steps=10, seed=0, verbose=0)
+    through = attacks.pgd(attacks.bpda(defended, trained_cnn), x, y, eps=0.1, steps=10, seed=0, verbose=0)
+    assert np.abs(through - x).max() <= 0.1 + 1e-6
+    masked_acc = kq.metrics.accuracy(defended, masked, y)
+    bpda_acc = kq.metrics.accuracy(defended, through, y)
+    assert masked_acc > clean - 0.15  # gradient attack sees zeros: little damage
+    assert bpda_acc < masked_acc - 0.3
+
+
+def test_mismatched_approximation_is_an_error(trained_cnn):
+    other = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(), keras.layers.Dense(10)])
+    with pytest.raises(ValueError, match="inputs"):
+        attacks.bpda(trained_cnn, other)
+    five = keras.Sequential([keras.Input((28, 28, 1)), keras.layers.Flatten(), keras.layers.Dense(5)])
+    with pytest.raises(ValueError, match="classes"):
+        attacks.bpda(trained_cnn, five)
