@@ -5,16 +5,34 @@ This module only re-exports the public API.
 
 from ._keras import keras, tf  # noqa: F401  (first: sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 
-from . import attacks, calibration, configs, datasets, layers, metrics, quantizers, training, transforms, zoo  # noqa: E402
+from . import (  # noqa: E402
+    analysis,
+    attacks,
+    callbacks,
+    calibration,
+    configs,
+    datasets,
+    layers,
+    metrics,
+    quantizers,
+    regularizers,
+    training,
+    transforms,
+    zoo,
+)
+from .analysis import quantization_lipschitz  # noqa: E402
 from .calibration import calibrate_tfmot  # noqa: E402
 from .configs import WXAYQuantizeConfig, WXAYScheme, WXScheme  # noqa: E402
 from .quantize import RobustQuantizer, parse_setting, setting_name  # noqa: E402
+from .transforms import apply_mu_law  # noqa: E402
 from .version import __version__  # noqa: E402
 
 __all__ = [
     "keras",
     "tf",
+    "analysis",
     "attacks",
+    "callbacks",
     "calibration",
     "calibrate_tfmot",
     "configs",
@@ -22,10 +40,13 @@ __all__ = [
     "layers",
     "metrics",
     "quantizers",
+    "regularizers",
     "training",
     "transforms",
     "zoo",
     "RobustQuantizer",
+    "apply_mu_law",
+    "quantization_lipschitz",
     "WXAYQuantizeConfig",
     "WXAYScheme",
     "WXScheme",

@@ -28,7 +28,14 @@ from . import quantizers as qz
 from ._keras import check_model
 from .calibration import CALIBRATIONS, calibrate_relus
 from .layers import QUANTIZED_LAYERS
-from .transforms import Graph, UnsupportedModelError, fold_batchnorm, replace_layers, split_activations
+from .transforms import (
+    Graph,
+    UnsupportedModelError,
+    fold_batchnorm,
+    replace_layers,
+    split_activations,
+    strip_lipschitz,
+)
 from .transforms._kinds import ACTIVATIONS, PASS_THROUGH, QUANTIZED_WEIGHT_LAYERS, WEIGHT_LAYERS
 
 __all__ = ["RobustQuantizer", "parse_setting", "setting_name"]
@@ -140,7 +147,9 @@ class RobustQuantizer:
         model = check_model(model)
         if self.activation_bits is not None:
             samples = _check_samples(samples, model)
-        graph = Graph.from_model(model)
+        # Lipschitz layers are Dense/Conv2D with a training-time penalty (and, with spectral
+        # normalization, the kernel W/σ): quantize the kernels they compute with
+        graph = strip_lipschitz(Graph.from_model(model))
         _check_layers(graph)
         graph = fold_batchnorm(split_activations(graph))
         replacement, unquantized_activations = self._replacement(graph)
@@ -203,6 +212,12 @@ def _check_layers(graph: Graph) -> None:
             raise UnsupportedModelError(
                 f"Layer '{entry['name']}' ({kind}) is already quantized; pass the float model "
                 "to RobustQuantizer.quantize."
+            )
+        if kind == "MuLawDense":
+            raise UnsupportedModelError(
+                f"Layer '{entry['name']}' (MuLawDense) already maps its weights; quantize the model "
+                "without it and pass mu_law_last=N to RobustQuantizer (or call "
+                "transforms.apply_mu_law on the quantized model)."
             )
         if kind not in supported:
             raise UnsupportedModelError(

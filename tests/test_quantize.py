@@ -210,3 +210,19 @@ def test_non_relu_hidden_activation_warns():
     model = keras.Sequential([keras.Input((4,)), layers.Dense(3, activation="tanh", name="h"), layers.Dense(2)])
     with pytest.warns(UserWarning, match=r"stay float: h_tanh \(tanh\)"):
         kq.RobustQuantizer(4, 4).quantize(model, np.zeros((2, 4), np.float32))
+
+
+def test_lipschitz_layers_quantize_as_the_kernels_they_compute_with(rng):
+    samples = rng.uniform(0, 1, (64, 28, 28, 1)).astype(np.float32)
+    model = kq.transforms.to_lipschitz(kq.zoo.cnn_small(), spectral_norm=True)
+    quantized = kq.RobustQuantizer(8, 8).quantize(model, samples)
+    assert not any("Lipschitz" in type(layer).__name__ for layer in quantized.layers)
+    expected = model.predict(samples, verbose=0)
+    assert np.mean(quantized.predict(samples, verbose=0).argmax(-1) == expected.argmax(-1)) > 0.95
+
+
+def test_mu_law_layer_before_quantization_is_an_error_with_the_fix(rng):
+    samples = rng.uniform(0, 1, (16, 28, 28, 1)).astype(np.float32)
+    mapped = kq.apply_mu_law(kq.zoo.cnn_small(), mode="map")
+    with pytest.raises(UnsupportedModelError, match="mu_law_last"):
+        kq.RobustQuantizer(4, 4).quantize(mapped, samples)

@@ -2,8 +2,20 @@
 
 from ._graph import Graph, UnsupportedModelError
 from .fold_batchnorm import fold_batchnorm
+from .lipschitz import strip_lipschitz, to_lipschitz
+from .mu_law import apply_mu_law
 from .replace_layers import replace_layers
 from .split_activations import split_activations
 from .split_separable import split_separable
 
-__all__ = ["Graph", "UnsupportedModelError", "fold_batchnorm", "replace_layers", "split_activations", "split_separable"]
+__all__ = [
+    "Graph",
+    "UnsupportedModelError",
+    "apply_mu_law",
+    "fold_batchnorm",
+    "replace_layers",
+    "split_activations",
+    "split_separable",
+    "strip_lipschitz",
+    "to_lipschitz",
+]
