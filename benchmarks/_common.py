@@ -40,13 +40,15 @@ def machine() -> dict:
 
 
 def trained_model(name: str, epochs: int, seed: int = 0, dataset: str = "fashion_mnist",
-                  adversarial: dict | None = None):
+                  adversarial: dict | None = None, lr_drop: bool = False):
     """A zoo model trained on the full training split (cached in benchmarks/.cache).
 
     ``adversarial``: AdversarialModel arguments (e.g. ``{"attack": "fgsm_rs", "eps": 0.1}``)
-    for adversarial training; None trains normally.
+    for adversarial training; None trains normally. ``lr_drop``: Adam at 1e-3, then 1e-4 for
+    the last quarter of the epochs.
     """
     tag = "" if not adversarial else "_" + "_".join(f"{k}{v}" for k, v in sorted(adversarial.items()))
+    tag += "_lrdrop" if lr_drop else ""
     path = CACHE / f"{dataset}_{name}_e{epochs}_s{seed}{tag}.keras"
     if path.exists():
         return kq.keras.models.load_model(path), {"cached": str(path)}
@@ -55,7 +57,12 @@ def trained_model(name: str, epochs: int, seed: int = 0, dataset: str = "fashion
     model = kq.zoo.get(name, input_shape=x.shape[1:], num_classes=int(y.max()) + 1)
     trainer = kq.training.AdversarialModel(model, **adversarial) if adversarial else model
     start = time.perf_counter()
-    kq.training.train_classifier(trainer, x, y, epochs=epochs, batch_size=128, seed=seed)
+    callbacks = None
+    if lr_drop:
+        drop_at = epochs - max(1, epochs // 4)
+        callbacks = [kq.keras.callbacks.LearningRateScheduler(lambda epoch: 1e-3 if epoch < drop_at else 1e-4)]
+    kq.training.train_classifier(trainer, x, y, epochs=epochs, batch_size=128, seed=seed, callbacks=callbacks,
+                                 verbose=2 if adversarial else 0)
     seconds = time.perf_counter() - start
     CACHE.mkdir(exist_ok=True)
     with kq._io.atomic_path(path, overwrite=True) as tmp:

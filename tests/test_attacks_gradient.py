@@ -170,3 +170,16 @@ def test_keras3_model_is_rejected():
     model = keras3.Sequential([keras3.Input((4,)), keras3.layers.Dense(2)])
     with pytest.raises(TypeError, match="Keras 3 model"):
         attacks.fgsm(model, np.zeros((1, 4), np.float32), eps=0.1)
+
+
+def test_unseeded_attacks_run_under_op_determinism(trained_cnn, batch):
+    # training.set_seed(..., deterministic_ops=True) turns it on for the whole process
+    from tensorflow.python.framework import config as tf_config  # no public disable
+
+    x, y = batch
+    tf.config.experimental.enable_op_determinism()
+    try:
+        adv = attacks.pgd(trained_cnn, x[:8], y[:8], eps=0.1, steps=2, verbose=0)
+    finally:
+        tf_config.disable_op_determinism()
+    assert np.abs(adv - x[:8]).max() <= 0.1 + 1e-6

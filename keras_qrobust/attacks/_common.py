@@ -326,7 +326,9 @@ def random_in_ball(shape, eps: float, norm: str, generator: tf.random.Generator)
 def generator(seed: Optional[int]) -> tf.random.Generator:
     """A TensorFlow random generator: seeded, or from fresh entropy when ``seed`` is None."""
     if seed is None:
-        return tf.random.Generator.from_non_deterministic_state()
+        # fresh entropy drawn here: TF's from_non_deterministic_state refuses to run once
+        # tf.config.experimental.enable_op_determinism() is on
+        seed = int(np.random.default_rng().integers(2**63 - 1))
     return tf.random.Generator.from_seed(seed)
 
 

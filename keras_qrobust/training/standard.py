@@ -37,7 +37,8 @@ def compile_classifier(model, learning_rate: float = 1e-3):
 
 
 def train_classifier(model, x, y, epochs: int = 3, batch_size: int = 128, seed: Optional[int] = 0,
-                     validation_split: float = 0.0, learning_rate: float = 1e-3, verbose: int = 0):
+                     validation_split: float = 0.0, learning_rate: float = 1e-3, verbose: int = 0,
+                     callbacks=None):
     """Compile (if needed) and fit ``model`` on ``(x, y)``; returns the Keras History.
 
     ``seed`` fixes the shuffling and dropout of this fit; the initial weights were fixed
@@ -49,5 +50,5 @@ def train_classifier(model, x, y, epochs: int = 3, batch_size: int = 128, seed: 
         compile_classifier(model, learning_rate)
     return model.fit(
         np.asarray(x, np.float32), np.asarray(y), epochs=epochs, batch_size=batch_size,
-        validation_split=validation_split, verbose=verbose, shuffle=True,
+        validation_split=validation_split, verbose=verbose, shuffle=True, callbacks=callbacks,
     )

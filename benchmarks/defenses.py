@@ -1,0 +1,247 @@
+"""Defenses on Fashion-MNIST cnn_small, in the structure of Song et al. 2020, Tables 1-4.
+
+Rows: Orig. (standard training), Adv. (PGD-AT, Madry 2018, ε = 0.1, 7 steps, learning rate
+dropped 10x for the last quarter of the epochs) and F.L.
+(feedback learning on the standard model, DESIGN.md §3), each also (Q) = 3-bit weight-only
+PTQ (RobustQuantizer, per-axis symmetric), +mu = μ-law mapping of the last layer
+(``apply_mu_law(mode="map")``), (Q)+mu = 3-bit with μ-law companding of the last layer
+(``RobustQuantizer(3, None, mu_law_last=1)``) and, for Adv., the w4a4 PTQ copy.
+
+Columns (L∞, ε = 0.1 unless stated): clean; CW-L2 (success counted at ‖δ‖₂ ≤ 1.0); FGSM
+weak (ε/2) and strong (ε); PGD-20; BIM-10; MIM-10 — white-box, then the same attacks
+black-box (crafted on an independently trained surrogate cnn_small, seed 1, scored on the
+row model); Gaussian N(0, ε²) and uniform U(−ε, ε) noise. Every +mu row is also scored
+with SPSA, Square, transfer (PGD-20 from the surrogate) and BPDA (PGD-20 through the
+un-mapped model's gradient); a row whose best gradient attack leaves a higher accuracy
+than one of those is flagged as gradient masking (DESIGN.md §4).
+
+    ./run.sh bench defenses            # writes benchmarks/results/defenses.{json,md}
+    ./run.sh bench defenses --quick    # small subsets and short training, a smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+
+from _common import kq, log, machine, trained_model, write_results
+
+EPS = 0.1
+CW_L2_BUDGET = 1.0
+SPSA = dict(steps=100, samples=64, delta=0.03, learning_rate=0.05)
+TARGET_CLEAN, TARGET_PGD, TARGET_QUANT_GAP = 0.87, 0.75, 0.03
+WHITE_BOX = ("FGSM ε/2", "FGSM ε", "PGD-20", "BIM-10", "MIM-10")
+
+
+def timed(fn, *args, **kwargs):
+    start = time.perf_counter()
+    result = fn(*args, **kwargs)
+    return result, time.perf_counter() - start
+
+
+# ------------------------------------------------------------------------------ models
+def feedback_model(base, x, y, seed: int, rounds: int, epochs: int, examples: int):
+    """A copy of ``base`` retrained by feedback learning on ``examples`` training images."""
+    model = kq.keras.models.clone_model(base)
+    model.set_weights(base.get_weights())
+    kq.training.compile_classifier(model)
+    kq.training.set_seed(seed)
+    history = kq.training.feedback_learning(model, (x[:examples], y[:examples]), t_max=2 * EPS, rounds=rounds,
+                                            epochs=epochs, seed=seed)
+    return model, {"margins_per_round": [np.asarray(m).tolist() for m in history.margins]}
+
+
+def variants(name: str, model, x_cal, with_w4a4: bool) -> dict:
+    """The rows of one base model: float, (Q), +mu, (Q)+mu (and w4a4)."""
+    rows = {
+        name: (model, model),
+        f"{name} (Q)": (kq.RobustQuantizer(weight_bits=3, activation_bits=None).quantize(model), model),
+        f"{name} +mu": (kq.apply_mu_law(model, last_n=1, mode="map"), model),
+        f"{name} (Q)+mu": (kq.RobustQuantizer(weight_bits=3, activation_bits=None, mu_law_last=1).quantize(model),
+                           model),
+    }
+    if with_w4a4:
+        rows[f"{name} w4a4"] = (kq.RobustQuantizer.from_setting("w4a4").quantize(model, x_cal), model)
+    return rows  # name -> (model scored, its un-mapped float original for BPDA)
+
+
+# ----------------------------------------------------------------------------- scoring
+def crafted(attack: str, model, x, y, seed: int):
+    a = kq.attacks
+    if attack == "FGSM ε/2":
+        return a.fgsm(model, x, y, eps=EPS / 2)
+    if attack == "FGSM ε":
+        return a.fgsm(model, x, y, eps=EPS)
+    if attack == "PGD-20":
+        return a.pgd(model, x, y, eps=EPS, steps=20, seed=seed, verbose=0)
+    if attack == "BIM-10":
+        return a.bim(model, x, y, eps=EPS, verbose=0)
+    if attack == "MIM-10":
+        return a.mim(model, x, y, eps=EPS, verbose=0)
+    raise ValueError(attack)
+
+
+def cw_accuracy(model, x, y) -> float:
+    x_adv = kq.attacks.cw_l2(model, x, y, verbose=0)
+    norms = np.linalg.norm((x_adv - x).reshape(len(x), -1), axis=1)
+    return kq.metrics.accuracy(model, np.where((norms <= CW_L2_BUDGET)[:, None, None, None], x_adv, x), y)
+
+
+def score_row(model, original, black_box: dict, data, seed: int, mu: bool) -> dict:
+    x, y, x_cw, y_cw, x_slow, y_slow = data
+    acc = lambda inputs, labels=y: kq.metrics.accuracy(model, inputs, labels)  # noqa: E731
+    row = {"clean": acc(x), "CW-L2": cw_accuracy(model, x_cw, y_cw)}
+    for attack in WHITE_BOX:
+        row[attack] = acc(crafted(attack, model, x, y, seed))
+    for attack, x_adv in black_box.items():
+        row[f"black-box {attack}"] = acc(x_adv)
+    row["gaussian"] = acc(kq.attacks.noise(x, eps=EPS, kind="gaussian", seed=seed))
+    row["uniform"] = acc(kq.attacks.noise(x, eps=EPS, kind="uniform", seed=seed))
+    if mu:
+        a = kq.attacks
+        row["SPSA"] = acc(a.spsa(model, x_slow, y_slow, eps=EPS, seed=seed, verbose=0, **SPSA), y_slow)
+        row["Square"] = acc(a.square(model, x_slow, y_slow, eps=EPS, p_init=0.3, seed=seed, verbose=0), y_slow)
+        row["BPDA PGD-20"] = acc(a.pgd(a.bpda(model, original), x, y, eps=EPS, steps=20, seed=seed, verbose=0))
+        # the same slice as SPSA/Square, for a like-for-like masking check
+        row["PGD-20 (SPSA slice)"] = acc(crafted("PGD-20", model, x_slow, y_slow, seed), y_slow)
+        row["masking"] = masking(row)
+    return row
+
+
+def masking(row: dict) -> dict:
+    """Which gradient-free / transfer / BPDA attacks leave a lower accuracy than the white-box
+    gradient attacks: SPSA and Square against PGD-20 on the same (first) images, transfer and
+    BPDA against the best white-box attack on all images."""
+    gradient = min(row[a] for a in WHITE_BOX)
+    comparisons = {"SPSA": (row["SPSA"], row["PGD-20 (SPSA slice)"]),
+                   "Square": (row["Square"], row["PGD-20 (SPSA slice)"]),
+                   "transfer PGD-20": (row["black-box PGD-20"], gradient),
+                   "BPDA PGD-20": (row["BPDA PGD-20"], gradient)}
+    beaten_by = [name for name, (other, grad) in comparisons.items() if other < grad - 0.005]
+    return {"gradient_best": gradient, "beaten_by": beaten_by, "suspect": bool(beaten_by)}
+
+
+# ------------------------------------------------------------------------------ report
+COLUMNS = ["clean", "CW-L2", *WHITE_BOX, *(f"black-box {a}" for a in WHITE_BOX), "gaussian", "uniform"]
+MU_COLUMNS = ["PGD-20 (SPSA slice)", "SPSA", "Square", "black-box PGD-20", "BPDA PGD-20"]
+
+
+def markdown(data) -> str:
+    pct = lambda v: f"{100 * v:.1f}"  # noqa: E731
+    lines = ["# Defenses on Fashion-MNIST cnn_small (Song 2020, Tables 1-4 structure)", "",
+             f"Command: `{data['command']}`. Machine: {data['machine']['cpus']} CPUs. ε = {EPS} (L∞). "
+             f"Attacks on {data['images']} test images (CW-L2 on {data['cw_images']}, SPSA/Square on "
+             f"{data['slow_images']}); CW-L2 success counted at ‖δ‖₂ ≤ {CW_L2_BUDGET}. Black-box: crafted on a "
+             f"surrogate cnn_small trained with seed {data['surrogate_seed']}. Seed {data['seed']}. "
+             f"Total CPU wall time {data['total_seconds'] / 60:.1f} min (training "
+             f"{data['training_seconds'] / 60:.1f} min).", "",
+             "## Accuracy % (white-box, then black-box transfer, then noise)", "",
+             "| model | " + " | ".join(COLUMNS) + " |", "|---|" + "---|" * len(COLUMNS)]
+    for name, row in data["rows"].items():
+        lines.append(f"| {name} | " + " | ".join(pct(row[c]) for c in COLUMNS) + " |")
+    lines += ["", "## +mu rows: gradient-free, transfer and BPDA attacks", "",
+              "| model | best white-box gradient % | " + " | ".join(MU_COLUMNS) + " | gradient masking? |",
+              "|---|---|" + "---|" * len(MU_COLUMNS) + "---|"]
+    for name, row in data["rows"].items():
+        if "masking" in row:
+            m = row["masking"]
+            verdict = ("yes: " + ", ".join(m["beaten_by"]) + " score lower") if m["suspect"] else "no"
+            lines.append(f"| {name} | {pct(m['gradient_best'])} | " + " | ".join(pct(row[c]) for c in MU_COLUMNS)
+                         + f" | {verdict} |")
+    lines += ["", f"SPSA ({', '.join(f'{k}={v}' for k, v in SPSA.items())}) and Square (1000 queries, "
+              "p_init=0.3) run on the first images only; the masking check compares them with PGD-20 on the "
+              "same images (also in the JSON), transfer and BPDA with the best white-box attack.", "",
+              "## Training", ""]
+    lines += [f"- {name}: {info}" for name, info in data["training"].items()]
+    lines += ["", "## Targets", "", "| check | measured | met |", "|---|---|---|"]
+    lines += [f"| {c['check']} | {c['value']} | {'yes' if c['passed'] else 'NO'} |" for c in data["checks"]]
+    return "\n".join(lines) + "\n"
+
+
+def checks(data) -> list[dict]:
+    rows = data["rows"]
+    adv = rows["Adv."]
+    out = [{"check": f"Adv. clean ≥ {100 * TARGET_CLEAN:.0f}%", "value": f"{100 * adv['clean']:.2f}%",
+            "passed": adv["clean"] >= TARGET_CLEAN},
+           {"check": f"Adv. PGD-20 ≥ {100 * TARGET_PGD:.0f}%", "value": f"{100 * adv['PGD-20']:.2f}%",
+            "passed": adv["PGD-20"] >= TARGET_PGD}]
+    for copy in ("Adv. (Q)", "Adv. w4a4"):
+        gap = adv["PGD-20"] - rows[copy]["PGD-20"]
+        out.append({"check": f"{copy} PGD-20 within {100 * TARGET_QUANT_GAP:.0f} points of Adv.",
+                    "value": f"{100 * rows[copy]['PGD-20']:.2f}% ({100 * gap:+.2f} below)",
+                    "passed": gap <= TARGET_QUANT_GAP})
+    suspects = [n for n, r in rows.items() if r.get("masking", {}).get("suspect")]
+    out.append({"check": "+mu rows whose gradient attacks are beaten by SPSA/Square/transfer/BPDA "
+                "(gradient masking, reported not hidden)", "value": ", ".join(suspects) or "none",
+                "passed": True})
+    return out
+
+
+# -------------------------------------------------------------------------------- main
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--epochs", type=int, default=8, help="standard training epochs (default 8)")
+    parser.add_argument("--adv-epochs", type=int, default=20, help="PGD-AT epochs (default 20)")
+    parser.add_argument("--images", type=int, default=2000, help="test images per attack (default 2000)")
+    parser.add_argument("--cw-images", type=int, default=200)
+    parser.add_argument("--slow-images", type=int, default=200, help="test images for SPSA and Square")
+    parser.add_argument("--fl-examples", type=int, default=10000, help="training images for feedback learning")
+    parser.add_argument("--quick", action="store_true", help="small subsets and short training")
+    args = parser.parse_args()
+    if args.quick:
+        args.epochs, args.adv_epochs, args.images, args.cw_images, args.slow_images, args.fl_examples = (
+            2, 1, 300, 20, 20, 1000)
+    started = time.perf_counter()
+    x_train, y_train = kq.datasets.load("fashion_mnist", "train")
+    x_test, y_test = kq.datasets.load("fashion_mnist", "test")
+    rng = np.random.default_rng(args.seed)
+    x_cal = x_train[rng.choice(len(x_train), 1024, replace=False)]
+    order = np.random.default_rng(args.seed + 1).permutation(len(x_train))
+    x_fl, y_fl = x_train[order], y_train[order]
+
+    training, train_start = {}, time.perf_counter()
+    orig, training["Orig."] = trained_model("cnn_small", args.epochs, args.seed)
+    adv, training["Adv."] = trained_model("cnn_small", args.adv_epochs, args.seed,
+                                          adversarial={"attack": "pgd", "eps": EPS, "steps": 7}, lr_drop=True)
+    surrogate_seed = args.seed + 1
+    surrogate, training["surrogate"] = trained_model("cnn_small", args.epochs, surrogate_seed)
+    (fl, info), fl_seconds = timed(feedback_model, orig, x_fl, y_fl, args.seed, rounds=2,
+                                   epochs=1 if args.quick else 5, examples=args.fl_examples)
+    training["F.L."] = {**info, "seconds": round(fl_seconds, 1), "examples": args.fl_examples,
+                        "from": "Orig.", "rounds": 2}
+    training_seconds = time.perf_counter() - train_start
+    for name, info in training.items():
+        log(f"{name}: {info}")
+
+    x, y = x_test[:args.images], y_test[:args.images]
+    data_slices = (x, y, x_test[:args.cw_images], y_test[:args.cw_images],
+                   x_test[:args.slow_images], y_test[:args.slow_images])
+    log("black-box examples from the surrogate")
+    black_box = {attack: crafted(attack, surrogate, x, y, args.seed) for attack in WHITE_BOX}
+
+    rows = {}
+    for name, model in (("Orig.", orig), ("Adv.", adv), ("F.L.", fl)):
+        for row_name, (scored, original) in variants(name, model, x_cal, with_w4a4=name == "Adv.").items():
+            (row, seconds) = timed(score_row, scored, original, black_box, data_slices, args.seed,
+                                   mu=row_name.endswith("+mu"))
+            rows[row_name] = row
+            log(f"  {row_name}: clean {100 * row['clean']:.1f}%, PGD-20 {100 * row['PGD-20']:.1f}% ({seconds:.0f} s)")
+
+    data = {"benchmark": "defenses", "command": "./run.sh bench defenses" + (" --quick" if args.quick else ""),
+            "machine": machine(), "seed": args.seed, "eps": EPS, "images": len(x), "cw_images": args.cw_images,
+            "slow_images": args.slow_images, "surrogate_seed": surrogate_seed,
+            "training": {k: {kk: vv for kk, vv in v.items() if kk != "margins_per_round"} for k, v in training.items()},
+            "feedback_margins": training["F.L."]["margins_per_round"], "rows": rows,
+            "training_seconds": training_seconds, "total_seconds": time.perf_counter() - started}
+    data["checks"] = checks(data)
+    name = "defenses_quick" if args.quick else "defenses"
+    paths = write_results(name, data, markdown(data))
+    print(markdown(data))
+    log(f"wrote {paths[0]} and {paths[1]}")
+
+
+if __name__ == "__main__":
+    main()
