@@ -53,18 +53,19 @@ def trained_model(name: str, epochs: int, seed: int = 0, dataset: str = "fashion
     if path.exists():
         return kq.keras.models.load_model(path), {"cached": str(path)}
     x, y = kq.datasets.load(dataset, "train")
+    CACHE.mkdir(exist_ok=True)
     kq.training.set_seed(seed, deterministic_ops=True)
     model = kq.zoo.get(name, input_shape=x.shape[1:], num_classes=int(y.max()) + 1)
     trainer = kq.training.AdversarialModel(model, **adversarial) if adversarial else model
     start = time.perf_counter()
-    callbacks = None
+    # an interrupted run resumes from its last finished epoch (weights, optimizer, epoch)
+    callbacks = [kq.keras.callbacks.BackupAndRestore(str(CACHE / f"{path.stem}.backup"))]
     if lr_drop:
         drop_at = epochs - max(1, epochs // 4)
-        callbacks = [kq.keras.callbacks.LearningRateScheduler(lambda epoch: 1e-3 if epoch < drop_at else 1e-4)]
+        callbacks.append(kq.keras.callbacks.LearningRateScheduler(lambda epoch: 1e-3 if epoch < drop_at else 1e-4))
     kq.training.train_classifier(trainer, x, y, epochs=epochs, batch_size=128, seed=seed, callbacks=callbacks,
                                  verbose=2 if adversarial else 0)
     seconds = time.perf_counter() - start
-    CACHE.mkdir(exist_ok=True)
     with kq._io.atomic_path(path, overwrite=True) as tmp:
         model.save(tmp)
     return model, {"train_seconds": round(seconds, 1)}
