@@ -9,6 +9,8 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+import numpy as np
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -18,6 +20,27 @@ from keras_qrobust._io import write_json, write_text  # noqa: E402
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 CACHE = HERE / ".cache"
+
+
+# Attack settings shared by the benchmarks. SPSA and Square: strong on low-bit models too
+# (piecewise-constant outputs need a larger SPSA δ and larger squares, docs/attacks.md).
+STRONG_SPSA = dict(steps=100, samples=64, delta=0.03, learning_rate=0.05)
+STRONG_SQUARE = dict(queries=1000, p_init=0.3)
+CW_L2_BUDGET = 1.0  # a CW-L2 example counts as a success only within this L2 distance
+
+
+def timed(fn, *args, **kwargs):
+    """``(fn(*args, **kwargs), wall seconds)``."""
+    start = time.perf_counter()
+    result = fn(*args, **kwargs)
+    return result, time.perf_counter() - start
+
+
+def within_l2_budget(x_adv, x, budget: float = CW_L2_BUDGET):
+    """``x_adv`` where its L2 distance to ``x`` is at most ``budget``, else ``x``; and the distances."""
+    norms = np.linalg.norm((x_adv - x).reshape(len(x), -1), axis=1)
+    mask = (norms <= budget).reshape((-1,) + (1,) * (x.ndim - 1))
+    return np.where(mask, x_adv, x), norms
 
 
 def machine() -> dict:

@@ -26,19 +26,22 @@ import time
 
 import numpy as np
 
-from _common import kq, log, machine, trained_model, write_results
+from _common import (
+    CW_L2_BUDGET,
+    STRONG_SPSA,
+    STRONG_SQUARE,
+    kq,
+    log,
+    machine,
+    timed,
+    trained_model,
+    within_l2_budget,
+    write_results,
+)
 
 EPS = 0.1
-CW_L2_BUDGET = 1.0
-SPSA = dict(steps=100, samples=64, delta=0.03, learning_rate=0.05)
 TARGET_CLEAN, TARGET_PGD, TARGET_QUANT_GAP = 0.87, 0.75, 0.03
 WHITE_BOX = ("FGSM ε/2", "FGSM ε", "PGD-20", "BIM-10", "MIM-10")
-
-
-def timed(fn, *args, **kwargs):
-    start = time.perf_counter()
-    result = fn(*args, **kwargs)
-    return result, time.perf_counter() - start
 
 
 # ------------------------------------------------------------------------------ models
@@ -85,8 +88,7 @@ def crafted(attack: str, model, x, y, seed: int):
 
 def cw_accuracy(model, x, y) -> float:
     x_adv = kq.attacks.cw_l2(model, x, y, verbose=0)
-    norms = np.linalg.norm((x_adv - x).reshape(len(x), -1), axis=1)
-    return kq.metrics.accuracy(model, np.where((norms <= CW_L2_BUDGET)[:, None, None, None], x_adv, x), y)
+    return kq.metrics.accuracy(model, within_l2_budget(x_adv, x)[0], y)
 
 
 def score_row(model, original, black_box: dict, data, seed: int, mu: bool) -> dict:
@@ -101,8 +103,8 @@ def score_row(model, original, black_box: dict, data, seed: int, mu: bool) -> di
     row["uniform"] = acc(kq.attacks.noise(x, eps=EPS, kind="uniform", seed=seed))
     if mu:
         a = kq.attacks
-        row["SPSA"] = acc(a.spsa(model, x_slow, y_slow, eps=EPS, seed=seed, verbose=0, **SPSA), y_slow)
-        row["Square"] = acc(a.square(model, x_slow, y_slow, eps=EPS, p_init=0.3, seed=seed, verbose=0), y_slow)
+        row["SPSA"] = acc(a.spsa(model, x_slow, y_slow, eps=EPS, seed=seed, verbose=0, **STRONG_SPSA), y_slow)
+        row["Square"] = acc(a.square(model, x_slow, y_slow, eps=EPS, seed=seed, verbose=0, **STRONG_SQUARE), y_slow)
         row["BPDA PGD-20"] = acc(a.pgd(a.bpda(model, original), x, y, eps=EPS, steps=20, seed=seed, verbose=0))
         # the same slice as SPSA/Square, for a like-for-like masking check
         row["PGD-20 (SPSA slice)"] = acc(crafted("PGD-20", model, x_slow, y_slow, seed), y_slow)
@@ -150,9 +152,10 @@ def markdown(data) -> str:
             verdict = ("yes: " + ", ".join(m["beaten_by"]) + " score lower") if m["suspect"] else "no"
             lines.append(f"| {name} | {pct(m['gradient_best'])} | " + " | ".join(pct(row[c]) for c in MU_COLUMNS)
                          + f" | {verdict} |")
-    lines += ["", f"SPSA ({', '.join(f'{k}={v}' for k, v in SPSA.items())}) and Square (1000 queries, "
-              "p_init=0.3) run on the first images only; the masking check compares them with PGD-20 on the "
-              "same images (also in the JSON), transfer and BPDA with the best white-box attack.", "",
+    lines += ["", f"SPSA ({', '.join(f'{k}={v}' for k, v in STRONG_SPSA.items())}) and Square "
+              f"({', '.join(f'{k}={v}' for k, v in STRONG_SQUARE.items())}) run on the first images only; "
+              "the masking check compares them with PGD-20 on the same images (also in the JSON), transfer "
+              "and BPDA with the best white-box attack.", "",
               "## Training", ""]
     lines += [f"- {name}: {info}" for name, info in data["training"].items()]
     lines += ["", "## Targets", "", "| check | measured | met |", "|---|---|---|"]

@@ -28,6 +28,8 @@ __all__ = [
     "generator",
     "random_in_ball",
     "check_inputs",
+    "clip_key",
+    "to_box",
     "check_array",
     "check_count",
     "check_positive",
@@ -185,6 +187,16 @@ def check_array(x, clip: Optional[Sequence[float]] = (0.0, 1.0)) -> np.ndarray:
                 f"[{lo}, {hi}]: scale the inputs (images in [0, 1]) or pass clip=(min, max)"
             )
     return array
+
+
+def clip_key(clip: Optional[Sequence[float]]) -> Optional[tuple]:
+    """``clip`` as a hashable ``(min, max)`` of floats (a cache key), or None."""
+    return None if clip is None else (float(clip[0]), float(clip[1]))
+
+
+def to_box(t: tf.Tensor, clip: Optional[Sequence[float]]) -> tf.Tensor:
+    """``t`` clipped into the box ``clip`` (unchanged for ``clip=None``)."""
+    return t if clip is None else tf.clip_by_value(t, clip[0], clip[1])
 
 
 def check_inputs(

@@ -31,11 +31,13 @@ from ._common import (
     check_eps,
     check_inputs,
     check_positive,
+    clip_key,
     compiled,
     generator,
     margin,
     progress,
     project,
+    to_box,
 )
 
 __all__ = ["spsa", "square", "transfer", "TransferResult", "TRANSFER_ATTACKS"]
@@ -61,11 +63,7 @@ def _objective(logits: tf.Tensor, y: tf.Tensor, targeted: bool) -> tf.Tensor:
 def _into_box(adv: tf.Tensor, x: tf.Tensor, eps: tf.Tensor, clip: Optional[tuple]) -> tf.Tensor:
     """Project ``adv`` onto the ε-ball around ``x``, then into the box."""
     adv = x + project(adv - x, eps, "inf")
-    return adv if clip is None else tf.clip_by_value(adv, clip[0], clip[1])
-
-
-def _check_clip(clip) -> Optional[tuple]:
-    return None if clip is None else (float(clip[0]), float(clip[1]))
+    return to_box(adv, clip)
 
 
 def _clean_objective(attack_model: AttackModel, x: np.ndarray, y: Optional[np.ndarray],
@@ -212,7 +210,7 @@ def spsa(model, x, y=None, *, eps: float, steps: int = 100, samples: int = 128, 
     learning_rate = check_positive(learning_rate, "learning_rate")
     batch_size = check_count(batch_size, "batch_size")
     x, y = check_inputs(attack_model, x, y, clip, require_labels=targeted)
-    clip = _check_clip(clip)
+    clip = clip_key(clip)
     if eps == 0:
         return x.copy()
     run = _compiled_spsa(attack_model, bool(targeted), bool(early_stop), clip)
@@ -394,7 +392,7 @@ def square(model, x, y=None, *, eps: float, queries: int = 1000, p_init: float =
     batch_size = check_count(batch_size, "batch_size")
     plain = _check_images(attack_model)
     x, y = check_inputs(attack_model, x, y, clip, require_labels=targeted)
-    clip = _check_clip(clip)
+    clip = clip_key(clip)
     if eps == 0:
         return x.copy()
     run = _compiled_square(attack_model, bool(targeted), clip, plain)

@@ -41,6 +41,7 @@ from ._common import (
     compiled,
     progress,
     project,
+    to_box,
     zeros_if_none,
 )
 
@@ -91,10 +92,6 @@ def _linearized_step(attack_model: AttackModel, adv: tf.Tensor, labels: tf.Tenso
     return (distance + _NUDGE)[expand] * direction
 
 
-def _box(x: tf.Tensor, clip) -> tf.Tensor:
-    return x if clip is None else tf.clip_by_value(x, clip[0], clip[1])
-
-
 def _compiled_deepfool(attack_model: AttackModel, norm: str, num_candidates: int, clip):
     """``run(x, labels, steps, overshoot) -> delta`` compiled once per model/configuration."""
 
@@ -114,8 +111,8 @@ def _compiled_deepfool(attack_model: AttackModel, norm: str, num_candidates: int
                 x_a, labels_a = tf.gather_nd(x, index), tf.gather_nd(labels, index)
                 step = _linearized_step(model, tf.gather_nd(adv, index), labels_a,
                                         tf.gather_nd(others, index), norm, clip)
-                total_a = _box(x_a + tf.gather_nd(total, index) + step, clip) - x_a
-                adv_a = _box(x_a + (1.0 + overshoot) * total_a, clip)
+                total_a = to_box(x_a + tf.gather_nd(total, index) + step, clip) - x_a
+                adv_a = to_box(x_a + (1.0 + overshoot) * total_a, clip)
                 predicted = tf.argmax(model.logits(adv_a), axis=-1, output_type=labels.dtype)
                 total = tf.tensor_scatter_nd_update(total, index, total_a)
                 adv = tf.tensor_scatter_nd_update(adv, index, adv_a)
@@ -187,6 +184,6 @@ def deepfool(model, x, y=None, *, steps: int = 50, overshoot: float = 0.02, norm
                                       overshoot=overshoot, norm=norm, num_candidates=count, clip=clip)
         if radius is not None:
             delta = project(delta, radius, norm)
-        adv = _box(xb + delta, clip)
+        adv = to_box(xb + delta, clip)
         out[part] = adv.numpy()
     return out

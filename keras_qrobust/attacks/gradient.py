@@ -26,6 +26,7 @@ from ._common import (
     check_eps,
     check_inputs,
     check_norm,
+    clip_key,
     compiled,
     generator,
     gradient,
@@ -33,6 +34,7 @@ from ._common import (
     progress,
     project,
     random_in_ball,
+    to_box,
 )
 
 __all__ = ["fgsm", "pgd", "bim", "mim", "iterate"]
@@ -45,9 +47,7 @@ def iterate(model, x, y, delta0, eps, step_size, steps, decay=0.0, *, norm: str 
     ``model``: an AttackModel. Returns the adversarial examples.
     """
     axes = list(range(1, x.shape.rank))
-    adv = x + project(delta0, eps, norm)
-    if clip is not None:
-        adv = tf.clip_by_value(adv, clip[0], clip[1])
+    adv = to_box(x + project(delta0, eps, norm), clip)
 
     def step(i, adv, velocity):
         grad = gradient(model, adv, y, targeted, loss)
@@ -60,9 +60,7 @@ def iterate(model, x, y, delta0, eps, step_size, steps, decay=0.0, *, norm: str 
             # cleverhans's FGM step clips to the box before the ε-projection (this matters
             # for L2 only); its MIM does not
             adv = tf.clip_by_value(adv, clip[0], clip[1])
-        adv = x + project(adv - x, eps, norm)
-        if clip is not None:
-            adv = tf.clip_by_value(adv, clip[0], clip[1])
+        adv = to_box(x + project(adv - x, eps, norm), clip)
         return i + 1, adv, velocity
 
     # an explicit while_loop: callers may be traced without AutoGraph (Keras train_step)
@@ -81,7 +79,7 @@ def _compiled_iterative(attack_model, norm: str, targeted: bool, loss: str, clip
 
         return run
 
-    key = ("iterative", norm, targeted, loss, None if clip is None else tuple(clip), momentum)
+    key = ("iterative", norm, targeted, loss, clip_key(clip), momentum)
     return compiled(attack_model, key, factory)
 
 

@@ -43,10 +43,12 @@ from ._common import (
     check_eps,
     check_inputs,
     check_norm,
+    clip_key,
     compiled,
     normalize,
     progress,
     project,
+    to_box,
 )
 
 __all__ = [
@@ -225,15 +227,7 @@ def _check_choice(value, choices: tuple, name: str) -> str:
     return value
 
 
-def _clip_key(clip: Clip) -> Optional[tuple]:
-    return None if clip is None else (float(clip[0]), float(clip[1]))
-
-
 # ----------------------------------------------------------------------------- compiled pieces
-def _box(t: tf.Tensor, clip: Optional[tuple]) -> tf.Tensor:
-    return t if clip is None else tf.clip_by_value(t, clip[0], clip[1])
-
-
 def _specs(attack_model: AttackModel) -> tuple:
     """Signatures of a batch ``x``, its labels and ``v`` (batch dimension 1)."""
     shape = attack_model.input_shape
@@ -252,7 +246,7 @@ def _logits_and_gradient(model: AttackModel, point: tf.Tensor, y: tf.Tensor, cli
     """
     with tf.GradientTape() as tape:
         tape.watch(point)
-        logits = model.logits(_box(point, clip))
+        logits = model.logits(to_box(point, clip))
         loss = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=logits)
     return logits, _or_zeros(tape.gradient(loss, point), point, model)
 
@@ -277,7 +271,7 @@ def _labels_fn(attack_model: AttackModel, clip: Optional[tuple]) -> Callable:
         # control flow, and skipping the conversion makes the first call much cheaper
         @tf.function(input_signature=[x_spec, v_spec], autograph=False)
         def run(x, v):
-            return tf.argmax(get_model().logits(_box(x + v, clip)), axis=-1)
+            return tf.argmax(get_model().logits(to_box(x + v, clip)), axis=-1)
 
         return run
 
@@ -335,7 +329,7 @@ def _deepfool_step_fn(attack_model: AttackModel, norm: str, clip: Optional[tuple
     def factory(get_model):
         @tf.function(input_signature=[x_spec, y_spec, v_spec, _SCALAR, _SCALAR])
         def step(x, y, v, eps, alpha):
-            delta = deepfool_perturbation(get_model(), _box(x + v, clip), y, steps=steps,
+            delta = deepfool_perturbation(get_model(), to_box(x + v, clip), y, steps=steps,
                                           overshoot=overshoot, norm=norm,
                                           num_candidates=num_candidates, clip=clip)
             axes = list(range(1, delta.shape.rank))
@@ -362,7 +356,7 @@ def _sgd_step_fn(attack_model: AttackModel, norm: str, clip: Optional[tuple], ta
             model = get_model()
             with tf.GradientTape() as tape:
                 tape.watch(v)
-                logits = model.logits(_box(x + v, clip))
+                logits = model.logits(to_box(x + v, clip))
                 loss = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=logits)
                 if targeted:
                     objective = -tf.reduce_mean(tf.maximum(loss, beta))
@@ -406,7 +400,7 @@ def fooling_rate(model, x, perturbation, *, clip: Clip = (0.0, 1.0), batch_size:
     x, _ = check_inputs(attack_model, x, None, clip)
     v = _check_perturbation(perturbation, attack_model)
     batch_size = check_count(batch_size, "batch_size")
-    clip = _clip_key(clip)
+    clip = clip_key(clip)
     clean = _predict(attack_model, x, _zeros(attack_model), clip, batch_size)
     return _rates([attack_model], x, tf.constant(v), [clean], clip, batch_size)[0]
 
@@ -541,7 +535,7 @@ def _make_loop(models, x, *, eps, norm, inner, aggregate, step_size, max_passes,
     batch_size = check_count(batch_size, "batch_size")
     options = _deepfool_options(deepfool) if inner == "deepfool" else None
     x, _ = check_inputs(attack_models[0], x, None, clip)
-    clip = _clip_key(clip)
+    clip = clip_key(clip)
     if inner == "fgsm":
         steps = [_fgsm_step_fn(am, norm, clip, aggregate) for am in attack_models]
     else:
@@ -690,7 +684,7 @@ def sgd_uap(model, x, *, eps: float, epochs: int = 10, batch_size: int = 128,
         targeted_class = _check_target(targeted_class, attack_model)
     beta = _loss_clip(loss_clip, targeted)
     x, _ = check_inputs(attack_model, x, None, clip)
-    clip = _clip_key(clip)
+    clip = clip_key(clip)
 
     start = time.perf_counter()
     clean = _predict(attack_model, x, _zeros(attack_model), clip, _EVAL_BATCH)
@@ -805,7 +799,7 @@ def uap_transfer_matrix(models: Union[Mapping, Sequence], x_craft, x_eval, y_eva
     x_craft, _ = check_inputs(attack_models[0], x_craft, None, clip)
     x_eval, y_eval = check_inputs(attack_models[0], x_eval, y_eval, clip, require_labels=True)
     craft = uap if method == "uap" else sgd_uap
-    key = _clip_key(clip)
+    key = clip_key(clip)
     clean = [_predict(am, x_eval, _zeros(am), key, _EVAL_BATCH) for am in attack_models]
     accuracy, fooled, perturbations = [], [], {}
     for name, am in zip(names, attack_models):

@@ -20,7 +20,16 @@ from __future__ import annotations
 from typing import Optional, Sequence
 
 from .._keras import check_model, keras, register, tf
-from ..attacks._common import AttackModel, as_attack_model, check_eps, check_norm, normalize, project
+from ..attacks._common import (
+    AttackModel,
+    as_attack_model,
+    check_count,
+    check_eps,
+    check_norm,
+    normalize,
+    project,
+    to_box,
+)
 from ..attacks.gradient import iterate
 
 __all__ = ["AdversarialModel", "ATTACKS"]
@@ -56,11 +65,10 @@ class AdversarialModel(keras.Model):
         self.model = check_model(model)
         if attack not in ATTACKS:
             raise ValueError(f"attack must be one of {ATTACKS}, got {attack!r}")
-        if isinstance(steps, bool) or int(steps) != steps or steps < 1:
-            raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+        steps = check_count(steps, "steps")
         self.attack = attack
         self.eps = check_eps(eps)
-        self.steps = 1 if attack == "fgsm_rs" else int(steps)
+        self.steps = 1 if attack == "fgsm_rs" else steps
         default_step = 1.25 * self.eps if attack == "fgsm_rs" else 2.5 * self.eps / self.steps
         self.step_size = default_step if step_size is None else check_eps(step_size, "step_size")
         self.beta = float(beta)
@@ -103,9 +111,7 @@ class AdversarialModel(keras.Model):
                 tape.watch(adv)
                 divergence = _kl(clean_logits, self._attack_model.logits(adv))
             adv = adv + self.step_size * normalize(tape.gradient(divergence, adv), self.norm)
-            adv = x + project(adv - x, self.eps, self.norm)
-            if self.clip is not None:
-                adv = tf.clip_by_value(adv, *self.clip)
+            adv = to_box(x + project(adv - x, self.eps, self.norm), self.clip)
             return i + 1, adv
 
         _, adv = tf.while_loop(lambda i, _: i < self.steps, step, (tf.constant(0), adv))

@@ -37,7 +37,9 @@ from ..attacks._common import (
     check_inputs,
     check_norm,
     check_positive,
+    clip_key,
     compiled,
+    to_box,
 )
 from .adversarial import AdversarialModel
 
@@ -86,14 +88,6 @@ def check_data(data, name: str = "data", clip: Clip = (0.0, 1.0)) -> tuple[np.nd
     if not np.issubdtype(y.dtype, np.number) or not np.all(np.mod(y, 1) == 0) or y.min() < 0:
         raise ValueError(f"{name}: y must hold integer class labels >= 0")
     return x, y.astype(np.int64)
-
-
-def _box(t: tf.Tensor, clip: Optional[tuple]) -> tf.Tensor:
-    return t if clip is None else tf.clip_by_value(t, clip[0], clip[1])
-
-
-def _clip_key(clip: Clip) -> Optional[tuple]:
-    return None if clip is None else (float(clip[0]), float(clip[1]))
 
 
 def _seed(seed: Optional[int]) -> int:
@@ -207,7 +201,7 @@ def _search(model: AttackModel, x: tf.Tensor, d: tf.Tensor, y: tf.Tensor, t_max:
     rank = x.shape.rank
 
     def flipped(t: tf.Tensor) -> tf.Tensor:
-        point = _box(x + tf.reshape(t, [-1] + [1] * (rank - 1)) * d, clip)
+        point = to_box(x + tf.reshape(t, [-1] + [1] * (rank - 1)) * d, clip)
         return tf.not_equal(tf.argmax(model.logits(point), axis=-1), y)
 
     zeros = tf.zeros(tf.shape(y), tf.float32)
@@ -286,7 +280,7 @@ def boundary_distance(model, x, y, *, t_max: float, directions: Union[int, np.nd
     x, y = check_inputs(attack_model, x, y, clip, require_labels=True)
     given, count = _check_directions(directions, x, norm)
     seed = _seed(seed)
-    run = _distance_fn(attack_model, _clip_key(clip), grid, bisection)
+    run = _distance_fn(attack_model, clip_key(clip), grid, bisection)
     limit = tf.constant(t_max, tf.float32)
     parts = []
     for part in batches(len(x), batch_size):
@@ -387,7 +381,7 @@ def examples_from_distances(result: BoundaryDistances, x, *, gamma: float = 0.1,
     if len(x) != len(result.labels) or x.shape[1:] != tuple(result.input_shape):
         raise ValueError(f"x has shape {x.shape}; the distances were measured on {len(result.labels)} inputs "
                          f"shaped {tuple(result.input_shape)}")
-    gamma, fraction, clip = check_eps(gamma, "gamma"), check_positive(fraction, "fraction"), _clip_key(clip)
+    gamma, fraction, clip = check_eps(gamma, "gamma"), check_positive(fraction, "fraction"), clip_key(clip)
     counts = feedback_counts(result.class_margins(), max(1, int(round(fraction * len(x)))))
     rng = np.random.default_rng(np.random.SeedSequence(result.seed, spawn_key=(1, stream)))
     source, direction = _pick_pairs(result, counts, rng)
