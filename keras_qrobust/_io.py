@@ -10,7 +10,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
-__all__ = ["atomic_path", "write_text", "write_json"]
+__all__ = ["atomic_path", "check_new_file", "write_text", "write_json"]
 
 
 @contextlib.contextmanager
@@ -39,6 +39,16 @@ def atomic_path(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Pa
             os.replace(temporary, path)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def check_new_file(path: str | os.PathLike, suffix: str, overwrite: bool, what: str) -> Path:
+    """``path`` as a Path, after checking its suffix and that it may be written (before any work)."""
+    path = Path(path)
+    if path.suffix.lower() != suffix:
+        raise ValueError(f"{path}: {what} needs a {suffix} file name")
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
+    return path
 
 
 def write_text(path: str | os.PathLike, text: str, overwrite: bool = True) -> Path:

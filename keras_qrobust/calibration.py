@@ -19,9 +19,10 @@ import re
 import numpy as np
 
 from ._keras import check_model, keras, tf
-from .layers import QuantizedReLU
+from .layers import OutputQuantizer, QuantizedReLU
+from .quantizers import score_range
 
-__all__ = ["CALIBRATIONS", "calibrate_relus", "calibrate_tfmot"]
+__all__ = ["CALIBRATIONS", "calibrate_relus", "calibrate_output", "calibrate_tfmot"]
 
 CALIBRATIONS = ("max", "percentile", "mse")
 HISTOGRAM_BINS = 4096
@@ -74,6 +75,28 @@ def calibrate_relus(model, samples: np.ndarray, calibration: str = "mse", percen
 
     _walk_graph(model, chunks, before_layer)
     return ranges
+
+
+def calibrate_output(model, samples: np.ndarray, batch_size: int = 256) -> tuple[float, float] | None:
+    """Set the range of ``model``'s OutputQuantizer from its scores on ``samples``.
+
+    Class scores (n, C ≥ 2) use :func:`~keras_qrobust.quantizers.score_range`; other
+    outputs their full range. Returns the range (None when there is no OutputQuantizer).
+    """
+    layers = [layer for layer in model.layers if isinstance(layer, OutputQuantizer)]
+    if not layers:
+        return None
+    (layer,) = layers
+    probe = keras.Model(model.inputs, layer.input)
+    low, high, lowest_top = np.inf, -np.inf, np.inf
+    for start in range(0, len(samples), batch_size):
+        scores = np.asarray(probe(samples[start:start + batch_size], training=False))
+        low, high = min(low, scores.min()), max(high, scores.max())
+        if scores.ndim == 2 and scores.shape[1] > 1:
+            lowest_top = min(lowest_top, scores.max(axis=1).min())
+    low, high = score_range(low, high, lowest_top if np.isfinite(lowest_top) else None)
+    layer.set_range(low, high)
+    return low, high
 
 
 def _walk_graph(model, chunks: list, before_layer) -> None:

@@ -196,6 +196,29 @@ class QuantizedReLU(keras.layers.ReLU):
         return config
 
 
+@register
+class OutputQuantizer(keras.layers.Layer):
+    """8-bit fake quantization of the model output on a calibrated range ``[min, max]``.
+
+    What a full-integer int8 model returns: its last layer writes int8 scores. Gradients
+    pass straight through (also outside the range), so attacks see the float scores' slope.
+    """
+
+    def build(self, input_shape):
+        self.min = self.add_weight(name="min", shape=(), initializer="zeros", trainable=False)
+        self.max = self.add_weight(name="max", shape=(), initializer="ones", trainable=False)
+        super().build(input_shape)
+
+    def set_range(self, low: float, high: float) -> None:
+        low, high = quantizers_mod.nudged_range(low, high)
+        self.min.assign(low)
+        self.max.assign(high)
+
+    def call(self, inputs):
+        quantized = tf.quantization.fake_quant_with_min_max_vars(inputs, self.min, self.max, num_bits=8)
+        return inputs + tf.stop_gradient(quantized - inputs)
+
+
 #: Keras weight-layer class name -> its quantized twin
 QUANTIZED_LAYERS = {
     "Dense": QuantizedDense,

@@ -26,7 +26,8 @@ import numpy as np
 
 from . import quantizers as qz
 from ._keras import check_model
-from .calibration import CALIBRATIONS, calibrate_relus
+from .calibration import CALIBRATIONS, calibrate_output, calibrate_relus
+from .integer_bias import round_biases
 from .layers import QUANTIZED_LAYERS
 from .transforms import (
     Graph,
@@ -85,6 +86,11 @@ class RobustQuantizer:
             the uniform grid.
         mu: μ of the μ-law.
         batch_size: calibration batch size.
+        integer_bias: round each bias whose input is a quantized ReLU onto the int32 grid
+            of int8 deployment (:mod:`keras_qrobust.integer_bias`), so the fake-quant model
+            computes what the exported int8 model computes.
+        quantize_output: end the model with an 8-bit OutputQuantizer on a calibrated range,
+            as the int8 model's last layer writes int8 scores (needs ``activation_bits``).
     """
 
     weight_bits: Optional[int] = 8
@@ -96,6 +102,8 @@ class RobustQuantizer:
     mu_law_last: int = 0
     mu: float = 255.0
     batch_size: int = 256
+    integer_bias: bool = True
+    quantize_output: bool = True
 
     def __post_init__(self):
         for name in ("weight_bits", "activation_bits", "input_weight_bits"):
@@ -135,6 +143,10 @@ class RobustQuantizer:
             )
         if self.mu_law_last:
             parts.append(f"mu-law last {self.mu_law_last}")
+        if self.activation_bits is not None and not self.integer_bias:
+            parts.append("float bias")
+        if self.activation_bits is not None and not self.quantize_output:
+            parts.append("float output")
         return f"RobustQuantizer({', '.join(parts)})"
 
     # ------------------------------------------------------------------ quantize
@@ -160,10 +172,21 @@ class RobustQuantizer:
                 f"activations stay float: {', '.join(unquantized_activations)}",
                 stacklevel=2,
             )
+        if self.activation_bits is not None and self.quantize_output:
+            outputs = graph.config["output_layers"]
+            if len(outputs) != 1:
+                raise UnsupportedModelError(f"Model '{model.name}' has {len(outputs)} outputs; pass "
+                                            "quantize_output=False to quantize a multi-output model")
+            graph.insert_after(outputs[0][0], "OutputQuantizer", {"name": "output_quantizer", "trainable": False,
+                                                                  "dtype": "float32"})
         graph.config["name"] = f"{model.name}_{self.setting}"
         qmodel = graph.to_model()
         if self.activation_bits is not None:
             calibrate_relus(qmodel, samples, self.calibration, self.percentile, self.batch_size)
+            if self.integer_bias:
+                round_biases(qmodel)
+            if self.quantize_output:
+                calibrate_output(qmodel, samples, self.batch_size)
         return qmodel
 
     def _weight_quantizer(self, bits: int, part: str, mu_law: bool):
@@ -208,7 +231,7 @@ def _check_layers(graph: Graph) -> None:
     supported = set(WEIGHT_LAYERS) | set(PASS_THROUGH) | set(ACTIVATIONS) | {"BatchNormalization"}
     for entry in graph.layers:
         kind = entry["class_name"].split(">")[-1]
-        if kind in QUANTIZED_WEIGHT_LAYERS or kind == "QuantizedReLU":
+        if kind in QUANTIZED_WEIGHT_LAYERS or kind in ("QuantizedReLU", "OutputQuantizer"):
             raise UnsupportedModelError(
                 f"Layer '{entry['name']}' ({kind}) is already quantized; pass the float model "
                 "to RobustQuantizer.quantize."

@@ -23,6 +23,8 @@ import math
 import numbers
 from typing import Any, Sequence
 
+import numpy as np
+
 import tensorflow_model_optimization as tfmot
 
 from ._keras import keras, register, tf
@@ -374,3 +376,29 @@ def get(identifier: Any) -> BaseQuantizer | None:
         f"Cannot interpret {identifier!r} as a quantizer: pass a keras_qrobust quantizer "
         "(e.g. SymmetricQuantizer(4)), its serialized config, or None."
     )
+
+
+def nudged_range(low: float, high: float) -> tuple[float, float]:
+    """Widen ``[low, high]`` to contain 0 and nudge it so 0 is exactly one of 256 levels.
+
+    TensorFlow's fake quant, the TFLite converter and tf2onnx then agree on the scale
+    ``(high - low)/255`` and the integer zero point.
+    """
+    low, high = min(float(low), 0.0), max(float(high), 0.0)
+    if high - low < 1e-8:
+        high = low + 1e-3
+    scale = (high - low) / 255
+    zero_point = round(-low / scale)
+    return -zero_point * scale, (255 - zero_point) * scale
+
+
+def score_range(low: float, high: float, lowest_top: float | None) -> tuple[float, float]:
+    """The int8 range of class scores ``[low, high]``.
+
+    Only the top scores decide the class, so the range starts below the lowest top score
+    seen (``lowest_top``, with a margin of half its distance to ``high``) rather than at the
+    lowest score: the 256 levels then resolve near-tied top scores about twice as finely.
+    """
+    if lowest_top is not None and np.isfinite(lowest_top):
+        low = max(low, lowest_top - 0.5 * (high - lowest_top))
+    return nudged_range(low, high)

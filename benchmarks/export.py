@@ -1,0 +1,185 @@
+"""Exported artifacts vs their Keras fake-quant models: fidelity, robustness, size, profile.
+
+Fashion-MNIST cnn_small — the PGD-AT model of benchmarks/defenses.py when it is cached,
+else the standard 8-epoch model. For w8a8, w4a4 and w2a2 (RobustQuantizer): the int8
+TFLite file, the QDQ int8 ONNX file and (w4a4, w2a2) the INT4-weight ONNX file are loaded in
+their own runtimes (LiteRT, onnxruntime) and compared with the Keras model on all 10,000
+test images: top-1 agreement, clean accuracy, accuracy under a UAP crafted on the Keras
+model (ε = 0.1, on 1,000 training images) and under PGD-20 examples transferred from an
+independently trained surrogate (first 2,000 test images). Then bytes per parameter and the
+Zhou et al. 2022 Table I profile (batch of 32, mean of 100 runs), with the Akida export of
+the float model (cnn2snn, w4a4) when the ``akida`` extra is installed.
+
+    ./run.sh bench export            # writes benchmarks/results/export.{json,md}
+    ./run.sh bench export --quick    # 1,000 test images, 20 profile runs
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from _common import CACHE, kq, log, machine, timed, trained_model, write_results
+
+EPS = 0.1
+SETTINGS = ("w8a8", "w4a4", "w2a2")
+TARGET_AGREEMENT, TARGET_ACC_GAP, TARGET_TFLITE_BPP, TARGET_INT4_BPP = 0.995, 0.01, 1.05, 0.55
+ADV = {"attack": "pgd", "eps": EPS, "steps": 7}
+
+
+def base_model(seed: int):
+    path = CACHE / f"fashion_mnist_cnn_small_e20_s{seed}_attackpgd_eps0.1_steps7_lrdrop.keras"
+    if path.exists():
+        model, info = trained_model("cnn_small", 20, seed, adversarial=ADV, lr_drop=True)
+        return model, {**info, "training": "PGD-AT (ε = 0.1, 7 steps, 20 epochs)"}
+    model, info = trained_model("cnn_small", 8, seed)
+    return model, {**info, "training": "standard, 8 epochs (no PGD-AT model cached: run benchmarks/defenses.py)"}
+
+
+def score(model, x, y, x_uap, x_transfer, y_transfer) -> dict:
+    scores = model.predict(x, verbose=0) if hasattr(model, "layers") else model.predict(x)
+    return {"scores": scores, "clean": kq.metrics.accuracy(model, x, y), "uap": kq.metrics.accuracy(model, x_uap, y),
+            "transfer": kq.metrics.accuracy(model, x_transfer, y_transfer)}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--images", type=int, default=10000)
+    parser.add_argument("--runs", type=int, default=100)
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    if args.quick:
+        args.images, args.runs = 1000, 20
+    started = time.perf_counter()
+    x_train, y_train = kq.datasets.load("fashion_mnist", "train")
+    x_test, y_test = kq.datasets.load("fashion_mnist", "test")
+    x, y = x_test[:args.images], y_test[:args.images]
+    rng = np.random.default_rng(args.seed)
+    x_cal = x_train[rng.choice(len(x_train), 1024, replace=False)]
+    model, model_info = base_model(args.seed)
+    surrogate, _ = trained_model("cnn_small", 8, args.seed + 1)
+    n_transfer = min(2000, len(x))
+    x_transfer = kq.attacks.pgd(surrogate, x[:n_transfer], y[:n_transfer], eps=EPS, steps=20, seed=args.seed,
+                                verbose=0)
+    y_transfer = y[:n_transfer]
+    params = kq.export.count_params(model)
+    folder = Path(tempfile.mkdtemp(prefix="kq_export_bench_"))
+    rows, artifacts, precisions = {}, {}, {}
+    for setting in SETTINGS:
+        quantized = kq.RobustQuantizer.from_setting(setting).quantize(model, x_cal)
+        uap = kq.attacks.uap(quantized, x_train[:1000], eps=EPS, seed=args.seed, verbose=0)
+        x_uap = np.clip(x + uap.perturbation, 0.0, 1.0)
+        keras_row = score(quantized, x, y, x_uap, x_transfer, y_transfer)
+        files = {}
+        files["tflite int8"], seconds_tflite = timed(kq.export.tflite, quantized, folder / f"{setting}.tflite",
+                                                     x_cal[:512])
+        files["onnx int8"], seconds_onnx = timed(kq.export.onnx, quantized, folder / f"{setting}.onnx", x_cal[:512])
+        if setting != "w8a8":
+            files["onnx int4"], _ = timed(kq.export.onnx, quantized, folder / f"{setting}_int4.onnx", x_cal[:512],
+                                          int4_weights=True)
+        rows[setting] = {"keras": {k: v for k, v in keras_row.items() if k != "scores"}, "uap_fooling_train":
+                         uap.fooling_rate, "export_seconds": {"tflite": seconds_tflite, "onnx": seconds_onnx}}
+        for kind, path in files.items():
+            deployed = kq.export.load(path)
+            row = score(deployed, x, y, x_uap, x_transfer, y_transfer)
+            agreement = float(np.mean(row.pop("scores").argmax(1) == keras_row["scores"].argmax(1)))
+            size = path.stat().st_size
+            rows[setting][kind] = {**row, "agreement": agreement, "bytes": size, "bytes_per_param": size / params}
+            log(f"{setting} {kind}: agreement {100 * agreement:.2f}%, clean {100 * row['clean']:.2f}% "
+                f"(Keras {100 * keras_row['clean']:.2f}%), {size / params:.3f} B/param")
+            name = f"{setting} {kind}"
+            artifacts[name], precisions[name] = path, None
+    # float baselines and Akida for the profile table
+    artifacts["float Keras"] = model
+    artifacts["float TFLite"] = kq.export.tflite(model, folder / "float.tflite", precision="float32")
+    akida_row = None
+    try:
+        akida_path = kq.export.akida(model, folder / "w4a4.fbz", x_cal[:512], weight_bits=4, activation_bits=4)
+        deployed = kq.export.load(akida_path)
+        uap = kq.attacks.uap(model, x_train[:1000], eps=EPS, seed=args.seed, verbose=0)
+        akida_row = {"clean": kq.metrics.accuracy(deployed, x, y),
+                     "uap (crafted on the float model)": kq.metrics.accuracy(
+                         deployed, np.clip(x + uap.perturbation, 0.0, 1.0), y),
+                     "transfer": kq.metrics.accuracy(deployed, x_transfer, y_transfer),
+                     "bytes": akida_path.stat().st_size}
+        artifacts["w4a4 Akida"] = akida_path
+        log(f"akida w4a4: {akida_row}")
+    except ImportError as error:
+        log(f"akida skipped: {error}")
+    table = kq.export.profile(artifacts, keras_model=model, x=x_test[:32], runs=args.runs)
+    data = {"benchmark": "export", "command": "./run.sh bench export" + (" --quick" if args.quick else ""),
+            "machine": machine(), "seed": args.seed, "eps": EPS, "images": len(x), "transfer_images": n_transfer,
+            "model": model_info, "params": params, "rows": rows, "akida": akida_row, "profile": table.to_dict(),
+            "total_seconds": time.perf_counter() - started}
+    data["checks"] = checks(data, table)
+    name = "export_quick" if args.quick else "export"
+    markdown_text = markdown(data, table)
+    paths = write_results(name, data, markdown_text)
+    print(markdown_text)
+    log(f"wrote {paths[0]} and {paths[1]}")
+
+
+def checks(data, table) -> list[dict]:
+    out = []
+    for setting, row in data["rows"].items():
+        for kind in ("tflite int8", "onnx int8", "onnx int4"):
+            if kind not in row:
+                continue
+            r = row[kind]
+            out.append({"check": f"{setting} {kind}: top-1 agreement ≥ {100 * TARGET_AGREEMENT:.1f}%",
+                        "value": f"{100 * r['agreement']:.2f}%", "passed": r["agreement"] >= TARGET_AGREEMENT})
+            gaps = {m: abs(r[m] - row["keras"][m]) for m in ("clean", "uap", "transfer")}
+            out.append({"check": f"{setting} {kind}: clean/UAP/transfer accuracy within 1 point of Keras",
+                        "value": ", ".join(f"{m} {100 * g:.2f}" for m, g in gaps.items()),
+                        "passed": max(gaps.values()) <= TARGET_ACC_GAP})
+        out.append({"check": f"{setting} int8 TFLite ≤ {TARGET_TFLITE_BPP} bytes/param",
+                    "value": f"{row['tflite int8']['bytes_per_param']:.3f}",
+                    "passed": row["tflite int8"]["bytes_per_param"] <= TARGET_TFLITE_BPP})
+        if "onnx int4" in row:
+            out.append({"check": f"{setting} INT4 ONNX ≤ {TARGET_INT4_BPP} bytes/param",
+                        "value": f"{row['onnx int4']['bytes_per_param']:.3f}",
+                        "passed": row["onnx int4"]["bytes_per_param"] <= TARGET_INT4_BPP})
+    int8, float32 = table["w8a8 tflite int8"], table["float TFLite"]
+    out.append({"check": "int8 TFLite faster than float TFLite (batch of 32)",
+                "value": f"{int8.latency_ms_mean:.2f} ms vs {float32.latency_ms_mean:.2f} ms",
+                "passed": int8.latency_ms_mean < float32.latency_ms_mean})
+    return out
+
+
+def markdown(data, table) -> str:
+    pct = lambda v: f"{100 * v:.2f}"  # noqa: E731
+    lines = ["# Export fidelity and profile (Fashion-MNIST cnn_small)", "",
+             f"Command: `{data['command']}`. Model: {data['model']['training']}. {data['images']} test images "
+             f"(transfer: PGD-20 from a surrogate cnn_small, seed {data['seed'] + 1}, on {data['transfer_images']}); "
+             f"UAP ε = {data['eps']} crafted on the Keras fake-quant model from 1,000 training images. "
+             f"Total wall time {data['total_seconds'] / 60:.1f} min on {data['machine']['cpus']} CPUs.", "",
+             "## Fidelity: exported artifact vs its Keras fake-quant model (accuracy %)", "",
+             "| setting | artifact | top-1 agreement | clean | UAP | transfer PGD-20 | bytes/param |",
+             "|---|---|---|---|---|---|---|"]
+    for setting, row in data["rows"].items():
+        k = row["keras"]
+        lines.append(f"| {setting} | Keras fake-quant | — | {pct(k['clean'])} | {pct(k['uap'])} | "
+                     f"{pct(k['transfer'])} | — |")
+        for kind in ("tflite int8", "onnx int8", "onnx int4"):
+            if kind in row:
+                r = row[kind]
+                lines.append(f"| {setting} | {kind} | {pct(r['agreement'])} | {pct(r['clean'])} | {pct(r['uap'])} | "
+                             f"{pct(r['transfer'])} | {r['bytes_per_param']:.3f} |")
+    if data["akida"]:
+        a = data["akida"]
+        lines += ["", f"Akida w4a4 (cnn2snn flow of the float model, software backend): clean {pct(a['clean'])}%, "
+                  f"UAP crafted on the float model {pct(a['uap (crafted on the float model)'])}%, transfer "
+                  f"{pct(a['transfer'])}%, {a['bytes']} bytes."]
+    lines += ["", "## Profile (Zhou et al. 2022, Table I columns)", "", table.to_markdown(), "",
+              "## Targets", "", "| check | measured | met |", "|---|---|---|"]
+    lines += [f"| {c['check']} | {c['value']} | {'yes' if c['passed'] else 'NO'} |" for c in data["checks"]]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()

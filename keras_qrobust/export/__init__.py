@@ -1,0 +1,14 @@
+"""Export quantized models to edge formats and run the exported artifacts.
+
+``tflite`` (full-integer int8), ``onnx`` (QDQ int8, optional INT4 weights), ``akida``
+(``.fbz``, with the ``akida`` extra), ``load`` to run any of them with a Keras-like
+``predict``, ``profile`` for their size, #params, #MACs, memory and latency.
+"""
+
+from . import layers, lowering, runtime  # noqa: F401
+from .akida import AkidaModel, akida, check_akida_compatible  # noqa: F401
+from .lowering import Lowered, lower  # noqa: F401
+from .onnx import onnx  # noqa: F401
+from .profile import ProfileTable, count_macs, count_params, peak_memory, profile  # noqa: F401
+from .runtime import load  # noqa: F401
+from .tflite import tflite  # noqa: F401

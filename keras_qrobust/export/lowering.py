@@ -1,0 +1,284 @@
+"""Rewrite: a RobustQuantizer model -> the same function with 8-bit fake quants only.
+
+Sub-8-bit grids are lowered exactly onto int8 (see :mod:`keras_qrobust.export.layers`):
+weights keep their ``2^b``-level grid inside int8 containers (per-channel scale = the grid
+step), ReLU outputs are clipped so only their ``2^b`` levels are used. Tensors that are
+float in the Keras model — the input, tensors feeding anything but a quantized ReLU
+(logits, residual sums, the depthwise half of a separable convolution), the outputs of
+average pooling — get an 8-bit range calibrated on representative data; their names are
+listed in :attr:`Lowered.calibrated` so nobody mistakes them for exact.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .._keras import check_model, keras
+from ..integer_bias import GRID_PRESERVING as GRID_PRESERVING_LAYERS
+from ..integer_bias import int8_code_multiplier
+from ..quantizers import SymmetricQuantizer, score_range
+from ..transforms._graph import Graph, UnsupportedModelError
+from .layers import INT8_MAX_CODE, LOWERED_WEIGHT_LAYERS, FixedFakeQuant
+
+__all__ = ["Lowered", "lower", "is_robust_quantized"]
+
+GRID_PRESERVING = tuple(kind.__name__ for kind in GRID_PRESERVING_LAYERS)
+_QUANTIZER_ARGS = ("kernel_quantizer", "depthwise_quantizer", "pointwise_quantizer")
+_SHARED = ("trainable", "dtype")
+
+
+@dataclass(frozen=True)
+class Lowered:
+    """A lowered model and what its lowering guarantees.
+
+    Attributes:
+        model: float tf_keras model with 8-bit fake quants (TFLite- and tf2onnx-ready).
+        exact_weights: weight layers whose int8 codes are exactly the Keras model's grid.
+        requantized_weights: weight layers whose kernels were not on a uniform symmetric
+            grid (float, μ-law, asymmetric) and were re-quantized to 8 bits per channel.
+        calibrated: tensors (by the layer producing them) given an 8-bit calibrated range.
+        weight_bits: bits of each lowered weight layer's grid (8 for requantized ones).
+        exact: True when nothing but the model input and output was given a calibrated
+            range and every kernel kept its grid: the int8 model then computes the Keras
+            model's function up to integer rounding of biases and requantization ties.
+    """
+
+    model: object
+    exact_weights: tuple[str, ...]
+    requantized_weights: tuple[str, ...]
+    calibrated: tuple[str, ...]
+    weight_bits: dict
+    exact: bool
+
+
+def _base_kind(entry: dict) -> str:
+    kind = entry["class_name"].split(">")[-1]
+    return kind.removeprefix("Quantized") if kind.startswith("Quantized") else kind
+
+
+def is_robust_quantized(model) -> bool:
+    """True when ``model`` has a layer made by :class:`~keras_qrobust.RobustQuantizer`."""
+    return any(type(layer).__name__.startswith("Quantized") for layer in model.layers)
+
+
+def _kernel_grid(kernel: np.ndarray, quantizer, channel_axes: tuple[int, ...]) -> tuple[np.ndarray, int, bool]:
+    """Per-output-channel step of a quantized kernel, its bits, and whether it is exact."""
+    reduce_axes = tuple(i for i in range(kernel.ndim) if i not in channel_axes)
+    channel_max = np.max(np.abs(kernel), axis=reduce_axes).reshape(-1)
+    if isinstance(quantizer, SymmetricQuantizer):
+        bits = quantizer.bits
+        if quantizer.per_axis:
+            step = channel_max / quantizer.max_level
+        else:
+            step = np.full_like(channel_max, np.max(np.abs(kernel)) / quantizer.max_level)
+        exact = bits <= 8
+    else:
+        bits, step, exact = 8, channel_max / INT8_MAX_CODE, False
+    step = np.where(step > 0, step, 1.0)
+    if exact and bits < 8:
+        # spread the b-bit codes k over the int8 range as k·m with step Δ/m: the kernel values
+        # are unchanged, but the int32 bias (scale = input scale × weight scale) gets m times
+        # finer, so rounding the float bias to it no longer moves outputs across levels
+        step = step / int8_code_multiplier(bits)
+    step = step.astype(np.float32)
+    if exact:
+        shaped = step.reshape([kernel.shape[i] if i in channel_axes else 1 for i in range(kernel.ndim)]) \
+            if len(channel_axes) == 1 else step.reshape(kernel.shape[-2:])
+        codes = kernel / shaped
+        exact = bool(np.all(np.abs(codes - np.rint(codes)) < 1e-3) and np.all(np.abs(np.rint(codes)) <= 127))
+    return step, bits, exact
+
+
+def _lowered_config(config: dict, fake_quant_weights: bool) -> dict:
+    config = {k: v for k, v in config.items() if k not in _QUANTIZER_ARGS}
+    config["fake_quant_weights"] = fake_quant_weights
+    return config
+
+
+def _split_separable(graph: Graph, entry: dict, layer, fake_quant_weights: bool) -> list[tuple[str, np.ndarray, int,
+                                                                                               bool]]:
+    """QuantizedSeparableConv2D -> LoweredDepthwiseConv2D + 1x1 LoweredConv2D (same name)."""
+    name, config = entry["name"], entry["config"]
+    kernels = {k: np.asarray(v) for k, v in layer.quantized_kernels().items()}
+    quantizers = layer._kernel_quantizers
+    if config.get("depth_multiplier", 1) != 1:
+        raise UnsupportedModelError(f"Layer '{name}': separable convolutions export with depth_multiplier=1 only")
+    dw_name = graph.unique_name(f"{name}_depthwise")
+    dw_step, dw_bits, dw_exact = _kernel_grid(kernels["depthwise_kernel"], quantizers["depthwise_kernel"], (2, 3))
+    pw_step, pw_bits, pw_exact = _kernel_grid(kernels["pointwise_kernel"], quantizers["pointwise_kernel"], (3,))
+    graph.layers.insert(graph.layers.index(entry), {
+        "class_name": "LoweredDepthwiseConv2D", "name": dw_name,
+        "config": {**{k: config[k] for k in _SHARED if k in config}, "name": dw_name,
+                   "kernel_size": config["kernel_size"], "strides": config["strides"], "padding": config["padding"],
+                   "depth_multiplier": 1, "dilation_rate": config["dilation_rate"], "use_bias": False,
+                   "fake_quant_weights": fake_quant_weights},
+        "inbound_nodes": entry["inbound_nodes"]})
+    graph.replace(name, "LoweredConv2D", {
+        **{k: config[k] for k in _SHARED if k in config}, "filters": config["filters"], "kernel_size": [1, 1],
+        "strides": [1, 1], "padding": "valid", "activation": config.get("activation", "linear"),
+        "use_bias": config["use_bias"], "fake_quant_weights": fake_quant_weights})
+    entry["inbound_nodes"] = [[[dw_name, 0, 0, {}]]]
+    entry.pop("build_config", None)
+    bias = [np.asarray(layer.bias)] if config["use_bias"] else []
+    graph.weights[dw_name] = [kernels["depthwise_kernel"], dw_step]
+    graph.weights[name] = [kernels["pointwise_kernel"], *bias, pw_step]
+    return [(dw_name, dw_step, dw_bits, dw_exact), (name, pw_step, pw_bits, pw_exact)]
+
+
+def _lower_weights(graph: Graph, model, fake_quant_weights: bool):
+    layers = {layer.name: layer for layer in model.layers}
+    exact, requantized, bits_of = [], [], {}
+    for entry in list(graph.layers):
+        kind, name = _base_kind(entry), entry["name"]
+        if kind not in (*LOWERED_WEIGHT_LAYERS, "SeparableConv2D"):
+            continue
+        layer = layers[name]
+        if entry["config"].get("activation", "linear") not in ("linear", None):
+            raise UnsupportedModelError(
+                f"Layer '{name}' has a fused activation; RobustQuantizer models have them split out. Quantize the "
+                "model with keras_qrobust.RobustQuantizer before exporting it.")
+        if kind == "SeparableConv2D":
+            results = _split_separable(graph, entry, layer, fake_quant_weights)
+        else:
+            attr = "depthwise_kernel" if kind == "DepthwiseConv2D" else "kernel"
+            if kind == "DepthwiseConv2D" and entry["config"].get("depth_multiplier", 1) != 1:
+                raise UnsupportedModelError(f"Layer '{name}': depthwise convolutions export with depth_multiplier=1 "
+                                            "only")
+            kernel = np.asarray(layer.quantized_kernels()[attr]) if hasattr(layer, "quantized_kernels") \
+                else np.asarray(getattr(layer, attr))
+            quantizer = getattr(layer, "_kernel_quantizers", {}).get(attr)
+            axes = (2, 3) if kind == "DepthwiseConv2D" else (kernel.ndim - 1,)
+            step, bits, is_exact = _kernel_grid(kernel, quantizer, axes)
+            graph.replace(name, LOWERED_WEIGHT_LAYERS[kind].__name__,
+                          _lowered_config(entry["config"], fake_quant_weights))
+            bias = [np.asarray(layer.bias)] if entry["config"].get("use_bias") else []
+            graph.weights[name] = [kernel, *bias, step]
+            results = [(name, step, bits, is_exact)]
+        for lowered_name, _, bits, is_exact in results:
+            (exact if is_exact else requantized).append(lowered_name)
+            bits_of[lowered_name] = bits if is_exact else 8
+    return exact, requantized, bits_of
+
+
+def _lower_relus(graph: Graph, model) -> None:
+    layers = {layer.name: layer for layer in model.layers}
+    for entry in list(graph.layers):
+        if _base_kind(entry) != "ReLU" or not entry["class_name"].split(">")[-1].startswith("Quantized"):
+            continue
+        layer = layers[entry["name"]]
+        bits = layer.activation_quantizer.bits
+        if bits > 8:
+            continue  # stays float here; gets a calibrated 8-bit range below
+        step = float(layer.activation_max.numpy()) / (2**bits - 1)
+        graph.replace(entry["name"], "LoweredReLU", {**{k: entry["config"][k] for k in _SHARED
+                                                       if k in entry["config"]}, "bits": bits})
+        graph.weights[entry["name"]] = [np.float32(step)]
+
+
+def _is_relu(entry: dict) -> bool:
+    kind = entry["class_name"].split(">")[-1]
+    if kind == "LoweredReLU":
+        return True
+    config = entry["config"]
+    if kind == "ReLU":
+        return not config.get("negative_slope") and not config.get("threshold") and config.get("max_value") is None
+    return kind == "Activation" and config.get("activation") == "relu"
+
+
+def _insert_fake_quants(graph: Graph) -> list[str]:
+    """Add a FixedFakeQuant after every tensor not already on an int8 grid; return their sources."""
+    on_grid: set[str] = set()
+    sources = []
+    for entry in list(graph.layers):
+        name, kind = entry["name"], entry["class_name"].split(">")[-1]
+        inputs = graph.inbound_names(entry)
+        consumers = [graph.layer(c) for c in graph.consumers(name)]
+        if kind == "LoweredReLU" or kind == "FixedFakeQuant":
+            on_grid.add(name)
+            continue
+        if kind in GRID_PRESERVING and inputs and all(i in on_grid for i in inputs):
+            on_grid.add(name)
+            continue
+        if kind.startswith("Lowered") and consumers and not graph.is_output(name) and all(
+                _is_relu(c) or c["class_name"].split(">")[-1] == "FixedFakeQuant" for c in consumers):
+            continue  # fused into the convolution: the ReLU or fake quant after it carries the range
+        fq_name = graph.insert_after(name, "FixedFakeQuant", {"name": f"{name}_fq", "trainable": False,
+                                                              "dtype": "float32"})
+        on_grid.add(fq_name)
+        sources.append(name)
+    return sources
+
+
+def _preset_output_ranges(graph: Graph) -> set[str]:
+    """A RobustQuantizer OutputQuantizer becomes a FixedFakeQuant with the same range."""
+    preset = set()
+    for entry in list(graph.layers):
+        if entry["class_name"].split(">")[-1] == "OutputQuantizer":
+            graph.replace(entry["name"], "FixedFakeQuant", {k: entry["config"][k] for k in _SHARED
+                                                            if k in entry["config"]})
+            preset.add(entry["name"])
+    return preset
+
+
+def _calibrate(model, representative: np.ndarray, batch_size: int, preset: set[str]) -> None:
+    output_names = set(model.output_names)
+    fake_quants = [layer for layer in model.layers if isinstance(layer, FixedFakeQuant) and layer.name not in preset]
+    for layer in fake_quants:
+        layer.enabled = False
+    try:
+        probe = keras.Model(model.inputs, [layer.input for layer in fake_quants])
+        low = np.full(len(fake_quants), np.inf)
+        high = np.full(len(fake_quants), -np.inf)
+        # class scores only need their top values: the output range starts at the lowest
+        # top score (every argmax stays unclipped), which makes its int8 steps much finer
+        lowest_top = np.full(len(fake_quants), np.inf)
+        outputs_at = {i for i, layer in enumerate(fake_quants) if layer.name in output_names}
+        for start in range(0, len(representative), batch_size):
+            outputs = probe(representative[start:start + batch_size], training=False)
+            outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
+            for i, out in enumerate(outputs):
+                out = np.asarray(out)
+                low[i], high[i] = min(low[i], out.min()), max(high[i], out.max())
+                if i in outputs_at and out.ndim == 2 and out.shape[1] > 1:
+                    top = out.max(axis=1).min()
+                    lowest_top[i] = min(lowest_top[i], top)
+    finally:
+        for layer in fake_quants:
+            layer.enabled = True
+    for layer, lo, hi, top in zip(fake_quants, low, high, lowest_top):
+        layer.set_range(*score_range(lo, hi, top if np.isfinite(top) else None))
+
+
+def lower(model, representative, *, fake_quant_weights: bool = True, batch_size: int = 256) -> Lowered:
+    """Lower a RobustQuantizer model to 8-bit fake quants (exact for its sub-8-bit grids).
+
+    Args:
+        model: a model returned by :meth:`RobustQuantizer.quantize` (not modified).
+        representative: inputs that calibrate the ranges of tensors that are float in
+            ``model`` (its input, its output, residual sums); a few hundred training inputs.
+        fake_quant_weights: put per-channel weight fake quants in the graph (for the
+            TFLite converter); without them the kernels are float values on their grid.
+    """
+    model = check_model(model)
+    if not is_robust_quantized(model):
+        raise UnsupportedModelError(
+            f"Model '{model.name}' has no keras_qrobust quantized layer; lower() takes a model made by "
+            "RobustQuantizer.quantize (export a float or tfmot model with export.tflite / export.onnx directly).")
+    representative = np.asarray(representative, np.float32)
+    if representative.ndim < 2 or representative.shape[1:] != tuple(model.input_shape[1:]) or not len(representative):
+        raise ValueError(f"representative inputs must have shape (n, {', '.join(map(str, model.input_shape[1:]))}), "
+                         f"got {representative.shape}")
+    graph = Graph.from_model(model)
+    ends = {ref[0] for ref in graph.config["output_layers"] + graph.config["input_layers"]}
+    exact, requantized, bits = _lower_weights(graph, model, fake_quant_weights)
+    _lower_relus(graph, model)
+    preset = _preset_output_ranges(graph)
+    calibrated = _insert_fake_quants(graph)
+    graph.config["name"] = f"{model.name}_lowered"
+    lowered = graph.to_model()
+    _calibrate(lowered, representative, batch_size, preset)
+    is_exact = not requantized and set(calibrated) <= ends
+    return Lowered(lowered, tuple(exact), tuple(requantized), tuple(calibrated), bits, is_exact)
+

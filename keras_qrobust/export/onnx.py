@@ -1,0 +1,174 @@
+"""ONNX export: QDQ int8 (opset 13+), optionally with packed INT4 weights (opset 21).
+
+The ONNX graph is translated by tf2onnx from the int8 TFLite model of
+:func:`~keras_qrobust.export.tflite.convert_tflite` (with float input and output), so both
+artifacts carry the same integer weights, biases, scales and zero points:
+QuantizeLinear/DequantizeLinear pairs around float Conv/MaxPool/Min nodes, which
+onnxruntime fuses into integer kernels.
+
+INT4 weights: a ``b``-bit layer (``b ≤ 4``) stores its codes ``k`` as ``k·m`` in int8 (see
+:mod:`keras_qrobust.integer_bias`); with ``int4_weights=True`` they are stored back as ``k``
+in an INT4 initializer with scale ``m·Δ`` — the same values in half the bytes. Layers with
+more bits keep int8.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from .._io import atomic_path, check_new_file
+from ..integer_bias import int8_code_multiplier
+from .tflite import convert_tflite
+
+__all__ = ["onnx", "convert_onnx", "pack_int4_weights", "shorten_names", "INT4_OPSET"]
+
+INT4_OPSET = 21
+_INT4_IR_VERSION = 10
+
+
+def convert_onnx(model, representative=None, *, opset: int = 13):
+    """``model`` -> an ``onnx.ModelProto`` in QDQ int8 form (checked with ``onnx.checker``)."""
+    import onnx as onnx_lib
+    import tf2onnx
+
+    if not isinstance(opset, int) or not 13 <= opset <= 18:
+        raise ValueError(f"opset must be an int in [13, 18] (tf2onnx writes up to 18; INT4 weights raise it to "
+                         f"{INT4_OPSET}), got {opset!r}")
+    blob, info = convert_tflite(model, representative, precision="int8", int8_io=False)
+    handle, scratch = tempfile.mkstemp(suffix=".tflite")
+    os.close(handle)
+    try:
+        Path(scratch).write_bytes(blob)
+        proto, _ = tf2onnx.convert.from_tflite(scratch, opset=opset)
+    finally:
+        os.unlink(scratch)
+    shorten_names(proto)
+    onnx_lib.checker.check_model(proto)
+    return proto, info
+
+
+def shorten_names(proto) -> None:
+    """Rename tensors and nodes ``t0, t1, ...`` / ``Conv_0, ...`` in place (graph input and
+    output keep theirs): tf2onnx names carry whole TF op paths, ~10% of a small model's bytes."""
+    graph = proto.graph
+    keep = {value.name for value in list(graph.input) + list(graph.output)}
+    names: dict[str, str] = {}
+
+    def short(name: str) -> str:
+        if not name or name in keep:
+            return name
+        return names.setdefault(name, f"t{len(names)}")
+
+    for init in graph.initializer:
+        init.name = short(init.name)
+    for i, node in enumerate(graph.node):
+        node.name = f"{node.op_type}_{i}"
+        for j, name in enumerate(node.input):
+            node.input[j] = short(name)
+        for j, name in enumerate(node.output):
+            node.output[j] = short(name)
+    for value in graph.value_info:
+        value.name = short(value.name)
+
+
+def _initializers(proto) -> dict:
+    return {init.name: init for init in proto.graph.initializer}
+
+
+def _int4_tensor(name: str, values: np.ndarray):
+    """An INT4 initializer, two's-complement nibbles packed two per byte (low nibble first)."""
+    from onnx import TensorProto, helper
+
+    nibbles = (np.asarray(values, np.int32).reshape(-1) & 0x0F).astype(np.uint8)
+    if nibbles.size % 2:
+        nibbles = np.append(nibbles, np.uint8(0))
+    packed = nibbles[0::2] | (nibbles[1::2] << 4)
+    return helper.make_tensor(name, TensorProto.INT4, list(np.shape(values)), packed.tobytes(), raw=True)
+
+
+def pack_int4_weights(proto) -> list[str]:
+    """Store every int8 weight whose codes are ``k·m`` with ``|k| ≤ 7`` as INT4 ``k`` (in place).
+
+    Returns the names of the converted initializers; raises the opset to 21.
+    """
+    import onnx as onnx_lib
+    from onnx import numpy_helper
+
+    inits = _initializers(proto)
+    converted = []
+    for node in proto.graph.node:
+        if node.op_type != "DequantizeLinear" or node.input[0] not in inits:
+            continue
+        weight = inits[node.input[0]]
+        if weight.data_type != onnx_lib.TensorProto.INT8 or len(weight.dims) < 2 or len(node.input) < 2:
+            continue
+        codes = numpy_helper.to_array(weight).astype(np.int32)
+        multiplier = next((m for m in map(int8_code_multiplier, (4, 3, 2, 1))
+                           if np.all(codes % m == 0) and np.abs(codes // m).max() <= 7), None)
+        if multiplier is None:
+            continue
+        scale = numpy_helper.to_array(inits[node.input[1]]).astype(np.float32) * multiplier
+        suffix = "_int4"
+        new_weight = _int4_tensor(weight.name + suffix, codes // multiplier)
+        new_scale = numpy_helper.from_array(scale, inits[node.input[1]].name + suffix)
+        zero = np.zeros(scale.shape, np.int32)
+        new_zero = _int4_tensor(weight.name + "_zero" + suffix, zero)
+        proto.graph.initializer.extend([new_weight, new_scale, new_zero])
+        node.input[0], node.input[1] = new_weight.name, new_scale.name
+        if len(node.input) > 2:
+            node.input[2] = new_zero.name
+        else:
+            node.input.append(new_zero.name)
+        converted.append(weight.name)
+    if converted:
+        used = {name for node in proto.graph.node for name in node.input}
+        keep = [init for init in proto.graph.initializer if init.name in used]
+        del proto.graph.initializer[:]
+        proto.graph.initializer.extend(keep)
+        for entry in proto.opset_import:
+            if entry.domain in ("", "ai.onnx"):
+                entry.version = max(entry.version, INT4_OPSET)
+        proto.ir_version = max(proto.ir_version, _INT4_IR_VERSION)
+    return converted
+
+
+def onnx(model, path: str | os.PathLike, representative=None, *, opset: int = 13, int4_weights: bool = False,
+         overwrite: bool = False) -> Path:
+    """Export ``model`` to a QDQ int8 ``.onnx`` file at ``path``.
+
+    Args:
+        model: a RobustQuantizer model (sub-8-bit grids lowered exactly), a tfmot 8-bit
+            model, or a float model (quantized post-training on ``representative``).
+        representative: model inputs that calibrate the input/output ranges.
+        opset: ONNX opset of the QDQ graph (13-18).
+        int4_weights: store the weights of layers with ≤ 4 bits as packed INT4 (opset 21);
+            raises if no layer qualifies or onnxruntime cannot run the result.
+        overwrite: replace an existing file (else FileExistsError, before any work).
+    """
+    import onnx as onnx_lib
+
+    path = check_new_file(path, ".onnx", overwrite, "an ONNX export")
+    proto, _ = convert_onnx(model, representative, opset=opset)
+    if int4_weights:
+        if not pack_int4_weights(proto):
+            raise ValueError("int4_weights=True but no layer has weights of 4 bits or fewer: quantize with "
+                             "weight_bits <= 4 (input layers keep input_weight_bits), or export int8 weights")
+        onnx_lib.checker.check_model(proto)
+        _check_runs(proto)
+    with atomic_path(path, overwrite=overwrite) as temporary:
+        onnx_lib.save(proto, str(temporary))
+    return path
+
+
+def _check_runs(proto) -> None:
+    import onnxruntime as ort
+
+    try:
+        ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    except Exception as error:  # onnxruntime raises its own exception types
+        raise RuntimeError(f"onnxruntime {ort.__version__} cannot run the INT4 model ({error}); export with "
+                           "int4_weights=False") from error

@@ -1,0 +1,94 @@
+"""Round the biases of a quantized model onto the int32 grid that int8 deployment uses.
+
+An integer kernel computes ``acc = Σ j·k + b_int`` with input codes ``j`` (step ``Δa``) and
+weight codes ``k`` (step ``Δw``), so the bias it adds is ``b_int·Δa·Δw``: a float bias is
+rounded to that grid when the model is exported, which at 2-4 bits moves outputs across
+activation levels. :func:`round_biases` applies the same rounding in the Keras model, so the
+fake-quant model is the function the int8 TFLite/ONNX artifact computes.
+
+The grid is the one of keras_qrobust's int8 lowering (:mod:`keras_qrobust.export.lowering`):
+``b``-bit weight codes ``k`` are stored as ``k·m`` with ``m = ⌊127/(2^(b-1) - 1)⌋`` and
+step ``Δw/m``, so the bias step is ``Δa·Δw/m`` — fine enough that the rounding changes
+accuracy by far less than the weight quantization itself.
+
+Only layers whose input is a quantized ReLU output (possibly through pooling, flattening,
+padding or dropout) have a known ``Δa``; the others keep float biases.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ._keras import keras  # tf_keras, through the entry module
+from .layers import QuantizedKernelsMixin, QuantizedReLU
+from .quantizers import SymmetricQuantizer
+
+__all__ = ["GRID_PRESERVING", "int8_code_multiplier", "input_step", "bias_step", "round_biases"]
+
+#: layers whose output values are values of their input (int8 ops that keep the input scale)
+GRID_PRESERVING = (keras.layers.MaxPooling2D, keras.layers.GlobalMaxPooling2D, keras.layers.Flatten,
+                   keras.layers.Reshape, keras.layers.Dropout, keras.layers.SpatialDropout2D,
+                   keras.layers.GaussianNoise, keras.layers.GaussianDropout, keras.layers.ZeroPadding2D,
+                   keras.layers.Cropping2D)
+
+
+def int8_code_multiplier(bits: int) -> int:
+    """``m = ⌊127/(2^(b-1) - 1)⌋``: ``b``-bit codes stored as ``k·m`` in int8 (1 for ``b = 8``)."""
+    if bits > 8:
+        return 1
+    return 127 // max(2 ** (bits - 1) - 1, 1)
+
+
+def _inbound(layer) -> list:
+    nodes = getattr(layer, "_inbound_nodes", [])
+    if not nodes:
+        return []
+    inbound = nodes[0].inbound_layers
+    return list(inbound) if isinstance(inbound, (list, tuple)) else [inbound]
+
+
+def input_step(layer) -> float | None:
+    """The step ``Δa`` of the quantized ReLU grid feeding ``layer`` (None if its input is float)."""
+    inbound = _inbound(layer)
+    while len(inbound) == 1:
+        source = inbound[0]
+        if isinstance(source, QuantizedReLU):
+            bits = source.activation_quantizer.bits
+            return float(source.activation_max.numpy()) / (2**bits - 1) if bits <= 8 else None
+        if not isinstance(source, GRID_PRESERVING):
+            return None
+        inbound = _inbound(source)
+    return None
+
+
+def bias_step(layer) -> np.ndarray | None:
+    """Per-output-channel bias step ``Δa·Δw/m`` of a quantized weight layer, or None."""
+    if not isinstance(layer, QuantizedKernelsMixin) or not getattr(layer, "use_bias", False):
+        return None
+    attr = "pointwise_kernel" if hasattr(layer, "pointwise_kernel") else (
+        "depthwise_kernel" if hasattr(layer, "depthwise_kernel") else "kernel")
+    if attr == "pointwise_kernel":
+        return None  # its input is the float depthwise output
+    quantizer = layer._kernel_quantizers.get(attr)
+    step_in = input_step(layer)
+    if step_in is None or not isinstance(quantizer, SymmetricQuantizer) or quantizer.bits > 8:
+        return None
+    kernel = getattr(layer, attr)
+    weight_step = np.asarray(quantizer.scale(kernel), np.float64).reshape(-1)
+    channels = int(layer.bias.shape[0])
+    weight_step = np.broadcast_to(weight_step, (channels,)) if weight_step.size == 1 else weight_step
+    return step_in * weight_step / int8_code_multiplier(quantizer.bits)
+
+
+def round_biases(model) -> list[str]:
+    """Round every bias that has an integer grid onto it, in place; return the layer names."""
+    rounded = []
+    for layer in model.layers:
+        step = bias_step(layer)
+        if step is None:
+            continue
+        safe = np.where(step > 0, step, 1.0)
+        bias = np.asarray(layer.bias.numpy(), np.float64)
+        layer.bias.assign(np.where(step > 0, np.rint(bias / safe) * safe, bias).astype(np.float32))
+        rounded.append(layer.name)
+    return rounded

@@ -1,0 +1,213 @@
+"""TFLite / ONNX export: exact sub-8-bit lowering, runtimes, overwrite protection, bad input."""
+
+import numpy as np
+import onnx
+import pytest
+import tensorflow_model_optimization as tfmot
+
+import keras_qrobust as kq
+from keras_qrobust import export
+from keras_qrobust.export import lower
+from keras_qrobust.integer_bias import bias_step, int8_code_multiplier
+
+SETTINGS = ("w8a8", "w4a4", "w2a2")
+
+
+@pytest.fixture(scope="module")
+def quantized(fashion_slice, trained_cnn):
+    (x, _), _ = fashion_slice
+    return {s: kq.RobustQuantizer.from_setting(s).quantize(trained_cnn, x[:512]) for s in SETTINGS}
+
+
+@pytest.fixture(scope="module")
+def exported(quantized, fashion_slice, tmp_path_factory):
+    (x, _), _ = fashion_slice
+    folder = tmp_path_factory.mktemp("exported")
+    paths = {}
+    for setting, model in quantized.items():
+        paths[setting] = (export.tflite(model, folder / f"{setting}.tflite", x[:256]),
+                          export.onnx(model, folder / f"{setting}.onnx", x[:256]))
+    return paths
+
+
+def agreement(a, b) -> float:
+    return float(np.mean(a.argmax(1) == b.argmax(1)))
+
+
+@pytest.mark.parametrize("setting", SETTINGS)
+def test_exported_models_agree_with_the_fake_quant_model(setting, quantized, exported, fashion_slice):
+    _, (x, _) = fashion_slice
+    keras_scores = quantized[setting].predict(x, verbose=0)
+    tflite_path, onnx_path = exported[setting]
+    tflite_model, onnx_model = export.load(tflite_path), export.load(onnx_path)
+    assert tflite_model.format == "tflite" and onnx_model.format == "onnx"
+    # 500 test images; the only inexact step is the int8 output range (near-tied logits)
+    assert agreement(tflite_model.predict(x), keras_scores) >= 0.98
+    assert agreement(onnx_model.predict(x), keras_scores) >= 0.98
+    assert agreement(onnx_model.predict(x), tflite_model.predict(x)) >= 0.99  # ties round differently
+
+
+@pytest.mark.parametrize("setting", SETTINGS)
+def test_lowered_model_equals_the_fake_quant_model(setting, quantized, fashion_slice):
+    (x_train, _), (x, _) = fashion_slice
+    model = quantized[setting]
+    lowered = lower(model, x_train[:256])
+    assert lowered.exact and lowered.requantized_weights == ()
+    assert lowered.calibrated == (model.layers[0].name,)  # only the float input gets a new range
+    lowered_scores, scores = lowered.model.predict(x, verbose=0), model.predict(x, verbose=0)
+    # identical up to float32 rounding, which moves a value sitting on a rounding boundary by one level
+    assert np.mean(np.abs(lowered_scores - scores) < 1e-4) >= 0.99
+    assert agreement(lowered_scores, scores) >= 0.995
+
+
+@pytest.mark.parametrize("setting", SETTINGS)
+def test_tflite_weights_stay_on_their_b_bit_grid(setting, exported):
+    from ai_edge_litert.interpreter import Interpreter
+
+    bits = int(setting[1])
+    interpreter = Interpreter(str(exported[setting][0]))
+    interpreter.allocate_tensors()
+    kernels = [d for d in interpreter.get_tensor_details()
+               if d["dtype"] == np.int8 and len(d["shape"]) == 4 and len(d["quantization_parameters"]["scales"]) > 1]
+    assert len(kernels) == 4  # conv1, conv2, fc1, logits (the Dense layers run as 1x1 convolutions)
+    sub_8_bit = 0
+    for detail in kernels:
+        codes = interpreter.get_tensor(detail["index"]).astype(np.int32)
+        if detail["shape"][-1] == 1:  # conv1 reads the input: input_weight_bits = 8
+            continue
+        m = int8_code_multiplier(bits)
+        assert np.all(codes % m == 0)
+        assert len(np.unique(codes // m)) <= 2**bits - 1 and np.abs(codes // m).max() <= max(2 ** (bits - 1) - 1, 1)
+        sub_8_bit += 1
+    assert sub_8_bit == 3
+
+
+def test_int4_onnx_weights_are_packed_and_compute_the_same(quantized, exported, fashion_slice, tmp_path):
+    (x_train, _), (x, _) = fashion_slice
+    path = export.onnx(quantized["w4a4"], tmp_path / "w4a4_int4.onnx", x_train[:256], int4_weights=True)
+    proto = onnx.load(str(path))
+    onnx.checker.check_model(proto)
+    assert max(entry.version for entry in proto.opset_import if entry.domain in ("", "ai.onnx")) == 21
+    int4 = [init for init in proto.graph.initializer if init.data_type == onnx.TensorProto.INT4]
+    assert len(int4) >= 3
+    int8_path = exported["w4a4"][1]
+    assert path.stat().st_size < 0.6 * int8_path.stat().st_size
+    int4_scores, int8_scores = export.load(path).predict(x), export.load(int8_path).predict(x)
+    # same values; onnxruntime fuses int8 Q/DQ into integer kernels but runs INT4 weights through
+    # dequantize + float convolution, which rounds a few ties to the neighbouring output level
+    assert agreement(int4_scores, int8_scores) >= 0.99
+    assert np.mean(np.abs(int4_scores - int8_scores) < 1e-4) >= 0.98
+
+
+def test_int4_needs_a_layer_with_at_most_4_bits(quantized, fashion_slice, tmp_path):
+    (x_train, _), _ = fashion_slice
+    with pytest.raises(ValueError, match="no layer has weights of 4 bits or fewer"):
+        export.onnx(quantized["w8a8"], tmp_path / "m.onnx", x_train[:64], int4_weights=True)
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_tfmot_qat_model_exports_to_tflite_and_onnx(trained_cnn, fashion_slice, tmp_path):
+    (x_train, y_train), (x, _) = fashion_slice
+    qat = tfmot.quantization.keras.quantize_model(trained_cnn)
+    kq.training.compile_classifier(qat)
+    qat.fit(x_train[:512], y_train[:512], epochs=1, batch_size=64, verbose=0)
+    keras_scores = qat.predict(x, verbose=0)
+    tflite_path = export.tflite(qat, tmp_path / "qat.tflite")
+    onnx_path = export.onnx(qat, tmp_path / "qat.onnx")
+    assert agreement(export.load(tflite_path).predict(x), keras_scores) >= 0.98
+    assert agreement(export.load(onnx_path).predict(x), keras_scores) >= 0.98
+
+
+def test_sub_8_bit_tfmot_model_is_refused_with_the_fix(trained_cnn, tmp_path):
+    annotated = tfmot.quantization.keras.quantize_annotate_model(trained_cnn)
+    with tfmot.quantization.keras.quantize_scope():
+        low = tfmot.quantization.keras.quantize_apply(annotated, scheme=kq.WXAYScheme(4, 4))
+    with pytest.raises(ValueError, match="RobustQuantizer"):
+        export.tflite(low, tmp_path / "low.tflite")
+    assert not (tmp_path / "low.tflite").exists()
+
+
+def test_float_model_exports_int8_by_ptq_and_float32(trained_cnn, fashion_slice, tmp_path):
+    (x_train, _), (x, _) = fashion_slice
+    int8 = export.tflite(trained_cnn, tmp_path / "float_ptq.tflite", x_train[:128])
+    float32 = export.tflite(trained_cnn, tmp_path / "float.tflite", precision="float32")
+    assert float32.stat().st_size > 3.5 * int8.stat().st_size
+    scores = trained_cnn.predict(x, verbose=0)
+    np.testing.assert_allclose(export.load(float32).predict(x), scores, atol=1e-4)
+    assert agreement(export.load(int8).predict(x), scores) >= 0.97
+    with pytest.raises(ValueError, match="representative"):
+        export.tflite(trained_cnn, tmp_path / "again.tflite")
+
+
+def test_existing_files_are_replaced_only_with_overwrite(quantized, fashion_slice, tmp_path):
+    (x_train, _), _ = fashion_slice
+    for name, exporter in (("m.tflite", export.tflite), ("m.onnx", export.onnx)):
+        path = tmp_path / name
+        path.write_bytes(b"keep me")
+        with pytest.raises(FileExistsError, match="overwrite=True"):
+            exporter(quantized["w4a4"], path, x_train[:64])
+        assert path.read_bytes() == b"keep me"
+        exporter(quantized["w4a4"], path, x_train[:64], overwrite=True)
+        assert path.read_bytes() != b"keep me"
+        assert export.load(path).predict(x_train[:4]).shape == (4, 10)
+        assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no temp files left
+
+
+def test_bad_export_input_is_refused_before_writing(quantized, trained_cnn, tmp_path):
+    model = quantized["w4a4"]
+    with pytest.raises(ValueError, match=r"\.tflite"):
+        export.tflite(model, tmp_path / "m.onnx", np.zeros((4, 28, 28, 1)))
+    with pytest.raises(ValueError, match="representative"):
+        export.tflite(model, tmp_path / "m.tflite")
+    with pytest.raises(ValueError, match="shaped"):
+        export.tflite(model, tmp_path / "m.tflite", np.zeros((4, 32, 32, 3)))
+    with pytest.raises(ValueError, match="precision"):
+        export.tflite(model, tmp_path / "m.tflite", np.zeros((4, 28, 28, 1)), precision="int4")
+    with pytest.raises(ValueError, match="opset"):
+        export.onnx(model, tmp_path / "m.onnx", np.zeros((4, 28, 28, 1)), opset=9)
+    with pytest.raises(ValueError, match="no keras_qrobust quantized layer"):
+        lower(trained_cnn, np.zeros((4, 28, 28, 1)))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_runtime_load_errors(tmp_path):
+    with pytest.raises(ValueError, match="unknown artifact type"):
+        export.load(tmp_path / "model.pb")
+    with pytest.raises(FileNotFoundError, match="export it first"):
+        export.load(tmp_path / "missing.tflite")
+    corrupt = tmp_path / "corrupt.onnx"
+    corrupt.write_bytes(b"not a model")
+    with pytest.raises(ValueError, match="could not be loaded"):
+        export.load(corrupt)
+
+
+def test_runtime_predict_checks_shapes(exported):
+    model = export.load(exported["w8a8"][0])
+    assert model.input_shape == (28, 28, 1)
+    with pytest.raises(ValueError, match="inputs of shape"):
+        model.predict(np.zeros((2, 32, 32, 3)))
+    assert model.predict(np.zeros((3, 28, 28, 1)), batch_size=2).shape == (3, 10)
+
+
+def test_runtime_models_are_scored_like_keras_models(exported, fashion_slice):
+    _, (x, y) = fashion_slice
+    model = export.load(exported["w8a8"][0])
+    assert 0.5 < kq.metrics.accuracy(model, x, y) <= 1.0
+
+
+@pytest.mark.parametrize("setting", ["w4a4", "w2a2"])
+def test_integer_biases_are_on_the_int32_grid(setting, quantized, trained_cnn, fashion_slice):
+    (x, _), _ = fashion_slice
+    model = quantized[setting]
+    rounded = 0
+    for layer in model.layers:
+        step = bias_step(layer)
+        if step is None:
+            continue
+        codes = layer.bias.numpy() / step
+        np.testing.assert_allclose(codes, np.rint(codes), atol=1e-3)
+        rounded += 1
+    assert rounded == 3  # conv2, fc1, logits (conv1 reads the float input)
+    unrounded = kq.RobustQuantizer.from_setting(setting, integer_bias=False).quantize(trained_cnn, x[:512])
+    np.testing.assert_array_equal(unrounded.get_layer("fc1").bias.numpy(), trained_cnn.get_layer("fc1").bias.numpy())
+    assert "float bias" in str(kq.RobustQuantizer.from_setting(setting, integer_bias=False))

@@ -1,0 +1,185 @@
+"""Akida export: quantizeml + cnn2snn to .fbz, run in the Akida software backend."""
+
+import importlib
+import shutil
+
+import numpy as np
+import pytest
+
+REASON = "Akida export needs cnn2snn and akida: pip install 'keras-qrobust[akida]'"
+pytest.importorskip("cnn2snn", reason=REASON)
+pytest.importorskip("akida", reason=REASON)
+
+import keras_qrobust as kq  # noqa: E402
+akida_export = importlib.import_module("keras_qrobust.export.akida")  # the module (export.akida is the function)
+from keras_qrobust.export.akida import AkidaModel, akida, check_akida_compatible, quantize_for_akida  # noqa: E402
+from keras_qrobust.export.runtime import load  # noqa: E402
+from keras_qrobust.transforms import UnsupportedModelError  # noqa: E402
+
+layers = kq.keras.layers
+N_TEST = 200
+
+
+@pytest.fixture(scope="module")
+def exported(trained_cnn, fashion_slice, tmp_path_factory):
+    """trained_cnn exported at w4a4 and w8a8, calibrated on 256 training images."""
+    (x, _), _ = fashion_slice
+    folder = tmp_path_factory.mktemp("akida")
+    return {
+        bits: akida(trained_cnn, folder / f"cnn_w{bits}a{bits}.fbz", x[:256], weight_bits=bits, activation_bits=bits)
+        for bits in (4, 8)
+    }
+
+
+@pytest.fixture
+def no_quantization(monkeypatch):
+    """Fail the test if the slow quantization step starts."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("quantization started although the export should have stopped before it")
+
+    monkeypatch.setattr(akida_export, "_quantize", refuse)
+
+
+def test_w4a4_matches_the_quantizeml_model(exported, trained_cnn, fashion_slice):
+    (x, _), (x_test, y_test) = fashion_slice
+    x_test, y_test = x_test[:N_TEST], y_test[:N_TEST]
+    deployed = load(exported[4])
+    assert isinstance(deployed, AkidaModel) and deployed.format == "akida"
+    assert deployed.input_shape == (28, 28, 1)
+    scores = deployed.predict(x_test)
+    assert scores.shape == (N_TEST, 10) and scores.dtype == np.float32
+
+    qmodel = quantize_for_akida(trained_cnn, x[:256], weight_bits=4, activation_bits=4)
+    q_scores = qmodel.predict(np.round(x_test * 255), verbose=0)
+    # Akida runs the integer arithmetic quantizeml simulates: measured 200/200 top-1 agreement
+    # and identical scores (max |diff| 0.0). A wrong input scaling (e.g. feeding x instead of
+    # x*255) drops agreement to chance, so both checks can fail.
+    assert np.mean(scores.argmax(1) == q_scores.argmax(1)) >= 0.99
+    np.testing.assert_allclose(scores, q_scores, rtol=1e-5, atol=1e-5)
+    # Against the float model, 4-bit quantization moves some decisions: measured 0.92.
+    float_top1 = trained_cnn.predict(x_test, verbose=0).argmax(1)
+    assert np.mean(scores.argmax(1) == float_top1) >= 0.85
+    assert np.mean(scores.argmax(1) == y_test) >= np.mean(float_top1 == y_test) - 0.08
+
+    np.testing.assert_array_equal(deployed.predict(x_test, batch_size=7), scores)
+    with pytest.raises(ValueError, match="shape"):
+        deployed.predict(x_test[:, :14])
+
+
+def test_w8a8_agrees_with_the_float_model(exported, trained_cnn, fashion_slice):
+    _, (x_test, _) = fashion_slice
+    scores = load(exported[8]).predict(x_test[:N_TEST])
+    float_top1 = trained_cnn.predict(x_test[:N_TEST], verbose=0).argmax(1)
+    # measured 0.985 (197/200); 8-bit weights and activations barely move the decisions
+    assert np.mean(scores.argmax(1) == float_top1) >= 0.95
+    assert exported[8].read_bytes() != exported[4].read_bytes()
+
+
+def test_overwrite_protection(exported, trained_cnn, fashion_slice, tmp_path, monkeypatch):
+    (x, _), (x_test, _) = fashion_slice
+    target = tmp_path / "model.fbz"
+    shutil.copy(exported[8], target)
+    before = target.read_bytes()
+    with monkeypatch.context() as patch:
+        patch.setattr(akida_export, "_quantize", lambda *a, **k: pytest.fail("quantization started"))
+        with pytest.raises(FileExistsError, match="overwrite=True"):
+            akida(trained_cnn, target, x[:64])
+    assert target.read_bytes() == before
+
+    assert akida(trained_cnn, target, x[:64], overwrite=True) == target
+    assert target.read_bytes() != before  # the w8a8 file was replaced by a w4a4 one
+    assert load(target).predict(x_test[:5]).shape == (5, 10)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.fbz"]  # no temporary left behind
+
+
+def _lstm_model():
+    return kq.keras.Sequential(
+        [kq.keras.Input((28, 28)), layers.LSTM(8, name="lstm"), layers.Dense(10, activation="softmax", name="probs")],
+        name="lstm_model",
+    )
+
+
+def test_incompatible_model_lists_every_reason_before_any_work(tmp_path, no_quantization):
+    target = tmp_path / "lstm.fbz"
+    with pytest.raises(UnsupportedModelError) as error:
+        akida(_lstm_model(), target, np.zeros((4, 28, 28), np.float32))
+    message = str(error.value)
+    assert "4 problems" in message
+    for expected in ("LSTM layer 'lstm'", "'probs' (Dense) uses the activation 'softmax'", "not an image",
+                     "Conv2D"):
+        assert expected in message
+    assert not target.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_quantized_and_keras3_models_are_rejected(fashion_slice, tmp_path, no_quantization):
+    (x, _), _ = fashion_slice
+    quantized = kq.RobustQuantizer(4, 4).quantize(kq.zoo.cnn_small(), x[:64])
+    with pytest.raises(UnsupportedModelError, match="already quantized.*pass the float model"):
+        akida(quantized, tmp_path / "q.fbz", x[:64])
+
+    import keras as keras3
+
+    model3 = keras3.Sequential([keras3.Input((28, 28, 1)), keras3.layers.Conv2D(2, 3)])
+    (reason,) = check_akida_compatible(model3)
+    assert "Keras 3" in reason and "tf_keras" in reason
+    with pytest.raises(UnsupportedModelError, match="Keras 3"):
+        akida(model3, tmp_path / "k3.fbz")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_check_akida_compatible_on_zoo_models():
+    assert check_akida_compatible(kq.zoo.cnn_small()) == []
+    assert check_akida_compatible(kq.zoo.resnet_small()) == []  # converts (checked by hand, slow)
+    (reason,) = check_akida_compatible(kq.zoo.mlp_gorsline())
+    assert "'flatten' (Flatten)" in reason and "Conv2D" in reason
+    reasons = check_akida_compatible(kq.zoo.ds_cnn())  # 'same' convolutions, 'valid' pooling
+    assert [r.split("'")[1] for r in reasons] == ["pool1", "pool2", "pool3"]
+    assert all("same padding" in r for r in reasons)
+    subclassed = type("Net", (kq.keras.Model,), {"call": lambda self, x: x})()
+    (reason,) = check_akida_compatible(subclassed)
+    assert "subclassed" in reason
+
+
+def test_cnn2snn_failure_is_reported(tmp_path):
+    # passes the pre-check, but Akida 2 has no SeparableConv2D + MaxPooling2D block
+    model = kq.keras.Sequential([
+        kq.keras.Input((8, 8, 1)),
+        layers.Conv2D(4, 3, padding="same", activation="relu"),
+        layers.SeparableConv2D(4, 3, padding="same"),
+        layers.MaxPooling2D(padding="same"),
+        layers.ReLU(),
+        layers.Flatten(),
+        layers.Dense(2),
+    ], name="sep_pool")
+    assert check_akida_compatible(model) == []
+    target = tmp_path / "sep.fbz"
+    rng = np.random.default_rng(0)
+    with pytest.raises(UnsupportedModelError, match="(?s)cnn2snn could not convert 'sep_pool'.*SeparableConv2D"):
+        akida(model, target, rng.uniform(0, 1, (32, 8, 8, 1)))
+    assert not target.exists()
+
+
+def test_argument_errors(trained_cnn, tmp_path):
+    x = np.zeros((4, 28, 28, 1), np.float32)
+    with pytest.raises(ValueError, match="weight_bits"):
+        akida(trained_cnn, tmp_path / "m.fbz", x, weight_bits=2)
+    with pytest.raises(ValueError, match=r"\.fbz"):
+        akida(trained_cnn, tmp_path / "m.h5", x)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        akida(trained_cnn, tmp_path / "m.fbz", x + 255)
+    with pytest.raises(ValueError, match="shape"):
+        akida(trained_cnn, tmp_path / "m.fbz", x[..., 0])
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_missing_akida_says_how_to_install(trained_cnn, tmp_path, monkeypatch):
+    monkeypatch.setitem(__import__("sys").modules, "cnn2snn", None)  # makes `import cnn2snn` fail
+    with pytest.raises(ImportError, match=r"pip install 'keras-qrobust\[akida\]'"):
+        akida(trained_cnn, tmp_path / "m.fbz")
+
+
+def test_truncated_file_is_a_clear_error(exported, tmp_path):
+    broken = tmp_path / "broken.fbz"
+    broken.write_bytes(exported[4].read_bytes()[:100])  # akida itself segfaults on this
+    with pytest.raises(ValueError, match="could not be loaded by the akida runtime"):
+        load(broken)
