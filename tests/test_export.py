@@ -211,3 +211,36 @@ def test_integer_biases_are_on_the_int32_grid(setting, quantized, trained_cnn, f
     unrounded = kq.RobustQuantizer.from_setting(setting, integer_bias=False).quantize(trained_cnn, x[:512])
     np.testing.assert_array_equal(unrounded.get_layer("fc1").bias.numpy(), trained_cnn.get_layer("fc1").bias.numpy())
     assert "float bias" in str(kq.RobustQuantizer.from_setting(setting, integer_bias=False))
+
+
+def test_output_quantizer_has_256_levels_and_a_straight_through_gradient():
+    layer = kq.layers.OutputQuantizer()
+    layer.build((None, 4))
+    layer.set_range(-3.0, 5.0)
+    x = kq.tf.constant(np.linspace(-6.0, 8.0, 4000, dtype=np.float32).reshape(-1, 4))
+    with kq.tf.GradientTape() as tape:
+        tape.watch(x)
+        y = layer(x)
+    assert len(np.unique(y.numpy())) == 256
+    np.testing.assert_allclose([y.numpy().min(), y.numpy().max()], [layer.min.numpy(), layer.max.numpy()], atol=1e-5)
+    assert abs(layer.max.numpy() - layer.min.numpy() - 8.0) < 1e-5  # nudged (zero on a level), same span
+    np.testing.assert_array_equal(tape.gradient(y, x).numpy(), np.ones(x.shape, np.float32))
+
+
+def test_score_range_keeps_every_top_score_and_zero():
+    low, high = kq.quantizers.score_range(-20.0, 10.0, lowest_top=2.0)
+    assert -2.1 < low < 0.0  # 2.0 - 0.5·(10 - 2) = -2, nudged onto the zero level: far tighter than -20
+    assert high >= 10.0 - 1e-6
+    step = (high - low) / 255
+    assert abs(round(-low / step) - (-low / step)) < 1e-6  # zero is one of the levels
+    assert kq.quantizers.score_range(-20.0, 10.0, None)[0] <= -20.0 + 1e-6
+
+
+def test_quantized_models_end_with_a_calibrated_output_quantizer(quantized, trained_cnn, fashion_slice):
+    (x, _), _ = fashion_slice
+    last = quantized["w4a4"].layers[-1]
+    assert isinstance(last, kq.layers.OutputQuantizer) and last.max.numpy() > last.min.numpy()
+    float_output = kq.RobustQuantizer.from_setting("w4a4", quantize_output=False).quantize(trained_cnn, x[:256])
+    assert not any(isinstance(layer, kq.layers.OutputQuantizer) for layer in float_output.layers)
+    weight_only = kq.RobustQuantizer(weight_bits=3, activation_bits=None).quantize(trained_cnn)
+    assert not any(isinstance(layer, kq.layers.OutputQuantizer) for layer in weight_only.layers)
