@@ -18,6 +18,7 @@ from . import (  # noqa: E402
     metrics,
     quantizers,
     regularizers,
+    search,
     training,
     transforms,
     zoo,
@@ -26,6 +27,7 @@ from .analysis import quantization_lipschitz  # noqa: E402
 from .calibration import calibrate_tfmot  # noqa: E402
 from .configs import WXAYQuantizeConfig, WXAYScheme, WXScheme  # noqa: E402
 from .quantize import RobustQuantizer, parse_setting, setting_name  # noqa: E402
+from .search import wxay_grid  # noqa: E402
 from .transforms import apply_mu_law  # noqa: E402
 from .version import __version__  # noqa: E402
 
@@ -45,6 +47,7 @@ __all__ = [
     "metrics",
     "quantizers",
     "regularizers",
+    "search",
     "training",
     "transforms",
     "zoo",
@@ -56,5 +59,6 @@ __all__ = [
     "WXScheme",
     "parse_setting",
     "setting_name",
+    "wxay_grid",
     "__version__",
 ]

@@ -189,6 +189,18 @@ class RobustQuantizer:
                 calibrate_output(qmodel, samples, self.batch_size)
         return qmodel
 
+    def search(self, model, data, candidates=None, attack="pgd", eps: float = 0.1, natural_floor: float = 0.0,
+               samples=None, seed: Optional[int] = 0, verbose: int = 1):
+        """Robustness-driven bit-width search (Zhou 2022 Algorithm 1) with these settings.
+
+        See :func:`keras_qrobust.search.search`; returns a ``SearchResult`` whose ``best``
+        is the chosen ``"wXaY"`` and whose ``rows`` hold every candidate's accuracies.
+        """
+        from .search import search
+
+        return search(self, model, data, candidates, attack=attack, eps=eps, natural_floor=natural_floor,
+                      samples=samples, seed=seed, verbose=verbose)
+
     def _weight_quantizer(self, bits: int, part: str, mu_law: bool):
         if mu_law:
             return qz.MuLawQuantizer(bits, mu=self.mu, mode="compand")

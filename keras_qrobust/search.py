@@ -1,0 +1,151 @@
+"""Robustness-driven bit-width search (Zhou et al. 2022, Algorithm 1).
+
+For every candidate ``(Wb, Ab)``: quantize the model, measure the natural accuracy on
+``data`` and the adversarial accuracy under ``attack``; among the settings whose natural
+accuracy is above ``natural_floor``, choose the one with the best adversarial accuracy
+(ties: fewer bits, then higher natural accuracy). Each setting is evaluated on its own
+(:func:`evaluate_setting`), so the loop can be spread over processes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence, Union
+
+import numpy as np
+
+from . import attacks as attacks_mod
+from . import metrics
+from .quantize import parse_setting, setting_name
+
+__all__ = ["wxay_grid", "SettingResult", "SearchResult", "evaluate_setting", "search"]
+
+Attack = Union[str, Callable]
+ATTACK_NAMES = ("fgsm", "pgd", "bim", "mim", "uap")
+
+
+def wxay_grid(low: int = 2, high: int = 8, *, equal: bool = True) -> list[str]:
+    """Candidate settings ``"wXaY"`` for bits in ``[low, high]``, highest first.
+
+    ``equal=True`` (default, as Zhou et al.): ``w8a8, w7a7, ..., w2a2``; ``equal=False``:
+    every pair ``(X, Y)``.
+    """
+    if not (isinstance(low, int) and isinstance(high, int) and 1 <= low <= high <= 16):
+        raise ValueError(f"need integers 1 <= low <= high <= 16, got low={low!r}, high={high!r}")
+    bits = range(high, low - 1, -1)
+    if equal:
+        return [setting_name(b, b) for b in bits]
+    return [setting_name(w, a) for w in bits for a in bits]
+
+
+@dataclass(frozen=True)
+class SettingResult:
+    """One row of the search table."""
+
+    setting: str
+    natural: float
+    adversarial: float
+    seconds: float
+    above_floor: bool
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """The chosen setting (None when no candidate is above the floor) and every row."""
+
+    best: Optional[str]
+    rows: tuple[SettingResult, ...]
+    attack: str
+    eps: float
+    natural_floor: float
+
+    @property
+    def best_bits(self) -> tuple[Optional[int], Optional[int]]:
+        return parse_setting(self.best) if self.best else (None, None)
+
+    def to_dict(self) -> dict:
+        return {"best": self.best, "attack": self.attack, "eps": self.eps, "natural_floor": self.natural_floor,
+                "rows": [dataclasses.asdict(row) for row in self.rows]}
+
+    def to_markdown(self) -> str:
+        lines = [f"Algorithm 1 (Zhou 2022): attack {self.attack}, ε = {self.eps}, natural floor "
+                 f"{100 * self.natural_floor:.1f}%; chosen: {self.best or 'none above the floor'}", "",
+                 "| setting | natural % | adversarial % | above floor | s |", "|---|---|---|---|---|"]
+        for row in self.rows:
+            mark = " **(chosen)**" if row.setting == self.best else ""
+            lines.append(f"| {row.setting}{mark} | {100 * row.natural:.2f} | {100 * row.adversarial:.2f} | "
+                         f"{'yes' if row.above_floor else 'no'} | {row.seconds:.1f} |")
+        return "\n".join(lines) + "\n"
+
+
+def _adversarial(model, x, y, attack: Attack, eps: float, seed: Optional[int]) -> np.ndarray:
+    if callable(attack):
+        return attack(model, x, y, eps=eps)
+    if attack == "fgsm":
+        return attacks_mod.fgsm(model, x, y, eps=eps)
+    if attack == "uap":
+        v = attacks_mod.uap(model, x, eps=eps, seed=seed, verbose=0).perturbation
+        return np.clip(x + v, 0.0, 1.0)
+    fn = {"pgd": attacks_mod.pgd, "bim": attacks_mod.bim, "mim": attacks_mod.mim}[attack]
+    kwargs = {"seed": seed} if attack == "pgd" else {}
+    return fn(model, x, y, eps=eps, verbose=0, **kwargs)
+
+
+def evaluate_setting(quantizer, model, data, samples, attack: Attack, eps: float, natural_floor: float,
+                     seed: Optional[int] = 0) -> SettingResult:
+    """Quantize ``model`` with ``quantizer`` and score it (one row of Algorithm 1)."""
+    x, y = data
+    start = time.perf_counter()
+    qmodel = quantizer.quantize(model, samples if quantizer.activation_bits is not None else None)
+    natural = metrics.accuracy(qmodel, x, y)
+    adversarial = metrics.accuracy(qmodel, _adversarial(qmodel, x, y, attack, eps, seed), y)
+    return SettingResult(quantizer.setting, natural, adversarial, time.perf_counter() - start, natural > natural_floor)
+
+
+def _bits_sum(setting: str) -> int:
+    return sum(b or 32 for b in parse_setting(setting))
+
+
+def search(quantizer, model, data, candidates: Sequence[str] = None, attack: Attack = "pgd", eps: float = 0.1,
+           natural_floor: float = 0.0, samples=None, seed: Optional[int] = 0, verbose: int = 1) -> SearchResult:
+    """Zhou 2022 Algorithm 1 with ``quantizer``'s other settings (calibration, input bits, ...).
+
+    Args:
+        data: ``(x, y)`` the settings are scored on (a validation split).
+        candidates: ``"wXaY"`` settings (default ``wxay_grid(2, 8)``).
+        attack: ``"pgd"`` (20 steps), ``"fgsm"``, ``"bim"``, ``"mim"``, ``"uap"`` (crafted on
+            ``x``, the direct UAP) or ``attack(model, x, y, eps=...) -> x_adv``.
+        natural_floor: minimum natural accuracy (fraction) a chosen setting must exceed.
+        samples: calibration inputs (default: the first 1,024 of ``x``).
+    """
+    x, y = data
+    x = np.asarray(x, np.float32)
+    y = np.asarray(y).reshape(-1)
+    if len(x) != len(y) or not len(x):
+        raise ValueError(f"data must be (x, y) with as many labels as inputs, got {len(x)} and {len(y)}")
+    if not callable(attack) and attack not in ATTACK_NAMES:
+        raise ValueError(f"attack must be one of {ATTACK_NAMES} or a callable, got {attack!r}")
+    if not 0.0 <= natural_floor < 1.0:
+        raise ValueError(f"natural_floor is a fraction in [0, 1), got {natural_floor}")
+    candidates = list(wxay_grid(2, 8) if candidates is None else candidates)
+    if not candidates:
+        raise ValueError("candidates is empty: pass settings such as kq.wxay_grid(2, 8)")
+    for setting in candidates:
+        parse_setting(setting)  # fails early with a clear message
+    samples = x[:1024] if samples is None else np.asarray(samples, np.float32)
+    rows = []
+    iterator = candidates
+    if verbose:
+        from tqdm.auto import tqdm
+
+        iterator = tqdm(candidates, desc="bit-width search", unit="setting")
+    for setting in iterator:
+        weight_bits, activation_bits = parse_setting(setting)
+        setting_quantizer = dataclasses.replace(quantizer, weight_bits=weight_bits, activation_bits=activation_bits)
+        rows.append(evaluate_setting(setting_quantizer, model, (x, y), samples, attack, eps, natural_floor, seed))
+    eligible = [row for row in rows if row.above_floor]
+    best = max(eligible, key=lambda r: (round(r.adversarial, 6), -_bits_sum(r.setting), r.natural), default=None)
+    name = attack if isinstance(attack, str) else getattr(attack, "__name__", "custom")
+    return SearchResult(best.setting if best else None, tuple(rows), name, float(eps), float(natural_floor))
