@@ -34,9 +34,11 @@ from .geometric import (  # noqa: E402  (the Gorsline 2021 analyses live in thei
     simplex_height,
 )
 
-__all__ = ["quantization_lipschitz", "quantization_error", "spectral_norm", "parseval_scale", "SUPPORTED_LAYERS",
-           "critical_attack_strength", "CriticalStrength", "geometric_lower_bound", "boundary_distance_cdf",
-           "fit_geometric_bound", "GeometricFit", "mean_boundary_distance", "mean_boundary_distance_approx", "simplex_height"]
+__all__ = [
+    "quantization_lipschitz", "quantization_error", "spectral_norm", "parseval_scale", "SUPPORTED_LAYERS",
+    "critical_attack_strength", "CriticalStrength", "geometric_lower_bound", "boundary_distance_cdf",
+    "fit_geometric_bound", "GeometricFit", "mean_boundary_distance", "mean_boundary_distance_approx", "simplex_height",
+]
 
 #: layer kinds that have rows, in the order they are matched (subclasses first)
 SUPPORTED_LAYERS = ("DepthwiseConv2D", "SeparableConv2D", "Conv2D", "Dense")
