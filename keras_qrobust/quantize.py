@@ -20,7 +20,7 @@ from __future__ import annotations
 import re
 import warnings
 from dataclasses import dataclass
-from typing import Optional
+from typing import Mapping, Optional
 
 import numpy as np
 
@@ -62,6 +62,12 @@ def parse_setting(setting: str) -> tuple[Optional[int], Optional[int]]:
     return weight, activation
 
 
+def _check_clip(value, name: str) -> float:
+    if not 0.0 < float(value) <= 1.0:
+        raise ValueError(f"{name} must be a clipping ratio in (0, 1], got {value!r}")
+    return float(value)
+
+
 def _check_optional_bits(value, name: str) -> Optional[int]:
     return None if value is None else qz.check_bits(value, name)
 
@@ -74,6 +80,9 @@ class RobustQuantizer:
         weight_bits: bits of every kernel except those of the input layers; None keeps
             kernels float.
         activation_bits: bits of every ReLU output; None quantizes weights only.
+        layer_bits: weight bits by layer name, overriding ``weight_bits`` and
+            ``input_weight_bits`` (mixed precision, e.g. from ``layerwise.allocate_bits``).
+        layer_clip: clipping ratio ``r`` by layer name: ``s = r·max|W|`` (Song 2021).
         input_weight_bits: bits of the kernels of the layers that read the model input
             (cnn2snn's ``input_weight_quantization``); None uses ``weight_bits``.
         per_axis: one weight scale per output channel (else one per tensor).
@@ -104,8 +113,16 @@ class RobustQuantizer:
     batch_size: int = 256
     integer_bias: bool = True
     quantize_output: bool = True
+    layer_bits: Optional[Mapping[str, int]] = None
+    layer_clip: Optional[Mapping[str, float]] = None
 
     def __post_init__(self):
+        # per-layer settings are stored as sorted (name, value) tuples: immutable and hashable
+        for name, check in (("layer_bits", lambda v, n: qz.check_bits(v, n)), ("layer_clip", _check_clip)):
+            value = getattr(self, name)
+            if value is not None:
+                items = dict(value).items()
+                object.__setattr__(self, name, tuple(sorted((str(k), check(v, f"{name}[{k!r}]")) for k, v in items)))
         for name in ("weight_bits", "activation_bits", "input_weight_bits"):
             _check_optional_bits(getattr(self, name), name)
         if self.weight_bits is None and self.activation_bits is None:
@@ -143,6 +160,10 @@ class RobustQuantizer:
             )
         if self.mu_law_last:
             parts.append(f"mu-law last {self.mu_law_last}")
+        if self.layer_bits:
+            parts.append("layer bits " + ", ".join(f"{k}={v}" for k, v in self.layer_bits))
+        if self.layer_clip:
+            parts.append("clip " + ", ".join(f"{k}={v:g}" for k, v in self.layer_clip))
         if self.activation_bits is not None and not self.integer_bias:
             parts.append("float bias")
         if self.activation_bits is not None and not self.quantize_output:
@@ -201,11 +222,12 @@ class RobustQuantizer:
         return search(self, model, data, candidates, attack=attack, eps=eps, natural_floor=natural_floor,
                       samples=samples, seed=seed, verbose=verbose)
 
-    def _weight_quantizer(self, bits: int, part: str, mu_law: bool):
+    def _weight_quantizer(self, bits: int, part: str, mu_law: bool, clip_ratio: float = 1.0):
         if mu_law:
             return qz.MuLawQuantizer(bits, mu=self.mu, mode="compand")
         depthwise = part == "depthwise_kernel"
-        return qz.SymmetricQuantizer(bits, per_axis=self.per_axis, axis=(-2, -1) if depthwise else -1)
+        return qz.SymmetricQuantizer(bits, per_axis=self.per_axis, axis=(-2, -1) if depthwise else -1,
+                                     clip_ratio=clip_ratio)
 
     def _replacement(self, graph: Graph):
         weight_layers = [e["name"] for e in graph.iter_layers(WEIGHT_LAYERS)]
@@ -213,16 +235,24 @@ class RobustQuantizer:
         mu_layers = set(weight_layers[max(0, len(weight_layers) - self.mu_law_last):]) if self.mu_law_last else set()
         unquantized_activations = []
 
+        layer_bits, layer_clip = dict(self.layer_bits or ()), dict(self.layer_clip or ())
+        unknown = sorted((set(layer_bits) | set(layer_clip)) - set(weight_layers))
+        if unknown:
+            raise ValueError(f"layer_bits/layer_clip name layers that are not weight layers of this model: "
+                             f"{', '.join(unknown)}; its weight layers are {', '.join(weight_layers)}")
+
         def replace(entry: dict):
             kind, name, config = entry["class_name"], entry["name"], dict(entry["config"])
             if kind in WEIGHT_LAYERS:
                 bits = self.weight_bits
                 if name in input_layers and self.input_weight_bits is not None:
                     bits = self.input_weight_bits
+                bits = layer_bits.get(name, bits)
                 if bits is None:
                     return None
                 for part, arg in QUANTIZED_LAYERS[kind].kernel_quantizer_args.items():
-                    config[arg] = qz.serialize(self._weight_quantizer(bits, part, name in mu_layers))
+                    config[arg] = qz.serialize(self._weight_quantizer(bits, part, name in mu_layers,
+                                                                      layer_clip.get(name, 1.0)))
                 return QUANTIZED_LAYERS[kind].__name__, config
             if self.activation_bits is None:
                 return None

@@ -165,16 +165,20 @@ class UniformQuantizer(_AxisMixin, BaseQuantizer):
 class SymmetricQuantizer(_AxisMixin, BaseQuantizer):
     """Symmetric max quantizer, per output channel by default (cnn2snn ``MaxPerAxisQuantizer``).
 
-    ``s = max|x|``, ``Δ = s/(2^(b-1) - 1)``, ``x̂ = Δ·clip(round(x/Δ), -(2^(b-1) - 1), 2^(b-1) - 1)``.
+    ``s = r·max|x|``, ``Δ = s/(2^(b-1) - 1)``, ``x̂ = Δ·clip(round(x/Δ), -(2^(b-1) - 1), 2^(b-1) - 1)``.
     The grid is symmetric around an exact zero and has ``2^b - 1`` levels; ``b = 1`` is
-    ``sign(x)·s`` (two levels).
+    ``sign(x)·s`` (two levels). ``clip_ratio`` ``r`` ≤ 1 clips the largest weights to a finer
+    grid (Song 2021's clipping ratio; 1 = cnn2snn's max quantizer).
     """
 
     kind = "symmetric"
 
-    def __init__(self, bits: int, per_axis: bool = True, axis: int | Sequence[int] = -1):
+    def __init__(self, bits: int, per_axis: bool = True, axis: int | Sequence[int] = -1, clip_ratio: float = 1.0):
         self.bits = check_bits(bits)
         self._init_axis(per_axis, axis)
+        if not 0.0 < float(clip_ratio) <= 1.0:
+            raise ValueError(f"clip_ratio must be in (0, 1], got {clip_ratio}")
+        self.clip_ratio = float(clip_ratio)
 
     @property
     def max_level(self) -> int:
@@ -183,7 +187,7 @@ class SymmetricQuantizer(_AxisMixin, BaseQuantizer):
 
     def scale(self, x: tf.Tensor) -> tf.Tensor:
         """Step ``Δ`` (per channel when ``per_axis``); ``s`` itself for ``b = 1``."""
-        return tf.stop_gradient(self._reduce(tf.abs(x), tf.reduce_max)) / self.max_level
+        return tf.stop_gradient(self._reduce(tf.abs(x), tf.reduce_max)) * (self.clip_ratio / self.max_level)
 
     def quantize(self, x, weights=None):
         step = self.scale(x)
@@ -194,10 +198,14 @@ class SymmetricQuantizer(_AxisMixin, BaseQuantizer):
         return tf.where(step > 0, codes * safe, tf.zeros_like(x))
 
     def get_config(self):
-        return {"bits": self.bits, **self._axis_config()}
+        config = {"bits": self.bits, **self._axis_config()}
+        if self.clip_ratio != 1.0:
+            config["clip_ratio"] = self.clip_ratio
+        return config
 
     def _describe(self):
-        return [str(self.bits), *self._axis_describe()]
+        clip = [f"clip={self.clip_ratio:g}"] if self.clip_ratio != 1.0 else []
+        return [str(self.bits), *self._axis_describe(), *clip]
 
 
 @register

@@ -63,16 +63,19 @@ def is_robust_quantized(model) -> bool:
     return any(type(layer).__name__.startswith("Quantized") for layer in model.layers)
 
 
-def _kernel_grid(kernel: np.ndarray, quantizer, channel_axes: tuple[int, ...]) -> tuple[np.ndarray, int, bool]:
-    """Per-output-channel step of a quantized kernel, its bits, and whether it is exact."""
+def _kernel_grid(kernel: np.ndarray, quantizer, channel_axes: tuple[int, ...],
+                 float_kernel: np.ndarray | None = None) -> tuple[np.ndarray, int, bool]:
+    """Per-output-channel step of a quantized kernel, its bits, and whether it is exact.
+
+    ``float_kernel``: the kernel before quantization, whose maximum sets the step.
+    """
     reduce_axes = tuple(i for i in range(kernel.ndim) if i not in channel_axes)
     channel_max = np.max(np.abs(kernel), axis=reduce_axes).reshape(-1)
     if isinstance(quantizer, SymmetricQuantizer):
         bits = quantizer.bits
-        if quantizer.per_axis:
-            step = channel_max / quantizer.max_level
-        else:
-            step = np.full_like(channel_max, np.max(np.abs(kernel)) / quantizer.max_level)
+        source = kernel if float_kernel is None else float_kernel
+        step = np.broadcast_to(np.asarray(quantizer.scale(source.astype(np.float32)), np.float64).reshape(-1),
+                               channel_max.shape).copy()
         exact = bits <= 8
     else:
         bits, step, exact = 8, channel_max / INT8_MAX_CODE, False
@@ -106,8 +109,10 @@ def _split_separable(graph: Graph, entry: dict, layer, fake_quant_weights: bool)
     if config.get("depth_multiplier", 1) != 1:
         raise UnsupportedModelError(f"Layer '{name}': separable convolutions export with depth_multiplier=1 only")
     dw_name = graph.unique_name(f"{name}_depthwise")
-    dw_step, dw_bits, dw_exact = _kernel_grid(kernels["depthwise_kernel"], quantizers["depthwise_kernel"], (2, 3))
-    pw_step, pw_bits, pw_exact = _kernel_grid(kernels["pointwise_kernel"], quantizers["pointwise_kernel"], (3,))
+    dw_step, dw_bits, dw_exact = _kernel_grid(kernels["depthwise_kernel"], quantizers["depthwise_kernel"], (2, 3),
+                                              np.asarray(layer.depthwise_kernel))
+    pw_step, pw_bits, pw_exact = _kernel_grid(kernels["pointwise_kernel"], quantizers["pointwise_kernel"], (3,),
+                                              np.asarray(layer.pointwise_kernel))
     graph.layers.insert(graph.layers.index(entry), {
         "class_name": "LoweredDepthwiseConv2D", "name": dw_name,
         "config": {**{k: config[k] for k in _SHARED if k in config}, "name": dw_name,
@@ -150,7 +155,7 @@ def _lower_weights(graph: Graph, model, fake_quant_weights: bool):
                 else np.asarray(getattr(layer, attr))
             quantizer = getattr(layer, "_kernel_quantizers", {}).get(attr)
             axes = (2, 3) if kind == "DepthwiseConv2D" else (kernel.ndim - 1,)
-            step, bits, is_exact = _kernel_grid(kernel, quantizer, axes)
+            step, bits, is_exact = _kernel_grid(kernel, quantizer, axes, np.asarray(getattr(layer, attr)))
             graph.replace(name, LOWERED_WEIGHT_LAYERS[kind].__name__,
                           _lowered_config(entry["config"], fake_quant_weights))
             bias = [np.asarray(layer.bias)] if entry["config"].get("use_bias") else []
