@@ -19,6 +19,7 @@ from . import (  # noqa: E402
     metrics,
     quantizers,
     regularizers,
+    report,
     search,
     training,
     transforms,
@@ -29,6 +30,7 @@ from .calibration import calibrate_tfmot  # noqa: E402
 from .configs import WXAYQuantizeConfig, WXAYScheme, WXScheme  # noqa: E402
 from .quantize import RobustQuantizer, parse_setting, setting_name  # noqa: E402
 from .search import wxay_grid  # noqa: E402
+from .evaluate import evaluate  # noqa: E402
 from .transforms import apply_mu_law  # noqa: E402
 from .version import __version__  # noqa: E402
 
@@ -49,6 +51,7 @@ __all__ = [
     "metrics",
     "quantizers",
     "regularizers",
+    "report",
     "search",
     "training",
     "transforms",
@@ -62,5 +65,6 @@ __all__ = [
     "parse_setting",
     "setting_name",
     "wxay_grid",
+    "evaluate",
     "__version__",
 ]

@@ -1,0 +1,301 @@
+"""RobustnessReport: JSON (versioned schema), Markdown and a self-contained HTML page.
+
+The plots (matplotlib, embedded as PNG data URIs): accuracy vs ε per model (Zhou 2022
+Fig. 6-10), accuracy vs weight bits per ε with the critical attack strength marked
+(Gorsline 2021 Fig. 3), relative accuracy vs the geometric lower bound (Fig. 4/7),
+σ_max(Q(W) − W) per layer (Song 2020 Fig. 3-4) and the UAP transfer matrix as a heat map —
+each when the report has the data it needs.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from ._io import write_text
+from .version import __version__
+
+__all__ = ["RobustnessReport", "SCHEMA", "SCHEMA_VERSION", "validate", "WARNINGS"]
+
+SCHEMA_VERSION = "1.0"
+
+#: DESIGN.md §4, printed with every report
+WARNINGS = (
+    "Robust accuracy is accuracy on attacked test inputs, the attack run against the model scored "
+    "(white-box) unless the row says transfer or black-box; clean accuracy is the ε = 0 column.",
+    "A defense that changes gradients (μ-law mapping, rounding without straight-through gradients) must also "
+    "be scored with gradient-free, transfer and BPDA attacks before its gradient-attack numbers are believed.",
+    "Accuracy must fall as ε grows; a curve that does not is flagged below as suspect, not reported as a result.",
+    "Sub-8-bit results hold for the artifact only when re-measured in its own runtime (kq.export.load).",
+)
+
+_NUMBER = {"type": "number"}
+SCHEMA = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "title": "keras_qrobust RobustnessReport",
+    "type": "object",
+    "required": ["schema_version", "keras_qrobust", "eps", "attacks", "accuracy", "provenance", "warnings",
+                 "suspect"],
+    "properties": {
+        "schema_version": {"type": "string", "enum": [SCHEMA_VERSION]},
+        "keras_qrobust": {"type": "string"},
+        "eps": {"type": "array", "items": _NUMBER},
+        "attacks": {"type": "array", "items": {"type": "string"}},
+        "accuracy": {"type": "object", "additionalProperties": {
+            "type": "object", "additionalProperties": {"type": "array", "items": _NUMBER}}},
+        "provenance": {"type": "object", "required": ["attacks", "eps", "samples", "seed"]},
+        "warnings": {"type": "array", "items": {"type": "string"}},
+        "suspect": {"type": "array", "items": {"type": "string"}},
+        "bits": {"type": "object", "additionalProperties": {"type": "integer"}},
+        "critical": {"type": ["object", "null"]},
+        "lipschitz": {"type": "object"},
+        "transfer": {"type": ["object", "null"]},
+    },
+}
+
+
+def validate(data, schema: dict = SCHEMA, path: str = "$") -> None:
+    """Check ``data`` against the subset of JSON Schema used by :data:`SCHEMA` (raise ValueError)."""
+    types = schema.get("type")
+    if types is not None:
+        allowed = types if isinstance(types, list) else [types]
+        checks = {"object": lambda v: isinstance(v, dict), "array": lambda v: isinstance(v, list),
+                  "string": lambda v: isinstance(v, str), "null": lambda v: v is None,
+                  "integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
+                  "number": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)}
+        if not any(checks[t](data) for t in allowed):
+            raise ValueError(f"{path}: expected {types}, got {type(data).__name__}")
+    if "enum" in schema and data not in schema["enum"]:
+        raise ValueError(f"{path}: {data!r} is not one of {schema['enum']}")
+    if isinstance(data, dict):
+        for key in schema.get("required", []):
+            if key not in data:
+                raise ValueError(f"{path}: missing required key {key!r}")
+        properties = schema.get("properties", {})
+        for key, value in data.items():
+            sub = properties.get(key, schema.get("additionalProperties"))
+            if isinstance(sub, dict):
+                validate(value, sub, f"{path}.{key}")
+    if isinstance(data, list) and isinstance(schema.get("items"), dict):
+        for i, value in enumerate(data):
+            validate(value, schema["items"], f"{path}[{i}]")
+
+
+def _suspect(accuracy: dict, eps: list) -> list[str]:
+    """Curves whose accuracy rises with ε by more than one point."""
+    out = []
+    for name, rows in accuracy.items():
+        for attack, values in rows.items():
+            if any(b > a + 0.01 for a, b in zip(values, values[1:])):
+                out.append(f"{name} / {attack}: accuracy rises with ε ({', '.join(f'{100 * v:.1f}' for v in values)})")
+    return out
+
+
+@dataclass
+class RobustnessReport:
+    """Accuracy grid ``accuracy[model][attack][i]`` at ``eps[i]`` and how it was obtained."""
+
+    accuracy: dict
+    eps: list
+    attacks: list
+    provenance: dict
+    bits: dict = field(default_factory=dict)
+    lipschitz: dict = field(default_factory=dict)
+    lipschitz_bits: Optional[int] = None
+    transfer: Optional[dict] = None
+    suspect: list = field(default_factory=list)
+    critical: Optional[dict] = None
+
+    @classmethod
+    def build(cls, **kwargs) -> "RobustnessReport":
+        report = cls(**kwargs)
+        report.suspect = _suspect(report.accuracy, report.eps)
+        report.critical = report._critical()
+        return report
+
+    # ----------------------------------------------------------------- analysis
+    def _bits_models(self) -> list[str]:
+        return sorted((n for n in self.accuracy if n in self.bits), key=lambda n: self.bits[n])
+
+    def _critical(self) -> Optional[dict]:
+        from .geometric import critical_attack_strength
+
+        names = self._bits_models()
+        if len(names) < 2 or len(self.eps) < 2:
+            return None
+        attack = "fgsm" if "fgsm" in self.attacks else self.attacks[0]
+        table = np.array([self.accuracy[n][attack] for n in names])
+        try:
+            found = critical_attack_strength(table, self.eps)
+        except ValueError:
+            return None
+        return {"attack": attack, "eps": found.eps, "variance": found.variance.tolist()}
+
+    # ------------------------------------------------------------------ outputs
+    def to_dict(self) -> dict:
+        return {"schema_version": SCHEMA_VERSION, "keras_qrobust": __version__, "eps": self.eps,
+                "attacks": self.attacks, "accuracy": self.accuracy, "provenance": self.provenance,
+                "warnings": list(WARNINGS), "suspect": self.suspect, "bits": self.bits, "critical": self.critical,
+                "lipschitz": self.lipschitz, "lipschitz_bits": self.lipschitz_bits, "transfer": self.transfer}
+
+    def to_json(self) -> str:
+        data = self.to_dict()
+        validate(data)
+        return json.dumps(data, indent=2) + "\n"
+
+    def to_markdown(self) -> str:
+        p = self.provenance
+        lines = ["# Robustness report", "", f"{p['samples']} inputs, seed {p['seed']}, L{p.get('norm', 'inf')} budgets "
+                 f"ε ∈ {{{', '.join(f'{e:g}' for e in self.eps)}}}. Attacks: "
+                 + "; ".join(f"{k}: {v}" for k, v in p["attacks"].items()) + ".", ""]
+        for attack in self.attacks:
+            lines += [f"## {attack} — accuracy %", "", "| model | " + " | ".join(f"ε = {e:g}" for e in self.eps) + " |",
+                      "|---|" + "---|" * len(self.eps)]
+            for name, rows in self.accuracy.items():
+                lines.append(f"| {name} | " + " | ".join(f"{100 * v:.2f}" for v in rows[attack]) + " |")
+            lines.append("")
+        if self.critical:
+            over = ", ".join(str(self.bits[n]) for n in self._bits_models())
+            lines += [f"Critical attack strength ({self.critical['attack']}, over weight bits {over}): "
+                      f"ε* = {self.critical['eps']:g}", ""]
+        lines += ["## Suspect curves", ""] + ([f"- {s}" for s in self.suspect] or ["none"]) + [""]
+        lines += ["## How to read these numbers", ""] + [f"- {w}" for w in WARNINGS]
+        return "\n".join(lines) + "\n"
+
+    def figures(self) -> dict[str, bytes]:
+        """PNG bytes of every plot the data allows, by title."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        figures = {}
+
+        def png(fig) -> bytes:
+            buffer = io.BytesIO()
+            fig.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
+            plt.close(fig)
+            return buffer.getvalue()
+
+        fig, axes = plt.subplots(1, len(self.attacks), figsize=(4.2 * len(self.attacks), 3.4), squeeze=False)
+        for ax, attack in zip(axes[0], self.attacks):
+            for name, rows in self.accuracy.items():
+                ax.plot(self.eps, [100 * v for v in rows[attack]], marker="o", label=name)
+            ax.set(title=attack, xlabel="ε", ylabel="accuracy %", ylim=(0, 100))
+        axes[0][0].legend(fontsize=7)
+        figures["Accuracy vs ε (Zhou 2022, Fig. 6-10)"] = png(fig)
+
+        names = self._bits_models()
+        if len(names) >= 2:
+            attack = self.critical["attack"] if self.critical else self.attacks[0]
+            fig, ax = plt.subplots(figsize=(5.5, 3.6))
+            for i, e in enumerate(self.eps):
+                critical = self.critical is not None and math.isclose(e, self.critical["eps"])
+                ax.plot([self.bits[n] for n in names], [100 * self.accuracy[n][attack][i] for n in names],
+                        marker="o", linewidth=3 if critical else 1, label=f"ε = {e:g}" + (" (critical)" if critical
+                                                                                          else ""))
+            ax.set(title=f"{attack}: accuracy vs weight bits", xlabel="weight bits", ylabel="accuracy %")
+            ax.legend(fontsize=7)
+            figures["Accuracy vs weight bits (Gorsline 2021, Fig. 3)"] = png(fig)
+            figures["Relative accuracy vs the lower bound (Gorsline 2021, Fig. 4/7)"] = self._bound_figure(
+                plt, png, names, attack)
+        if self.lipschitz:
+            fig, ax = plt.subplots(figsize=(5.5, 3.4))
+            for name, rows in self.lipschitz.items():
+                ax.plot(range(len(rows)), [r["sigma_max"] for r in rows], marker="s", label=name)
+                ax.set_xticks(range(len(rows)), [r["layer"] for r in rows], rotation=45, fontsize=7)
+            ax.axhline(1.0, color="grey", linestyle="--")
+            ax.set(title=f"σ_max(Q_{self.lipschitz_bits}(W) − W) per layer", ylabel="σ_max")
+            ax.legend(fontsize=7)
+            figures["Lipschitz constant of the quantization error (Song 2020, Fig. 3-4)"] = png(fig)
+        if self.transfer:
+            matrix = 100 * np.asarray(self.transfer["accuracy"])
+            labels = self.transfer["labels"]
+            fig, ax = plt.subplots(figsize=(1.1 * len(labels) + 2, 1.0 * len(labels) + 1.5))
+            image = ax.imshow(matrix, cmap="viridis", vmin=0, vmax=100)
+            ax.set_xticks(range(len(labels)), labels, rotation=45)
+            ax.set_yticks(range(len(labels)), labels)
+            for (i, j), value in np.ndenumerate(matrix):
+                ax.text(j, i, f"{value:.0f}", ha="center", va="center", color="white", fontsize=8)
+            ax.set(xlabel="evaluated on", ylabel="UAP crafted on", title="accuracy % under transferred UAPs")
+            fig.colorbar(image)
+            figures["UAP transfer matrix"] = png(fig)
+        return figures
+
+    def _bound_figure(self, plt, png, names, attack) -> bytes:
+        from .geometric import fit_geometric_bound, geometric_lower_bound
+
+        fig, ax = plt.subplots(figsize=(5.5, 3.6))
+        eps = np.asarray(self.eps)
+        for name in names:
+            values = np.asarray(self.accuracy[name][attack])
+            relative = values / values[0] if values[0] > 0 else values
+            line, = ax.plot(eps, relative, marker="o", label=f"{name} measured")
+            fit = fit_geometric_bound(eps, relative, self.bits[name])
+            fine = np.linspace(0, eps.max(), 200)
+            ax.plot(fine, geometric_lower_bound(fine, fit.n, self.bits[name]), color=line.get_color(), linestyle="--",
+                    label=f"bound, fitted n = {fit.n:.3g}")
+        ax.set(title="relative accuracy and the geometric bound (eq. 14)", xlabel="ε", ylabel="A_r", ylim=(0, 1.05))
+        ax.legend(fontsize=6)
+        return png(fig)
+
+    def to_html(self) -> str:
+        """One self-contained page: tables, provenance, warnings and the plots as data URIs."""
+        sections = []
+        for title, data in self.figures().items():
+            uri = "data:image/png;base64," + base64.b64encode(data).decode()
+            sections.append(f'<figure><img alt="{html.escape(title)}" src="{uri}"><figcaption>{html.escape(title)}'
+                            "</figcaption></figure>")
+        body = _markdown_tables_to_html(self.to_markdown())
+        return ("<!DOCTYPE html><html><head><meta charset='utf-8'><title>keras_qrobust robustness report</title>"
+                "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}table{border-collapse:collapse}"
+                "td,th{border:1px solid #ccc;padding:3px 8px}figure{display:inline-block;margin:8px}</style>"
+                f"</head><body>{body}<h2>Plots</h2>{''.join(sections)}</body></html>\n")
+
+    def save(self, folder, overwrite: bool = False) -> dict[str, Path]:
+        """Write ``report.json``, ``report.md`` and ``report.html`` into ``folder`` (atomically)."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        outputs = {"json": self.to_json(), "md": self.to_markdown(), "html": self.to_html()}
+        paths = {}
+        for kind, text in outputs.items():
+            paths[kind] = write_text(folder / f"report.{kind}", text, overwrite=overwrite)
+        return paths
+
+
+def _markdown_tables_to_html(markdown: str) -> str:
+    """The report's own Markdown (headings, tables, bullets, paragraphs) as HTML."""
+    out, table = [], []
+
+    def flush():
+        if table:
+            rows = [r for r in table if not set(r.replace("|", "").strip()) <= {"-"}]
+            cells = [[html.escape(c.strip()) for c in r.strip().strip("|").split("|")] for r in rows]
+            head = "".join(f"<th>{c}</th>" for c in cells[0])
+            body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in cells[1:])
+            out.append(f"<table><tr>{head}</tr>{body}</table>")
+            table.clear()
+
+    for line in markdown.splitlines():
+        if line.startswith("|"):
+            table.append(line)
+            continue
+        flush()
+        if line.startswith("## "):
+            out.append(f"<h2>{html.escape(line[3:])}</h2>")
+        elif line.startswith("# "):
+            out.append(f"<h1>{html.escape(line[2:])}</h1>")
+        elif line.startswith("- "):
+            out.append(f"<p>• {html.escape(line[2:])}</p>")
+        elif line.strip():
+            out.append(f"<p>{html.escape(line)}</p>")
+    flush()
+    return "\n".join(out)

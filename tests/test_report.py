@@ -1,0 +1,83 @@
+"""kq.evaluate and the RobustnessReport (JSON schema, Markdown, HTML with every plot)."""
+
+import json
+import re
+
+import numpy as np
+import pytest
+
+import keras_qrobust as kq
+from keras_qrobust.attacks import TransferMatrix
+from keras_qrobust.report import RobustnessReport, validate
+
+
+@pytest.fixture(scope="module")
+def report(fashion_slice, trained_cnn):
+    (x_train, _), (x, y) = fashion_slice
+    models = {"cnn fp32": trained_cnn}
+    for setting in ("w8a8", "w4a4", "w2a2"):
+        models[f"cnn {setting}"] = kq.RobustQuantizer.from_setting(setting).quantize(trained_cnn, x_train[:256])
+    names = list(models)
+    matrix = TransferMatrix(names=names, accuracy=np.full((4, 4), 0.5), clean_accuracy=np.full(4, 0.8),
+                            fooling_rate=np.full((4, 4), 0.3), perturbations={}, eps=0.1, method="uap")
+    return kq.evaluate(models, (x[:200], y[:200]), attacks=["fgsm", "gaussian"], eps=[0.0, 0.05, 0.1, 0.2],
+                       lipschitz_bits=4, transfer_matrix=matrix, verbose=0)
+
+
+def test_grid_has_clean_accuracy_at_zero_and_falls_with_eps(report, trained_cnn, fashion_slice):
+    _, (x, y) = fashion_slice
+    fgsm = report.accuracy["cnn fp32"]["fgsm"]
+    assert fgsm[0] == pytest.approx(kq.metrics.accuracy(trained_cnn, x[:200], y[:200]))
+    assert fgsm[0] > fgsm[1] > fgsm[3]
+    assert report.bits == {"cnn w8a8": 8, "cnn w4a4": 4, "cnn w2a2": 2}
+    assert report.critical is not None and report.critical["eps"] in report.eps
+
+
+def test_json_follows_the_versioned_schema(report):
+    data = json.loads(report.to_json())
+    validate(data)
+    assert data["schema_version"] == "1.0" and data["provenance"]["samples"] == 200
+    assert "PGD" not in data["provenance"]["attacks"]["fgsm"] and data["provenance"]["seed"] == 0
+    broken = dict(data, accuracy={"m": {"fgsm": ["high"]}})
+    with pytest.raises(ValueError, match=r"\$\.accuracy\.m\.fgsm\[0\]"):
+        validate(broken)
+    with pytest.raises(ValueError, match="missing required key 'eps'"):
+        validate({k: v for k, v in data.items() if k != "eps"})
+
+
+def test_html_is_self_contained_and_holds_every_plot(report, tmp_path):
+    paths = report.save(tmp_path)
+    page = paths["html"].read_text()
+    images = re.findall(r'<img alt="([^"]+)" src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
+    titles = [title for title, _ in images]
+    assert titles == ["Accuracy vs ε (Zhou 2022, Fig. 6-10)", "Accuracy vs weight bits (Gorsline 2021, Fig. 3)",
+                      "Relative accuracy vs the lower bound (Gorsline 2021, Fig. 4/7)",
+                      "Lipschitz constant of the quantization error (Song 2020, Fig. 3-4)", "UAP transfer matrix"]
+    import base64
+    for _, data in images:
+        assert base64.b64decode(data)[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "http" not in page.replace("https://json-schema.org", "")  # nothing fetched from elsewhere
+    assert "<table>" in page and "Accuracy must fall as ε grows" in page
+    assert "| cnn w4a4 |" in paths["md"].read_text()
+    with pytest.raises(FileExistsError):
+        report.save(tmp_path)
+
+
+def test_rising_accuracy_is_flagged_as_suspect():
+    report = RobustnessReport.build(accuracy={"m": {"pgd": [0.9, 0.5, 0.7]}}, eps=[0.0, 0.1, 0.2], attacks=["pgd"],
+                                    provenance={"attacks": {"pgd": "PGD-20"}, "eps": [0.0, 0.1, 0.2],
+                                                "samples": 10, "seed": 0})
+    assert report.suspect and "m / pgd" in report.suspect[0]
+    assert "accuracy rises with ε" in report.to_markdown()
+
+
+def test_evaluate_rejects_bad_input(trained_cnn, fashion_slice):
+    _, (x, y) = fashion_slice
+    with pytest.raises(ValueError, match="attacks"):
+        kq.evaluate(trained_cnn, (x, y), attacks=["cw"], verbose=0)
+    with pytest.raises(ValueError, match="ascending"):
+        kq.evaluate(trained_cnn, (x, y), eps=[0.1, 0.0], verbose=0)
+    with pytest.raises(ValueError, match="labels"):
+        kq.evaluate(trained_cnn, (x, y[:5]), verbose=0)
+    with pytest.raises(ValueError, match="empty"):
+        kq.evaluate({}, (x, y), verbose=0)
