@@ -244,3 +244,15 @@ def test_quantized_models_end_with_a_calibrated_output_quantizer(quantized, trai
     assert not any(isinstance(layer, kq.layers.OutputQuantizer) for layer in float_output.layers)
     weight_only = kq.RobustQuantizer(weight_bits=3, activation_bits=None).quantize(trained_cnn)
     assert not any(isinstance(layer, kq.layers.OutputQuantizer) for layer in weight_only.layers)
+
+
+def test_attacks_still_see_probabilities_behind_the_output_quantizer(fashion_slice):
+    from keras_qrobust.attacks._common import _softmax_output
+
+    (x, _), _ = fashion_slice
+    model = kq.zoo.cnn_small()
+    probabilities = kq.keras.Model(model.inputs, kq.keras.layers.Softmax(name="probabilities")(model.outputs[0]))
+    quantized = kq.RobustQuantizer.from_setting("w4a4").quantize(probabilities, x[:64])
+    assert isinstance(quantized.layers[-1], kq.layers.OutputQuantizer)
+    assert _softmax_output(quantized) and not _softmax_output(kq.RobustQuantizer.from_setting("w4a4").quantize(
+        model, x[:64]))

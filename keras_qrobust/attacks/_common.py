@@ -67,8 +67,16 @@ def check_eps(eps, name: str = "eps") -> float:
 
 
 def _softmax_output(model) -> bool:
-    """Does the model end in a softmax (so its outputs are probabilities)?"""
+    """Does the model end in a softmax (so its outputs are probabilities)?
+
+    A RobustQuantizer OutputQuantizer after the softmax (8-bit scores) does not change that.
+    """
+    from ..layers import OutputQuantizer
+
     last = model.layers[-1]
+    while isinstance(last, OutputQuantizer):
+        inbound = last._inbound_nodes[0].inbound_layers
+        last = inbound[0] if isinstance(inbound, (list, tuple)) else inbound
     if isinstance(last, keras.layers.Softmax):
         return True
     activation = getattr(last, "activation", None)
