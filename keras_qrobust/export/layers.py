@@ -5,12 +5,13 @@ The TFLite converter and tf2onnx understand only 8-bit ``FakeQuantWithMinMaxVars
 quantizer of a RobustQuantizer model is rewritten as an 8-bit fake quant with that step,
 plus a clip where the ``b``-bit range is narrower than the 8-bit one:
 
-* weights ``Δ·k``, ``|k| ≤ 2^(b-1) - 1``: per-channel fake quant on ``[-127Δ, 127Δ]``
-  (narrow range, so the int8 step is exactly ``Δ`` and the int8 codes are exactly ``k``);
+* weights ``Δ·k``, ``|k| ≤ 2^(b-1) - 1``: per-channel fake quant on ``[-127Δ', 127Δ']`` with
+  ``Δ' = Δ/m``, ``m = ⌊127/(2^(b-1) - 1)⌋`` (narrow range, so the int8 step is exactly ``Δ'``
+  and the int8 codes are exactly ``k·m``; ``kernel_step`` holds ``Δ'``);
 * ReLU outputs ``Δa·j``, ``0 ≤ j ≤ 2^b - 1``: fake quant on ``[0, 255Δa]``, a minimum with
   ``(2^b - 1)Δa`` and the same fake quant again (int8 codes ``j - 128``);
-* tensors that are float in the Keras model (input, logits, residual sums) get an 8-bit
-  fake quant over a range calibrated on representative data.
+* tensors that are float in the Keras model (input, residual sums) get an 8-bit fake quant
+  (:class:`FixedFakeQuant`) over a range calibrated on representative data.
 """
 
 from __future__ import annotations

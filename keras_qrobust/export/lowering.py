@@ -1,12 +1,13 @@
 """Rewrite: a RobustQuantizer model -> the same function with 8-bit fake quants only.
 
 Sub-8-bit grids are lowered exactly onto int8 (see :mod:`keras_qrobust.export.layers`):
-weights keep their ``2^b``-level grid inside int8 containers (per-channel scale = the grid
-step), ReLU outputs are clipped so only their ``2^b`` levels are used. Tensors that are
-float in the Keras model — the input, tensors feeding anything but a quantized ReLU
-(logits, residual sums, the depthwise half of a separable convolution), the outputs of
-average pooling — get an 8-bit range calibrated on representative data; their names are
-listed in :attr:`Lowered.calibrated` so nobody mistakes them for exact.
+weights keep their ``2^b``-level grid inside int8 containers (codes ``k·m``, per-channel
+scale ``Δ/m``), ReLU outputs are clipped so only their ``2^b`` levels are used, the
+OutputQuantizer keeps its range. Tensors that are float in the Keras model — the input,
+residual sums, the depthwise half of a separable convolution, the outputs of average
+pooling, the output of a model quantized with ``quantize_output=False`` — get an 8-bit
+range calibrated on representative data; their names are listed in
+:attr:`Lowered.calibrated` so nobody mistakes them for exact.
 """
 
 from __future__ import annotations
