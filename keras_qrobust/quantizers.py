@@ -187,7 +187,8 @@ class SymmetricQuantizer(_AxisMixin, BaseQuantizer):
 
     def scale(self, x: tf.Tensor) -> tf.Tensor:
         """Step ``Δ`` (per channel when ``per_axis``); ``s`` itself for ``b = 1``."""
-        return tf.stop_gradient(self._reduce(tf.abs(x), tf.reduce_max)) * (self.clip_ratio / self.max_level)
+        step = tf.stop_gradient(self._reduce(tf.abs(x), tf.reduce_max)) / self.max_level
+        return step if self.clip_ratio == 1.0 else step * self.clip_ratio
 
     def quantize(self, x, weights=None):
         step = self.scale(x)
