@@ -100,5 +100,21 @@ def write_results(name: str, data: dict, markdown: str) -> tuple[Path, Path]:
     return json_path, md_path
 
 
+VERDICT = {True: "yes", False: "NO", None: "—"}  # None: a figure reported, not a pass/fail check
+
+
+def targets_table(checks: list[dict]) -> list[str]:
+    """The "## Targets" Markdown section of a results file."""
+    return ["## Targets", "", "| check | measured | met |", "|---|---|---|"] + [
+        f"| {c['check']} | {c['value']} | {VERDICT[c['passed']]} |" for c in checks]
+
+
+def publish(name: str, quick: bool, data: dict, markdown: str) -> None:
+    """Write ``results/NAME[_quick].{json,md}``, print the Markdown and say where it went."""
+    paths = write_results(f"{name}_quick" if quick else name, data, markdown)
+    print(markdown)
+    log(f"wrote {paths[0]} and {paths[1]}")
+
+
 def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)

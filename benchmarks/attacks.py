@@ -30,10 +30,11 @@ from _common import (
     kq,
     log,
     machine,
+    publish,
+    targets_table,
     timed,
     trained_model,
     within_l2_budget,
-    write_results,
 )
 
 EPS = 0.1
@@ -226,8 +227,7 @@ def markdown(data) -> str:
               "## PGD-20 throughput (fp32 standard model, same batches)", "",
               f"ours {data['throughput']['ours']:.0f} images/s, cleverhans {data['throughput']['cleverhans']:.0f} "
               f"images/s (ratio {data['throughput']['ratio']:.2f}).", "",
-              "## Targets", "", "| check | measured | met |", "|---|---|---|"]
-    lines += [f"| {c['check']} | {c['value']} | {'yes' if c['passed'] else 'NO'} |" for c in data["checks"]]
+              *targets_table(data["checks"])]
     return "\n".join(lines) + "\n"
 
 
@@ -303,10 +303,7 @@ def main():
     data["throughput"] = pgd_throughput(quantized_standard["fp32"], x_test[:1000], y_test[:1000])
     data["total_seconds"] = time.perf_counter() - started
     data["checks"] = checks(data)
-    name = "attacks_quick" if args.quick else "attacks"
-    paths = write_results(name, data, markdown(data))
-    print(markdown(data))
-    log(f"wrote {paths[0]} and {paths[1]}")
+    publish("attacks", args.quick, data, markdown(data))
 
 
 if __name__ == "__main__":

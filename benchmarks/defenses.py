@@ -33,10 +33,11 @@ from _common import (
     kq,
     log,
     machine,
+    publish,
+    targets_table,
     timed,
     trained_model,
     within_l2_budget,
-    write_results,
 )
 
 EPS = 0.1
@@ -158,8 +159,7 @@ def markdown(data) -> str:
               "and BPDA with the best white-box attack.", "",
               "## Training", ""]
     lines += [f"- {name}: {info}" for name, info in data["training"].items()]
-    lines += ["", "## Targets", "", "| check | measured | met |", "|---|---|---|"]
-    lines += [f"| {c['check']} | {c['value']} | {'yes' if c['passed'] else 'NO'} |" for c in data["checks"]]
+    lines += ["", *targets_table(data["checks"])]
     return "\n".join(lines) + "\n"
 
 
@@ -240,10 +240,7 @@ def main():
             "feedback_margins": training["F.L."]["margins_per_round"], "rows": rows,
             "training_seconds": training_seconds, "total_seconds": time.perf_counter() - started}
     data["checks"] = checks(data)
-    name = "defenses_quick" if args.quick else "defenses"
-    paths = write_results(name, data, markdown(data))
-    print(markdown(data))
-    log(f"wrote {paths[0]} and {paths[1]}")
+    publish("defenses", args.quick, data, markdown(data))
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import CACHE, kq, log, machine, timed, trained_model, write_results
+from _common import CACHE, kq, log, machine, publish, targets_table, timed, trained_model
 
 EPS = 0.1
 SETTINGS = ("w8a8", "w4a4", "w2a2")
@@ -123,11 +123,7 @@ def main():
             "profile": table.to_dict(),
             "total_seconds": time.perf_counter() - started}
     data["checks"] = checks(data, table)
-    name = "export_quick" if args.quick else "export"
-    markdown_text = markdown(data, table)
-    paths = write_results(name, data, markdown_text)
-    print(markdown_text)
-    log(f"wrote {paths[0]} and {paths[1]}")
+    publish("export", args.quick, data, markdown(data, table))
 
 
 def checks(data, table) -> list[dict]:
@@ -187,9 +183,7 @@ def markdown(data, table) -> str:
                   f"UAP crafted on the float model {pct(a['uap (crafted on the float model)'])}%, transfer "
                   f"{pct(a['transfer'])}%, {a['bytes']} bytes."]
     lines += ["", "## Profile (Zhou et al. 2022, Table I columns)", "", table.to_markdown(), "",
-              "## Targets", "", "| check | measured | met |", "|---|---|---|"]
-    verdict = {True: "yes", False: "NO", None: "—"}
-    lines += [f"| {c['check']} | {c['value']} | {verdict[c['passed']]} |" for c in data["checks"]]
+              *targets_table(data["checks"])]
     return "\n".join(lines) + "\n"
 
 

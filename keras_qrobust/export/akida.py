@@ -45,7 +45,7 @@ from typing import Any
 
 import numpy as np
 
-from .._io import atomic_path
+from .._io import atomic_path, check_new_file
 from .._keras import is_keras3_object, keras
 from ..transforms._graph import Graph, UnsupportedModelError
 from ..transforms.lipschitz import strip_lipschitz
@@ -346,11 +346,7 @@ def akida(model, path: str | os.PathLike, samples=None, *, weight_bits: int = 4,
     with ``overwrite=True`` (FileExistsError otherwise, before any work). Raises
     UnsupportedModelError listing every problem found (or cnn2snn's message).
     """
-    path = Path(path)
-    if path.suffix.lower() != ".fbz":
-        raise ValueError(f"{path}: Akida models are saved as .fbz files; use a path ending in .fbz")
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
+    path = check_new_file(path, ".fbz", overwrite, "an Akida export")
     _check_bits(weight_bits, activation_bits, input_weight_bits)
     _raise_if_incompatible(model)
     _, cnn2snn, _ = _import_akida()
