@@ -16,8 +16,6 @@ plus a clip where the ``b``-bit range is narrower than the 8-bit one:
 
 from __future__ import annotations
 
-import numpy as np
-
 from .._keras import keras, register, tf
 from ..quantizers import nudged_range
 
@@ -93,60 +91,37 @@ class LoweredReLU(keras.layers.Layer):
 class _LoweredKernelMixin:
     """A weight layer whose kernel is on a per-output-channel grid ``Δ_c·k``.
 
-    ``kernel_step`` (non-trainable, one value per output channel) is ``Δ_c``. With
-    ``fake_quant_weights`` the kernel passes through a per-channel 8-bit fake quant on
-    ``[-127Δ_c, 127Δ_c]`` (the pattern the TFLite converter turns into int8 weights with
-    scale ``Δ_c``); without it the layer computes with the float kernel, whose values are
-    already on the grid (for tf2onnx, whose weights keras_qrobust quantizes itself).
+    ``kernel_step`` (non-trainable, one value per output channel) is ``Δ_c``; the kernel
+    passes through a per-channel 8-bit fake quant on ``[-127Δ_c, 127Δ_c]``, the pattern the
+    TFLite converter turns into int8 weights with scale ``Δ_c`` (an identity on the grid).
     """
 
     _kernel_attr = "kernel"
 
-    def _init_lowered(self, fake_quant_weights: bool) -> None:
-        self.fake_quant_weights = bool(fake_quant_weights)
-
     def build(self, input_shape):
         super().build(input_shape)
-        channels = self._channels()
-        self.kernel_step = self.add_weight(name="kernel_step", shape=(channels,), initializer="ones",
+        self.kernel_step = self.add_weight(name="kernel_step", shape=(self._channels(),), initializer="ones",
                                            trainable=False)
 
     def _channels(self) -> int:
         return int(getattr(self, self._kernel_attr).shape[-1])
 
-    def lowered_kernel(self) -> tf.Tensor:
-        kernel = getattr(self, self._kernel_attr)
-        if not self.fake_quant_weights:
-            return kernel
+    def _fake_quant(self, kernel: tf.Tensor) -> tf.Tensor:
+        """Per-channel fake quant along the last axis of ``kernel``."""
         limit = self.kernel_step * float(INT8_MAX_CODE)
         return tf.quantization.fake_quant_with_min_max_vars_per_channel(kernel, -limit, limit, num_bits=8,
                                                                         narrow_range=True)
 
-    def kernel_codes(self) -> np.ndarray:
-        """The integer codes ``k = kernel/Δ_c`` (exact for a kernel on its grid)."""
-        kernel = np.asarray(getattr(self, self._kernel_attr).numpy(), np.float64)
-        step = np.asarray(self.kernel_step.numpy(), np.float64)
-        return np.rint(kernel / step).astype(np.int32)
-
-    def get_config(self):
-        return {**super().get_config(), "fake_quant_weights": self.fake_quant_weights}
+    def lowered_kernel(self) -> tf.Tensor:
+        return self._fake_quant(getattr(self, self._kernel_attr))
 
 
 @register
 class LoweredDense(_LoweredKernelMixin, keras.layers.Dense):
-    def __init__(self, units, fake_quant_weights: bool = True, **kwargs):
-        super().__init__(units, **kwargs)
-        self._init_lowered(fake_quant_weights)
-
     def lowered_kernel(self) -> tf.Tensor:
         # as a 1x1 convolution kernel: TFLite quantizes FULLY_CONNECTED weights per channel
         # only after a transpose its converter refuses for per-channel fake quants
-        kernel = tf.reshape(self.kernel, [1, 1, *self.kernel.shape])
-        if not self.fake_quant_weights:
-            return kernel
-        limit = self.kernel_step * float(INT8_MAX_CODE)
-        return tf.quantization.fake_quant_with_min_max_vars_per_channel(kernel, -limit, limit, num_bits=8,
-                                                                        narrow_range=True)
+        return self._fake_quant(tf.reshape(self.kernel, [1, 1, *self.kernel.shape]))
 
     def call(self, inputs):
         units_in = int(self.kernel.shape[0])
@@ -163,10 +138,6 @@ class LoweredDense(_LoweredKernelMixin, keras.layers.Dense):
 
 @register
 class LoweredConv2D(_LoweredKernelMixin, keras.layers.Conv2D):
-    def __init__(self, filters, kernel_size, fake_quant_weights: bool = True, **kwargs):
-        super().__init__(filters, kernel_size, **kwargs)
-        self._init_lowered(fake_quant_weights)
-
     def call(self, inputs):
         y = self.convolution_op(inputs, self.lowered_kernel())
         if self.use_bias:
@@ -180,29 +151,18 @@ class LoweredDepthwiseConv2D(_LoweredKernelMixin, keras.layers.DepthwiseConv2D):
 
     _kernel_attr = "depthwise_kernel"
 
-    def __init__(self, kernel_size, fake_quant_weights: bool = True, **kwargs):
+    def __init__(self, kernel_size, **kwargs):
         super().__init__(kernel_size, **kwargs)
         if self.depth_multiplier != 1:
             raise ValueError("LoweredDepthwiseConv2D supports depth_multiplier=1 only")
-        self._init_lowered(fake_quant_weights)
 
     def _channels(self) -> int:
         return int(self.depthwise_kernel.shape[-2])
 
     def lowered_kernel(self) -> tf.Tensor:
-        if not self.fake_quant_weights:
-            return self.depthwise_kernel
         # per-channel fake quant works on the last axis: move the channels there and back
-        kernel = tf.transpose(self.depthwise_kernel, [0, 1, 3, 2])
-        limit = self.kernel_step * float(INT8_MAX_CODE)
-        kernel = tf.quantization.fake_quant_with_min_max_vars_per_channel(kernel, -limit, limit, num_bits=8,
-                                                                          narrow_range=True)
+        kernel = self._fake_quant(tf.transpose(self.depthwise_kernel, [0, 1, 3, 2]))
         return tf.transpose(kernel, [0, 1, 3, 2])
-
-    def kernel_codes(self) -> np.ndarray:
-        kernel = np.asarray(self.depthwise_kernel.numpy(), np.float64)
-        step = np.asarray(self.kernel_step.numpy(), np.float64)[:, None]
-        return np.rint(kernel / step).astype(np.int32)
 
     def call(self, inputs):
         y = tf.nn.depthwise_conv2d(inputs, self.lowered_kernel(), strides=(1, *self.strides, 1),

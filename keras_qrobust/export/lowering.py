@@ -95,14 +95,11 @@ def _kernel_grid(kernel: np.ndarray, quantizer, channel_axes: tuple[int, ...],
     return step, bits, exact
 
 
-def _lowered_config(config: dict, fake_quant_weights: bool) -> dict:
-    config = {k: v for k, v in config.items() if k not in _QUANTIZER_ARGS}
-    config["fake_quant_weights"] = fake_quant_weights
-    return config
+def _lowered_config(config: dict) -> dict:
+    return {k: v for k, v in config.items() if k not in _QUANTIZER_ARGS}
 
 
-def _split_separable(graph: Graph, entry: dict, layer, fake_quant_weights: bool) -> list[tuple[str, np.ndarray, int,
-                                                                                               bool]]:
+def _split_separable(graph: Graph, entry: dict, layer) -> list[tuple[str, np.ndarray, int, bool]]:
     """QuantizedSeparableConv2D -> LoweredDepthwiseConv2D + 1x1 LoweredConv2D (same name)."""
     name, config = entry["name"], entry["config"]
     kernels = {k: np.asarray(v) for k, v in layer.quantized_kernels().items()}
@@ -118,13 +115,12 @@ def _split_separable(graph: Graph, entry: dict, layer, fake_quant_weights: bool)
         "class_name": "LoweredDepthwiseConv2D", "name": dw_name,
         "config": {**{k: config[k] for k in _SHARED if k in config}, "name": dw_name,
                    "kernel_size": config["kernel_size"], "strides": config["strides"], "padding": config["padding"],
-                   "depth_multiplier": 1, "dilation_rate": config["dilation_rate"], "use_bias": False,
-                   "fake_quant_weights": fake_quant_weights},
+                   "depth_multiplier": 1, "dilation_rate": config["dilation_rate"], "use_bias": False},
         "inbound_nodes": entry["inbound_nodes"]})
     graph.replace(name, "LoweredConv2D", {
         **{k: config[k] for k in _SHARED if k in config}, "filters": config["filters"], "kernel_size": [1, 1],
         "strides": [1, 1], "padding": "valid", "activation": config.get("activation", "linear"),
-        "use_bias": config["use_bias"], "fake_quant_weights": fake_quant_weights})
+        "use_bias": config["use_bias"]})
     entry["inbound_nodes"] = [[[dw_name, 0, 0, {}]]]
     entry.pop("build_config", None)
     bias = [np.asarray(layer.bias)] if config["use_bias"] else []
@@ -133,7 +129,7 @@ def _split_separable(graph: Graph, entry: dict, layer, fake_quant_weights: bool)
     return [(dw_name, dw_step, dw_bits, dw_exact), (name, pw_step, pw_bits, pw_exact)]
 
 
-def _lower_weights(graph: Graph, model, fake_quant_weights: bool):
+def _lower_weights(graph: Graph, model):
     layers = {layer.name: layer for layer in model.layers}
     exact, requantized, bits_of = [], [], {}
     for entry in list(graph.layers):
@@ -146,7 +142,7 @@ def _lower_weights(graph: Graph, model, fake_quant_weights: bool):
                 f"Layer '{name}' has a fused activation; RobustQuantizer models have them split out. Quantize the "
                 "model with keras_qrobust.RobustQuantizer before exporting it.")
         if kind == "SeparableConv2D":
-            results = _split_separable(graph, entry, layer, fake_quant_weights)
+            results = _split_separable(graph, entry, layer)
         else:
             attr = "depthwise_kernel" if kind == "DepthwiseConv2D" else "kernel"
             if kind == "DepthwiseConv2D" and entry["config"].get("depth_multiplier", 1) != 1:
@@ -158,7 +154,7 @@ def _lower_weights(graph: Graph, model, fake_quant_weights: bool):
             axes = (2, 3) if kind == "DepthwiseConv2D" else (kernel.ndim - 1,)
             step, bits, is_exact = _kernel_grid(kernel, quantizer, axes, np.asarray(getattr(layer, attr)))
             graph.replace(name, LOWERED_WEIGHT_LAYERS[kind].__name__,
-                          _lowered_config(entry["config"], fake_quant_weights))
+                          _lowered_config(entry["config"]))
             bias = [np.asarray(layer.bias)] if entry["config"].get("use_bias") else []
             graph.weights[name] = [kernel, *bias, step]
             results = [(name, step, bits, is_exact)]
@@ -257,15 +253,13 @@ def _calibrate(model, representative: np.ndarray, batch_size: int, preset: set[s
         layer.set_range(*score_range(lo, hi, top if np.isfinite(top) else None))
 
 
-def lower(model, representative, *, fake_quant_weights: bool = True, batch_size: int = 256) -> Lowered:
+def lower(model, representative, *, batch_size: int = 256) -> Lowered:
     """Lower a RobustQuantizer model to 8-bit fake quants (exact for its sub-8-bit grids).
 
     Args:
         model: a model returned by :meth:`RobustQuantizer.quantize` (not modified).
         representative: inputs that calibrate the ranges of tensors that are float in
             ``model`` (its input, its output, residual sums); a few hundred training inputs.
-        fake_quant_weights: put per-channel weight fake quants in the graph (for the
-            TFLite converter); without them the kernels are float values on their grid.
     """
     model = check_model(model)
     if not is_robust_quantized(model):
@@ -278,7 +272,7 @@ def lower(model, representative, *, fake_quant_weights: bool = True, batch_size:
                          f"got {representative.shape}")
     graph = Graph.from_model(model)
     ends = {ref[0] for ref in graph.config["output_layers"] + graph.config["input_layers"]}
-    exact, requantized, bits = _lower_weights(graph, model, fake_quant_weights)
+    exact, requantized, bits = _lower_weights(graph, model)
     _lower_relus(graph, model)
     preset = _preset_output_ranges(graph)
     calibrated = _insert_fake_quants(graph)
