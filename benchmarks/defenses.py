@@ -1,7 +1,8 @@
 """Defenses on Fashion-MNIST cnn_small, in the structure of Song et al. 2020, Tables 1-4.
 
-Rows: Orig. (standard training), Adv. (PGD-AT, Madry 2018, ε = 0.1, 7 steps, learning rate
-dropped 10x for the last quarter of the epochs) and F.L.
+Rows: Orig. (standard training), Adv. (PGD-AT, Madry 2018, ε = 0.1, 7 steps, cnn_small
+without dropout, 30 epochs, learning rate dropped 10x for the last quarter: the shared
+``_common.robust_model``) and F.L.
 (feedback learning on the standard model, DESIGN.md §3), each also (Q) = 3-bit weight-only
 PTQ (RobustQuantizer, per-axis symmetric), +mu = μ-law mapping of the last layer
 (``apply_mu_law(mode="map")``), (Q)+mu = 3-bit with μ-law companding of the last layer
@@ -28,19 +29,22 @@ import numpy as np
 
 from _common import (
     CW_L2_BUDGET,
+    ROBUST_EPS,
+    ROBUST_RECIPE,
     STRONG_SPSA,
     STRONG_SQUARE,
     kq,
     log,
     machine,
     publish,
+    robust_model,
     targets_table,
     timed,
     trained_model,
     within_l2_budget,
 )
 
-EPS = 0.1
+EPS = ROBUST_EPS
 TARGET_CLEAN, TARGET_PGD, TARGET_QUANT_GAP = 0.87, 0.75, 0.03
 WHITE_BOX = ("FGSM ε/2", "FGSM ε", "PGD-20", "BIM-10", "MIM-10")
 
@@ -187,7 +191,6 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--epochs", type=int, default=8, help="standard training epochs (default 8)")
-    parser.add_argument("--adv-epochs", type=int, default=20, help="PGD-AT epochs (default 20)")
     parser.add_argument("--images", type=int, default=2000, help="test images per attack (default 2000)")
     parser.add_argument("--cw-images", type=int, default=200)
     parser.add_argument("--slow-images", type=int, default=200, help="test images for SPSA and Square")
@@ -195,8 +198,7 @@ def main():
     parser.add_argument("--quick", action="store_true", help="small subsets and short training")
     args = parser.parse_args()
     if args.quick:
-        args.epochs, args.adv_epochs, args.images, args.cw_images, args.slow_images, args.fl_examples = (
-            2, 1, 300, 20, 20, 1000)
+        args.epochs, args.images, args.cw_images, args.slow_images, args.fl_examples = 2, 300, 20, 20, 1000
     started = time.perf_counter()
     x_train, y_train = kq.datasets.load("fashion_mnist", "train")
     x_test, y_test = kq.datasets.load("fashion_mnist", "test")
@@ -207,8 +209,10 @@ def main():
 
     training, train_start = {}, time.perf_counter()
     orig, training["Orig."] = trained_model("cnn_small", args.epochs, args.seed)
-    adv, training["Adv."] = trained_model("cnn_small", args.adv_epochs, args.seed,
-                                          adversarial={"attack": "pgd", "eps": EPS, "steps": 7}, lr_drop=True)
+    if args.quick:
+        adv, training["Adv."] = trained_model("cnn_small", 1, args.seed, adversarial=ROBUST_RECIPE["adversarial"])
+    else:
+        adv, training["Adv."] = robust_model(args.seed)
     surrogate_seed = args.seed + 1
     surrogate, training["surrogate"] = trained_model("cnn_small", args.epochs, surrogate_seed)
     (fl, info), fl_seconds = timed(feedback_model, orig, x_fl, y_fl, args.seed, rounds=2,

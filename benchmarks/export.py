@@ -24,19 +24,17 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import CACHE, kq, log, machine, publish, targets_table, timed, trained_model
+from _common import ROBUST_EPS, kq, log, machine, publish, robust_model, targets_table, timed, trained_model
 
-EPS = 0.1
+EPS = ROBUST_EPS
 SETTINGS = ("w8a8", "w4a4", "w2a2")
 TARGET_AGREEMENT, TARGET_ACC_GAP, TARGET_TFLITE_BPP, TARGET_INT4_BPP = 0.995, 0.01, 1.05, 0.55
-ADV = {"attack": "pgd", "eps": EPS, "steps": 7}
 
 
 def base_model(seed: int):
-    path = CACHE / f"fashion_mnist_cnn_small_e20_s{seed}_attackpgd_eps0.1_steps7_lrdrop.keras"
-    if path.exists():
-        model, info = trained_model("cnn_small", 20, seed, adversarial=ADV, lr_drop=True)
-        return model, {**info, "training": "PGD-AT (ε = 0.1, 7 steps, 20 epochs)"}
+    model, info = robust_model(seed, cached_only=True)
+    if model is not None:
+        return model, info
     model, info = trained_model("cnn_small", 8, seed)
     return model, {**info, "training": "standard, 8 epochs (no PGD-AT model cached: run benchmarks/defenses.py)"}
 
