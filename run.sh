@@ -3,19 +3,19 @@
 #
 #   ./run.sh demo [ARGS]         train cnn_small on Fashion-MNIST, quantize it at several
 #                                wXaY settings, print the accuracy table
-#   ./run.sh test [PYTEST ARGS]  run the test suite
+#   ./run.sh test [PYTEST ARGS]  run the test suite (it also builds the docs site, strict)
 #   ./run.sh bench NAME [ARGS]   run benchmarks/NAME.py (writes JSON + Markdown results)
 #   ./run.sh setup               only set up
 #
 # Set-up: the Debian package dataset-fashion-mnist (unless KERAS_QROBUST_DATA points at the
-# IDX files), a Python 3.11 virtual environment in .venv (KQ_VENV to move it) with the
+# IDX files), for the tests also Debian's chromium (the report is rendered headless), a Python 3.11 virtual environment in .venv (KQ_VENV to move it) with the
 # package, its extras and the pinned stack of constraints.txt. It is skipped when nothing
 # it depends on changed.
 set -euo pipefail
 cd "$(dirname "$0")"
 ROOT=$(pwd)
 VENV=${KQ_VENV:-$ROOT/.venv}
-EXTRAS="test,akida,bench"
+EXTRAS="test,akida,bench,docs"
 FMNIST=/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
 say() { printf '[run.sh] %s\n' "$*" >&2; }
@@ -32,24 +32,32 @@ find_python() {
   exit 1
 }
 
-install_fashion_mnist() {
-  if [ -n "${KERAS_QROBUST_DATA:-}" ] || [ -f "$FMNIST" ]; then return 0; fi
+# apt_install PACKAGE WHAT_ELSE: install a Debian package (as root or through sudo), or say how.
+apt_install() {
+  local package=$1 otherwise=$2
   if ! command -v apt-get >/dev/null 2>&1; then
-    say "Fashion-MNIST is missing and apt-get is not available: set KERAS_QROBUST_DATA to a folder"
-    say "holding the four Fashion-MNIST IDX .gz files."
-    exit 1
+    say "$package is missing and apt-get is not available: $otherwise"; exit 1
   fi
   local sudo=""
   if [ "$(id -u)" != 0 ]; then
     if command -v sudo >/dev/null 2>&1; then sudo="sudo"; else
-      say "Installing dataset-fashion-mnist needs root: run 'apt-get install dataset-fashion-mnist' as root"
-      say "or set KERAS_QROBUST_DATA."; exit 1
+      say "Installing $package needs root: run 'apt-get install $package' as root, or $otherwise"; exit 1
     fi
   fi
-  say "installing the Debian package dataset-fashion-mnist"
+  say "installing the Debian package $package"
   export DEBIAN_FRONTEND=noninteractive
-  $sudo apt-get install -y -q --no-install-recommends dataset-fashion-mnist >/dev/null 2>&1 || {
-    $sudo apt-get update -q >/dev/null && $sudo apt-get install -y -q --no-install-recommends dataset-fashion-mnist >/dev/null; }
+  $sudo apt-get install -y -q --no-install-recommends "$package" >/dev/null 2>&1 || {
+    $sudo apt-get update -q >/dev/null && $sudo apt-get install -y -q --no-install-recommends "$package" >/dev/null; }
+}
+
+install_fashion_mnist() {
+  if [ -n "${KERAS_QROBUST_DATA:-}" ] || [ -f "$FMNIST" ]; then return 0; fi
+  apt_install dataset-fashion-mnist "set KERAS_QROBUST_DATA to a folder holding the four Fashion-MNIST IDX .gz files."
+}
+
+install_chromium() {
+  if [ -n "${KQ_CHROMIUM:-}" ] || command -v chromium >/dev/null 2>&1; then return 0; fi
+  apt_install chromium "set KQ_CHROMIUM to a Chromium executable (the report rendering test needs one)."
 }
 
 setup() {
@@ -80,7 +88,7 @@ command=${1:-}
 case "$command" in
   setup) setup ;;
   demo)  setup; exec "$VENV/bin/keras-qrobust" quantize "$@" ;;
-  test)  setup; exec "$VENV/bin/python" -m pytest "$@" ;;
+  test)  setup; install_chromium; exec "$VENV/bin/python" -m pytest "$@" ;;
   bench)
     [ $# -ge 1 ] || { say "usage: ./run.sh bench NAME [ARGS]  (NAME: $(ls benchmarks/*.py | xargs -n1 basename | sed 's/\.py$//' | grep -v '^_' | tr '\n' ' '))"; exit 2; }
     name=$1; shift; setup; exec "$VENV/bin/python" "benchmarks/$name.py" "$@" ;;
