@@ -1,4 +1,9 @@
-"""Command line: ``keras-qrobust quantize`` (attack, evaluate, export and report come later)."""
+"""Command line: ``keras-qrobust guard | quantize | attack | evaluate | export | report``.
+
+Exit codes: 0 success; 1 a stage or computation failed (or guard found no candidate above
+its clean-accuracy floor); 2 bad usage or bad input, reported in one line before anything
+is written. See docs/guard.md.
+"""
 
 from __future__ import annotations
 
@@ -11,15 +16,126 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 DEFAULT_SETTINGS = "w8a8,w6a6,w4a4,w3a3,w2a2,w3"
+DEFAULT_GUARD_OUT = "results/guard"
+EVALUATE_ATTACKS = ("fgsm", "pgd", "bim", "mim", "uap", "gaussian", "uniform")  # kq.evaluate.EVALUATE_ATTACKS
+TARGETS = ("tflite-int8", "onnx", "akida")  # kq.guard.TARGETS
+
+
+class UsageError(ValueError):
+    """Bad usage or bad input of a subcommand (exit code 2)."""
 
 
 def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (exit code 2)."""
+
+    def error(self, message: str):
+        _log(f"{self.prog}: error: {message} (see {self.prog} --help)")
+        raise SystemExit(2)
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def _add_data_arguments(p, test_default=None) -> None:
+    p.add_argument("--dataset", default="fashion_mnist",
+                   help="a built-in name (fashion_mnist, digits), a TFDS name, or an .npz with x_train, y_train, "
+                   "x_test, y_test (default: fashion_mnist)")
+    p.add_argument("--test-samples", type=int, default=test_default, help="score on the first N test inputs")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+
+
+def _add_guard(commands) -> None:
+    g = commands.add_parser(
+        "guard", help="make a model robust, quantize, attack, choose, export, re-measure and report",
+        description="Adversarial training (unless the model is already robust), RobustQuantizer PTQ at each "
+        "candidate, PGD / UAP / ensemble UAP / transfer attacks on each, Zhou 2022 Algorithm 1 choice, export to "
+        "the target, re-measurement in the target's runtime, and a report (HTML, Markdown, JSON, plots). Every "
+        "stage is checkpointed in --out: rerun the same command to resume.")
+    g.add_argument("--model", help="a saved tf_keras model (default: train cnn_small on the dataset)")
+    g.add_argument("--dataset", default="fashion_mnist",
+                   help="a built-in name, a TFDS name, or an .npz with x_train, y_train, x_test, y_test "
+                   "(default: fashion_mnist)")
+    g.add_argument("--eps", type=float, default=0.1, help="L∞ attack budget in (0, 1] (default: 0.1)")
+    g.add_argument("--target", default="tflite-int8",
+                   help=f"export target: {', '.join(TARGETS)} (default: tflite-int8)")
+    g.add_argument("--candidates", default="w8a8,w6a6,w4a4", help="bit widths to try (default: w8a8,w6a6,w4a4)")
+    g.add_argument("--floor", type=float, default=None,
+                   help="clean-accuracy floor (a fraction) a candidate must exceed "
+                   "(default: the float model's minus 0.05)")
+    g.add_argument("--out", default=DEFAULT_GUARD_OUT, help=f"output folder (default: {DEFAULT_GUARD_OUT})")
+    g.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    g.add_argument("--no-train", action="store_true", help="never adversarially train (needs --model)")
+    g.add_argument("--quick", action="store_true",
+                   help="small slices and few epochs (10,000 training and 1,000 test inputs, FGSM-RS 3 epochs, PGD-10)")
+    g.add_argument("--epochs", type=int, help="adversarial training epochs (quick 3, else 10)")
+    g.add_argument("--train-samples", type=int, help="use the first N training inputs (quick 10000, else all)")
+    g.add_argument("--test-samples", type=int, help="score on the first N test inputs (quick 1000, else all)")
+    g.add_argument("--train-attack", help="adversarial training attack: pgd or fgsm_rs (quick fgsm_rs, else pgd)")
+    g.add_argument("--pgd-steps", type=int, help="PGD steps of the evaluation attacks (quick 10, else 20)")
+    g.add_argument("--surrogate-epochs", type=int, help="training epochs of the transfer surrogate (quick 2, else 5)")
+    g.add_argument("--uap-samples", type=int, help="training inputs the UAPs are crafted on (quick 1000, else 2000)")
+
+
+def _add_attack(commands) -> None:
+    a = commands.add_parser("attack", help="attack a saved model, print clean and attacked accuracy",
+                            description="Attack --model on the test inputs at each ε and print clean and attacked "
+                            "top-1 accuracy (white-box against the model).")
+    a.add_argument("--model", required=True, help="a saved tf_keras model")
+    a.add_argument("--attack", default="pgd", help=f"one of {', '.join(EVALUATE_ATTACKS)} (default: pgd)")
+    a.add_argument("--eps", type=_floats, default=[0.1], help="comma-separated L∞ budgets in (0, 1] (default: 0.1)")
+    a.add_argument("--pgd-steps", type=int, default=20, help="PGD steps (default: 20)")
+    _add_data_arguments(a, test_default=1000)
+    a.add_argument("--json", help="also write the results as JSON to this (new) file")
+
+
+def _add_evaluate(commands) -> None:
+    e = commands.add_parser("evaluate", help="robustness grid of saved models, written as a report",
+                            description="kq.evaluate: the accuracy of every --model under every attack at every ε, "
+                            "written to --out as report.html, report.md, report.json and plots/.")
+    e.add_argument("--model", action="append", required=True,
+                   help="a saved tf_keras model (repeat for several; names ending in wXaY give the bits plots)")
+    e.add_argument("--attacks", default="fgsm,pgd", help="comma-separated attacks (default: fgsm,pgd)")
+    e.add_argument("--eps", type=_floats, default=[0.0, 0.05, 0.1], help="ascending ε values (default: 0,0.05,0.1)")
+    e.add_argument("--pgd-steps", type=int, default=20, help="PGD steps (default: 20)")
+    e.add_argument("--out", required=True, help="a new (or empty) folder for the report")
+    _add_data_arguments(e, test_default=1000)
+
+
+def _add_export(commands) -> None:
+    x = commands.add_parser("export", help="export a saved model and re-measure it in its runtime",
+                            description="Export --model to --target (a RobustQuantizer model is lowered exactly; Akida "
+                            "takes the float model and quantizes it itself) and score the file in its own runtime.")
+    x.add_argument("--model", required=True, help="a saved tf_keras model")
+    x.add_argument("--target", required=True, help=f"one of {', '.join(TARGETS)}")
+    x.add_argument("--output", required=True, help="the file to write (.tflite, .onnx or .fbz)")
+    x.add_argument("--representative-samples", type=int, default=512, help="calibration inputs (default: 512)")
+    x.add_argument("--int4-weights", action="store_true", help="ONNX: store ≤4-bit weights as INT4")
+    x.add_argument("--weight-bits", type=int, default=4, help="Akida: weight bits, 4 or 8 (default: 4)")
+    x.add_argument("--activation-bits", type=int, default=4, help="Akida: activation bits (default: 4)")
+    x.add_argument("--overwrite", action="store_true", help="replace an existing --output")
+    _add_data_arguments(x, test_default=1000)
+
+
+def _add_report(commands) -> None:
+    r = commands.add_parser("report", help="re-render a report.json as Markdown, HTML and plots",
+                            description="Validate a report.json against the schema, print its Markdown, and with "
+                            "--out write report.{html,md,json} and plots/ there.")
+    r.add_argument("report", help="a report.json written by guard or evaluate")
+    r.add_argument("--out", help="a new (or empty) folder for the re-rendered report")
+
+
 def _build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="keras-qrobust", description=__doc__)
+    parser = _Parser(prog="keras-qrobust", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
+    _add_guard(commands)
     q = commands.add_parser(
         "quantize",
         help="train (or load) a model, quantize it at wXaY settings, print the accuracy table",
@@ -43,6 +159,10 @@ def _build_parser() -> argparse.ArgumentParser:
     q.add_argument("--save-dir", help="save the float and quantized models (.keras) here")
     q.add_argument("--overwrite", action="store_true", help="replace existing files in --save-dir")
     q.add_argument("--json", help="also write the results as JSON to this file")
+    _add_attack(commands)
+    _add_evaluate(commands)
+    _add_export(commands)
+    _add_report(commands)
     return parser
 
 
@@ -56,8 +176,8 @@ def _quantize(args) -> int:
 
     from . import datasets, zoo
     from ._io import atomic_path, write_json
-    from ._keras import check_model, keras
     from ._tables import markdown_table, percent
+    from .guard.inputs import load_model_file
     from .metrics import accuracy
     from .quantize import RobustQuantizer
     from .training import set_seed, train_classifier
@@ -79,10 +199,7 @@ def _quantize(args) -> int:
     num_classes = int(max(y_train.max(), y_test.max())) + 1
 
     if args.model:
-        try:
-            model = check_model(keras.models.load_model(args.model, compile=False), "--model")
-        except (OSError, TypeError) as error:
-            raise SystemExit(f"keras-qrobust: cannot use --model {args.model}: {error}") from None
+        model = load_model_file(args.model)
         if tuple(model.input_shape[1:]) != tuple(x_train.shape[1:]):
             raise SystemExit(
                 f"keras-qrobust: --model takes inputs of shape {model.input_shape[1:]} but "
@@ -142,18 +259,185 @@ def _quantize(args) -> int:
     return 0
 
 
+def _guard(args) -> int:
+    from . import guard
+
+    config = guard.GuardConfig.from_args(args)
+    start = time.perf_counter()
+    code = guard.run(config, args.out)
+    _log(f"keras-qrobust guard: {'done' if code == 0 else 'ended with exit code ' + str(code)} in "
+         f"{time.perf_counter() - start:.0f} s")
+    return code
+
+
+def _test_data(args, model=None):
+    """The first ``--test-samples`` test inputs of ``--dataset``, checked against ``model``."""
+    from .guard.inputs import check_data_fits, load_data
+
+    data = load_data(args.dataset, test_samples=args.test_samples)
+    if model is not None:
+        check_data_fits(data, model)
+    return data
+
+
+def _check_eps_values(values: list[float], allow_zero: bool) -> list[float]:
+    low_ok = (lambda e: e >= 0.0) if allow_zero else (lambda e: e > 0.0)
+    if not values or any(not (low_ok(e) and e <= 1.0) for e in values):
+        interval = "[0, 1]" if allow_zero else "(0, 1]"
+        raise UsageError(f"--eps {values} is out of range: give L∞ budgets in {interval} for inputs in [0, 1]")
+    return values
+
+
+def _attack(args) -> int:
+    from ._tables import markdown_table, percent
+    from .evaluate import evaluate
+    from .guard.inputs import load_model_file
+
+    if args.attack not in EVALUATE_ATTACKS:
+        raise UsageError(f"unknown --attack {args.attack!r}; choose one of {', '.join(EVALUATE_ATTACKS)}")
+    eps = sorted(_check_eps_values(args.eps, allow_zero=False))
+    model = load_model_file(args.model)
+    data = _test_data(args, model)
+    report = evaluate({"model": model}, (data.x_test, data.y_test), attacks=[args.attack], eps=[0.0, *eps],
+                      pgd_steps=args.pgd_steps, seed=args.seed)
+    row = report.accuracy["model"][args.attack]
+    results = [{"eps": e, "clean": row[0], "attacked": a} for e, a in zip(eps, row[1:])]
+    print(f"{args.model} on {len(data.x_test)} {args.dataset} test inputs; "
+          f"{report.provenance['attacks'][args.attack]}, seed {args.seed}\n")
+    rows = [[args.attack, f"{r['eps']:g}", percent(r["clean"]), percent(r["attacked"])] for r in results]
+    print(markdown_table(["attack", "ε", "clean %", "attacked %"], rows))
+    if args.json:
+        from ._io import write_json
+
+        write_json(args.json, {"model": args.model, "attack": args.attack, "results": results}, overwrite=False)
+    return 0
+
+
+def _new_folder(path: str) -> Path:
+    folder = Path(path)
+    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+        raise UsageError(f"--out {path} exists and is not an empty folder; pass a new or empty folder")
+    return folder
+
+
+def _evaluate(args) -> int:
+    from .evaluate import evaluate
+    from .guard.inputs import load_model_file
+
+    attacks = [a.strip() for a in args.attacks.split(",") if a.strip()]
+    unknown = [a for a in attacks if a not in EVALUATE_ATTACKS]
+    if unknown or not attacks:
+        raise UsageError(f"unknown --attacks {','.join(unknown) or '(none)'}; choose from "
+                         f"{', '.join(EVALUATE_ATTACKS)}")
+    eps = _check_eps_values(args.eps, allow_zero=True)
+    if eps != sorted(eps):
+        raise UsageError(f"--eps {args.eps} must be ascending, e.g. --eps 0,0.05,0.1")
+    folder = _new_folder(args.out)
+    models = {Path(p).stem: load_model_file(p) for p in args.model}
+    data = _test_data(args, next(iter(models.values())))
+    for model in models.values():
+        _test_data_fits(data, model)
+    report = evaluate(models, (data.x_test, data.y_test), attacks=attacks, eps=eps, pgd_steps=args.pgd_steps,
+                      seed=args.seed)
+    report.provenance.pop("seconds", None)  # keep the report deterministic
+    paths = report.save(folder)
+    report.save_plots(folder / "plots")
+    print(report.to_markdown())
+    _log(f"report written to {paths['html']}")
+    return 0
+
+
+def _test_data_fits(data, model) -> None:
+    from .guard.inputs import check_data_fits
+
+    check_data_fits(data, model)
+
+
+def _export(args) -> int:
+    from . import export, metrics
+    from ._io import check_new_file
+    from .guard.config import TARGETS as EXTENSIONS
+    from .guard.inputs import load_data, load_model_file
+
+    if args.target not in EXTENSIONS:
+        raise UsageError(f"unknown --target {args.target!r}; choose one of {', '.join(EXTENSIONS)}")
+    try:
+        output = check_new_file(args.output, EXTENSIONS[args.target], args.overwrite, f"--target {args.target}")
+    except ValueError as error:
+        raise UsageError(f"--output {error}") from None
+    model = load_model_file(args.model)
+    data = load_data(args.dataset, train_samples=args.representative_samples, test_samples=args.test_samples)
+    _test_data_fits(data, model)
+    if args.target == "tflite-int8":
+        export.tflite(model, output, representative=data.x_train, overwrite=args.overwrite)
+    elif args.target == "onnx":
+        export.onnx(model, output, representative=data.x_train, int4_weights=args.int4_weights,
+                    overwrite=args.overwrite)
+    else:
+        export.akida(model, output, samples=data.x_train, weight_bits=args.weight_bits,
+                     activation_bits=args.activation_bits, overwrite=args.overwrite)
+    deployed = export.load(output)
+    keras_labels = metrics.predict_labels(model, data.x_test)
+    deployed_labels = metrics.predict_labels(deployed, data.x_test)
+    print(f"{output} ({output.stat().st_size} bytes, {deployed.format} runtime) on {len(data.x_test)} {args.dataset} "
+          f"test inputs: accuracy {100 * (deployed_labels == data.y_test).mean():.2f}% (Keras model "
+          f"{100 * (keras_labels == data.y_test).mean():.2f}%), top-1 agreement "
+          f"{100 * (keras_labels == deployed_labels).mean():.2f}%")
+    return 0
+
+
+def _report(args) -> int:
+    from .report import RobustnessReport
+
+    path = Path(args.report)
+    try:
+        report = RobustnessReport.load(path)
+    except FileNotFoundError:
+        raise UsageError(f"{args.report} does not exist; pass the report.json a guard or evaluate run wrote") from None
+    except (ValueError, KeyError, TypeError) as error:  # JSON syntax or schema
+        first = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise UsageError(f"{args.report} is not a keras_qrobust report.json ({first}); pass the report.json a guard "
+                         "or evaluate run wrote") from None
+    folder = _new_folder(args.out) if args.out else None
+    print(report.to_markdown())
+    if folder is not None:
+        paths = report.save(folder)
+        report.save_plots(folder / "plots")
+        _log(f"report written to {paths['html']}")
+    return 0
+
+
+_COMMANDS = {"guard": _guard, "quantize": _quantize, "attack": _attack, "evaluate": _evaluate, "export": _export,
+             "report": _report}
+
+
 def main(argv=None) -> int:
+    """Run one subcommand; returns its exit code (0 ok, 1 failed, 2 bad usage or input)."""
+    parser = _build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:  # --help (0) or a usage error (2, already printed)
+        return int(exit_.code or 0)
     from .datasets import DatasetError
+    from .guard.config import GuardInputError
     from .transforms import UnsupportedModelError
 
-    args = _build_parser().parse_args(argv)
     try:
-        if args.command == "quantize":
-            return _quantize(args)
-    except (FileExistsError, DatasetError, UnsupportedModelError) as error:
-        _log(f"keras-qrobust: {error}")  # the user's input: one line, not a traceback
+        return _COMMANDS[args.command](args)
+    except (UsageError, GuardInputError, FileExistsError, DatasetError) as error:
+        _log(f"keras-qrobust {args.command}: {error}")  # the user's input: one line, not a traceback
         return 2
-    return 2
+    except SystemExit as exit_:  # quantize's checks raise SystemExit("keras-qrobust: ...")
+        if isinstance(exit_.code, str):
+            _log(exit_.code)
+            return 2
+        raise
+    except UnsupportedModelError as error:
+        _log(f"keras-qrobust {args.command}: {str(error).splitlines()[0]}")
+        return 2
+    except Exception as error:  # noqa: BLE001 - a failed computation: exit 1 with its cause
+        _log(f"keras-qrobust {args.command}: failed: {type(error).__name__}: {error}")
+        return 1
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from typing import Optional
 
 import numpy as np
 
-from ._io import write_text
+from ._io import atomic_path, write_text
 from .version import __version__
 
 __all__ = ["RobustnessReport", "SCHEMA", "SCHEMA_VERSION", "validate", "WARNINGS"]
@@ -58,6 +58,7 @@ SCHEMA = {
         "critical": {"type": ["object", "null"]},
         "lipschitz": {"type": "object"},
         "transfer": {"type": ["object", "null"]},
+        "sections": {"type": "array", "items": {"type": "object", "required": ["title", "markdown"]}},
     },
 }
 
@@ -113,6 +114,8 @@ class RobustnessReport:
     transfer: Optional[dict] = None
     suspect: list = field(default_factory=list)
     critical: Optional[dict] = None
+    #: extra Markdown sections ``{"title", "markdown"}`` shown after the header (e.g. guard's stages)
+    sections: list = field(default_factory=list)
 
     @classmethod
     def build(cls, **kwargs) -> "RobustnessReport":
@@ -120,6 +123,21 @@ class RobustnessReport:
         report.suspect = _suspect(report.accuracy, report.eps)
         report.critical = report._critical()
         return report
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "RobustnessReport":
+        """The report a :meth:`to_dict` (a ``report.json``) describes, validated against :data:`SCHEMA`."""
+        validate(data)
+        return cls(accuracy=data["accuracy"], eps=data["eps"], attacks=data["attacks"], provenance=data["provenance"],
+                   bits=data.get("bits") or {}, lipschitz=data.get("lipschitz") or {},
+                   lipschitz_bits=data.get("lipschitz_bits"), transfer=data.get("transfer"),
+                   suspect=list(data["suspect"]), critical=data.get("critical"),
+                   sections=list(data.get("sections") or []))
+
+    @classmethod
+    def load(cls, path) -> "RobustnessReport":
+        """Read a ``report.json`` written by :meth:`save`."""
+        return cls.from_dict(json.loads(Path(path).read_text()))
 
     # ----------------------------------------------------------------- analysis
     def _bits_models(self) -> list[str]:
@@ -144,7 +162,8 @@ class RobustnessReport:
         return {"schema_version": SCHEMA_VERSION, "keras_qrobust": __version__, "eps": self.eps,
                 "attacks": self.attacks, "accuracy": self.accuracy, "provenance": self.provenance,
                 "warnings": list(WARNINGS), "suspect": self.suspect, "bits": self.bits, "critical": self.critical,
-                "lipschitz": self.lipschitz, "lipschitz_bits": self.lipschitz_bits, "transfer": self.transfer}
+                "lipschitz": self.lipschitz, "lipschitz_bits": self.lipschitz_bits, "transfer": self.transfer,
+                **({"sections": self.sections} if self.sections else {})}
 
     def to_json(self) -> str:
         data = self.to_dict()
@@ -156,6 +175,8 @@ class RobustnessReport:
         lines = ["# Robustness report", "", f"{p['samples']} inputs, seed {p['seed']}, L{p.get('norm', 'inf')} budgets "
                  f"ε ∈ {{{', '.join(f'{e:g}' for e in self.eps)}}}. Attacks: "
                  + "; ".join(f"{k}: {v}" for k, v in p["attacks"].items()) + ".", ""]
+        for section in self.sections:
+            lines += [f"## {section['title']}", "", section["markdown"].rstrip("\n"), ""]
         for attack in self.attacks:
             lines += [f"## {attack} — accuracy %", "", "| model | " + " | ".join(f"ε = {e:g}" for e in self.eps) + " |",
                       "|---|" + "---|" * len(self.eps)]
@@ -259,6 +280,19 @@ class RobustnessReport:
                 "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}table{border-collapse:collapse}"
                 "td,th{border:1px solid #ccc;padding:3px 8px}figure{display:inline-block;margin:8px}</style>"
                 f"</head><body>{body}<h2>Plots</h2>{''.join(sections)}</body></html>\n")
+
+    def save_plots(self, folder, overwrite: bool = False) -> list[Path]:
+        """Write every plot of :meth:`figures` as ``folder/<title>.png`` (atomically)."""
+        import re
+
+        folder = Path(folder)
+        paths = []
+        for title, data in self.figures().items():
+            name = re.sub(r"[^a-z0-9]+", "_", title.lower()).strip("_") + ".png"
+            with atomic_path(folder / name, overwrite=overwrite) as temporary:
+                temporary.write_bytes(data)
+            paths.append(folder / name)
+        return paths
 
     def save(self, folder, overwrite: bool = False) -> dict[str, Path]:
         """Write ``report.json``, ``report.md`` and ``report.html`` into ``folder`` (atomically)."""

@@ -20,7 +20,7 @@ from . import attacks as attacks_mod
 from . import metrics
 from .quantize import parse_setting, setting_name
 
-__all__ = ["wxay_grid", "SettingResult", "SearchResult", "evaluate_setting", "search"]
+__all__ = ["wxay_grid", "SettingResult", "SearchResult", "evaluate_setting", "choose", "search"]
 
 Attack = Union[str, Callable]
 ATTACK_NAMES = ("fgsm", "pgd", "bim", "mim", "uap")
@@ -108,6 +108,13 @@ def _bits_sum(setting: str) -> int:
     return sum(b or 32 for b in parse_setting(setting))
 
 
+def choose(rows: Sequence[SettingResult]) -> Optional[SettingResult]:
+    """Algorithm 1's choice: the best adversarial accuracy among the rows above the floor
+    (ties: fewer bits, then higher natural accuracy); None when no row is above the floor."""
+    eligible = [row for row in rows if row.above_floor]
+    return max(eligible, key=lambda r: (round(r.adversarial, 6), -_bits_sum(r.setting), r.natural), default=None)
+
+
 def search(quantizer, model, data, candidates: Sequence[str] = None, attack: Attack = "pgd", eps: float = 0.1,
            natural_floor: float = 0.0, samples=None, seed: Optional[int] = 0, verbose: int = 1) -> SearchResult:
     """Zhou 2022 Algorithm 1 with ``quantizer``'s other settings (calibration, input bits, ...).
@@ -145,7 +152,6 @@ def search(quantizer, model, data, candidates: Sequence[str] = None, attack: Att
         weight_bits, activation_bits = parse_setting(setting)
         setting_quantizer = dataclasses.replace(quantizer, weight_bits=weight_bits, activation_bits=activation_bits)
         rows.append(evaluate_setting(setting_quantizer, model, (x, y), samples, attack, eps, natural_floor, seed))
-    eligible = [row for row in rows if row.above_floor]
-    best = max(eligible, key=lambda r: (round(r.adversarial, 6), -_bits_sum(r.setting), r.natural), default=None)
+    best = choose(rows)
     name = attack if isinstance(attack, str) else getattr(attack, "__name__", "custom")
     return SearchResult(best.setting if best else None, tuple(rows), name, float(eps), float(natural_floor))

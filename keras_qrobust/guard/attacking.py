@@ -1,0 +1,104 @@
+"""Stage 3, attack: every candidate (and the float model) under PGD, UAP, the ensemble UAP
+across all of them, and PGD transferred from the surrogate, at ε/2 and ε.
+
+The accuracy grid goes into the state; the perturbations and the surrogate's adversarial
+inputs go into ``attacks.npz`` so the exported model is scored on the very same inputs.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .. import attacks, metrics
+from .._io import atomic_path
+from .context import Context, load_model, say
+
+__all__ = ["attack_stage", "ATTACKS", "eps_grid", "descriptions", "pgd_inputs", "UAP_PASSES"]
+
+ATTACKS = ("pgd", "uap", "ensemble_uap", "transfer")
+UAP_PASSES = 10
+
+
+def eps_grid(eps: float) -> list[float]:
+    """The ε columns of the grid: 0 (clean), ε/2 and ε."""
+    return [0.0, round(eps / 2, 6), float(eps)]
+
+
+def descriptions(config, names: list[str], uap_inputs: int) -> dict:
+    """How each attack column was obtained (for the report's provenance)."""
+    k = config.pgd_steps
+    return {
+        "pgd": f"PGD-{k}, L∞, random start, α = 2.5ε/{k}, CE loss, white-box against the model scored (seed "
+               f"{config.seed})",
+        "uap": f"UAP (Moosavi-Dezfooli 2017, FGSM inner step α = ε/5, up to {UAP_PASSES} passes) crafted against the "
+               f"model scored on {uap_inputs} training inputs, scored on the test inputs (Zhou 2022 indirect)",
+        "ensemble_uap": f"ensemble UAP (Zhou 2022 Algorithm 2, a model drawn per step, α = ε) crafted on {uap_inputs} "
+                        f"training inputs across {{{', '.join(names)}}}; the one perturbation scored on every model",
+        "transfer": f"PGD-{k} crafted on the independently trained surrogate (black-box transfer), scored on the "
+                    "model",
+    }
+
+
+def pgd_inputs(model, ctx: Context, eps: float) -> np.ndarray:
+    config = ctx.config
+    return attacks.pgd(model, ctx.data.x_test, ctx.data.y_test, eps=eps, steps=config.pgd_steps, seed=config.seed,
+                       verbose=0)
+
+
+def _uap(model, x_craft, eps: float, seed: int) -> np.ndarray:
+    return attacks.uap(model, x_craft, eps=eps, max_passes=UAP_PASSES, seed=seed, verbose=0).perturbation
+
+
+def _with(x: np.ndarray, v: np.ndarray) -> np.ndarray:
+    return np.clip(x + v, 0.0, 1.0)
+
+
+def attack_stage(ctx: Context) -> tuple[dict, dict]:
+    from tqdm.auto import tqdm
+
+    config, data, state = ctx.config, ctx.data, ctx.state
+    models = {"fp32": load_model(state.artifact("train", "float"))}
+    models.update({s: load_model(state.artifact("quantize", s)) for s in config.candidates})
+    surrogate = load_model(state.artifact("train", "surrogate"))
+    names = list(models)
+    x, y = data.x_test, data.y_test
+    x_craft = data.x_train[:config.uap_samples]
+    grid = {name: {attack: [metrics.accuracy(m, x, y)] for attack in ATTACKS} for name, m in models.items()}
+    saved: dict[str, np.ndarray] = {}
+    uaps_at_eps: dict[str, np.ndarray] = {}
+    columns = eps_grid(config.eps)[1:]
+    say(f"attacking {', '.join(names)} with {', '.join(ATTACKS)} at ε = {', '.join(f'{e:g}' for e in columns)} on "
+        f"{len(x)} test inputs")
+    progress = tqdm(total=len(columns) * (3 * len(names) + 2), desc="attacks", unit="step")
+    for column, eps in enumerate(columns):
+        for name, model in models.items():
+            grid[name]["pgd"].append(metrics.accuracy(model, pgd_inputs(model, ctx, eps), y))
+            progress.update(1)
+            v = _uap(model, x_craft, eps, config.seed)
+            saved[f"uap/{name}/{column}"] = v
+            if column == len(columns) - 1:
+                uaps_at_eps[name] = v
+            grid[name]["uap"].append(metrics.accuracy(model, _with(x, v), y))
+            progress.update(1)
+        ensemble = attacks.ensemble_uap(list(models.values()), x_craft, eps=eps, max_passes=UAP_PASSES,
+                                        seed=config.seed, verbose=0).perturbation
+        saved[f"ensemble_uap/{column}"] = ensemble
+        progress.update(1)
+        transferred = pgd_inputs(surrogate, ctx, eps)
+        saved[f"transfer/{column}"] = transferred
+        progress.update(1)
+        for name, model in models.items():
+            grid[name]["ensemble_uap"].append(metrics.accuracy(model, _with(x, ensemble), y))
+            grid[name]["transfer"].append(metrics.accuracy(model, transferred, y))
+            progress.update(1)
+    progress.close()
+    # UAP crafted on model i (rows), accuracy of model j (columns), at ε
+    matrix = [[metrics.accuracy(models[j], _with(x, uaps_at_eps[i]), y) for j in names] for i in names]
+    with atomic_path(ctx.folder / "attacks.npz", overwrite=True) as temporary:
+        with open(temporary, "wb") as handle:
+            np.savez(handle, **saved)
+    surrogate_clean = metrics.accuracy(surrogate, x, y)
+    summary = {"grid": grid, "names": names, "transfer_matrix": {"labels": names, "accuracy": matrix},
+               "descriptions": descriptions(config, names, len(x_craft)), "surrogate_clean": surrogate_clean,
+               "test_inputs": int(len(x)), "uap_inputs": int(len(x_craft))}
+    return {"attacks": "attacks.npz"}, summary

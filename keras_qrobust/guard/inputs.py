@@ -1,0 +1,195 @@
+"""Reading and checking the user's inputs: a saved model file and a dataset.
+
+Every problem raises :class:`GuardInputError` with one line naming it and the fix, before
+anything is written. Also used by the other ``keras-qrobust`` subcommands.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from .config import GuardInputError
+
+__all__ = ["Data", "load_model_file", "load_data", "check_data_fits", "fingerprint", "keras3_version_of"]
+
+_SAVE_HINT = "save it with tf_keras: `import keras_qrobust as kq; model.save('model.keras')`"
+
+
+def keras3_version_of(path: Path) -> Optional[str]:
+    """The Keras version a ``.keras`` file was saved with, when it is Keras 3 (else None)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            metadata = json.loads(archive.read("metadata.json"))
+    except (zipfile.BadZipFile, KeyError, ValueError, OSError):
+        return None
+    version = str(metadata.get("keras_version", ""))
+    return version if version.startswith("3") else None
+
+
+def _check_keras_zip(path: Path, argument: str) -> None:
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = set(archive.namelist())
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, OSError) as error:
+        raise GuardInputError(f"{argument} {path} is not a readable .keras file ({error}); the file is corrupt or "
+                              f"truncated: {_SAVE_HINT}") from None
+    if bad is not None or not {"config.json", "metadata.json"} <= names:
+        what = f"member {bad} is damaged" if bad else "it has no config.json/metadata.json"
+        raise GuardInputError(f"{argument} {path} is not a valid .keras file ({what}): {_SAVE_HINT}")
+    version = keras3_version_of(path)
+    if version is not None:
+        raise GuardInputError(
+            f"{argument} {path} is a Keras 3 model file (saved with Keras {version}). keras_qrobust works on Keras 2 "
+            "(tf_keras) models, which tfmot, quantizeml and cnn2snn require. Build the model with "
+            "`import keras_qrobust as kq; keras = kq.keras` (or `import tf_keras as keras`) and save it again.")
+
+
+def load_model_file(path: str, argument: str = "--model"):
+    """Load a saved tf_keras model (``.keras``, ``.h5`` or a SavedModel folder), checked."""
+    from .._keras import check_model, keras
+
+    file = Path(path)
+    if not file.exists():
+        raise GuardInputError(f"{argument} {path} does not exist; pass the path of a saved tf_keras model "
+                              "(.keras, .h5 or SavedModel folder)")
+    if file.is_file() and file.suffix.lower() == ".keras":
+        _check_keras_zip(file, argument)
+    try:
+        model = keras.models.load_model(str(file), compile=False)
+    except Exception as error:  # noqa: BLE001 - every loader failure is the same user problem
+        first = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+        raise GuardInputError(f"{argument} {path} could not be loaded as a tf_keras model ({first}); check the file "
+                              f"is complete, or {_SAVE_HINT}") from None
+    try:
+        return check_model(model, argument)
+    except TypeError as error:
+        raise GuardInputError(str(error)) from None
+
+
+@dataclass
+class Data:
+    """Train and test arrays (inputs in [0, 1]) and where they came from."""
+
+    name: str
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+
+    @property
+    def num_classes(self) -> int:
+        return int(max(self.y_train.max(), self.y_test.max())) + 1
+
+    def describe(self) -> str:
+        return (f"{self.name}: {len(self.x_train)} training and {len(self.x_test)} test inputs of shape "
+                f"{tuple(self.x_train.shape[1:])}, {self.num_classes} classes")
+
+
+def _npz_arrays(path: Path) -> dict:
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            arrays = {key: archive[key] for key in archive.files}
+    except (OSError, ValueError, zipfile.BadZipFile) as error:
+        raise GuardInputError(f"--dataset {path} is not a readable .npz file ({error}); write it with "
+                              "np.savez(path, x_train=..., y_train=..., x_test=..., y_test=...)") from None
+    missing = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in arrays]
+    if missing:
+        held = ", ".join(arrays) or "nothing"
+        raise GuardInputError(f"--dataset {path} has no {', '.join(missing)} (it holds {held}); "
+                              "write it with np.savez(path, x_train=..., y_train=..., x_test=..., y_test=...)")
+    return arrays
+
+
+def _check_split(x: np.ndarray, y: np.ndarray, split: str, source: str) -> tuple[np.ndarray, np.ndarray]:
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = y[:, 0]
+    if y.ndim != 1:
+        raise GuardInputError(f"{source}: y_{split} has shape {y.shape}; give integer class labels of shape (n,), not "
+                              "one-hot rows (use y.argmax(axis=1))")
+    if len(x) != len(y):
+        raise GuardInputError(f"{source}: x_{split} has {len(x)} inputs but y_{split} has {len(y)} labels; give one "
+                              "label per input")
+    if not len(x):
+        raise GuardInputError(f"{source}: the {split} split is empty; give at least one input")
+    if not np.issubdtype(y.dtype, np.integer) and not (np.issubdtype(y.dtype, np.floating)
+                                                        and np.all(np.isfinite(y)) and np.all(y == np.round(y))):
+        raise GuardInputError(f"{source}: y_{split} holds non-integer labels ({y.dtype}); give class indices 0..C-1")
+    if y.min() < 0:
+        raise GuardInputError(f"{source}: y_{split} has a negative label ({int(y.min())}); give class indices 0..C-1")
+    x = np.asarray(x, np.float32)
+    if not np.all(np.isfinite(x)) or x.min() < 0.0 or x.max() > 1.0:
+        raise GuardInputError(f"{source}: x_{split} has values in [{np.nanmin(x):g}, {np.nanmax(x):g}]; guard's ε is "
+                              "an L∞ budget on inputs in [0, 1], so scale them (e.g. x / 255)")
+    return x, y.astype(np.int64)
+
+
+def load_data(dataset: str, train_samples: Optional[int] = None, test_samples: Optional[int] = None) -> Data:
+    """A built-in or TFDS dataset by name, or an ``.npz`` file, sliced to the first N of each split."""
+    from ..datasets import DatasetError, load
+
+    path = Path(dataset)
+    if dataset.lower().endswith(".npz"):
+        if not path.is_file():
+            raise GuardInputError(f"--dataset {dataset} does not exist; pass an .npz file with x_train, y_train, "
+                                  "x_test, y_test or a dataset name such as fashion_mnist")
+        arrays = _npz_arrays(path)
+        splits = {s: (arrays[f"x_{s}"], arrays[f"y_{s}"]) for s in ("train", "test")}
+    else:
+        try:
+            splits = {s: load(dataset, s) for s in ("train", "test")}
+        except (DatasetError, ValueError) as error:
+            raise GuardInputError(f"--dataset {dataset}: {str(error).splitlines()[0]}") from None
+    (x_train, y_train), (x_test, y_test) = (_check_split(*splits[s], s, f"--dataset {dataset}")
+                                            for s in ("train", "test"))
+    if x_train.shape[1:] != x_test.shape[1:]:
+        raise GuardInputError(f"--dataset {dataset}: x_train inputs have shape {x_train.shape[1:]} but x_test inputs "
+                              f"{x_test.shape[1:]}; both splits need the same input shape")
+    return Data(dataset, x_train[:train_samples], y_train[:train_samples], x_test[:test_samples], y_test[:test_samples])
+
+
+def _classes_of(model) -> int:
+    width = int(model.output_shape[-1])
+    return 2 if width == 1 else width
+
+
+def check_data_fits(data: Data, model=None) -> None:
+    """The dataset's input shape and labels fit ``model`` (or guard's default cnn_small)."""
+    shape = tuple(data.x_train.shape[1:])
+    if model is None:
+        if len(shape) != 3 or min(shape[:2]) < 10:
+            raise GuardInputError(f"--dataset {data.name} has inputs of shape {shape}; guard's default model cnn_small "
+                                  "needs images (height, width, channels) of at least 10x10, so pass your own --model")
+        return
+    expected = tuple(model.input_shape[1:])
+    if len(expected) != len(shape) or any(e is not None and e != s for e, s in zip(expected, shape)):
+        raise GuardInputError(f"--model takes inputs of shape {expected} but --dataset {data.name} inputs have shape "
+                              f"{shape}; pass the dataset the model was built for (or reshape the .npz arrays)")
+    classes = _classes_of(model)
+    top = int(max(data.y_train.max(), data.y_test.max()))
+    if top >= classes:
+        raise GuardInputError(f"--dataset {data.name} has labels up to {top} but --model scores {classes} classes; "
+                              f"labels must be in 0..{classes - 1} (pass the matching dataset or model)")
+
+
+def fingerprint(path: Optional[str]) -> Optional[str]:
+    """sha256 of a file (of every file, by relative name, for a folder), to notice a changed input."""
+    if path is None or not os.path.exists(path):
+        return None
+    digest = hashlib.sha256()
+    root = Path(path)
+    files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+    for file in files:
+        digest.update(str(file.relative_to(root) if file != root else file.name).encode())
+        with open(file, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()

@@ -1,0 +1,99 @@
+"""The guard pipeline: check every input, then run the stages in order, checkpointing each.
+
+``run(config, out)`` returns the exit code: 0 done, 1 a stage failed or no candidate is
+above the floor; bad input raises :class:`GuardInputError` (exit 2) before anything is
+written. A rerun of the same command resumes after the last finished stage.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+import traceback
+from pathlib import Path
+from typing import Callable
+
+from .attacking import attack_stage
+from .config import GuardConfig
+from .context import Context, say
+from .inputs import check_data_fits, fingerprint, load_data, load_model_file
+from .reporting import report_stage
+from .stages import choose_stage, export_stage, quantize_stage, remeasure_stage
+from .state import RunState, open_state
+from .training import train_stage
+
+__all__ = ["run", "STAGES", "KILL_AFTER_ENV"]
+
+#: stage name -> function(ctx) -> (artifacts, summary), in order
+STAGES: dict[str, Callable] = {"train": train_stage, "quantize": quantize_stage, "attack": attack_stage,
+                               "choose": choose_stage, "export": export_stage, "remeasure": remeasure_stage,
+                               "report": report_stage}
+#: only export and remeasure need a chosen model
+_NEEDS_CHOICE = ("export", "remeasure")
+#: testing hook: SIGKILL this process right after the named stage's checkpoint is written
+KILL_AFTER_ENV = "KERAS_QROBUST_GUARD_KILL_AFTER"
+
+
+def _inputs(config: GuardConfig) -> dict:
+    dataset_file = config.dataset if config.dataset.lower().endswith(".npz") else None
+    return {"model_sha256": fingerprint(config.model), "dataset_sha256": fingerprint(dataset_file)}
+
+
+def _finished_message(state: RunState) -> int:
+    chosen = state.summary("choose")["chosen"]
+    say(f"this run is finished: the report is {state.folder / 'report.html'} (also report.md, report.json)")
+    if chosen is None:
+        say("no candidate had clean accuracy above the floor (exit 1)")
+        return 1
+    return 0
+
+
+def run(config: GuardConfig, out: str | os.PathLike) -> int:
+    """Run (or resume) guard into the folder ``out``; returns the exit code."""
+    from ..training import set_seed
+
+    folder = Path(out)
+    inputs = _inputs(config)
+    state = open_state(folder, config, inputs)  # raises before anything is written
+    if state is not None and state.done("report"):
+        return _finished_message(state)
+    model = load_model_file(config.model) if config.model else None
+    data = load_data(config.dataset, config.train_samples, config.test_samples)
+    check_data_fits(data, model)
+    resumed = state is not None
+    if state is None:
+        folder.mkdir(parents=True, exist_ok=True)
+        state = RunState(folder, config.to_dict(), inputs)
+    state.save()
+    state.log("start", resumed=resumed, finished_stages=list(state.stages))
+    say(f"{'resuming' if resumed else 'starting'} in {folder}: {data.describe()}")
+    ctx = Context(config, data, state, model)
+    kill_after = os.environ.get(KILL_AFTER_ENV)
+    for index, (name, stage) in enumerate(STAGES.items()):
+        if state.done(name):
+            say(f"stage {index + 1}/{len(STAGES)} {name}: reused from the checkpoint")
+            state.log("reused", stage=name)
+            continue
+        if name in _NEEDS_CHOICE and state.summary("choose")["chosen"] is None:
+            state.finish(name, {}, {"skipped": "no candidate above the floor"})
+            state.log("skipped", stage=name)
+            continue
+        say(f"stage {index + 1}/{len(STAGES)} {name}")
+        state.log("begin", stage=name)
+        set_seed(config.seed + index, deterministic_ops=True)  # each stage is reproducible on its own
+        start = time.perf_counter()
+        try:
+            artifacts, summary = stage(ctx)
+        except Exception as error:  # noqa: BLE001 - any stage failure ends the run with exit 1
+            state.log("failed", stage=name, error=f"{type(error).__name__}: {error}",
+                      traceback=traceback.format_exc())
+            first = (str(error).strip().splitlines() or [""])[0]
+            say(f"stage {name} failed: {type(error).__name__}: {first} (traceback in {folder / 'run_log.jsonl'}); "
+                "rerun the same command to resume from this stage")
+            return 1
+        state.finish(name, artifacts, summary)
+        state.log("finished", stage=name, seconds=round(time.perf_counter() - start, 2))
+        if kill_after == name:
+            os.kill(os.getpid(), signal.SIGKILL)
+    return _finished_message(state)

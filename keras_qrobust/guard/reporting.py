@@ -1,0 +1,119 @@
+"""Stage 7, report: the RobustnessReport of a guard run (HTML, Markdown, JSON, plots).
+
+Everything in it comes from the checkpointed stage summaries, never from wall clocks or
+absolute paths, so the same arguments and seed give byte-identical report files.
+"""
+
+from __future__ import annotations
+
+from .._tables import markdown_table, percent
+from ..quantize import parse_setting
+from ..report import RobustnessReport
+from .attacking import ATTACKS, eps_grid
+from .context import Context
+
+__all__ = ["report_stage", "build_report", "exported_row_name"]
+
+
+def exported_row_name(setting: str, target: str) -> str:
+    return f"{setting} exported ({target})"
+
+
+def _stages_section(ctx: Context) -> str:
+    state, config = ctx.state, ctx.config
+    train = state.summary("train")
+    choose = state.summary("choose")
+    trained = f"adversarial training, {train['recipe']}, {train['epochs']} epochs" if train["trained"] else "skipped"
+    lines = [f"Command: `{config.command_line()}`", "",
+             f"Data: {ctx.data.describe()} (the first inputs of each split).", "",
+             f"- train: {trained} — {train['reason']}. Model: {train['model']}.",
+             f"- transfer surrogate: {train['surrogate']}.",
+             f"- quantize: RobustQuantizer post-training quantization at {', '.join(config.candidates)}, calibrated on "
+             f"{state.summary('quantize')['calibration_inputs']} training inputs.",
+             f"- attack: {', '.join(ATTACKS)} at ε ∈ {{{', '.join(f'{e:g}' for e in eps_grid(config.eps)[1:])}}} on "
+             f"{state.summary('attack')['test_inputs']} test inputs.",
+             f"- choose: Zhou 2022 Algorithm 1, chosen {choose['chosen'] or 'none (no candidate above the floor)'}."]
+    if choose["chosen"]:
+        export = state.summary("export")
+        lines += [f"- export: {export['file']} ({export['bytes']} bytes), {export['how']}.",
+                  f"- remeasure: the exported file run in its own runtime ({state.summary('remeasure')['runtime']})."]
+    else:
+        lines += ["- export, remeasure: not run (nothing chosen)."]
+    if "robust_check" in train:
+        check = train["robust_check"]
+        lines += ["", f"Robustness check of the given model before training: clean {percent(check['clean'])}%, "
+                      f"PGD-{config.pgd_steps} {percent(check['pgd'])}% at ε = {config.eps:g} on {check['samples']} "
+                      "test inputs."]
+    return "\n".join(lines)
+
+
+def _choice_section(ctx: Context) -> str:
+    choose = ctx.state.summary("choose")
+    grid = ctx.state.summary("attack")["grid"]
+    eps = ctx.config.eps
+    headers = ["setting", "clean %", *(f"{a} % at ε = {eps:g}" for a in ATTACKS), "worst %", "above floor"]
+    rows = []
+    for row in choose["rows"]:
+        mark = " (chosen)" if row["setting"] == choose["chosen"] else ""
+        rows.append([row["setting"] + mark, percent(row["natural"]),
+                     *(percent(grid[row["setting"]][a][-1]) for a in ATTACKS), percent(row["adversarial"]),
+                     "yes" if row["above_floor"] else "no"])
+    intro = (f"Among the candidates with clean accuracy above the floor {percent(choose['floor'])}% "
+             f"({choose['floor_source']}), the one with the best worst-case accuracy over the four attacks at "
+             f"ε = {eps:g}; ties go to fewer bits.")
+    return intro + "\n\n" + markdown_table(headers, rows)
+
+
+def _export_section(ctx: Context) -> str:
+    state, config = ctx.state, ctx.config
+    setting = state.summary("choose")["chosen"]
+    remeasure = state.summary("remeasure")
+    keras_row = state.summary("attack")["grid"][setting]
+    headers = ["", "clean %", *(f"{a} % at ε = {config.eps:g}" for a in ATTACKS)]
+    deployed_row = remeasure["row"]
+    rows = [[f"{setting} Keras (fake quant)", *(percent(keras_row[a][i]) for a, i in [("pgd", 0)] + _at_eps())],
+            [f"{state.summary('export')['file']} ({remeasure['runtime']} runtime)",
+             *(percent(deployed_row[a][i]) for a, i in [("pgd", 0)] + _at_eps())]]
+    reproduced = ("re-running PGD on the Keras model gave the same accuracies as the attack stage"
+                  if remeasure["pgd_reproduced"] else
+                  "WARNING: re-running PGD on the Keras model did not reproduce the attack stage's accuracies")
+    return (f"The exported file was loaded with kq.export.load and scored in its runtime. It has no gradients, so its "
+            "pgd, uap and ensemble_uap inputs are those crafted against the chosen Keras model (the same seed; "
+            f"{reproduced}); its transfer inputs are the surrogate's. Top-1 agreement with the Keras model on the "
+            f"clean test inputs: {percent(remeasure['agreement'])}%.\n\n" + markdown_table(headers, rows))
+
+
+def _at_eps() -> list[tuple[str, int]]:
+    """(attack, column) of every attack at the full ε (the last column)."""
+    return [(a, -1) for a in ATTACKS]
+
+
+def build_report(ctx: Context) -> RobustnessReport:
+    state, config = ctx.state, ctx.config
+    attack = state.summary("attack")
+    accuracy = {name: dict(rows) for name, rows in attack["grid"].items()}
+    setting = state.summary("choose")["chosen"]
+    sections = [{"title": "Guard run", "markdown": _stages_section(ctx)},
+                {"title": "Choice (Zhou 2022, Algorithm 1)", "markdown": _choice_section(ctx)}]
+    descriptions = dict(attack["descriptions"])
+    if setting:
+        accuracy[exported_row_name(setting, config.target)] = state.summary("remeasure")["row"]
+        sections.append({"title": "Exported artifact, re-measured in its runtime", "markdown": _export_section(ctx)})
+        descriptions["exported row"] = ("the exported file scored in its own runtime on the inputs crafted against the "
+                                        "chosen Keras model (pgd, uap, ensemble_uap) or the surrogate (transfer)")
+    provenance = {"attacks": descriptions, "eps": eps_grid(config.eps), "norm": "inf", "samples": attack["test_inputs"],
+                  "seed": config.seed, "pgd_steps": config.pgd_steps, "uap_inputs": attack["uap_inputs"],
+                  "dataset": ctx.data.name, "command": config.command_line()}
+    bits = {s: parse_setting(s)[0] for s in config.candidates}
+    return RobustnessReport.build(accuracy=accuracy, eps=eps_grid(config.eps), attacks=list(ATTACKS),
+                                  provenance=provenance, bits=bits, transfer=attack["transfer_matrix"],
+                                  sections=sections)
+
+
+def report_stage(ctx: Context) -> tuple[dict, dict]:
+    report = build_report(ctx)
+    paths = report.save(ctx.folder, overwrite=True)
+    plots = report.save_plots(ctx.folder / "plots", overwrite=True)
+    artifacts = {kind: path.name for kind, path in paths.items()}
+    artifacts.update({f"plot {i}": f"plots/{p.name}" for i, p in enumerate(plots)})
+    return artifacts, {"suspect": report.suspect}

@@ -1,0 +1,125 @@
+"""Stages 2, 4, 5 and 6 of guard: quantize, choose, export, remeasure."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+
+from .. import metrics
+from .._io import atomic_path
+from ..export import runtime
+from ..quantize import RobustQuantizer, parse_setting
+from ..search import SettingResult, choose
+from .attacking import ATTACKS, eps_grid, pgd_inputs
+from .config import TARGETS
+from .context import Context, load_model, save_model, say
+
+__all__ = ["quantize_stage", "choose_stage", "export_stage", "remeasure_stage", "CALIBRATION_SAMPLES",
+           "REPRESENTATIVE_SAMPLES", "FLOOR_MARGIN", "exported_name"]
+
+CALIBRATION_SAMPLES = 1024
+REPRESENTATIVE_SAMPLES = 512
+FLOOR_MARGIN = 0.05  # default floor: the float model's clean accuracy minus this
+
+
+def quantize_stage(ctx: Context) -> tuple[dict, dict]:
+    """RobustQuantizer PTQ of the float model at every candidate setting."""
+    config, data = ctx.config, ctx.data
+    model = load_model(ctx.state.artifact("train", "float"))
+    samples = data.x_train[:CALIBRATION_SAMPLES]
+    artifacts, summary = {}, {"calibration_inputs": int(len(samples)), "quantizers": {}}
+    for setting in config.candidates:
+        quantizer = RobustQuantizer.from_setting(setting, input_weight_bits=8)
+        say(f"quantizing: {quantizer}")
+        artifacts[setting] = save_model(quantizer.quantize(model, samples), ctx.folder, f"candidates/{setting}.keras")
+        summary["quantizers"][setting] = str(quantizer)
+    return artifacts, summary
+
+
+def choose_stage(ctx: Context) -> tuple[dict, dict]:
+    """Zhou 2022 Algorithm 1 on the attack grid: the best worst-case accuracy at ε above the floor."""
+    config = ctx.config
+    grid = ctx.state.summary("attack")["grid"]
+    if config.floor is None:
+        floor = max(0.0, grid["fp32"]["pgd"][0] - FLOOR_MARGIN)
+        floor_source = f"the float model's clean accuracy minus {FLOOR_MARGIN:g} (no --floor)"
+    else:
+        floor, floor_source = config.floor, "--floor"
+    rows = []
+    for setting in config.candidates:
+        natural = grid[setting]["pgd"][0]
+        adversarial = min(grid[setting][attack][-1] for attack in ATTACKS)
+        rows.append(SettingResult(setting, natural, adversarial, 0.0, natural > floor))
+    best = choose(rows)
+    summary = {"floor": floor, "floor_source": floor_source, "chosen": best.setting if best else None,
+               "rows": [{"setting": r.setting, "natural": r.natural, "adversarial": r.adversarial,
+                         "above_floor": r.above_floor} for r in rows]}
+    if best is None:
+        say(f"no candidate has clean accuracy above the floor {100 * floor:.2f}%")
+        return {}, summary
+    say(f"chosen: {best.setting} (clean {100 * best.natural:.2f}%, worst-case attacked {100 * best.adversarial:.2f}% "
+        f"at ε = {config.eps:g}; floor {100 * floor:.2f}%)")
+    relative = f"chosen_{best.setting}.keras"
+    with atomic_path(ctx.folder / relative, overwrite=True) as temporary:
+        shutil.copyfile(ctx.state.artifact("quantize", best.setting), temporary)
+    return {"model": relative}, summary
+
+
+def exported_name(setting: str, target: str) -> str:
+    return f"chosen_{setting}{TARGETS[target]}"
+
+
+def export_stage(ctx: Context) -> tuple[dict, dict]:
+    from .. import export
+
+    config, state = ctx.config, ctx.state
+    setting = state.summary("choose")["chosen"]
+    representative = ctx.data.x_train[:REPRESENTATIVE_SAMPLES]
+    path = ctx.folder / exported_name(setting, config.target)
+    weight_bits, activation_bits = parse_setting(setting)
+    if config.target == "tflite-int8":
+        how = "kq.export.tflite: full-integer int8 TFLite, sub-8-bit grids lowered exactly"
+        export.tflite(load_model(state.artifact("choose", "model")), path, representative=representative,
+                      overwrite=True)
+    elif config.target == "onnx":
+        int4 = weight_bits <= 4
+        how = "kq.export.onnx: QDQ ONNX" + (", INT4 weights" if int4 else ", int8 weights")
+        export.onnx(load_model(state.artifact("choose", "model")), path, representative=representative,
+                    int4_weights=int4, overwrite=True)
+    else:
+        how = (f"kq.export.akida: the float model quantized by quantizeml at {setting} (first layer 8 bits) and "
+               "converted by cnn2snn")
+        export.akida(load_model(state.artifact("train", "float")), path, samples=representative,
+                     weight_bits=weight_bits, activation_bits=activation_bits, input_weight_bits=8, overwrite=True)
+    say(f"exported {setting} to {path.name} ({how})")
+    return {"exported": path.name}, {"how": how, "bytes": path.stat().st_size, "file": path.name}
+
+
+def remeasure_stage(ctx: Context) -> tuple[dict, dict]:
+    """Score the exported file in its own runtime on the clean and the attacked test inputs."""
+    config, data, state = ctx.config, ctx.data, ctx.state
+    deployed = runtime.load(state.artifact("export", "exported"))
+    keras_model = load_model(state.artifact("choose", "model"))
+    setting = state.summary("choose")["chosen"]
+    keras_row = state.summary("attack")["grid"][setting]
+    saved = np.load(state.artifact("attack", "attacks"))
+    x, y = data.x_test, data.y_test
+    say(f"re-measuring {deployed.path.name} in its runtime ({deployed.format}) on {len(x)} test inputs")
+    clean_keras = metrics.predict_labels(keras_model, x)
+    clean_deployed = metrics.predict_labels(deployed, x)
+    row = {attack: [float(np.mean(clean_deployed == y))] for attack in ATTACKS}
+    recomputed = []
+    for column, eps in enumerate(eps_grid(config.eps)[1:]):
+        x_pgd = pgd_inputs(keras_model, ctx, eps)  # the same seed as the attack stage: the same inputs
+        recomputed.append(metrics.accuracy(keras_model, x_pgd, y))
+        row["pgd"].append(metrics.accuracy(deployed, x_pgd, y))
+        row["uap"].append(metrics.accuracy(deployed, np.clip(x + saved[f"uap/{setting}/{column}"], 0, 1), y))
+        row["ensemble_uap"].append(metrics.accuracy(deployed, np.clip(x + saved[f"ensemble_uap/{column}"], 0, 1), y))
+        row["transfer"].append(metrics.accuracy(deployed, saved[f"transfer/{column}"], y))
+    summary = {"row": row, "runtime": deployed.format, "agreement": float(np.mean(clean_keras == clean_deployed)),
+               "pgd_reproduced": bool(np.allclose(recomputed, keras_row["pgd"][1:])),
+               "keras_pgd_recomputed": recomputed}
+    say(f"exported model: clean {100 * row['pgd'][0]:.2f}% (Keras {100 * keras_row['pgd'][0]:.2f}%), top-1 agreement "
+        f"with the Keras model {100 * summary['agreement']:.2f}%")
+    return {}, summary
