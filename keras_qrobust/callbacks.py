@@ -134,7 +134,9 @@ class FeedbackLearning(_EpochMonitor):
         epochs: fine-tune passes per round.
         seed: seeds the directions (the same ones at every measurement, so margins of
             successive epochs are paired), the example draws and the fine-tune order.
-        Other arguments: see :func:`~keras_qrobust.training.feedback.generate_feedback_examples`.
+
+    The other arguments are those of
+    :func:`~keras_qrobust.training.feedback.generate_feedback_examples`.
     """
 
     def __init__(self, data, *, t_max: float, every: int = 1, rounds: Optional[int] = None, epochs: int = 1,

@@ -368,7 +368,8 @@ class LipschitzDense(LipschitzKernelMixin, keras.layers.Dense):
     :class:`LipschitzKernelMixin` for the exact definitions.
 
     Args:
-        units, **kwargs: every argument of ``keras.layers.Dense``.
+        units: as in ``keras.layers.Dense``.
+        **kwargs: every other argument of ``keras.layers.Dense``.
         beta: strength β of the orthogonality loss (Lin et al. 2019 use 3e-4); 0 disables it.
         spectral_norm: divide the kernel by its estimated largest singular value.
     """
@@ -388,7 +389,9 @@ class LipschitzConv2D(LipschitzKernelMixin, keras.layers.Conv2D):
     :class:`LipschitzKernelMixin`.
 
     Args:
-        filters, kernel_size, **kwargs: every argument of ``keras.layers.Conv2D``.
+        filters: as in ``keras.layers.Conv2D``.
+        kernel_size: as in ``keras.layers.Conv2D``.
+        **kwargs: every other argument of ``keras.layers.Conv2D``.
         beta: strength β of the orthogonality loss; 0 disables it.
         spectral_norm: divide the kernel by its estimated largest singular value.
     """
@@ -419,7 +422,8 @@ class MuLawDense(QuantizedKernelsMixin, keras.layers.Dense):
     :class:`~keras_qrobust.quantizers.MuLawQuantizer`.
 
     Args:
-        units, **kwargs: every argument of ``keras.layers.Dense``.
+        units: as in ``keras.layers.Dense``.
+        **kwargs: every other argument of ``keras.layers.Dense``.
         mu: μ (255 in the paper).
         mode: ``"compand"`` or ``"map"``.
         bits: grid bits; required for ``"compand"``, optional for ``"map"``.

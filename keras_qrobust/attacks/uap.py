@@ -86,7 +86,9 @@ class UAPResult:
         history: fooling rate after each pass / epoch.
         method: ``"uap-fgsm"``, ``"uap-deepfool"``, ``"sgd_uap"``, ``"targeted_uap"``,
             ``"ensemble_uap"``.
-        eps, norm, clip: the constraint ``‖v‖_norm ≤ eps`` and the input box.
+        eps: the budget of the constraint ``‖v‖_norm ≤ eps``.
+        norm: its norm.
+        clip: the input box.
         model_fooling_rates: the final fooling rate of each model (one entry for one model).
         target_rate: targeted UAPs only: fraction of the crafting inputs classified as the
             target class under ``v``.
@@ -136,7 +138,8 @@ class TransferMatrix:
         fooling_rate: ``[i, j]`` fraction of ``x_eval`` whose prediction by model j changes
             under ``v_i``.
         perturbations: name -> ``v_i`` (shaped like one input).
-        eps, method: the budget and the crafting function (``"uap"`` or ``"sgd_uap"``).
+        eps: the budget.
+        method: the crafting function (``"uap"`` or ``"sgd_uap"``).
     """
 
     names: list

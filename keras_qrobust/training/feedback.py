@@ -149,7 +149,8 @@ class BoundaryDistances:
         labels: ``(N,)`` the labels ``y``.
         correct: ``(N,)`` whether the model classifies ``x_i`` as ``y_i``.
         num_classes: classes of the model.
-        norm, t_max: the direction norm and the search limit.
+        norm: the direction norm.
+        t_max: the search limit.
         input_shape: shape of one input.
         seed: the seed of the random directions (drawn from fresh entropy when none was given).
     """
@@ -262,7 +263,8 @@ def boundary_distance(model, x, y, *, t_max: float, directions: Union[int, np.nd
 
     Args:
         model: a tf_keras classifier (an AdversarialModel is read through its wrapped model).
-        x, y: inputs in ``clip`` and their integer labels.
+        x: inputs in ``clip``.
+        y: their integer labels.
         t_max: the largest distance searched (in the units of ``norm``).
         directions: ``K``, or your own directions as an ``(N, K, *input_shape)`` array
             (each scaled to unit ``norm``).
@@ -307,7 +309,8 @@ class FeedbackExamples:
     """Generated examples ``x' = clip(x + min((1 + γ)·r, t_max)·d)`` labelled ``y``.
 
     Attributes:
-        x, y: the examples and their labels (the labels of their sources).
+        x: the examples.
+        y: their labels (the labels of their sources).
         source: index of the original input of each example.
         direction: which of the source's ``K`` directions it moved along.
         step: ``min((1 + γ)·r, t_max)``, how far it moved.

@@ -1,0 +1,103 @@
+"""The documentation site builds with ``mkdocs build --strict``.
+
+Strict mode (with the ``validation`` settings of mkdocs.yml and ``docs/hooks.py``) already
+fails on a docs page missing from the nav, a nav entry without a page, a broken relative
+link or anchor, a link to a repository file that does not exist and any griffe warning
+about a docstring. The other tests check what strict mode does not: that those settings
+stay in force, that every public module has an API page, and that the built site loads
+nothing from the network.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+import subprocess
+import sys
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = ROOT / "docs"
+MKDOCS = Path(sys.executable).parent / "mkdocs"
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory) -> Path:
+    if not MKDOCS.exists():
+        pytest.fail(f"{MKDOCS} is missing: install the package with its `docs` extra (./run.sh setup)")
+    site_dir = tmp_path_factory.mktemp("site")
+    result = subprocess.run([str(MKDOCS), "build", "--strict", "--config-file", str(ROOT / "mkdocs.yml"),
+                             "--site-dir", str(site_dir)],
+                            cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, f"mkdocs build --strict failed:\n{result.stdout}\n{result.stderr}"
+    return site_dir
+
+
+def test_strict_build_succeeds(site):
+    assert (site / "index.html").is_file()
+    assert (site / "api" / "attacks.html").is_file()
+
+
+def test_strict_checks_stay_enabled():
+    config = (ROOT / "mkdocs.yml").read_text()
+    validation = config[config.index("\nvalidation:"):]
+    for key in ("omitted_files", "not_found", "absolute_links", "unrecognized_links", "anchors"):
+        assert re.search(rf"^\s+{key}: warn$", validation, re.M), f"mkdocs.yml: validation {key} must be warn"
+    assert re.search(r"^hooks:\n\s+- docs/hooks\.py$", config, re.M)
+
+
+def _documented_modules() -> set[str]:
+    found = set()
+    for page in (DOCS / "api").glob("*.md"):
+        found.update(re.findall(r"^::: (keras_qrobust(?:\.\w+)*)", page.read_text(), re.M))
+    return found
+
+
+def _public_modules() -> set[str]:
+    """The submodules ``keras_qrobust/__init__.py`` re-exports, plus export and cli."""
+    tree = ast.parse((ROOT / "keras_qrobust" / "__init__.py").read_text())
+    modules = {"export", "cli"}
+    for node in tree.body:
+        if isinstance(node, ast.ImportFrom) and node.level == 1:
+            if node.module is None:
+                modules.update(alias.name for alias in node.names)
+            elif not node.module.startswith("_"):
+                modules.add(node.module.split(".")[0])
+    modules.discard("version")  # only __version__
+    return {f"keras_qrobust.{m}" for m in modules}
+
+
+def test_every_public_module_has_an_api_page():
+    missing = sorted(_public_modules() - _documented_modules())
+    assert not missing, f"no `::: module` directive in docs/api/ for {missing}"
+
+
+class _Assets(HTMLParser):
+    """Collects the URLs a page loads by itself (scripts, stylesheets, images, frames)."""
+
+    def __init__(self):
+        super().__init__()
+        self.urls: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag in ("script", "img", "iframe", "source", "audio", "video") and attrs.get("src"):
+            self.urls.append(attrs["src"])
+        if tag == "link" and attrs.get("href") and attrs.get("rel") in ("stylesheet", "preload", "icon"):
+            self.urls.append(attrs["href"])
+
+
+def test_site_loads_nothing_from_the_network(site):
+    remote = {}
+    for page in site.rglob("*.html"):
+        parser = _Assets()
+        parser.feed(page.read_text(encoding="utf-8"))
+        urls = [u for u in parser.urls if re.match(r"^(https?:)?//", u)]
+        if urls:
+            remote[str(page.relative_to(site))] = urls
+    assert not remote, f"pages load remote assets (the site must work offline): {remote}"
+    css = " ".join(p.read_text(encoding="utf-8", errors="replace") for p in site.rglob("*.css"))
+    assert not re.search(r"@import\s+(url\()?['\"]?(https?:)?//", css), "a stylesheet imports a remote one"
