@@ -9,8 +9,10 @@ to repository files outside ``docs/`` with ordinary relative links, e.g.
 * a link to any other repository file becomes that file's path in code, since the site
   does not carry the sources; a link to a file that does not exist is a warning, so
   ``mkdocs build --strict`` fails on it;
-* Sphinx cross-reference roles in docstrings (``:class:`X``` and the like) are shown as
-  plain code (``X``; ``~a.b.C`` as ``C``).
+* Sphinx cross-reference roles in docstrings (``:class:`X``` and the like) become plain
+  code (``X``; ``~a.b.C`` as ``C``) before griffe parses them (``SphinxRoles``, a griffe
+  extension listed in the mkdocstrings options), so that a role does not read as a
+  ``name: description`` item in an Args/Returns section.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import posixpath
 import re
 from pathlib import Path
 
+import griffe
 from mkdocs.structure.files import File
 
 log = logging.getLogger("mkdocs.hooks.keras_qrobust")
@@ -32,7 +35,7 @@ NAV_SECTION = "Benchmark results"
 
 _LINK = re.compile(r"(!?)\[([^\]\n]*)\]\(([^)\s]+)\)")
 _FENCE = re.compile(r"^\s*(```|~~~)")
-_ROLE = re.compile(r":(?:py:)?(?:class|func|meth|attr|mod|data|exc|obj|const|paramref):<code>(~?)\.?([^<]*)</code>")
+_ROLE = re.compile(r":(?:py:)?(?:class|func|meth|attr|mod|data|exc|obj|const):`(~?)\.?([^`]*)`")
 
 
 def result_pages() -> list[Path]:
@@ -92,8 +95,12 @@ def on_page_markdown(markdown, page, config, files):
 
 def _role(match: re.Match) -> str:
     short, target = match.groups()
-    return f"<code>{target.rsplit('.', 1)[-1] if short else target}</code>"
+    return f"`{target.rsplit('.', 1)[-1] if short else target}`"
 
 
-def on_page_content(html, page, config, files):
-    return _ROLE.sub(_role, html)
+class SphinxRoles(griffe.Extension):
+    """``:role:`target``` -> ``target`` in every docstring, before it is parsed."""
+
+    def on_instance(self, *, obj, **kwargs) -> None:
+        if obj.docstring is not None:
+            obj.docstring.value = _ROLE.sub(_role, obj.docstring.value)
