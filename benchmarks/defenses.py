@@ -170,9 +170,10 @@ def markdown(data) -> str:
 def checks(data) -> list[dict]:
     rows = data["rows"]
     adv = rows["Adv."]
-    out = [{"check": f"Adv. clean ≥ {100 * TARGET_CLEAN:.0f}%", "value": f"{100 * adv['clean']:.2f}%",
-            "passed": adv["clean"] >= TARGET_CLEAN},
-           {"check": f"Adv. PGD-20 ≥ {100 * TARGET_PGD:.0f}%", "value": f"{100 * adv['PGD-20']:.2f}%",
+    out = [{"check": f"Adv. clean ≥ {100 * TARGET_CLEAN:.0f}% (all {data['test_images']} test images)",
+            "value": f"{100 * data['adv_clean_all']:.2f}%", "passed": data["adv_clean_all"] >= TARGET_CLEAN},
+           {"check": f"Adv. PGD-20 ≥ {100 * TARGET_PGD:.0f}% (first {data['images']} test images)",
+            "value": f"{100 * adv['PGD-20']:.2f}%",
             "passed": adv["PGD-20"] >= TARGET_PGD}]
     for copy in ("Adv. (Q)", "Adv. w4a4"):
         gap = adv["PGD-20"] - rows[copy]["PGD-20"]
@@ -187,7 +188,7 @@ def checks(data) -> list[dict]:
 
 
 # -------------------------------------------------------------------------------- main
-def main():
+def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--epochs", type=int, default=8, help="standard training epochs (default 8)")
@@ -196,9 +197,15 @@ def main():
     parser.add_argument("--slow-images", type=int, default=200, help="test images for SPSA and Square")
     parser.add_argument("--fl-examples", type=int, default=10000, help="training images for feedback learning")
     parser.add_argument("--quick", action="store_true", help="small subsets and short training")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.quick:
         args.epochs, args.images, args.cw_images, args.slow_images, args.fl_examples = 2, 300, 20, 20, 1000
+    return args
+
+
+def run(args: argparse.Namespace, command: str = "./run.sh bench defenses") -> tuple[dict, dict]:
+    """Train (or load) the models, score every row; returns the results and
+    ``{"Orig.": model, "Adv.": model, "F.L.": model}``."""
     started = time.perf_counter()
     x_train, y_train = kq.datasets.load("fashion_mnist", "train")
     x_test, y_test = kq.datasets.load("fashion_mnist", "test")
@@ -237,13 +244,21 @@ def main():
             rows[row_name] = row
             log(f"  {row_name}: clean {100 * row['clean']:.1f}%, PGD-20 {100 * row['PGD-20']:.1f}% ({seconds:.0f} s)")
 
-    data = {"benchmark": "defenses", "command": "./run.sh bench defenses" + (" --quick" if args.quick else ""),
-            "machine": machine(), "seed": args.seed, "eps": EPS, "images": len(x), "cw_images": args.cw_images,
+    adv_clean_all = kq.metrics.accuracy(adv, x_test, y_test)
+    data = {"benchmark": "defenses", "command": command + (" --quick" if args.quick else ""),
+            "machine": machine(), "seed": args.seed, "eps": EPS, "images": len(x), "test_images": len(x_test),
+            "adv_clean_all": adv_clean_all, "cw_images": args.cw_images,
             "slow_images": args.slow_images, "surrogate_seed": surrogate_seed,
             "training": {k: {kk: vv for kk, vv in v.items() if kk != "margins_per_round"} for k, v in training.items()},
             "feedback_margins": training["F.L."]["margins_per_round"], "rows": rows,
             "training_seconds": training_seconds, "total_seconds": time.perf_counter() - started}
     data["checks"] = checks(data)
+    return data, {"Orig.": orig, "Adv.": adv, "F.L.": fl}
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    data, _ = run(args)
     publish("defenses", args.quick, data, markdown(data))
 
 

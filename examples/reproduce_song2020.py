@@ -1,0 +1,59 @@
+"""Reproduce Song et al. 2020 ("Robust weight-quantized networks") on Fashion-MNIST.
+
+Tables 1-4 structure — rows Orig. / Adv. (PGD-AT) / F.L. (feedback learning), each also
+(Q) = 3-bit weight-only, +mu (μ-law mapping of the last layer, eq. 3) and (Q)+mu; columns
+clean, CW-L2, FGSM weak/strong, PGD, BIM, MIM white-box, the same attacks black-box
+(transferred from an independently trained surrogate), Gaussian and uniform noise — computed
+by ``benchmarks/defenses.py`` (which this script runs, so it also writes
+``benchmarks/results/defenses.{json,md}``), with the gradient-masking check of every +mu row
+(SPSA, Square, transfer, BPDA). Then Fig. 3: the Lipschitz constant of the quantization
+error σ_max(Q_3(W) − W) per layer (eq. 2) of the three float models, with their accuracy
+under FGSM and PGD over ε, as a robustness report.
+
+    .venv/bin/python examples/reproduce_song2020.py            # writes examples/results/song2020/
+    .venv/bin/python examples/reproduce_song2020.py --quick    # short training, small slices
+
+Options: those of ``benchmarks/defenses.py`` (``--help``).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import defenses  # noqa: E402
+from _common import kq, log, publish  # noqa: E402
+
+BITS = 3  # the paper's weight-only quantization
+REPORT_EPS = [0.0, 0.05, 0.1, 0.15]
+
+
+def main(argv=None) -> None:
+    started = time.perf_counter()
+    args = defenses.parse_args(argv)
+    data, models = defenses.run(args, command="python examples/reproduce_song2020.py")
+    table = defenses.markdown(data)
+    publish("defenses", args.quick, data, table)
+
+    log("Lipschitz of the quantization error per layer, and the accuracy curves")
+    x_test, y_test = kq.datasets.load("fashion_mnist", "test")
+    n = 200 if args.quick else 1000
+    report = kq.evaluate(models, (x_test[:n], y_test[:n]), attacks=["fgsm", "pgd"], eps=REPORT_EPS, seed=args.seed,
+                         lipschitz_bits=BITS, verbose=0)
+    folder = ROOT / "examples" / "results" / ("song2020_quick" if args.quick else "song2020")
+    report.save(folder, overwrite=True)
+    kq._io.write_text(folder / "table.md", table, overwrite=True)
+    kq._io.write_json(folder / "table.json", data, overwrite=True)
+    for name, rows in report.lipschitz.items():
+        values = ", ".join(f"{r['layer']} {r['sigma_max']:.3f}" for r in rows)
+        print(f"σ_max(Q_{BITS}(W) − W), {name}: {values}")
+    print(f"wrote {folder}/report.{{html,md,json}} and table.{{md,json}}; "
+          f"runtime {(time.perf_counter() - started) / 60:.1f} min on {data['machine']['cpus']} CPUs")
+
+
+if __name__ == "__main__":
+    main()
