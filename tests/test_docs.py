@@ -4,8 +4,8 @@ Strict mode (with the ``validation`` settings of mkdocs.yml and ``docs/hooks.py`
 fails on a docs page missing from the nav, a nav entry without a page, a broken relative
 link or anchor, a link to a repository file that does not exist and any griffe warning
 about a docstring. The other tests check what strict mode does not: that those settings
-stay in force, that every public module has an API page, and that the built site loads
-nothing from the network.
+stay in force, that every public module has an API page, that the built site loads
+nothing from the network, and how docs/hooks.py treats links that leave docs/.
 """
 
 from __future__ import annotations
@@ -101,3 +101,31 @@ def test_site_loads_nothing_from_the_network(site):
     assert not remote, f"pages load remote assets (the site must work offline): {remote}"
     css = " ".join(p.read_text(encoding="utf-8", errors="replace") for p in site.rglob("*.css"))
     assert not re.search(r"@import\s+(url\()?['\"]?(https?:)?//", css), "a stylesheet imports a remote one"
+
+
+def _hooks():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("docs_hooks", DOCS / "hooks.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_links_leaving_docs(caplog):
+    """docs/hooks.py: results pages are linked on the site, other repository files become
+    their path, a missing file is a warning (which fails the strict build)."""
+    from types import SimpleNamespace
+
+    hooks = _hooks()
+    config = SimpleNamespace(docs_dir=str(DOCS))
+    result = hooks.result_pages()[0].name
+    for src_uri, up in (("limits.md", "../"), ("api/attacks.md", "../../")):
+        markdown = (f"[r]({up}benchmarks/results/{result}#top) [`run.sh`]({up}run.sh) [x](index.md)\n"
+                    f"```\n[kept]({up}nowhere.md)\n```\n[gone]({up}nowhere.md)")
+        page = SimpleNamespace(file=SimpleNamespace(src_uri=src_uri))
+        caplog.clear()
+        out = hooks.on_page_markdown(markdown, page, config, None).split("\n")
+        assert out[0] == f"[r]({up[3:]}results/{result}#top) `run.sh` [x](index.md)"
+        assert out[2] == f"[kept]({up}nowhere.md)"
+        assert [r.levelname for r in caplog.records] == ["WARNING"] and "nowhere.md" in caplog.text
