@@ -41,11 +41,20 @@ def _inputs(config: GuardConfig) -> dict:
 
 
 def _finished_message(state: RunState) -> int:
-    chosen = state.summary("choose")["chosen"]
+    """Print the outcome (stdout) and where the report is; the exit code of a finished run."""
+    choose = state.summary("choose")
+    chosen = choose["chosen"]
     say(f"this run is finished: the report is {state.folder / 'report.html'} (also report.md, report.json)")
     if chosen is None:
-        say("no candidate had clean accuracy above the floor (exit 1)")
+        print(f"no candidate has clean accuracy above the floor {100 * choose['floor']:.2f}%; see "
+              f"{state.folder / 'report.md'}")
         return 1
+    row = next(r for r in choose["rows"] if r["setting"] == chosen)
+    deployed = state.summary("remeasure")["row"]
+    worst = min(values[-1] for values in deployed.values())
+    print(f"chosen {chosen}: clean {100 * row['natural']:.2f}%, worst-case attacked {100 * row['adversarial']:.2f}% "
+          f"(Keras); exported {state.summary('export')['file']}: clean {100 * deployed['pgd'][0]:.2f}%, worst-case "
+          f"attacked {100 * worst:.2f}% in its runtime. Report: {state.folder / 'report.html'}")
     return 0
 
 

@@ -1,0 +1,150 @@
+"""End to end: ``keras-qrobust guard`` on a tiny case, killed after the quantize stage and
+resumed, against an uninterrupted run with the same seed."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from keras_qrobust import cli
+from keras_qrobust.guard import KILL_AFTER_ENV, STAGES
+from keras_qrobust.guard.config import GuardConfig
+from keras_qrobust.guard.context import Context
+from keras_qrobust.guard.inputs import Data
+from keras_qrobust.guard.stages import choose_stage
+from keras_qrobust.guard.state import RunState
+
+REPORTS = ("report.json", "report.md", "report.html")
+
+
+def guard_args(model, data, out, *extra):
+    return ["guard", "--model", str(model), "--dataset", str(data), "--epochs", "1", "--surrogate-epochs", "1",
+            "--train-samples", "200", "--test-samples", "50", "--pgd-steps", "3", "--uap-samples", "64",
+            "--candidates", "w8a8,w4a4", "--seed", "3", "--out", str(out), *extra]
+
+
+def start_guard(args, kill_after=None) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if k != KILL_AFTER_ENV}
+    if kill_after:
+        env[KILL_AFTER_ENV] = kill_after
+    return subprocess.Popen([sys.executable, "-m", "keras_qrobust.cli", *args], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def finish(process: subprocess.Popen) -> subprocess.CompletedProcess:
+    stdout, stderr = process.communicate(timeout=400)
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+
+
+def log_events(folder):
+    return [json.loads(line) for line in (folder / "run_log.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def guard_runs(tiny_case, tmp_path_factory):
+    """An interrupted-then-resumed run and an uninterrupted one (same command and seed)."""
+    model, data = tiny_case
+    root = tmp_path_factory.mktemp("guard")
+    resumed, straight = root / "resumed", root / "straight"
+    uninterrupted = start_guard(guard_args(model, data, straight))  # alongside the other two
+    killed = finish(start_guard(guard_args(model, data, resumed), kill_after="quantize"))
+    state_after_kill = json.loads((resumed / "guard_state.json").read_text())
+    second = finish(start_guard(guard_args(model, data, resumed)))
+    uninterrupted = finish(uninterrupted)
+    return {"model": model, "data": data, "resumed": resumed, "straight": straight, "killed": killed,
+            "state_after_kill": state_after_kill, "second": second, "uninterrupted": uninterrupted}
+
+
+def test_the_killed_run_stopped_right_after_the_quantize_checkpoint(guard_runs):
+    assert guard_runs["killed"].returncode == -signal.SIGKILL
+    assert list(guard_runs["state_after_kill"]["stages"]) == ["train", "quantize"]
+    assert set(guard_runs["state_after_kill"]["stages"]["quantize"]["artifacts"]) == {"w8a8", "w4a4"}
+
+
+def test_the_rerun_resumed_after_the_finished_stages(guard_runs):
+    second = guard_runs["second"]
+    assert second.returncode == 0, second.stderr[-2000:]
+    events = log_events(guard_runs["resumed"])
+    first_run = [(e["event"], e.get("stage")) for e in events if e["run"] == 1]
+    second_run = [(e["event"], e.get("stage")) for e in events if e["run"] == 2]
+    assert ("finished", "quantize") in first_run and ("begin", "attack") not in first_run
+    assert second_run[0] == ("start", None)
+    assert second_run[1:3] == [("reused", "train"), ("reused", "quantize")]
+    assert [s for e, s in second_run if e == "begin"] == list(STAGES)[2:]
+    assert "resuming" in second.stderr
+
+
+def test_resumed_and_uninterrupted_reports_are_byte_identical(guard_runs):
+    assert guard_runs["uninterrupted"].returncode == 0, guard_runs["uninterrupted"].stderr[-2000:]
+    resumed, straight = guard_runs["resumed"], guard_runs["straight"]
+    for name in REPORTS:
+        assert (resumed / name).read_bytes() == (straight / name).read_bytes(), name
+    plots = sorted(p.name for p in (straight / "plots").iterdir())
+    assert plots and plots == sorted(p.name for p in (resumed / "plots").iterdir())
+    for name in plots:
+        assert (resumed / "plots" / name).read_bytes() == (straight / "plots" / name).read_bytes(), name
+
+
+def test_the_output_folder_holds_the_chosen_and_exported_models_and_the_report(guard_runs):
+    folder = guard_runs["straight"]
+    report = json.loads((folder / "report.json").read_text())
+    chosen = json.loads((folder / "guard_state.json").read_text())["stages"]["choose"]["summary"]["chosen"]
+    assert chosen in ("w8a8", "w4a4")
+    assert (folder / f"chosen_{chosen}.keras").is_file() and (folder / f"chosen_{chosen}.tflite").is_file()
+    assert set(report["accuracy"]) == {"fp32", "w8a8", "w4a4", f"{chosen} exported (tflite-int8)"}
+    assert report["attacks"] == ["pgd", "uap", "ensemble_uap", "transfer"]
+    assert [s["title"] for s in report["sections"]][:2] == ["Guard run", "Choice (Zhou 2022, Algorithm 1)"]
+    assert "seconds" not in json.dumps(report["provenance"])
+    # the exported file was re-measured in its runtime: its clean accuracy is the Keras model's (within 2 points)
+    exported = report["accuracy"][f"{chosen} exported (tflite-int8)"]
+    assert abs(exported["pgd"][0] - report["accuracy"][chosen]["pgd"][0]) <= 0.02
+    # the tiny model is not robust, so guard measured it and trained it
+    train = json.loads((folder / "guard_state.json").read_text())["stages"]["train"]["summary"]
+    assert train["trained"] and train["robust_check"]["pgd"] < 0.5 * train["robust_check"]["clean"]
+
+
+def test_rerunning_a_finished_run_points_at_the_report(guard_runs, capsys):
+    folder = guard_runs["straight"]
+    before = {name: (folder / name).read_bytes() for name in REPORTS}
+    assert cli.main(guard_args(guard_runs["model"], guard_runs["data"], folder)) == 0
+    assert str(folder / "report.html") in capsys.readouterr().err
+    assert before == {name: (folder / name).read_bytes() for name in REPORTS}
+
+
+def test_other_arguments_into_the_same_folder_are_refused(guard_runs, capsys):
+    folder = guard_runs["straight"]
+    state = (folder / "guard_state.json").read_bytes()
+    assert cli.main(guard_args(guard_runs["model"], guard_runs["data"], folder, "--eps", "0.2")) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "other arguments" in err and "eps: 0.1 before, 0.2 now" in err
+    assert (folder / "guard_state.json").read_bytes() == state
+
+
+def _choose_context(tmp_path, floor):
+    args = cli._build_parser().parse_args(["guard", "--model", "m.keras", "--candidates", "w8a8,w4a4",
+                                           *(["--floor", str(floor)] if floor is not None else [])])
+    config = GuardConfig.from_args(args)
+    grid = {name: {a: [clean, 0.5, adv] for a in ("pgd", "uap", "ensemble_uap", "transfer")}
+            for name, clean, adv in (("fp32", 0.90, 0.30), ("w8a8", 0.89, 0.30), ("w4a4", 0.86, 0.40))}
+    grid["w8a8"]["uap"][-1] = 0.10  # the worst case decides
+    state = RunState(tmp_path, config.to_dict(), {})
+    state.stages["attack"] = {"artifacts": {}, "summary": {"grid": grid}}
+    (tmp_path / "candidates").mkdir()
+    (tmp_path / "candidates" / "w4a4.keras").write_bytes(b"model")
+    state.stages["quantize"] = {"artifacts": {"w4a4": "candidates/w4a4.keras"}, "summary": {}}
+    return Context(config, Data("d", None, None, None, None), state)
+
+
+@pytest.mark.parametrize("floor, chosen", [(None, "w4a4"), (0.895, None), (0.8, "w4a4")])
+def test_choose_is_algorithm_1_on_the_worst_case_accuracy(tmp_path, floor, chosen):
+    artifacts, summary = choose_stage(_choose_context(tmp_path, floor))
+    assert summary["chosen"] == chosen
+    assert summary["floor"] == pytest.approx(0.85 if floor is None else floor)
+    assert [r["adversarial"] for r in summary["rows"]] == [0.10, 0.40]
+    if chosen:
+        assert (tmp_path / artifacts["model"]).read_bytes() == b"model"
+    else:
+        assert artifacts == {}

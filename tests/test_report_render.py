@@ -1,0 +1,90 @@
+"""The HTML report of an ``evaluate`` run renders in headless Chromium: a non-blank
+screenshot, and every plot an image the browser decoded (not a broken link)."""
+
+import io
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import keras_qrobust as kq
+from keras_qrobust import cli
+
+# on window load, write each <img>'s decoded size into a <pre> that --dump-dom prints
+PROBE = ("<script>window.addEventListener('load', function () {"
+         "var sizes = Array.prototype.map.call(document.images, function (i) {"
+         "return [i.complete, i.naturalWidth, i.naturalHeight]; });"
+         "var out = document.createElement('pre'); out.id = 'kq-image-sizes';"
+         "out.textContent = JSON.stringify(sizes); document.body.appendChild(out); });</script>")
+
+
+def chromium() -> str:
+    candidates = [os.environ.get("KQ_CHROMIUM"), "/usr/bin/chromium", shutil.which("chromium"),
+                  shutil.which("chromium-browser")]
+    for candidate in candidates:
+        if candidate and Path(candidate).is_file() and os.access(candidate, os.X_OK):
+            return candidate
+    message = "no Chromium executable (set KQ_CHROMIUM or install chromium)"
+    if os.environ.get("CI"):
+        pytest.fail(message + "; CI must have it (run.sh installs it)")
+    pytest.skip(message)
+
+
+def run_chromium(executable: str, profile: Path, *args: str) -> subprocess.CompletedProcess:
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={profile}"]
+    return subprocess.run([executable, *flags, *args], capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def evaluate_report(tiny_case, tmp_path_factory):
+    """An evaluate run over the tiny model at w8a8 and w4a4 (so the bits plots are drawn)."""
+    model_path, data_path = tiny_case
+    folder = tmp_path_factory.mktemp("render")
+    model = kq.keras.models.load_model(model_path, compile=False)
+    samples = np.load(data_path)["x_train"][:128]
+    paths = []
+    for setting in ("w8a8", "w4a4"):
+        path = folder / f"{setting}.keras"
+        kq.RobustQuantizer.from_setting(setting).quantize(model, samples).save(path)
+        paths += ["--model", str(path)]
+    out = folder / "report"
+    assert cli.main(["evaluate", *paths, "--dataset", str(data_path), "--attacks", "fgsm,uap", "--eps", "0,0.05,0.1",
+                     "--test-samples", "60", "--out", str(out)]) == 0
+    return out
+
+
+def test_the_report_screenshot_is_not_blank(evaluate_report, tmp_path):
+    from PIL import Image
+
+    executable = chromium()
+    shot = tmp_path / "shot.png"
+    result = run_chromium(executable, tmp_path / "profile", f"--screenshot={shot}", "--window-size=1200,1600",
+                          "--hide-scrollbars", (evaluate_report / "report.html").as_uri())
+    assert shot.is_file(), result.stderr[-2000:]
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    pixels = np.asarray(Image.open(io.BytesIO(shot.read_bytes())).convert("L"), dtype=np.float32)
+    assert pixels.shape == (1600, 1200)
+    assert pixels.std() > 5.0 and (pixels < 128).mean() > 0.005  # text and plots, not one flat colour
+
+
+def test_every_plot_decodes_in_the_browser(evaluate_report, tmp_path):
+    executable = chromium()
+    html = (evaluate_report / "report.html").read_text()
+    probed = tmp_path / "probed.html"
+    probed.write_text(html.replace("</body>", PROBE + "</body>"))
+    result = run_chromium(executable, tmp_path / "profile", "--dump-dom", "--virtual-time-budget=5000",
+                          probed.as_uri())
+    found = re.search(r'<pre id="kq-image-sizes">(.*?)</pre>', result.stdout, re.S)
+    assert found, f"the probe did not run: {result.stdout[-500:]} {result.stderr[-1500:]}"
+    sizes = json.loads(found.group(1))
+    plots = sorted((evaluate_report / "plots").glob("*.png"))
+    assert len(sizes) == html.count("<img ") == len(plots) >= 3
+    for complete, width, height in sizes:
+        assert complete and width > 100 and height > 100
