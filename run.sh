@@ -1,16 +1,17 @@
 #!/usr/bin/env bash
 # One entry point that sets up everything keras_qrobust needs (once) and runs a job.
 #
-#   ./run.sh demo [ARGS]         train cnn_small on Fashion-MNIST, quantize it at several
-#                                wXaY settings, print the accuracy table
+#   ./run.sh demo [ARGS]         the main job on the embedded default: keras-qrobust guard --quick
+#                                (adversarially train cnn_small on Fashion-MNIST, quantize, attack,
+#                                choose, export to int8 TFLite, re-measure, report in results/guard)
 #   ./run.sh test [PYTEST ARGS]  run the test suite (it also builds the docs site, strict)
 #   ./run.sh bench NAME [ARGS]   run benchmarks/NAME.py (writes JSON + Markdown results)
 #   ./run.sh setup               only set up
 #
 # Set-up: the Debian package dataset-fashion-mnist (unless KERAS_QROBUST_DATA points at the
-# IDX files), for the tests also Debian's chromium (the report is rendered headless), a Python 3.11 virtual environment in .venv (KQ_VENV to move it) with the
-# package, its extras and the pinned stack of constraints.txt. It is skipped when nothing
-# it depends on changed.
+# IDX files), for the tests also Debian's chromium (the report is rendered headless), and a
+# Python 3.11 virtual environment in .venv (KQ_VENV to move it) with the package, its extras
+# and the pinned stack of constraints.txt; skipped when nothing it depends on changed.
 set -euo pipefail
 cd "$(dirname "$0")"
 ROOT=$(pwd)
@@ -87,7 +88,7 @@ command=${1:-}
 [ $# -gt 0 ] && shift
 case "$command" in
   setup) setup ;;
-  demo)  setup; exec "$VENV/bin/keras-qrobust" quantize "$@" ;;
+  demo)  setup; exec "$VENV/bin/keras-qrobust" guard --quick "$@" ;;
   test)  setup; install_chromium; exec "$VENV/bin/python" -m pytest "$@" ;;
   bench)
     [ $# -ge 1 ] || { say "usage: ./run.sh bench NAME [ARGS]  (NAME: $(ls benchmarks/*.py | xargs -n1 basename | sed 's/\.py$//' | grep -v '^_' | tr '\n' ' '))"; exit 2; }
