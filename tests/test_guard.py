@@ -22,7 +22,8 @@ REPORTS = ("report.json", "report.md", "report.html")
 
 def guard_args(model, data, out, *extra):
     return ["guard", "--model", str(model), "--dataset", str(data), "--epochs", "1", "--surrogate-epochs", "1",
-            "--train-samples", "200", "--test-samples", "50", "--pgd-steps", "3", "--uap-samples", "64",
+            "--train-samples", "200", "--test-samples", "40", "--pgd-steps", "3", "--uap-samples", "64",
+            "--train-attack", "fgsm_rs",
             "--candidates", "w8a8,w4a4", "--seed", "3", "--out", str(out), *extra]
 
 
@@ -148,3 +149,17 @@ def test_choose_is_algorithm_1_on_the_worst_case_accuracy(tmp_path, floor, chose
         assert (tmp_path / artifacts["model"]).read_bytes() == b"model"
     else:
         assert artifacts == {}
+
+
+def test_a_finished_run_without_a_candidate_above_the_floor_exits_1(tiny_case, tmp_path, capsys):
+    from keras_qrobust.guard.pipeline import _inputs
+
+    model, data = tiny_case
+    args = guard_args(model, data, tmp_path / "out", "--floor", "0.99")
+    config = GuardConfig.from_args(cli._build_parser().parse_args(args))
+    state = RunState(tmp_path / "out", config.to_dict(), _inputs(config))
+    (tmp_path / "out").mkdir()
+    state.finish("choose", {}, {"chosen": None, "floor": 0.99, "rows": []})
+    state.finish("report", {}, {})
+    assert cli.main(args) == 1
+    assert "no candidate has clean accuracy above the floor 99.00%" in capsys.readouterr().out

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Callable
 
 from .attacking import attack_stage
-from .config import GuardConfig
+from .config import GuardConfig, GuardInputError
 from .context import Context, say
 from .inputs import check_data_fits, fingerprint, load_data, load_model_file
 from .reporting import report_stage
@@ -38,6 +38,21 @@ KILL_AFTER_ENV = "KERAS_QROBUST_GUARD_KILL_AFTER"
 def _inputs(config: GuardConfig) -> dict:
     dataset_file = config.dataset if config.dataset.lower().endswith(".npz") else None
     return {"model_sha256": fingerprint(config.model), "dataset_sha256": fingerprint(dataset_file)}
+
+
+def _check_target(config: GuardConfig, model) -> None:
+    """Akida: its packages are installed and the model has a shape cnn2snn takes (before any work)."""
+    if config.target != "akida":
+        return
+    from ..export.akida import _import_akida, check_akida_compatible
+
+    try:
+        _import_akida()
+    except ImportError as error:
+        raise GuardInputError(f"--target akida: {error}") from None
+    reasons = check_akida_compatible(model) if model is not None else []
+    if reasons:
+        raise GuardInputError(f"--target akida: --model cannot be exported to Akida: {'; '.join(reasons)}")
 
 
 def _finished_message(state: RunState) -> int:
@@ -70,6 +85,7 @@ def run(config: GuardConfig, out: str | os.PathLike) -> int:
     model = load_model_file(config.model) if config.model else None
     data = load_data(config.dataset, config.train_samples, config.test_samples)
     check_data_fits(data, model)
+    _check_target(config, model)
     resumed = state is not None
     if state is None:
         folder.mkdir(parents=True, exist_ok=True)
