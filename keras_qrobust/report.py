@@ -218,11 +218,14 @@ class RobustnessReport:
         if len(names) >= 2:
             attack = self.critical["attack"] if self.critical else self.attacks[0]
             fig, ax = plt.subplots(figsize=(5.5, 3.6))
+            criticals = [i for i, e in enumerate(self.eps) if self.critical is not None
+                         and math.isclose(e, self.critical["eps"])]
+            labelled = _legend_indices(len(self.eps), criticals)
             for i, e in enumerate(self.eps):
-                critical = self.critical is not None and math.isclose(e, self.critical["eps"])
+                critical = i in criticals
+                label = f"ε = {e:g}" + (" (critical)" if critical else "") if i in labelled else None
                 ax.plot([self.bits[n] for n in names], [100 * self.accuracy[n][attack][i] for n in names],
-                        marker="o", linewidth=3 if critical else 1, label=f"ε = {e:g}" + (" (critical)" if critical
-                                                                                          else ""))
+                        marker="o", linewidth=3 if critical else 1, label=label)
             ax.set(title=f"{attack}: accuracy vs weight bits", xlabel="weight bits", ylabel="accuracy %")
             ax.legend(fontsize=7)
             figures["Accuracy vs weight bits (Gorsline 2021, Fig. 3)"] = png(fig)
@@ -303,6 +306,14 @@ class RobustnessReport:
         for kind, text in outputs.items():
             paths[kind] = write_text(folder / f"report.{kind}", text, overwrite=overwrite)
         return paths
+
+
+def _legend_indices(count: int, keep=(), most: int = 12) -> set[int]:
+    """The curves named in a legend: all of ``count`` when they fit in ``most``, else about
+    ``most`` evenly spaced ones (first and last included) and always those in ``keep``."""
+    if count <= most:
+        return set(range(count))
+    return {int(round(i)) for i in np.linspace(0, count - 1, most)} | set(keep)
 
 
 def _markdown_tables_to_html(markdown: str) -> str:

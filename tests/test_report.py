@@ -81,3 +81,17 @@ def test_evaluate_rejects_bad_input(trained_cnn, fashion_slice):
         kq.evaluate(trained_cnn, (x, y[:5]), verbose=0)
     with pytest.raises(ValueError, match="empty"):
         kq.evaluate({}, (x, y), verbose=0)
+
+
+def test_a_long_eps_sweep_keeps_the_bits_legend_short_and_names_the_critical_strength():
+    from keras_qrobust.report import _legend_indices
+
+    assert _legend_indices(5) == {0, 1, 2, 3, 4}
+    labelled = _legend_indices(101, keep=[55])
+    assert {0, 100, 55} <= labelled and len(labelled) <= 13
+    eps = [round(0.005 * i, 3) for i in range(101)]
+    accuracy = {f"m w{b}": {"fgsm": [max(0.0, 0.9 - b * e) for e in eps]} for b in (1, 4, 8)}
+    report = RobustnessReport.build(accuracy=accuracy, eps=eps, attacks=["fgsm"],
+                                    provenance={"attacks": {"fgsm": "FGSM"}, "eps": eps, "samples": 10, "seed": 0},
+                                    bits={"m w1": 1, "m w4": 4, "m w8": 8})
+    assert "Accuracy vs weight bits (Gorsline 2021, Fig. 3)" in report.figures()

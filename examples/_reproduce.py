@@ -1,0 +1,145 @@
+"""Shared pieces of the paper reproductions (examples/reproduce_*.py).
+
+Each script parses ``--quick``/``--seed``, writes into ``examples/results/<paper>/`` and prints
+its runtime; the models come from ``benchmarks/_common`` (the cached trained models).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+ROOT = Path(__file__).resolve().parents[1]
+for _path in (ROOT, ROOT / "benchmarks"):
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
+
+import keras_qrobust as kq  # noqa: E402
+from keras_qrobust._io import write_json, write_text  # noqa: E402
+
+RESULTS = ROOT / "examples" / "results"
+
+
+def parse_args(description: str, argv: Optional[Sequence[str]] = None, **extra) -> argparse.Namespace:
+    """``--quick`` (small slices, a smoke run), ``--seed`` and ``--out`` (results folder).
+
+    ``extra``: more options as ``name=(type, default, help)``.
+    """
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--quick", action="store_true", help="small slices and few epochs (a smoke run)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of training, sampling and attacks")
+    parser.add_argument("--out", type=Path, default=None, help="results folder (default examples/results/<paper>)")
+    parser.add_argument("--replot", action="store_true",
+                        help="only re-render report.md/.html from the report.json files of an earlier run")
+    for name, (kind, default, text) in extra.items():
+        parser.add_argument(f"--{name.replace('_', '-')}", type=kind, default=default, help=text)
+    return parser.parse_args(argv)
+
+
+def results_dir(paper: str, args: argparse.Namespace) -> Path:
+    """``args.out`` or ``examples/results/<paper>`` (``<paper>_quick`` for a quick run)."""
+    folder = args.out or RESULTS / (f"{paper}_quick" if args.quick else paper)
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+class Clock:
+    """Wall time since construction, for the runtime line every script prints."""
+
+    def __init__(self):
+        self.start = time.perf_counter()
+
+    @property
+    def seconds(self) -> float:
+        return time.perf_counter() - self.start
+
+    def line(self, script: str, quick: bool) -> str:
+        return f"{script}{' --quick' if quick else ''}: runtime {self.seconds:.0f} s ({self.seconds / 60:.1f} min) " \
+               f"on {os.cpu_count()} CPUs"
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def write_outputs(folder: Path, name: str, data: dict, markdown: str) -> None:
+    """``folder/name.json`` and ``folder/name.md``; prints the Markdown."""
+    write_json(folder / f"{name}.json", data)
+    write_text(folder / f"{name}.md", markdown)
+    print(markdown)
+    log(f"wrote {folder / name}.json and .md")
+
+
+def save_report(report, folder: Path) -> None:
+    """``report.{json,md,html}`` of a RobustnessReport into ``folder`` (replacing older ones)."""
+    report.save(folder, overwrite=True)
+    log(f"wrote {folder}/report.json, report.md, report.html")
+
+
+def replot(folder: Path) -> None:
+    """Re-render every ``report.json`` under ``folder`` (Markdown and HTML; the numbers are the run's)."""
+    for path in sorted(folder.rglob("report.json")):
+        save_report(kq.report.RobustnessReport.load(path), path.parent)
+
+
+def fashion_mnist(quick: bool, train: int, test: int, quick_train: int = 2000, quick_test: int = 300):
+    """``(x_train, y_train), (x_test, y_test)``: the first ``train``/``test`` images (or the quick sizes)."""
+    x_train, y_train = kq.datasets.load("fashion_mnist", "train")
+    x_test, y_test = kq.datasets.load("fashion_mnist", "test")
+    n_train, n_test = (quick_train, quick_test) if quick else (train, test)
+    return (x_train[:n_train], y_train[:n_train]), (x_test[:n_test], y_test[:n_test])
+
+
+def robust_or_quick_model(quick: bool, seed: int):
+    """The shared PGD-AT cnn_small (``benchmarks/_common.robust_model``), only if it is cached;
+    in ``--quick`` mode a 1-epoch FGSM-RS cnn_small instead. Returns ``(model, description)``."""
+    import _common
+
+    if quick:
+        model, _ = _common.trained_model("cnn_small", 1, seed, adversarial={"attack": "fgsm_rs", "eps": 0.1})
+        return model, "FGSM-RS (ε = 0.1) cnn_small, 1 epoch (quick stand-in for the PGD-AT model)"
+    model, info = _common.robust_model(seed, cached_only=True)
+    if model is None:
+        raise SystemExit(f"the shared PGD-AT model is not cached yet "
+                         f"({_common.model_path(seed=seed, **_common.ROBUST_RECIPE)}); run again once it exists "
+                         "(or use --quick)")
+    return model, info["training"]
+
+
+def natural_model(quick: bool, seed: int):
+    """The standard-trained cnn_small (8 epochs; 1 in ``--quick`` mode) from the benchmark cache."""
+    import _common
+
+    epochs = 1 if quick else 8
+    model, _ = _common.trained_model("cnn_small", epochs, seed)
+    return model, f"cnn_small, standard training, {epochs} epoch{'s' if epochs > 1 else ''}"
+
+
+def pct(value: float) -> str:
+    return f"{100 * value:.2f}"
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence]) -> list[str]:
+    """A Markdown table as lines."""
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + [
+        "| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+
+
+def to_jsonable(value):
+    """numpy scalars and arrays as plain Python (for JSON)."""
+    if isinstance(value, dict):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
