@@ -17,8 +17,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 DEFAULT_SETTINGS = "w8a8,w6a6,w4a4,w3a3,w2a2,w3"
 DEFAULT_GUARD_OUT = "results/guard"
-EVALUATE_ATTACKS = ("fgsm", "pgd", "bim", "mim", "uap", "gaussian", "uniform")  # kq.evaluate.EVALUATE_ATTACKS
-TARGETS = ("tflite-int8", "onnx", "akida")  # kq.guard.TARGETS
+# copies of kq.evaluate.EVALUATE_ATTACKS and kq.guard.TARGETS (a test keeps them equal), so that
+# parsing the arguments and --help do not load TensorFlow
+EVALUATE_ATTACKS = ("fgsm", "pgd", "bim", "mim", "uap", "gaussian", "uniform")
+TARGETS = ("tflite-int8", "onnx", "akida")
 
 
 class UsageError(ValueError):
@@ -334,7 +336,7 @@ def _evaluate(args) -> int:
         raise UsageError(f"--eps {args.eps} must be ascending, e.g. --eps 0,0.05,0.1")
     folder = _new_folder(args.out)
     models = {Path(p).stem: load_model_file(p) for p in args.model}
-    data = _test_data(args, next(iter(models.values())))
+    data = _test_data(args)
     for model in models.values():
         _test_data_fits(data, model)
     report = evaluate(models, (data.x_test, data.y_test), attacks=attacks, eps=eps, pgd_steps=args.pgd_steps,
