@@ -1,7 +1,7 @@
 """The guard pipeline: check every input, then run the stages in order, checkpointing each.
 
 ``run(config, out)`` returns the exit code: 0 done, 1 a stage failed or no candidate is
-above the floor; bad input raises :class:`GuardInputError` (exit 2) before anything is
+above the floor, 130 interrupted (Ctrl-C); bad input raises :class:`GuardInputError` (exit 2) before anything is
 written. A rerun of the same command resumes after the last finished stage.
 """
 
@@ -110,6 +110,10 @@ def run(config: GuardConfig, out: str | os.PathLike) -> int:
         start = time.perf_counter()
         try:
             artifacts, summary = stage(ctx)
+        except KeyboardInterrupt:
+            state.log("interrupted", stage=name)
+            say(f"interrupted in stage {name}; rerun the same command to resume from this stage")
+            return 130
         except Exception as error:  # noqa: BLE001 - any stage failure ends the run with exit 1
             state.log("failed", stage=name, error=f"{type(error).__name__}: {error}",
                       traceback=traceback.format_exc())
