@@ -11,6 +11,9 @@ from __future__ import annotations
 import os
 
 os.environ["TF_USE_LEGACY_KERAS"] = "1"
+# hide TensorFlow's start-up INFO lines (oneDNN, CPU features), which would bury the CLI's
+# one-line errors; TF_CPP_MIN_LOG_LEVEL=0 shows them again
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 
 import tensorflow as tf  # noqa: E402
 import tf_keras as keras  # noqa: E402

@@ -8,19 +8,15 @@ is written. See docs/guard.md.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from .evaluate import EVALUATE_ATTACKS
+from .guard.config import TARGETS
 
 DEFAULT_SETTINGS = "w8a8,w6a6,w4a4,w3a3,w2a2,w3"
 DEFAULT_GUARD_OUT = "results/guard"
-# copies of kq.evaluate.EVALUATE_ATTACKS and kq.guard.TARGETS (a test keeps them equal), so that
-# parsing the arguments and --help do not load TensorFlow
-EVALUATE_ATTACKS = ("fgsm", "pgd", "bim", "mim", "uap", "gaussian", "uniform")
-TARGETS = ("tflite-int8", "onnx", "akida")
 
 
 class UsageError(ValueError):
@@ -358,13 +354,12 @@ def _test_data_fits(data, model) -> None:
 def _export(args) -> int:
     from . import export, metrics
     from ._io import check_new_file
-    from .guard.config import TARGETS as EXTENSIONS
     from .guard.inputs import load_data, load_model_file
 
-    if args.target not in EXTENSIONS:
-        raise UsageError(f"unknown --target {args.target!r}; choose one of {', '.join(EXTENSIONS)}")
+    if args.target not in TARGETS:
+        raise UsageError(f"unknown --target {args.target!r}; choose one of {', '.join(TARGETS)}")
     try:
-        output = check_new_file(args.output, EXTENSIONS[args.target], args.overwrite, f"--target {args.target}")
+        output = check_new_file(args.output, TARGETS[args.target], args.overwrite, f"--target {args.target}")
     except ValueError as error:
         raise UsageError(f"--output {error}") from None
     model = load_model_file(args.model)

@@ -46,14 +46,6 @@ def test_help_of_every_subcommand(command, capsys):
     assert f"usage: keras-qrobust {command}" in capsys.readouterr().out
 
 
-def test_the_cli_names_match_the_package():
-    from keras_qrobust.evaluate import EVALUATE_ATTACKS
-    from keras_qrobust.guard import TARGETS
-
-    assert cli.EVALUATE_ATTACKS == EVALUATE_ATTACKS
-    assert cli.TARGETS == tuple(TARGETS)
-
-
 def test_help_of_the_program_lists_every_subcommand(capsys):
     assert cli.main(["--help"]) == 0
     out = capsys.readouterr().out
