@@ -318,6 +318,14 @@ def _new_folder(path: str) -> Path:
     return folder
 
 
+def _save_report(report, folder: Path) -> None:
+    """report.{json,md,html} and plots/*.png in ``folder`` (the plots drawn once)."""
+    figures = report.figures()
+    paths = report.save(folder, figures=figures)
+    report.save_plots(folder / "plots", figures=figures)
+    _log(f"report written to {paths['html']}")
+
+
 def _evaluate(args) -> int:
     from .evaluate import evaluate
     from .guard.inputs import load_model_file
@@ -338,10 +346,8 @@ def _evaluate(args) -> int:
     report = evaluate(models, (data.x_test, data.y_test), attacks=attacks, eps=eps, pgd_steps=args.pgd_steps,
                       seed=args.seed)
     report.provenance.pop("seconds", None)  # keep the report deterministic
-    paths = report.save(folder)
-    report.save_plots(folder / "plots")
+    _save_report(report, folder)
     print(report.to_markdown())
-    _log(f"report written to {paths['html']}")
     return 0
 
 
@@ -398,9 +404,7 @@ def _report(args) -> int:
     folder = _new_folder(args.out) if args.out else None
     print(report.to_markdown())
     if folder is not None:
-        paths = report.save(folder)
-        report.save_plots(folder / "plots")
-        _log(f"report written to {paths['html']}")
+        _save_report(report, folder)
     return 0
 
 

@@ -271,10 +271,11 @@ class RobustnessReport:
         ax.legend(fontsize=6)
         return png(fig)
 
-    def to_html(self) -> str:
-        """One self-contained page: tables, provenance, warnings and the plots as data URIs."""
+    def to_html(self, figures: Optional[dict] = None) -> str:
+        """One self-contained page: tables, provenance, warnings and the plots as data URIs
+        (``figures``: the output of :meth:`figures`, when already drawn)."""
         sections = []
-        for title, data in self.figures().items():
+        for title, data in (self.figures() if figures is None else figures).items():
             uri = "data:image/png;base64," + base64.b64encode(data).decode()
             sections.append(f'<figure><img alt="{html.escape(title)}" src="{uri}"><figcaption>{html.escape(title)}'
                             "</figcaption></figure>")
@@ -284,24 +285,24 @@ class RobustnessReport:
                 "td,th{border:1px solid #ccc;padding:3px 8px}figure{display:inline-block;margin:8px}</style>"
                 f"</head><body>{body}<h2>Plots</h2>{''.join(sections)}</body></html>\n")
 
-    def save_plots(self, folder, overwrite: bool = False) -> list[Path]:
+    def save_plots(self, folder, overwrite: bool = False, figures: Optional[dict] = None) -> list[Path]:
         """Write every plot of :meth:`figures` as ``folder/<title>.png`` (atomically)."""
         import re
 
         folder = Path(folder)
         paths = []
-        for title, data in self.figures().items():
+        for title, data in (self.figures() if figures is None else figures).items():
             name = re.sub(r"[^a-z0-9]+", "_", title.lower()).strip("_") + ".png"
             with atomic_path(folder / name, overwrite=overwrite) as temporary:
                 temporary.write_bytes(data)
             paths.append(folder / name)
         return paths
 
-    def save(self, folder, overwrite: bool = False) -> dict[str, Path]:
+    def save(self, folder, overwrite: bool = False, figures: Optional[dict] = None) -> dict[str, Path]:
         """Write ``report.json``, ``report.md`` and ``report.html`` into ``folder`` (atomically)."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        outputs = {"json": self.to_json(), "md": self.to_markdown(), "html": self.to_html()}
+        outputs = {"json": self.to_json(), "md": self.to_markdown(), "html": self.to_html(figures)}
         paths = {}
         for kind, text in outputs.items():
             paths[kind] = write_text(folder / f"report.{kind}", text, overwrite=overwrite)

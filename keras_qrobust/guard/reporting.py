@@ -112,8 +112,9 @@ def build_report(ctx: Context) -> RobustnessReport:
 
 def report_stage(ctx: Context) -> tuple[dict, dict]:
     report = build_report(ctx)
-    paths = report.save(ctx.folder, overwrite=True)
-    plots = report.save_plots(ctx.folder / "plots", overwrite=True)
+    figures = report.figures()  # drawn once for the HTML and the PNG files
+    paths = report.save(ctx.folder, overwrite=True, figures=figures)
+    plots = report.save_plots(ctx.folder / "plots", overwrite=True, figures=figures)
     artifacts = {kind: path.name for kind, path in paths.items()}
     artifacts.update({f"plot {i}": f"plots/{p.name}" for i, p in enumerate(plots)})
     return artifacts, {"suspect": report.suspect}
