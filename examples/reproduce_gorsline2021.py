@@ -21,7 +21,7 @@ straight-through surrogate), which is also the gradient FGSM follows on the step
 the bound of eq. 14 (an ℓ2 model) is evaluated at the ℓ2 size of the FGSM step, ``ε·√n``
 (the paper's own conversion: critical ε 0.01 ↔ ℓ2 0.28 on MNIST, 0.125 ↔ 0.18 on spirals).
 
-    nice -n 10 .venv/bin/python examples/reproduce_gorsline2021.py [--quick] [--seed 0] [--repeats 1]
+    .venv/bin/python examples/reproduce_gorsline2021.py [--quick] [--seed 0] [--repeats 1]
 """
 
 from __future__ import annotations

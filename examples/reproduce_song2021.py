@@ -16,7 +16,7 @@ of 3, 4 and 5 bits per weight (equal model size):
 Weights only (activations stay float), so the comparison is about the weight allocation;
 clean, FGSM and PGD-20 (white-box, L∞) accuracy on the first test images.
 
-    nice -n 10 .venv/bin/python examples/reproduce_song2021.py [--quick] [--seed 0]
+    .venv/bin/python examples/reproduce_song2021.py [--quick] [--seed 0]
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ is scored under the same UAPs (direct, indirect, ensemble) and under PGD-20.
 Expected (the paper): natural quantized models stay vulnerable to UAPs at every precision,
 and PTQ of the robust model preserves its UAP and PGD accuracy (≥ 6 bits within a point).
 
-    nice -n 10 .venv/bin/python examples/reproduce_zhou2022.py [--quick] [--seed 0] [--part natural|robust|all]
+    .venv/bin/python examples/reproduce_zhou2022.py [--quick] [--seed 0] [--part natural|robust|all]
 """
 
 from __future__ import annotations
