@@ -60,3 +60,12 @@ def tiny_case(tmp_path_factory, fashion_slice):
     kq.training.train_classifier(model, x[:300], y[:300], epochs=10, batch_size=32, seed=0)
     model.save(folder / "tiny.keras")
     return folder / "tiny.keras", folder / "data.npz"
+
+
+@pytest.fixture(scope="session")
+def guard_runs(tiny_case, tmp_path_factory):
+    """``keras-qrobust guard`` on the tiny case: killed after the quantize stage and resumed,
+    and an uninterrupted run with the same command and seed (tests/_guard_runs.py)."""
+    from _guard_runs import guard_runs as run
+
+    return run(tiny_case, tmp_path_factory.mktemp("guard"))

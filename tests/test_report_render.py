@@ -1,5 +1,6 @@
-"""The HTML report of an ``evaluate`` run renders in headless Chromium: a non-blank
-screenshot, and every plot an image the browser decoded (not a broken link)."""
+"""The HTML reports of a ``guard`` run (the main job's output) and of an ``evaluate`` run
+render in headless Chromium: a non-blank screenshot, and every plot an image the browser
+decoded (not a broken link)."""
 
 import io
 import json
@@ -60,13 +61,21 @@ def evaluate_report(tiny_case, tmp_path_factory):
     return out
 
 
-def test_the_report_screenshot_is_not_blank(evaluate_report, tmp_path):
+@pytest.fixture(params=["guard", "evaluate"])
+def report_folder(request):
+    """The output folder of a finished guard run, or of an evaluate run."""
+    if request.param == "guard":
+        return request.getfixturevalue("guard_runs")["straight"]
+    return request.getfixturevalue("evaluate_report")
+
+
+def test_the_report_screenshot_is_not_blank(report_folder, tmp_path):
     from PIL import Image
 
     executable = chromium()
     shot = tmp_path / "shot.png"
     result = run_chromium(executable, tmp_path / "profile", f"--screenshot={shot}", "--window-size=1200,1600",
-                          "--hide-scrollbars", (evaluate_report / "report.html").as_uri())
+                          "--hide-scrollbars", (report_folder / "report.html").as_uri())
     assert shot.is_file(), result.stderr[-2000:]
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     pixels = np.asarray(Image.open(io.BytesIO(shot.read_bytes())).convert("L"), dtype=np.float32)
@@ -74,9 +83,9 @@ def test_the_report_screenshot_is_not_blank(evaluate_report, tmp_path):
     assert pixels.std() > 5.0 and (pixels < 128).mean() > 0.005  # text and plots, not one flat colour
 
 
-def test_every_plot_decodes_in_the_browser(evaluate_report, tmp_path):
+def test_every_plot_decodes_in_the_browser(report_folder, tmp_path):
     executable = chromium()
-    html = (evaluate_report / "report.html").read_text()
+    html = (report_folder / "report.html").read_text()
     probed = tmp_path / "probed.html"
     probed.write_text(html.replace("</body>", PROBE + "</body>"))
     result = run_chromium(executable, tmp_path / "profile", "--dump-dom", "--virtual-time-budget=5000",
@@ -84,7 +93,7 @@ def test_every_plot_decodes_in_the_browser(evaluate_report, tmp_path):
     found = re.search(r'<pre id="kq-image-sizes">(.*?)</pre>', result.stdout, re.S)
     assert found, f"the probe did not run: {result.stdout[-500:]} {result.stderr[-1500:]}"
     sizes = json.loads(found.group(1))
-    plots = sorted((evaluate_report / "plots").glob("*.png"))
+    plots = sorted((report_folder / "plots").glob("*.png"))
     assert len(sizes) == html.count("<img ") == len(plots) >= 3
     for complete, width, height in sizes:
         assert complete and width > 100 and height > 100
