@@ -204,7 +204,9 @@ def test_deepfool_finds_the_exact_distance_on_a_linear_model(norm, classes, rng)
                          gap / np.linalg.norm(w, ord=dual, axis=2)).min(1)
     adv = deepfool(model, x, norm=norm, steps=1, overshoot=0.02, num_candidates=5, clip=None)
     assert (predict(model, adv) != y).all()
-    np.testing.assert_allclose(distance(adv, x, norm), 1.02 * (exact + 1e-4), rtol=1e-4)
+    # atol: the distance is a difference of float32 inputs in [0, 1], resolved to ~6e-8 (the
+    # float32 spacing at 0.5), so a distance of ~1e-4 cannot match to rtol 1e-4 alone
+    np.testing.assert_allclose(distance(adv, x, norm), 1.02 * (exact + 1e-4), rtol=1e-4, atol=2e-7)
 
 
 @pytest.mark.parametrize("norm, eps", [("2", 0.8), ("inf", 0.06)])

@@ -1,4 +1,5 @@
 import os
+import re
 import subprocess
 import sys
 
@@ -16,6 +17,19 @@ def test_legacy_keras_is_selected_before_tensorflow_loads():
     assert flag == "1" and ours == "tf_keras" and tfs.startswith("tf_keras")
 
 
+# an import statement of the keras or tf_keras package (not `from .._keras import keras`, not a
+# message that tells the user to `import tf_keras`)
+DIRECT_KERAS_IMPORT = re.compile(r"^\s*(import\s+(tf_keras|keras)\b|from\s+(tf_keras|keras)(\.\w+)*\s+import\b)", re.M)
+
+
+@pytest.mark.parametrize("line, direct", [
+    ("import keras", True), ("import tf_keras as keras", True), ("    from keras.layers import Dense", True),
+    ("from tf_keras import layers", True), ("from .._keras import keras", False),
+    ('hint = "`import tf_keras as keras`"', False), ("import keras_qrobust as kq", False)])
+def test_the_direct_import_pattern(line, direct):
+    assert bool(DIRECT_KERAS_IMPORT.search(line)) is direct
+
+
 def test_only_the_entry_module_imports_keras():
     root = os.path.dirname(kq.__file__)
     offenders = []
@@ -23,8 +37,8 @@ def test_only_the_entry_module_imports_keras():
         for name in files:
             if name.endswith(".py") and name != "_keras.py":
                 text = open(os.path.join(folder, name)).read()
-                if "import tf_keras" in text or "import keras\n" in text or "from keras " in text:
-                    offenders.append(name)
+                if DIRECT_KERAS_IMPORT.search(text):
+                    offenders.append(os.path.relpath(os.path.join(folder, name), root))
     assert offenders == []
 
 
