@@ -328,7 +328,7 @@ def _save_report(report, folder: Path) -> None:
 
 def _evaluate(args) -> int:
     from .evaluate import evaluate
-    from .guard.inputs import load_model_file
+    from .guard.inputs import check_data_fits, load_model_file
 
     attacks = [a.strip() for a in args.attacks.split(",") if a.strip()]
     unknown = [a for a in attacks if a not in EVALUATE_ATTACKS]
@@ -342,7 +342,7 @@ def _evaluate(args) -> int:
     models = {Path(p).stem: load_model_file(p) for p in args.model}
     data = _test_data(args)
     for model in models.values():
-        _test_data_fits(data, model)
+        check_data_fits(data, model)
     report = evaluate(models, (data.x_test, data.y_test), attacks=attacks, eps=eps, pgd_steps=args.pgd_steps,
                       seed=args.seed)
     report.provenance.pop("seconds", None)  # keep the report deterministic
@@ -351,16 +351,10 @@ def _evaluate(args) -> int:
     return 0
 
 
-def _test_data_fits(data, model) -> None:
-    from .guard.inputs import check_data_fits
-
-    check_data_fits(data, model)
-
-
 def _export(args) -> int:
     from . import export, metrics
     from ._io import check_new_file
-    from .guard.inputs import load_data, load_model_file
+    from .guard.inputs import check_data_fits, load_data, load_model_file
 
     if args.target not in TARGETS:
         raise UsageError(f"unknown --target {args.target!r}; choose one of {', '.join(TARGETS)}")
@@ -370,7 +364,7 @@ def _export(args) -> int:
         raise UsageError(f"--output {error}") from None
     model = load_model_file(args.model)
     data = load_data(args.dataset, train_samples=args.representative_samples, test_samples=args.test_samples)
-    _test_data_fits(data, model)
+    check_data_fits(data, model)
     if args.target == "tflite-int8":
         export.tflite(model, output, representative=data.x_train, overwrite=args.overwrite)
     elif args.target == "onnx":
