@@ -6,7 +6,9 @@ without dropout, 30 epochs, learning rate dropped 10x for the last quarter: the 
 (feedback learning on the standard model, DESIGN.md §3), each also (Q) = 3-bit weight-only
 PTQ (RobustQuantizer, per-axis symmetric), +mu = μ-law mapping of the last layer
 (``apply_mu_law(mode="map")``), (Q)+mu = 3-bit with μ-law companding of the last layer
-(``RobustQuantizer(3, None, mu_law_last=1)``) and, for Adv., the w4a4 PTQ copy.
+(``RobustQuantizer(3, None, mu_law_last=1)``) and, for Adv., the w4a4 PTQ copy; and the
+(Q) and w4a4 copies of Adv. fine-tuned by PGD-AT through their fake quantizers ("AT-ft",
+``_common.fine_tuned_copy``: the (Q) copy starts from σ_max-optimal clipping ratios per layer).
 
 Columns (L∞, ε = 0.1 unless stated): clean; CW-L2 (success counted at ‖δ‖₂ ≤ 1.0); FGSM
 weak (ε/2) and strong (ε); PGD-20; BIM-10; MIM-10 — white-box, then the same attacks
@@ -31,8 +33,10 @@ from _common import (
     CW_L2_BUDGET,
     ROBUST_EPS,
     ROBUST_RECIPE,
+    model_path,
     STRONG_SPSA,
     STRONG_SQUARE,
+    fine_tuned_copy,
     kq,
     log,
     machine,
@@ -46,6 +50,7 @@ from _common import (
 
 EPS = ROBUST_EPS
 TARGET_CLEAN, TARGET_PGD, TARGET_QUANT_GAP = 0.87, 0.75, 0.03
+FINE_TUNE_EPOCHS = 4
 WHITE_BOX = ("FGSM ε/2", "FGSM ε", "PGD-20", "BIM-10", "MIM-10")
 
 
@@ -73,6 +78,18 @@ def variants(name: str, model, x_cal, with_w4a4: bool) -> dict:
     if with_w4a4:
         rows[f"{name} w4a4"] = (kq.RobustQuantizer.from_setting("w4a4").quantize(model, x_cal), model)
     return rows  # name -> (model scored, its un-mapped float original for BPDA)
+
+
+FINE_TUNED = {"Adv. (Q) AT-ft": "w3", "Adv. w4a4 AT-ft": "w4a4"}
+
+
+def fine_tuned_rows(adv, x, y, x_cal, epochs: int, seed: int, cache_stem: str | None) -> tuple[dict, dict]:
+    """The Adv. (Q) and w4a4 copies after ``epochs`` of PGD-AT fine-tuning, and their training info."""
+    rows, info = {}, {}
+    for row_name, setting in FINE_TUNED.items():
+        rows[row_name], info[row_name] = fine_tuned_copy(adv, setting, x, y, x_cal, epochs, seed=seed,
+                                                         cache_stem=cache_stem)
+    return rows, info
 
 
 # ----------------------------------------------------------------------------- scoring
@@ -175,7 +192,7 @@ def checks(data) -> list[dict]:
            {"check": f"Adv. PGD-20 ≥ {100 * TARGET_PGD:.0f}% (first {data['images']} test images)",
             "value": f"{100 * adv['PGD-20']:.2f}%",
             "passed": adv["PGD-20"] >= TARGET_PGD}]
-    for copy in ("Adv. (Q)", "Adv. w4a4"):
+    for copy in ("Adv. (Q)", "Adv. w4a4", *FINE_TUNED):
         gap = adv["PGD-20"] - rows[copy]["PGD-20"]
         out.append({"check": f"{copy} PGD-20 within {100 * TARGET_QUANT_GAP:.0f} points of Adv.",
                     "value": f"{100 * rows[copy]['PGD-20']:.2f}% ({100 * gap:+.2f} below)",
@@ -226,6 +243,11 @@ def run(args: argparse.Namespace, command: str = "./run.sh bench defenses") -> t
                                    epochs=1 if args.quick else 5, examples=args.fl_examples)
     training["F.L."] = {**info, "seconds": round(fl_seconds, 1), "examples": args.fl_examples,
                         "from": "Orig.", "rounds": 2}
+    fine_x, fine_y = (x_fl[:2000], y_fl[:2000]) if args.quick else (x_train, y_train)
+    stem = None if args.quick else model_path(seed=args.seed, **ROBUST_RECIPE).stem
+    fine_tuned, fine_info = fine_tuned_rows(adv, fine_x, fine_y, x_cal, 1 if args.quick else FINE_TUNE_EPOCHS,
+                                            args.seed, stem)
+    training.update(fine_info)
     training_seconds = time.perf_counter() - train_start
     for name, info in training.items():
         log(f"{name}: {info}")
@@ -243,6 +265,11 @@ def run(args: argparse.Namespace, command: str = "./run.sh bench defenses") -> t
                                    mu=row_name.endswith("+mu"))
             rows[row_name] = row
             log(f"  {row_name}: clean {100 * row['clean']:.1f}%, PGD-20 {100 * row['PGD-20']:.1f}% ({seconds:.0f} s)")
+        if name == "Adv.":
+            for row_name, scored in fine_tuned.items():
+                rows[row_name], seconds = timed(score_row, scored, model, black_box, data_slices, args.seed, mu=False)
+                log(f"  {row_name}: clean {100 * rows[row_name]['clean']:.1f}%, "
+                    f"PGD-20 {100 * rows[row_name]['PGD-20']:.1f}% ({seconds:.0f} s)")
 
     adv_clean_all = kq.metrics.accuracy(adv, x_test, y_test)
     data = {"benchmark": "defenses", "command": command + (" --quick" if args.quick else ""),

@@ -28,21 +28,24 @@ class ClipConstraint(keras.constraints.Constraint):
 
 
 def cnn_small(input_shape: Sequence[int] = (28, 28, 1), num_classes: int = 10, dropout: float = 0.25,
-              name: str = "cnn_small"):
+              width: int = 1, name: str = "cnn_small"):
     """Two 3x3 convolutions with max pooling, a 128-unit dense layer and a logits layer.
 
-    225,034 parameters for 28x28x1 inputs and 10 classes.
+    225,034 parameters for 28x28x1 inputs and 10 classes. ``width`` multiplies the filters
+    and dense units (32·w, 64·w, 128·w): adversarial training needs capacity (Madry 2018, §4).
     """
+    if isinstance(width, bool) or not (isinstance(width, int) and width >= 1):
+        raise ValueError(f"width must be a positive integer, got {width!r}")
     return keras.Sequential(
         [
             keras.Input(tuple(input_shape)),
-            layers.Conv2D(32, 3, activation="relu", name="conv1"),
+            layers.Conv2D(32 * width, 3, activation="relu", name="conv1"),
             layers.MaxPooling2D(name="pool1"),
-            layers.Conv2D(64, 3, activation="relu", name="conv2"),
+            layers.Conv2D(64 * width, 3, activation="relu", name="conv2"),
             layers.MaxPooling2D(name="pool2"),
             layers.Flatten(name="flatten"),
             layers.Dropout(dropout, name="dropout"),
-            layers.Dense(128, activation="relu", name="fc1"),
+            layers.Dense(128 * width, activation="relu", name="fc1"),
             layers.Dense(num_classes, name="logits"),
         ],
         name=name,
