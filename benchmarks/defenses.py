@@ -33,13 +33,13 @@ from _common import (
     CW_L2_BUDGET,
     ROBUST_EPS,
     ROBUST_RECIPE,
-    model_path,
     STRONG_SPSA,
     STRONG_SQUARE,
     fine_tuned_copy,
     kq,
     log,
     machine,
+    model_path,
     publish,
     robust_model,
     targets_table,
@@ -195,7 +195,8 @@ def checks(data) -> list[dict]:
     for copy in ("Adv. (Q)", "Adv. w4a4", *FINE_TUNED):
         gap = adv["PGD-20"] - rows[copy]["PGD-20"]
         out.append({"check": f"{copy} PGD-20 within {100 * TARGET_QUANT_GAP:.0f} points of Adv.",
-                    "value": f"{100 * rows[copy]['PGD-20']:.2f}% ({100 * abs(gap):.2f} {'below' if gap >= 0 else 'above'})",
+                    "value": f"{100 * rows[copy]['PGD-20']:.2f}% "
+                             f"({100 * abs(gap):.2f} {'below' if gap >= 0 else 'above'})",
                     "passed": gap <= TARGET_QUANT_GAP})
     suspects = [n for n, r in rows.items() if r.get("masking", {}).get("suspect")]
     out.append({"check": "+mu rows whose gradient attacks are beaten by SPSA/Square/transfer/BPDA "

@@ -10,7 +10,8 @@ def test_cnn_small_width_multiplies_filters_and_units(width):
             for n in ("conv1", "conv2", "fc1")] == [32 * width, 64 * width, 128 * width]
     # conv1 + conv2 + fc1 (5x5x64w inputs) + logits, in closed form
     w = width
-    assert model.count_params() == 10 * 32 * w + (9 * 32 * w + 1) * 64 * w + (1600 * w + 1) * 128 * w + (128 * w + 1) * 10
+    expected = 10 * 32 * w + (9 * 32 * w + 1) * 64 * w + (1600 * w + 1) * 128 * w + (128 * w + 1) * 10
+    assert model.count_params() == expected
     assert model.output_shape == (None, 10)
 
 
