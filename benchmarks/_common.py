@@ -71,6 +71,22 @@ def model_path(name: str, epochs: int, seed: int = 0, dataset: str = "fashion_mn
     return CACHE / f"{dataset}_{name}_e{epochs}_s{seed}{tag}.keras"
 
 
+def lr_drop_schedule(epochs: int, drop_epochs: int, learning_rate: float = 1e-3):
+    """``(callback, drop_at)``: ``learning_rate``, then 10x lower for the last ``drop_epochs``
+    epochs (from epoch index ``drop_at``)."""
+    drop_at = epochs - drop_epochs
+    callback = kq.keras.callbacks.LearningRateScheduler(
+        lambda epoch: learning_rate if epoch < drop_at else learning_rate / 10)
+    return callback, drop_at
+
+
+def save_cached(model, path: Path) -> None:
+    """Save ``model`` at ``path`` in benchmarks/.cache (written to a temp file, then renamed)."""
+    CACHE.mkdir(exist_ok=True)
+    with kq._io.atomic_path(path, overwrite=True) as tmp:
+        model.save(tmp)
+
+
 def trained_model(name: str, epochs: int, seed: int = 0, dataset: str = "fashion_mnist",
                   adversarial: dict | None = None, lr_drop: bool = False, model_kwargs: dict | None = None):
     """A zoo model trained on the full training split (cached in benchmarks/.cache).
@@ -92,13 +108,11 @@ def trained_model(name: str, epochs: int, seed: int = 0, dataset: str = "fashion
     # an interrupted run resumes from its last finished epoch (weights, optimizer, epoch)
     callbacks = [kq.keras.callbacks.BackupAndRestore(str(CACHE / f"{path.stem}.backup"))]
     if lr_drop:
-        drop_at = epochs - max(1, epochs // 4)
-        callbacks.append(kq.keras.callbacks.LearningRateScheduler(lambda epoch: 1e-3 if epoch < drop_at else 1e-4))
+        callbacks.append(lr_drop_schedule(epochs, max(1, epochs // 4))[0])
     kq.training.train_classifier(trainer, x, y, epochs=epochs, batch_size=128, seed=seed, callbacks=callbacks,
                                  verbose=2 if adversarial else 0)
     seconds = time.perf_counter() - start
-    with kq._io.atomic_path(path, overwrite=True) as tmp:
-        model.save(tmp)
+    save_cached(model, path)
     return model, {"train_seconds": round(seconds, 1)}
 
 
@@ -122,7 +136,7 @@ def robust_model(seed: int = 0, cached_only: bool = False):
 
 # Adversarial fine-tuning of the PGD-AT model's quantized copies (quantization-aware: the
 # copy's fake quantizers pass straight-through gradients to its float shadow weights).
-FINE_TUNE = dict(attack="pgd", eps=ROBUST_EPS, steps=7)
+FINE_TUNE = ROBUST_RECIPE["adversarial"]
 
 
 def fine_tuned_copy(model, setting: str, x, y, x_cal, epochs: int, learning_rate: float = 1e-3, seed: int = 0,
@@ -144,18 +158,15 @@ def fine_tuned_copy(model, setting: str, x, y, x_cal, epochs: int, learning_rate
         copy = kq.RobustQuantizer.from_setting(setting).quantize(model, x_cal)
     kq.training.set_seed(seed, deterministic_ops=True)
     trainer = kq.training.compile_classifier(kq.training.AdversarialModel(copy, **FINE_TUNE), learning_rate)
+    schedule, drop_at = lr_drop_schedule(epochs, epochs // 2, learning_rate)
     start = time.perf_counter()
-    drop_at = epochs - epochs // 2  # the learning rate 10x lower for the last half
-    schedule = kq.keras.callbacks.LearningRateScheduler(
-        lambda epoch: learning_rate if epoch < drop_at else learning_rate / 10)
     trainer.fit(x, y, epochs=epochs, batch_size=128, verbose=2, callbacks=[schedule])
     seconds = time.perf_counter() - start
     if path is not None:
-        CACHE.mkdir(exist_ok=True)
-        with kq._io.atomic_path(path, overwrite=True) as tmp:
-            copy.save(tmp)
+        save_cached(copy, path)
     drop = f" then {learning_rate / 10:g} from epoch {drop_at + 1}" if drop_at < epochs else ""
-    return copy, {"fine_tune": f"PGD-AT (ε = {ROBUST_EPS}, 7 steps), {epochs} epochs, Adam {learning_rate:g}{drop}",
+    return copy, {"fine_tune": f"PGD-AT (ε = {FINE_TUNE['eps']}, {FINE_TUNE['steps']} steps), {epochs} epochs, "
+                               f"Adam {learning_rate:g}{drop}",
                   "train_seconds": round(seconds, 1)}
 
 

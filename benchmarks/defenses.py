@@ -261,16 +261,14 @@ def run(args: argparse.Namespace, command: str = "./run.sh bench defenses") -> t
 
     rows = {}
     for name, model in (("Orig.", orig), ("Adv.", adv), ("F.L.", fl)):
-        for row_name, (scored, original) in variants(name, model, x_cal, with_w4a4=name == "Adv.").items():
+        row_models = variants(name, model, x_cal, with_w4a4=name == "Adv.")
+        if name == "Adv.":
+            row_models.update({row_name: (copy, model) for row_name, copy in fine_tuned.items()})
+        for row_name, (scored, original) in row_models.items():
             (row, seconds) = timed(score_row, scored, original, black_box, data_slices, args.seed,
                                    mu=row_name.endswith("+mu"))
             rows[row_name] = row
             log(f"  {row_name}: clean {100 * row['clean']:.1f}%, PGD-20 {100 * row['PGD-20']:.1f}% ({seconds:.0f} s)")
-        if name == "Adv.":
-            for row_name, scored in fine_tuned.items():
-                rows[row_name], seconds = timed(score_row, scored, model, black_box, data_slices, args.seed, mu=False)
-                log(f"  {row_name}: clean {100 * rows[row_name]['clean']:.1f}%, "
-                    f"PGD-20 {100 * rows[row_name]['PGD-20']:.1f}% ({seconds:.0f} s)")
 
     adv_clean_all = kq.metrics.accuracy(adv, x_test, y_test)
     data = {"benchmark": "defenses", "command": command + (" --quick" if args.quick else ""),
