@@ -22,7 +22,7 @@ from ._keras import check_model, keras, tf
 from .layers import OutputQuantizer, QuantizedReLU
 from .quantizers import score_range
 
-__all__ = ["CALIBRATIONS", "calibrate_relus", "calibrate_output", "calibrate_tfmot"]
+__all__ = ["CALIBRATIONS", "calibrate_relus", "calibrate_output", "calibrate_tfmot", "observed_ranges"]
 
 CALIBRATIONS = ("max", "percentile", "mse")
 HISTOGRAM_BINS = 4096
@@ -87,16 +87,28 @@ def calibrate_output(model, samples: np.ndarray, batch_size: int = 256) -> tuple
     if not layers:
         return None
     (layer,) = layers
-    probe = keras.Model(model.inputs, layer.input)
-    low, high, lowest_top = np.inf, -np.inf, np.inf
-    for start in range(0, len(samples), batch_size):
-        scores = np.asarray(probe(samples[start:start + batch_size], training=False))
-        low, high = min(low, scores.min()), max(high, scores.max())
-        if scores.ndim == 2 and scores.shape[1] > 1:
-            lowest_top = min(lowest_top, scores.max(axis=1).min())
-    low, high = score_range(low, high, lowest_top if np.isfinite(lowest_top) else None)
+    ((low, high),) = observed_ranges(keras.Model(model.inputs, [layer.input]), samples, batch_size, {0})
     layer.set_range(low, high)
     return low, high
+
+
+def observed_ranges(probe, samples: np.ndarray, batch_size: int, class_scores: set[int]) -> list[tuple[float, float]]:
+    """The int8 range of each output of ``probe`` over ``samples`` (run in batches).
+
+    An output whose index is in ``class_scores`` and that is (n, C ≥ 2) starts its range at
+    its lowest top score (:func:`~keras_qrobust.quantizers.score_range`); the others span
+    everything observed.
+    """
+    count = len(probe.outputs)
+    low, high, lowest_top = np.full(count, np.inf), np.full(count, -np.inf), np.full(count, np.inf)
+    for start in range(0, len(samples), batch_size):
+        outputs = probe(samples[start:start + batch_size], training=False)
+        for i, out in enumerate(outputs if isinstance(outputs, (list, tuple)) else [outputs]):
+            out = np.asarray(out)
+            low[i], high[i] = min(low[i], out.min()), max(high[i], out.max())
+            if i in class_scores and out.ndim == 2 and out.shape[1] > 1:
+                lowest_top[i] = min(lowest_top[i], out.max(axis=1).min())
+    return [score_range(lo, hi, top) for lo, hi, top in zip(low, high, lowest_top)]
 
 
 def _walk_graph(model, chunks: list, before_layer) -> None:

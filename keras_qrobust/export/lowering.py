@@ -19,7 +19,8 @@ import numpy as np
 from .._keras import check_model, keras
 from ..integer_bias import GRID_PRESERVING as GRID_PRESERVING_LAYERS
 from ..integer_bias import int8_code_multiplier
-from ..quantizers import SymmetricQuantizer, score_range
+from ..calibration import observed_ranges
+from ..quantizers import SymmetricQuantizer
 from ..transforms._graph import Graph, UnsupportedModelError
 from .layers import INT8_MAX_CODE, LOWERED_WEIGHT_LAYERS, FixedFakeQuant
 
@@ -229,28 +230,17 @@ def _calibrate(model, representative: np.ndarray, batch_size: int, preset: set[s
     fake_quants = [layer for layer in model.layers if isinstance(layer, FixedFakeQuant) and layer.name not in preset]
     for layer in fake_quants:
         layer.enabled = False
+    # class scores only need their top values: the output range starts at the lowest top
+    # score (every argmax stays unclipped), which makes its int8 steps much finer
+    at_outputs = {i for i, layer in enumerate(fake_quants) if layer.name in output_names}
     try:
         probe = keras.Model(model.inputs, [layer.input for layer in fake_quants])
-        low = np.full(len(fake_quants), np.inf)
-        high = np.full(len(fake_quants), -np.inf)
-        # class scores only need their top values: the output range starts at the lowest
-        # top score (every argmax stays unclipped), which makes its int8 steps much finer
-        lowest_top = np.full(len(fake_quants), np.inf)
-        outputs_at = {i for i, layer in enumerate(fake_quants) if layer.name in output_names}
-        for start in range(0, len(representative), batch_size):
-            outputs = probe(representative[start:start + batch_size], training=False)
-            outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
-            for i, out in enumerate(outputs):
-                out = np.asarray(out)
-                low[i], high[i] = min(low[i], out.min()), max(high[i], out.max())
-                if i in outputs_at and out.ndim == 2 and out.shape[1] > 1:
-                    top = out.max(axis=1).min()
-                    lowest_top[i] = min(lowest_top[i], top)
+        ranges = observed_ranges(probe, representative, batch_size, at_outputs)
     finally:
         for layer in fake_quants:
             layer.enabled = True
-    for layer, lo, hi, top in zip(fake_quants, low, high, lowest_top):
-        layer.set_range(*score_range(lo, hi, top if np.isfinite(top) else None))
+    for layer, (low, high) in zip(fake_quants, ranges):
+        layer.set_range(low, high)
 
 
 def lower(model, representative, *, batch_size: int = 256) -> Lowered:
