@@ -105,15 +105,25 @@ def trained_model(name: str, epochs: int, seed: int = 0, dataset: str = "fashion
     model = kq.zoo.get(name, input_shape=x.shape[1:], num_classes=int(y.max()) + 1, **(model_kwargs or {}))
     trainer = kq.training.AdversarialModel(model, **adversarial) if adversarial else model
     start = time.perf_counter()
-    # an interrupted run resumes from its last finished epoch (weights, optimizer, epoch)
-    callbacks = [kq.keras.callbacks.BackupAndRestore(str(CACHE / f"{path.stem}.backup"))]
+    backup, resumed = resumable(path)
+    callbacks = [backup]
     if lr_drop:
         callbacks.append(lr_drop_schedule(epochs, max(1, epochs // 4))[0])
     kq.training.train_classifier(trainer, x, y, epochs=epochs, batch_size=128, seed=seed, callbacks=callbacks,
                                  verbose=2 if adversarial else 0)
     seconds = time.perf_counter() - start
     save_cached(model, path)
-    return model, {"train_seconds": round(seconds, 1)}
+    return model, {"train_seconds": round(seconds, 1), **resumed}
+
+
+def resumable(path: Path):
+    """``(callback, info)``: a BackupAndRestore next to ``path``, so an interrupted fit resumes
+    from its last finished epoch (weights, optimizer, epoch); ``info`` says when it did (the
+    seconds measured then cover only the resumed part)."""
+    backup = CACHE / f"{path.stem}.backup"
+    # tf_keras leaves the emptied directory behind once a fit completes
+    info = {"resumed_from": str(backup)} if any(backup.rglob("checkpoint")) else {}
+    return kq.keras.callbacks.BackupAndRestore(str(backup)), info
 
 
 # The PGD-AT model of the defenses, export and reproduction scripts (Madry 2018, ε = 0.1,
@@ -143,7 +153,8 @@ def fine_tuned_copy(model, setting: str, x, y, x_cal, epochs: int, learning_rate
                     cache_stem: str | None = None):
     """The ``setting`` ("w3" = 3-bit weight-only on clipped grids, or "wXaY") PTQ copy of
     ``model``, then ``epochs`` of PGD-AT on ``(x, y)``, the learning rate 10x lower for the
-    last half (cached as ``CACHE/<cache_stem>_ft<setting>_e<epochs>_lr<learning_rate>.keras``)."""
+    last half (cached as ``CACHE/<cache_stem>_ft<setting>_e<epochs>_lr<learning_rate>.keras``; an
+    interrupted fine-tuning resumes from its last finished epoch)."""
     path = CACHE / f"{cache_stem}_ft{setting}_e{epochs}_lr{learning_rate:g}.keras" if cache_stem else None
     if path is not None and path.exists():
         return kq.keras.models.load_model(path), {"cached": str(path)}
@@ -159,15 +170,19 @@ def fine_tuned_copy(model, setting: str, x, y, x_cal, epochs: int, learning_rate
     kq.training.set_seed(seed, deterministic_ops=True)
     trainer = kq.training.compile_classifier(kq.training.AdversarialModel(copy, **FINE_TUNE), learning_rate)
     schedule, drop_at = lr_drop_schedule(epochs, epochs // 2, learning_rate)
+    callbacks, resumed = [schedule], {}
+    if path is not None:
+        backup, resumed = resumable(path)
+        callbacks.append(backup)
     start = time.perf_counter()
-    trainer.fit(x, y, epochs=epochs, batch_size=128, verbose=2, callbacks=[schedule])
+    trainer.fit(x, y, epochs=epochs, batch_size=128, verbose=2, callbacks=callbacks)
     seconds = time.perf_counter() - start
     if path is not None:
         save_cached(copy, path)
     drop = f" then {learning_rate / 10:g} from epoch {drop_at + 1}" if drop_at < epochs else ""
     return copy, {"fine_tune": f"PGD-AT (ε = {FINE_TUNE['eps']}, {FINE_TUNE['steps']} steps), {epochs} epochs, "
                                f"Adam {learning_rate:g}{drop}",
-                  "train_seconds": round(seconds, 1)}
+                  "train_seconds": round(seconds, 1), **resumed}
 
 
 def write_results(name: str, data: dict, markdown: str) -> tuple[Path, Path]:
