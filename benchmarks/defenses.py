@@ -267,7 +267,7 @@ def run(args: argparse.Namespace, command: str = "./run.sh bench defenses") -> t
         for row_name, (scored, original) in row_models.items():
             (row, seconds) = timed(score_row, scored, original, black_box, data_slices, args.seed,
                                    mu=row_name.endswith("+mu"))
-            rows[row_name] = row
+            rows[row_name] = {**row, "seconds": round(seconds, 1)}
             log(f"  {row_name}: clean {100 * row['clean']:.1f}%, PGD-20 {100 * row['PGD-20']:.1f}% ({seconds:.0f} s)")
 
     adv_clean_all = kq.metrics.accuracy(adv, x_test, y_test)

@@ -81,6 +81,20 @@ def test_save_load_and_evaluate(tmp_path, fashion_slice):
     assert results["accuracy"] == pytest.approx(kq.metrics.accuracy(robust.model, xt[:64], yt[:64]))
 
 
+@pytest.mark.parametrize("attack", ["pgd", "fgsm_rs"])
+def test_clean_weight_mixes_clean_and_adversarial_loss(attack, tmp_path, fashion_slice):
+    (x, y), _ = fashion_slice
+    kq.training.set_seed(0)
+    robust = AdversarialModel(kq.zoo.cnn_small(), attack=attack, eps=0.1, steps=2, clean_weight=0.3)
+    kq.training.compile_classifier(robust)
+    logs = robust.fit(x[:128], y[:128], epochs=1, batch_size=64, verbose=0).history
+    np.testing.assert_allclose(logs["loss"], 0.3 * np.array(logs["clean_loss"]) + 0.7 * np.array(logs["adv_loss"]),
+                               rtol=1e-5)
+    assert logs["loss"][0] < logs["adv_loss"][0]
+    robust.save(tmp_path / "mixed.keras")
+    assert keras.models.load_model(tmp_path / "mixed.keras").clean_weight == pytest.approx(0.3)
+
+
 def test_fgsm_rs_takes_one_step_of_1_25_eps():
     robust = AdversarialModel(kq.zoo.cnn_small(), attack="fgsm_rs", eps=0.08, steps=7)
     assert robust.steps == 1 and robust.step_size == pytest.approx(0.1)
@@ -93,6 +107,9 @@ def test_fgsm_rs_takes_one_step_of_1_25_eps():
     ({"eps": -1.0}, "eps must be a finite number >= 0"),
     ({"steps": 0}, "steps must be an integer >= 1"),
     ({"norm": 1}, "norm must be 'inf' or 2"),
+    ({"clean_weight": 1.0}, r"clean_weight must be in \[0, 1\)"),
+    ({"clean_weight": -0.1}, r"clean_weight must be in \[0, 1\)"),
+    ({"attack": "trades", "clean_weight": 0.5}, "TRADES weighs its clean term against beta"),
 ])
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):

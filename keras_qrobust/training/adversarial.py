@@ -8,7 +8,9 @@ callbacks and ``save`` behave as usual; the fit logs carry the training objectiv
 ``adv_accuracy``.
 
 * PGD-AT (Madry et al. 2018): minimize ``CE(f(x'), y)``, ``x'`` = PGD with random start,
-  ``α = 2.5ε/steps``;
+  ``α = 2.5ε/steps``; with ``clean_weight = w > 0`` the mixed objective of Goodfellow et
+  al. 2015 (their weight α = w): ``w·CE(f(x), y) + (1 − w)·CE(f(x'), y)``, which trades
+  robustness for clean accuracy (also for FGSM-RS);
 * FGSM-RS (Wong et al. 2020): ``x' = clip(x + Π_ε(δ + α·sign(∇ℓ)))``, ``δ ~ U(-ε, ε)``,
   ``α = 1.25ε``;
 * TRADES (Zhang et al. 2019): minimize ``CE(f(x), y) + β·KL(p(x) ‖ p(x'))`` with ``x'``
@@ -54,13 +56,16 @@ class AdversarialModel(keras.Model):
         steps: attack iterations (PGD-AT and TRADES; FGSM-RS takes one step).
         step_size: attack step; default ``2.5·eps/steps`` (PGD, TRADES), ``1.25·eps`` (FGSM-RS).
         beta: TRADES trade-off.
+        clean_weight: weight ``w ∈ [0, 1)`` of the clean loss in PGD-AT / FGSM-RS
+            (``w·CE(clean) + (1 − w)·CE(adversarial)``; 0 = Madry's objective). TRADES has
+            its own clean term, weighted against ``beta``.
         norm: ``"inf"`` or ``"2"``.
         clip: input box.
     """
 
     def __init__(self, model, attack: str = "pgd", eps: float = 0.1, steps: int = 7,
                  step_size: Optional[float] = None, beta: float = 6.0, norm="inf",
-                 clip: Optional[Sequence[float]] = (0.0, 1.0), **kwargs):
+                 clip: Optional[Sequence[float]] = (0.0, 1.0), clean_weight: float = 0.0, **kwargs):
         super().__init__(**kwargs)
         self.model = check_model(model)
         if attack not in ATTACKS:
@@ -72,6 +77,12 @@ class AdversarialModel(keras.Model):
         default_step = 1.25 * self.eps if attack == "fgsm_rs" else 2.5 * self.eps / self.steps
         self.step_size = default_step if step_size is None else check_eps(step_size, "step_size")
         self.beta = float(beta)
+        self.clean_weight = float(clean_weight)
+        if not 0.0 <= self.clean_weight < 1.0:
+            raise ValueError(f"clean_weight must be in [0, 1) (0 = adversarial loss only), got {clean_weight!r}")
+        if attack == "trades" and self.clean_weight:
+            raise ValueError("clean_weight applies to attack='pgd' or 'fgsm_rs'; TRADES weighs its clean "
+                             "term against beta")
         self.norm = check_norm(norm)
         self.clip = None if clip is None else (float(clip[0]), float(clip[1]))
         self._attack_model: AttackModel = as_attack_model(self.model)
@@ -130,7 +141,7 @@ class AdversarialModel(keras.Model):
                 loss = clean_loss + self.beta * adv_loss
             else:
                 adv_loss = self.compute_loss(x_adv, y, adv_pred, sample_weight)
-                loss = adv_loss
+                loss = self.clean_weight * clean_loss + (1.0 - self.clean_weight) * adv_loss
         self.optimizer.minimize(loss, self.model.trainable_variables, tape=tape)
         self.loss_tracker.update_state(loss)
         self.compiled_metrics.update_state(y, clean_pred, sample_weight)
@@ -156,7 +167,8 @@ class AdversarialModel(keras.Model):
         return {
             "model": keras.layers.serialize(self.model),
             "attack": self.attack, "eps": self.eps, "steps": self.steps, "step_size": self.step_size,
-            "beta": self.beta, "norm": self.norm, "clip": self.clip, "name": self.name,
+            "beta": self.beta, "norm": self.norm, "clip": self.clip, "clean_weight": self.clean_weight,
+            "name": self.name,
         }
 
     @classmethod
