@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import platform
 import sys
@@ -144,9 +146,35 @@ def robust_model(seed: int = 0, cached_only: bool = False):
     return model, {**info, "training": ROBUST_DESCRIPTION}
 
 
-# Adversarial fine-tuning of the PGD-AT model's quantized copies (quantization-aware: the
-# copy's fake quantizers pass straight-through gradients to its float shadow weights).
+# Adversarial fine-tuning of the PGD-AT models and their quantized copies (quantization-aware
+# for the copies: their fake quantizers pass straight-through gradients to the float shadow weights).
 FINE_TUNE = ROBUST_RECIPE["adversarial"]
+
+
+def adversarially_fine_tuned(model, x, y, epochs: int, learning_rate: float, drop_epochs: int, seed: int,
+                             path: Path | None, clean_weight: float = 0.0):
+    """``model`` after ``epochs`` of PGD-AT (``FINE_TUNE``, clean-loss weight ``clean_weight``) on
+    ``(x, y)`` with Adam at ``learning_rate``, 10x lower for the last ``drop_epochs``; saved at
+    ``path`` (an interrupted fine-tuning resumes from its last finished epoch). Returns
+    ``(model, info)``."""
+    kq.training.set_seed(seed, deterministic_ops=True)
+    trainer = kq.training.compile_classifier(
+        kq.training.AdversarialModel(model, clean_weight=clean_weight, **FINE_TUNE), learning_rate)
+    schedule, drop_at = lr_drop_schedule(epochs, drop_epochs, learning_rate)
+    callbacks, resumed = [schedule], {}
+    if path is not None:
+        backup, resumed = resumable(path)
+        callbacks.append(backup)
+    start = time.perf_counter()
+    trainer.fit(x, y, epochs=epochs, batch_size=128, verbose=2, callbacks=callbacks)
+    seconds = time.perf_counter() - start
+    if path is not None:
+        save_cached(model, path)
+    mixed = f", clean-loss weight {clean_weight:g}" if clean_weight else ""
+    drop = f" then {learning_rate / 10:g} from epoch {drop_at + 1}" if drop_at < epochs else ""
+    return model, {"fine_tune": f"PGD-AT (ε = {FINE_TUNE['eps']}, {FINE_TUNE['steps']} steps{mixed}), "
+                                f"{epochs} epochs, Adam {learning_rate:g}{drop}",
+                   "train_seconds": round(seconds, 1), **resumed}
 
 
 def fine_tuned_copy(model, setting: str, x, y, x_cal, epochs: int, learning_rate: float = 1e-3, seed: int = 0,
@@ -167,22 +195,81 @@ def fine_tuned_copy(model, setting: str, x, y, x_cal, epochs: int, learning_rate
         copy = kq.RobustQuantizer(weight_bits=3, activation_bits=None, layer_clip=clip).quantize(model)
     else:
         copy = kq.RobustQuantizer.from_setting(setting).quantize(model, x_cal)
-    kq.training.set_seed(seed, deterministic_ops=True)
-    trainer = kq.training.compile_classifier(kq.training.AdversarialModel(copy, **FINE_TUNE), learning_rate)
-    schedule, drop_at = lr_drop_schedule(epochs, epochs // 2, learning_rate)
-    callbacks, resumed = [schedule], {}
-    if path is not None:
-        backup, resumed = resumable(path)
-        callbacks.append(backup)
-    start = time.perf_counter()
-    trainer.fit(x, y, epochs=epochs, batch_size=128, verbose=2, callbacks=callbacks)
-    seconds = time.perf_counter() - start
-    if path is not None:
-        save_cached(copy, path)
-    drop = f" then {learning_rate / 10:g} from epoch {drop_at + 1}" if drop_at < epochs else ""
-    return copy, {"fine_tune": f"PGD-AT (ε = {FINE_TUNE['eps']}, {FINE_TUNE['steps']} steps), {epochs} epochs, "
-                               f"Adam {learning_rate:g}{drop}",
-                  "train_seconds": round(seconds, 1), **resumed}
+    return adversarially_fine_tuned(copy, x, y, epochs, learning_rate, epochs // 2, seed, path)
+
+
+# The defenses benchmark's Adv. model: PGD-AT as ROBUST_RECIPE on cnn_small of width 2 (Madry
+# 2018 §4: adversarial training needs capacity), then a few epochs of the mixed objective
+# w·CE(x) + (1 − w)·CE(x') (Goodfellow 2015), which lifts clean accuracy at a small PGD cost.
+DEFENSE_RECIPE = dict(ROBUST_RECIPE, model_kwargs={"dropout": 0.0, "width": 2})
+DEFENSE_MIXED = dict(clean_weight=0.5, epochs=6, learning_rate=1e-4)
+DEFENSE_DESCRIPTION = ("PGD-AT (ε = 0.1, 7 steps), cnn_small of width 2 without dropout, 30 epochs, LR drop; then "
+                       f"{DEFENSE_MIXED['epochs']} epochs of PGD-AT with clean-loss weight "
+                       f"{DEFENSE_MIXED['clean_weight']:g}, Adam {DEFENSE_MIXED['learning_rate']:g}")
+
+
+def defense_model_path(seed: int = 0) -> Path:
+    """Where :func:`defense_model` caches its model."""
+    m = DEFENSE_MIXED
+    return CACHE / (f"{model_path(seed=seed, **DEFENSE_RECIPE).stem}_mix{m['clean_weight']:g}_e{m['epochs']}"
+                    f"_lr{m['learning_rate']:g}.keras")
+
+
+def defense_model(seed: int = 0):
+    """The defenses benchmark's Adv. model (``DEFENSE_RECIPE`` then ``DEFENSE_MIXED``; each stage
+    trained once, then cached) and its training info."""
+    path = defense_model_path(seed)
+    if path.exists():
+        return kq.keras.models.load_model(path), {"cached": str(path), "training": DEFENSE_DESCRIPTION}
+    base, base_info = trained_model(seed=seed, **DEFENSE_RECIPE)
+    x, y = kq.datasets.load("fashion_mnist", "train")
+    model, info = adversarially_fine_tuned(base, x, y, DEFENSE_MIXED["epochs"], DEFENSE_MIXED["learning_rate"], 0,
+                                           seed, path, DEFENSE_MIXED["clean_weight"])
+    return model, {**info, "base": base_info, "training": DEFENSE_DESCRIPTION}
+
+
+def _source_digest() -> bytes:
+    root = HERE.parent
+    digest = hashlib.sha256()
+    for source in sorted([*(root / "keras_qrobust").rglob("*.py"), *HERE.glob("*.py")]):
+        digest.update(source.read_bytes())
+    return digest.digest()
+
+
+# taken once, at import: the source this process runs, even if the files are edited meanwhile
+SOURCE_DIGEST = _source_digest()
+
+
+def fingerprint(*models, extra=()) -> str:
+    """A SHA-256 over the models' weights (values, shapes, dtypes, in order), ``extra`` (any
+    JSON-able settings) and the source of keras_qrobust and the benchmarks: what a scored
+    result depends on, so a result stored under it is stale as soon as any of them changes."""
+    digest = hashlib.sha256(SOURCE_DIGEST)
+    digest.update(json.dumps(list(extra), sort_keys=True, default=str).encode())
+    for model in models:
+        for weight in model.weights:
+            value = np.ascontiguousarray(weight.numpy())
+            digest.update(f"{value.dtype}{value.shape}".encode())
+            digest.update(value.tobytes())
+    return digest.hexdigest()
+
+
+class FinishedResults:
+    """Results a long benchmark has finished, kept in ``CACHE/<name>.json`` under their
+    :func:`fingerprint`, so an interrupted run resumes where it stopped instead of scoring
+    everything again. Saved (temp file, then rename) after every :meth:`put`."""
+
+    def __init__(self, name: str):
+        self.path = CACHE / f"{name}.json"
+        self._results = json.loads(self.path.read_text()) if self.path.exists() else {}
+
+    def get(self, key: str) -> dict | None:
+        return self._results.get(key)
+
+    def put(self, key: str, result: dict) -> None:
+        self._results[key] = result
+        CACHE.mkdir(exist_ok=True)
+        write_json(self.path, self._results)
 
 
 def write_results(name: str, data: dict, markdown: str) -> tuple[Path, Path]:

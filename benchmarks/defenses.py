@@ -1,10 +1,11 @@
 """Defenses on Fashion-MNIST cnn_small, in the structure of Song et al. 2020, Tables 1-4.
 
-Rows: Orig. (standard training), Adv. (PGD-AT, Madry 2018, ε = 0.1, 7 steps, cnn_small
-without dropout, 30 epochs, learning rate dropped 10x for the last quarter: the shared
-``_common.robust_model``) and F.L.
-(feedback learning on the standard model, DESIGN.md §3), each also (Q) = 3-bit weight-only
-PTQ (RobustQuantizer, per-axis symmetric), +mu = μ-law mapping of the last layer
+Rows: Orig. (standard training), Adv. (PGD-AT, Madry 2018, ε = 0.1, 7 steps, on cnn_small of
+width 2 without dropout, 30 epochs, learning rate dropped 10x for the last quarter, then 6
+epochs of PGD-AT on the mixed objective 0.5·CE(x) + 0.5·CE(x') of Goodfellow 2015:
+``_common.defense_model``) and F.L. (feedback learning on the standard model, DESIGN.md §3);
+Orig., F.L. and the black-box surrogate are cnn_small of width 1. Each row also has (Q) =
+3-bit weight-only PTQ (RobustQuantizer, per-axis symmetric), +mu = μ-law mapping of the last layer
 (``apply_mu_law(mode="map")``), (Q)+mu = 3-bit with μ-law companding of the last layer
 (``RobustQuantizer(3, None, mu_law_last=1)``) and, for Adv., the w4a4 PTQ copy; and the
 (Q) and w4a4 copies of Adv. fine-tuned by PGD-AT through their fake quantizers ("AT-ft",
@@ -20,6 +21,10 @@ than one of those is flagged as gradient masking (DESIGN.md §4).
 
     ./run.sh bench defenses            # writes benchmarks/results/defenses.{json,md}
     ./run.sh bench defenses --quick    # small subsets and short training, a smoke run
+
+A run keeps every row it finishes in benchmarks/.cache/defenses_rows.json, under a fingerprint
+of the row's models, the settings and the library and benchmark source; an interrupted run
+started again reuses those rows and scores only the rest (``--rescore``: score all again).
 """
 
 from __future__ import annotations
@@ -35,13 +40,15 @@ from _common import (
     ROBUST_RECIPE,
     STRONG_SPSA,
     STRONG_SQUARE,
+    defense_model,
+    defense_model_path,
+    FinishedResults,
     fine_tuned_copy,
+    fingerprint,
     kq,
     log,
     machine,
-    model_path,
     publish,
-    robust_model,
     targets_table,
     timed,
     trained_model,
@@ -152,6 +159,15 @@ COLUMNS = ["clean", "CW-L2", *WHITE_BOX, *(f"black-box {a}" for a in WHITE_BOX),
 MU_COLUMNS = ["PGD-20 (SPSA slice)", "SPSA", "Square", "black-box PGD-20", "BPDA PGD-20"]
 
 
+def resumed_note(data) -> str:
+    """What the Markdown says when some rows came from an earlier (interrupted) run."""
+    if not data.get("resumed_rows"):
+        return ""
+    return (f" Rows {', '.join(data['resumed_rows'])} were scored by an earlier run of the same code on the "
+            f"same models (kept in {data['rows_cache']}; `--rescore` scores all again); scoring all rows took "
+            f"{data['rows_seconds'] / 60:.1f} min in all (each row's seconds are in the JSON).")
+
+
 def markdown(data) -> str:
     pct = lambda v: f"{100 * v:.1f}"  # noqa: E731
     lines = ["# Defenses on Fashion-MNIST cnn_small (Song 2020, Tables 1-4 structure)", "",
@@ -160,7 +176,7 @@ def markdown(data) -> str:
              f"{data['slow_images']}); CW-L2 success counted at ‖δ‖₂ ≤ {CW_L2_BUDGET}. Black-box: crafted on a "
              f"surrogate cnn_small trained with seed {data['surrogate_seed']}. Seed {data['seed']}. "
              f"Total CPU wall time {data['total_seconds'] / 60:.1f} min (training "
-             f"{data['training_seconds'] / 60:.1f} min).", "",
+             f"{data['training_seconds'] / 60:.1f} min).{resumed_note(data)}", "",
              "## Accuracy % (white-box, then black-box transfer, then noise)", "",
              "| model | " + " | ".join(COLUMNS) + " |", "|---|" + "---|" * len(COLUMNS)]
     for name, row in data["rows"].items():
@@ -215,9 +231,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--slow-images", type=int, default=200, help="test images for SPSA and Square")
     parser.add_argument("--fl-examples", type=int, default=10000, help="training images for feedback learning")
     parser.add_argument("--quick", action="store_true", help="small subsets and short training")
+    parser.add_argument("--rescore", action="store_true",
+                        help="score every row again (by default rows that an interrupted run finished on the "
+                             "same code, models and settings are reused; always with --quick)")
     args = parser.parse_args(argv)
     if args.quick:
         args.epochs, args.images, args.cw_images, args.slow_images, args.fl_examples = 2, 300, 20, 20, 1000
+        args.rescore = True
     return args
 
 
@@ -237,7 +257,7 @@ def run(args: argparse.Namespace, command: str = "./run.sh bench defenses") -> t
     if args.quick:
         adv, training["Adv."] = trained_model("cnn_small", 1, args.seed, adversarial=ROBUST_RECIPE["adversarial"])
     else:
-        adv, training["Adv."] = robust_model(args.seed)
+        adv, training["Adv."] = defense_model(args.seed)
     surrogate_seed = args.seed + 1
     surrogate, training["surrogate"] = trained_model("cnn_small", args.epochs, surrogate_seed)
     (fl, info), fl_seconds = timed(feedback_model, orig, x_fl, y_fl, args.seed, rounds=2,
@@ -245,7 +265,7 @@ def run(args: argparse.Namespace, command: str = "./run.sh bench defenses") -> t
     training["F.L."] = {**info, "seconds": round(fl_seconds, 1), "examples": args.fl_examples,
                         "from": "Orig.", "rounds": 2}
     fine_x, fine_y = (x_fl[:2000], y_fl[:2000]) if args.quick else (x_train, y_train)
-    stem = None if args.quick else model_path(seed=args.seed, **ROBUST_RECIPE).stem
+    stem = None if args.quick else defense_model_path(args.seed).stem
     fine_tuned, fine_info = fine_tuned_rows(adv, fine_x, fine_y, x_cal, 1 if args.quick else FINE_TUNE_EPOCHS,
                                             args.seed, stem)
     training.update(fine_info)
@@ -259,15 +279,25 @@ def run(args: argparse.Namespace, command: str = "./run.sh bench defenses") -> t
     log("black-box examples from the surrogate")
     black_box = {attack: crafted(attack, surrogate, x, y, args.seed) for attack in WHITE_BOX}
 
-    rows = {}
+    rows, resumed = {}, []
+    finished = None if args.rescore else FinishedResults(f"defenses_rows{'_quick' if args.quick else ''}")
+    settings = (EPS, args.seed, args.images, args.cw_images, args.slow_images, args.quick)
     for name, model in (("Orig.", orig), ("Adv.", adv), ("F.L.", fl)):
         row_models = variants(name, model, x_cal, with_w4a4=name == "Adv.")
         if name == "Adv.":
             row_models.update({row_name: (copy, model) for row_name, copy in fine_tuned.items()})
         for row_name, (scored, original) in row_models.items():
+            key = fingerprint(scored, original, surrogate, extra=(row_name, *settings))
+            if finished is not None and finished.get(key) is not None:
+                rows[row_name] = finished.get(key)
+                resumed.append(row_name)
+                log(f"  {row_name}: scored by an earlier run ({rows[row_name]['seconds']:.0f} s then)")
+                continue
             (row, seconds) = timed(score_row, scored, original, black_box, data_slices, args.seed,
                                    mu=row_name.endswith("+mu"))
             rows[row_name] = {**row, "seconds": round(seconds, 1)}
+            if finished is not None:
+                finished.put(key, rows[row_name])
             log(f"  {row_name}: clean {100 * row['clean']:.1f}%, PGD-20 {100 * row['PGD-20']:.1f}% ({seconds:.0f} s)")
 
     adv_clean_all = kq.metrics.accuracy(adv, x_test, y_test)
@@ -277,7 +307,9 @@ def run(args: argparse.Namespace, command: str = "./run.sh bench defenses") -> t
             "slow_images": args.slow_images, "surrogate_seed": surrogate_seed,
             "training": {k: {kk: vv for kk, vv in v.items() if kk != "margins_per_round"} for k, v in training.items()},
             "feedback_margins": training["F.L."]["margins_per_round"], "rows": rows,
-            "training_seconds": training_seconds, "total_seconds": time.perf_counter() - started}
+            "training_seconds": training_seconds, "total_seconds": time.perf_counter() - started,
+            "resumed_rows": resumed, "rows_cache": f"benchmarks/.cache/{finished.path.name}" if finished else None,
+            "rows_seconds": sum(row["seconds"] for row in rows.values())}
     data["checks"] = checks(data)
     return data, {"Orig.": orig, "Adv.": adv, "F.L.": fl}
 
