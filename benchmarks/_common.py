@@ -22,6 +22,8 @@ from keras_qrobust._io import write_json, write_text  # noqa: E402
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 CACHE = HERE / ".cache"
+# Models that take CPU hours to train, committed with their provenance (benchmarks/checkpoint.py)
+CHECKPOINTS = HERE / "checkpoints"
 
 
 # Attack settings shared by the benchmarks. SPSA and Square: strong on low-bit models too
@@ -82,11 +84,61 @@ def lr_drop_schedule(epochs: int, drop_epochs: int, learning_rate: float = 1e-3)
     return callback, drop_at
 
 
-def save_cached(model, path: Path) -> None:
-    """Save ``model`` at ``path`` in benchmarks/.cache (written to a temp file, then renamed)."""
-    CACHE.mkdir(exist_ok=True)
+def save_cached(model, path: Path, info: dict | None = None) -> None:
+    """Save ``model`` at ``path`` in benchmarks/.cache (written to a temp file, then renamed)
+    and, beside it, ``<stem>.json``: ``info`` (how it was trained) with the machine and the code
+    that trained it, which benchmarks/checkpoint.py commits with the model."""
+    path.parent.mkdir(exist_ok=True)
     with kq._io.atomic_path(path, overwrite=True) as tmp:
         model.save(tmp)
+    write_json(path.with_suffix(".json"), {"model": path.name, "training": info or {}, "machine": machine(),
+                                           "code": CODE_VERSION})
+
+
+def code_version() -> str:
+    """The git commit of this checkout (with ``+changes`` if the library or benchmarks differ from it)."""
+    import subprocess
+
+    root = HERE.parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                                check=True).stdout.strip()
+        changed = subprocess.run(["git", "status", "--porcelain", "--", "keras_qrobust", "benchmarks"], cwd=root,
+                                 capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (not a git checkout)"
+    return commit + ("+changes" if changed else "")
+
+
+# taken at import: the code this process runs, even if a commit is made meanwhile
+CODE_VERSION = code_version()
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def load_cached(path: Path):
+    """``(model, info)`` for the model cached at ``path``, else for its committed checkpoint
+    (``CHECKPOINTS/<name>``, checked against the SHA-256 in its provenance file; ``info`` then
+    holds that provenance: how, where and by which code it was trained), else ``None``.
+    ``KQ_RETRAIN=1`` ignores the committed checkpoints, so everything is trained again."""
+    if path.exists():
+        return kq.keras.models.load_model(path), {"cached": str(path)}
+    checkpoint = CHECKPOINTS / path.name
+    if os.environ.get("KQ_RETRAIN") == "1" or not checkpoint.exists():
+        return None
+    provenance = json.loads(checkpoint.with_suffix(".json").read_text())
+    if file_sha256(checkpoint) != provenance["sha256"]:
+        raise RuntimeError(f"{checkpoint} does not match the SHA-256 in {checkpoint.with_suffix('.json').name}: "
+                           "the file changed since benchmarks/checkpoint.py committed it. Restore it with "
+                           f"'git checkout -- benchmarks/checkpoints/{checkpoint.name}', or set KQ_RETRAIN=1 to "
+                           "train the model again.")
+    return kq.keras.models.load_model(checkpoint), {"checkpoint": checkpoint.name, "trained": provenance}
 
 
 def trained_model(name: str, epochs: int, seed: int = 0, dataset: str = "fashion_mnist",
@@ -99,8 +151,8 @@ def trained_model(name: str, epochs: int, seed: int = 0, dataset: str = "fashion
     ``{"dropout": 0.0}``).
     """
     path = model_path(name, epochs, seed, dataset, adversarial, lr_drop, model_kwargs)
-    if path.exists():
-        return kq.keras.models.load_model(path), {"cached": str(path)}
+    if (found := load_cached(path)) is not None:
+        return found
     x, y = kq.datasets.load(dataset, "train")
     CACHE.mkdir(exist_ok=True)
     kq.training.set_seed(seed, deterministic_ops=True)
@@ -114,8 +166,9 @@ def trained_model(name: str, epochs: int, seed: int = 0, dataset: str = "fashion
     kq.training.train_classifier(trainer, x, y, epochs=epochs, batch_size=128, seed=seed, callbacks=callbacks,
                                  verbose=2 if adversarial else 0)
     seconds = time.perf_counter() - start
-    save_cached(model, path)
-    return model, {"train_seconds": round(seconds, 1), **resumed}
+    info = {"train_seconds": round(seconds, 1), **resumed}
+    save_cached(model, path, info)
+    return model, info
 
 
 def resumable(path: Path):
@@ -134,13 +187,25 @@ def resumable(path: Path):
 ROBUST_EPS = 0.1
 ROBUST_RECIPE = dict(name="cnn_small", epochs=30, adversarial={"attack": "pgd", "eps": ROBUST_EPS, "steps": 7},
                      lr_drop=True, model_kwargs={"dropout": 0.0})
-ROBUST_DESCRIPTION = "PGD-AT (ε = 0.1, 7 steps), cnn_small without dropout, 30 epochs, LR drop"
+
+
+def describe_recipe(recipe: dict) -> str:
+    """One line saying what a :func:`trained_model` recipe trains."""
+    attack, kwargs = recipe["adversarial"], recipe.get("model_kwargs") or {}
+    width = f" of width {kwargs['width']}" if kwargs.get("width", 1) != 1 else ""
+    dropout = " without dropout" if kwargs.get("dropout") == 0.0 else ""
+    return (f"{attack['attack'].upper()}-AT (ε = {attack['eps']}, {attack['steps']} steps), {recipe['name']}{width}"
+            f"{dropout}, {recipe['epochs']} epochs{', LR drop' if recipe.get('lr_drop') else ''}")
+
+
+ROBUST_DESCRIPTION = describe_recipe(ROBUST_RECIPE)
 
 
 def robust_model(seed: int = 0, cached_only: bool = False):
     """The shared PGD-AT cnn_small (trained once, then cached); with ``cached_only``,
     ``(None, {})`` unless it is cached already."""
-    if cached_only and not model_path(seed=seed, **ROBUST_RECIPE).exists():
+    path = model_path(seed=seed, **ROBUST_RECIPE)
+    if cached_only and not (path.exists() or (CHECKPOINTS / path.name).exists()):
         return None, {}
     model, info = trained_model(seed=seed, **ROBUST_RECIPE)
     return model, {**info, "training": ROBUST_DESCRIPTION}
@@ -168,13 +233,14 @@ def adversarially_fine_tuned(model, x, y, epochs: int, learning_rate: float, dro
     start = time.perf_counter()
     trainer.fit(x, y, epochs=epochs, batch_size=128, verbose=2, callbacks=callbacks)
     seconds = time.perf_counter() - start
-    if path is not None:
-        save_cached(model, path)
     mixed = f", clean-loss weight {clean_weight:g}" if clean_weight else ""
     drop = f" then {learning_rate / 10:g} from epoch {drop_at + 1}" if drop_at < epochs else ""
-    return model, {"fine_tune": f"PGD-AT (ε = {FINE_TUNE['eps']}, {FINE_TUNE['steps']} steps{mixed}), "
-                                f"{epochs} epochs, Adam {learning_rate:g}{drop}",
-                   "train_seconds": round(seconds, 1), **resumed}
+    info = {"fine_tune": f"PGD-AT (ε = {FINE_TUNE['eps']}, {FINE_TUNE['steps']} steps{mixed}), "
+                        f"{epochs} epochs, Adam {learning_rate:g}{drop}",
+            "train_seconds": round(seconds, 1), **resumed}
+    if path is not None:
+        save_cached(model, path, info)
+    return model, info
 
 
 def fine_tuned_copy(model, setting: str, x, y, x_cal, epochs: int, learning_rate: float = 1e-3, seed: int = 0,
@@ -184,8 +250,8 @@ def fine_tuned_copy(model, setting: str, x, y, x_cal, epochs: int, learning_rate
     last half (cached as ``CACHE/<cache_stem>_ft<setting>_e<epochs>_lr<learning_rate>.keras``; an
     interrupted fine-tuning resumes from its last finished epoch)."""
     path = CACHE / f"{cache_stem}_ft{setting}_e{epochs}_lr{learning_rate:g}.keras" if cache_stem else None
-    if path is not None and path.exists():
-        return kq.keras.models.load_model(path), {"cached": str(path)}
+    if path is not None and (found := load_cached(path)) is not None:
+        return found
     if setting == "w3":
         # start from the σ_max-optimal clipping ratio per layer (Song 2021; the plain max grid
         # loses ~50 points here and fine-tuning recovers it slowly); the first weight layer reads
@@ -203,9 +269,8 @@ def fine_tuned_copy(model, setting: str, x, y, x_cal, epochs: int, learning_rate
 # w·CE(x) + (1 − w)·CE(x') (Goodfellow 2015), which lifts clean accuracy at a small PGD cost.
 DEFENSE_RECIPE = dict(ROBUST_RECIPE, model_kwargs={"dropout": 0.0, "width": 2})
 DEFENSE_MIXED = dict(clean_weight=0.5, epochs=6, learning_rate=1e-4)
-DEFENSE_DESCRIPTION = ("PGD-AT (ε = 0.1, 7 steps), cnn_small of width 2 without dropout, 30 epochs, LR drop; then "
-                       f"{DEFENSE_MIXED['epochs']} epochs of PGD-AT with clean-loss weight "
-                       f"{DEFENSE_MIXED['clean_weight']:g}, Adam {DEFENSE_MIXED['learning_rate']:g}")
+DEFENSE_DESCRIPTION = (f"{describe_recipe(DEFENSE_RECIPE)}; then {DEFENSE_MIXED['epochs']} epochs of PGD-AT with "
+                       f"clean-loss weight {DEFENSE_MIXED['clean_weight']:g}, Adam {DEFENSE_MIXED['learning_rate']:g}")
 
 
 def defense_model_path(seed: int = 0) -> Path:
@@ -219,8 +284,8 @@ def defense_model(seed: int = 0):
     """The defenses benchmark's Adv. model (``DEFENSE_RECIPE`` then ``DEFENSE_MIXED``; each stage
     trained once, then cached) and its training info."""
     path = defense_model_path(seed)
-    if path.exists():
-        return kq.keras.models.load_model(path), {"cached": str(path), "training": DEFENSE_DESCRIPTION}
+    if (found := load_cached(path)) is not None:
+        return found[0], {**found[1], "training": DEFENSE_DESCRIPTION}
     base, base_info = trained_model(seed=seed, **DEFENSE_RECIPE)
     x, y = kq.datasets.load("fashion_mnist", "train")
     model, info = adversarially_fine_tuned(base, x, y, DEFENSE_MIXED["epochs"], DEFENSE_MIXED["learning_rate"], 0,
@@ -228,23 +293,22 @@ def defense_model(seed: int = 0):
     return model, {**info, "base": base_info, "training": DEFENSE_DESCRIPTION}
 
 
-def _source_digest() -> bytes:
-    root = HERE.parent
+def source_digest(*scripts: Path) -> bytes:
+    """A SHA-256 of the code a benchmark result depends on: the keras_qrobust package, this
+    module and ``scripts`` (the benchmark's own files). Take it once, at the benchmark's import,
+    so it is the source the process runs even if the files are edited meanwhile."""
+    library = sorted((HERE.parent / "keras_qrobust").rglob("*.py"))
     digest = hashlib.sha256()
-    for source in sorted([*(root / "keras_qrobust").rglob("*.py"), *HERE.glob("*.py")]):
+    for source in [*library, Path(__file__).resolve(), *(Path(s).resolve() for s in scripts)]:
         digest.update(source.read_bytes())
     return digest.digest()
 
 
-# taken once, at import: the source this process runs, even if the files are edited meanwhile
-SOURCE_DIGEST = _source_digest()
-
-
-def fingerprint(*models, extra=()) -> str:
+def fingerprint(*models, source: bytes, extra=()) -> str:
     """A SHA-256 over the models' weights (values, shapes, dtypes, in order), ``extra`` (any
-    JSON-able settings) and the source of keras_qrobust and the benchmarks: what a scored
-    result depends on, so a result stored under it is stale as soon as any of them changes."""
-    digest = hashlib.sha256(SOURCE_DIGEST)
+    JSON-able settings) and ``source`` (:func:`source_digest`): what a scored result depends on,
+    so a result stored under it is stale as soon as any of them changes."""
+    digest = hashlib.sha256(source)
     digest.update(json.dumps(list(extra), sort_keys=True, default=str).encode())
     for model in models:
         for weight in model.weights:

@@ -21,6 +21,7 @@ than one of those is flagged as gradient masking (DESIGN.md §4).
 
     ./run.sh bench defenses            # writes benchmarks/results/defenses.{json,md}
     ./run.sh bench defenses --quick    # small subsets and short training, a smoke run
+    ./run.sh bench defenses --train-only   # only train (or load) the cached models
 
 A run keeps every row it finishes in benchmarks/.cache/defenses_rows.json, under a fingerprint
 of the row's models, the settings and the library and benchmark source; an interrupted run
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -49,6 +51,7 @@ from _common import (
     log,
     machine,
     publish,
+    source_digest,
     targets_table,
     timed,
     trained_model,
@@ -59,6 +62,7 @@ EPS = ROBUST_EPS
 TARGET_CLEAN, TARGET_PGD, TARGET_QUANT_GAP = 0.87, 0.75, 0.03
 FINE_TUNE_EPOCHS = 4
 WHITE_BOX = ("FGSM ε/2", "FGSM ε", "PGD-20", "BIM-10", "MIM-10")
+SOURCE = source_digest(Path(__file__))  # the code a kept row was scored by
 
 
 # ------------------------------------------------------------------------------ models
@@ -231,6 +235,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--slow-images", type=int, default=200, help="test images for SPSA and Square")
     parser.add_argument("--fl-examples", type=int, default=10000, help="training images for feedback learning")
     parser.add_argument("--quick", action="store_true", help="small subsets and short training")
+    parser.add_argument("--train-only", action="store_true",
+                        help="train (or load) the cached models (Orig., Adv., the surrogate, the AT-ft copies) and "
+                             "stop: e.g. to commit them with benchmarks/checkpoint.py before scoring elsewhere")
     parser.add_argument("--rescore", action="store_true",
                         help="score every row again (by default rows that an interrupted run finished on the "
                              "same code, models and settings are reused; always with --quick)")
@@ -243,7 +250,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def run(args: argparse.Namespace, command: str = "./run.sh bench defenses") -> tuple[dict, dict]:
     """Train (or load) the models, score every row; returns the results and
-    ``{"Orig.": model, "Adv.": model, "F.L.": model}``."""
+    ``{"Orig.": model, "Adv.": model, "F.L.": model}`` (with ``--train-only``: ``None`` and the
+    cached models, nothing scored)."""
     started = time.perf_counter()
     x_train, y_train = kq.datasets.load("fashion_mnist", "train")
     x_test, y_test = kq.datasets.load("fashion_mnist", "test")
@@ -260,15 +268,19 @@ def run(args: argparse.Namespace, command: str = "./run.sh bench defenses") -> t
         adv, training["Adv."] = defense_model(args.seed)
     surrogate_seed = args.seed + 1
     surrogate, training["surrogate"] = trained_model("cnn_small", args.epochs, surrogate_seed)
-    (fl, info), fl_seconds = timed(feedback_model, orig, x_fl, y_fl, args.seed, rounds=2,
-                                   epochs=1 if args.quick else 5, examples=args.fl_examples)
-    training["F.L."] = {**info, "seconds": round(fl_seconds, 1), "examples": args.fl_examples,
-                        "from": "Orig.", "rounds": 2}
     fine_x, fine_y = (x_fl[:2000], y_fl[:2000]) if args.quick else (x_train, y_train)
     stem = None if args.quick else defense_model_path(args.seed).stem
     fine_tuned, fine_info = fine_tuned_rows(adv, fine_x, fine_y, x_cal, 1 if args.quick else FINE_TUNE_EPOCHS,
                                             args.seed, stem)
     training.update(fine_info)
+    if args.train_only:
+        for name, info in training.items():
+            log(f"{name}: {info}")
+        return None, {"Orig.": orig, "Adv.": adv, "surrogate": surrogate, **fine_tuned}
+    (fl, info), fl_seconds = timed(feedback_model, orig, x_fl, y_fl, args.seed, rounds=2,
+                                   epochs=1 if args.quick else 5, examples=args.fl_examples)
+    training["F.L."] = {**info, "seconds": round(fl_seconds, 1), "examples": args.fl_examples,
+                        "from": "Orig.", "rounds": 2}
     training_seconds = time.perf_counter() - train_start
     for name, info in training.items():
         log(f"{name}: {info}")
@@ -287,9 +299,9 @@ def run(args: argparse.Namespace, command: str = "./run.sh bench defenses") -> t
         if name == "Adv.":
             row_models.update({row_name: (copy, model) for row_name, copy in fine_tuned.items()})
         for row_name, (scored, original) in row_models.items():
-            key = fingerprint(scored, original, surrogate, extra=(row_name, *settings))
-            if finished is not None and finished.get(key) is not None:
-                rows[row_name] = finished.get(key)
+            key = fingerprint(scored, original, surrogate, source=SOURCE, extra=(row_name, *settings))
+            if finished is not None and (kept := finished.get(key)) is not None:
+                rows[row_name] = kept
                 resumed.append(row_name)
                 log(f"  {row_name}: scored by an earlier run ({rows[row_name]['seconds']:.0f} s then)")
                 continue
@@ -317,7 +329,8 @@ def run(args: argparse.Namespace, command: str = "./run.sh bench defenses") -> t
 def main(argv=None) -> None:
     args = parse_args(argv)
     data, _ = run(args)
-    publish("defenses", args.quick, data, markdown(data))
+    if data is not None:
+        publish("defenses", args.quick, data, markdown(data))
 
 
 if __name__ == "__main__":

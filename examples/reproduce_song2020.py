@@ -36,6 +36,8 @@ def main(argv=None) -> None:
     started = time.perf_counter()
     args = defenses.parse_args(argv)
     data, models = defenses.run(args, command="python examples/reproduce_song2020.py")
+    if data is None:  # --train-only
+        return
     table = defenses.markdown(data)
     publish("defenses", args.quick, data, table)
 

@@ -1,0 +1,69 @@
+"""Commit a model that took CPU hours to train, so the benchmarks need not train it again.
+
+A model trained by a benchmark is cached in benchmarks/.cache, which a fresh clone does not
+have: there the defenses benchmark would train its PGD-AT model (≈ 2.5 CPU hours on 2 cores)
+before it scores anything. This copies a cached model (without its optimizer state) into
+benchmarks/checkpoints/ with a provenance file: how it was trained and in how many seconds, on
+which machine, by which commit, and the file's SHA-256. ``_common.load_cached`` then loads the
+checkpoint when the cache misses (checking the SHA-256), and the results name it. Set
+``KQ_RETRAIN=1`` to ignore the checkpoints and train everything again.
+
+    .venv/bin/python benchmarks/checkpoint.py add STEM [STEM ...]   # STEM: a model in benchmarks/.cache
+    .venv/bin/python benchmarks/checkpoint.py list                  # the checkpoints, each verified
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import _common
+from _common import file_sha256, kq, log, write_json
+
+
+def add(stem: str) -> None:
+    model_file, record = _common.CACHE / f"{stem}.keras", _common.CACHE / f"{stem}.json"
+    if not model_file.exists():
+        sys.exit(f"{model_file} does not exist: name a model in benchmarks/.cache by its stem "
+                 "(its file name without .keras), after the benchmark that trains it has run.")
+    if not record.exists():
+        sys.exit(f"{record} does not exist: it is the training record _common.save_cached writes beside the "
+                 "model. A model without one cannot be committed, since its provenance is unknown; train it again.")
+    target = _common.CHECKPOINTS / model_file.name
+    if target.exists():
+        sys.exit(f"{target} exists already: remove it (git rm) first to replace it.")
+    target.parent.mkdir(exist_ok=True)
+    model = kq.keras.models.load_model(model_file, compile=False)  # uncompiled: saved without optimizer state
+    with kq._io.atomic_path(target) as tmp:
+        model.save(tmp)
+    provenance = {**json.loads(record.read_text()), "sha256": file_sha256(target),
+                  "bytes": target.stat().st_size, "parameters": int(model.count_params())}
+    write_json(target.with_suffix(".json"), provenance)
+    log(f"wrote {target} ({provenance['bytes'] / 1e6:.1f} MB) and {target.with_suffix('.json').name}")
+
+
+def list_checkpoints() -> None:
+    for provenance_file in sorted(_common.CHECKPOINTS.glob("*.json")):
+        provenance = json.loads(provenance_file.read_text())
+        model_file = provenance_file.with_suffix(".keras")
+        ok = model_file.exists() and file_sha256(model_file) == provenance["sha256"]
+        print(f"{model_file.name}: {'verified' if ok else 'MISSING OR CHANGED'}; trained by {provenance['code']} "
+              f"on {provenance['machine']['date']}: {provenance['training']}")
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("add", help="commit cached models").add_argument("stems", nargs="+")
+    commands.add_parser("list", help="list and verify the checkpoints")
+    args = parser.parse_args(argv)
+    if args.command == "add":
+        for stem in args.stems:
+            add(stem)
+    else:
+        list_checkpoints()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,106 @@
+"""The benchmarks' model store: cached models with their training record, committed checkpoints
+(verified by SHA-256, ignored with KQ_RETRAIN=1) and the fingerprints that key kept results."""
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+import _common  # noqa: E402
+import checkpoint  # noqa: E402
+
+from keras_qrobust._keras import keras  # noqa: E402
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch):
+    monkeypatch.setattr(_common, "CACHE", tmp_path / "cache")
+    monkeypatch.setattr(_common, "CHECKPOINTS", tmp_path / "checkpoints")
+    monkeypatch.delenv("KQ_RETRAIN", raising=False)
+    return tmp_path
+
+
+def tiny_model(seed: int = 0):
+    keras.utils.set_random_seed(seed)
+    model = keras.Sequential([keras.layers.Input((4,)), keras.layers.Dense(3)])
+    model.compile(optimizer="adam", loss="mse")
+    return model
+
+
+def test_save_cached_writes_the_training_record(store):
+    path = _common.CACHE / "m.keras"
+    _common.save_cached(tiny_model(), path, {"train_seconds": 1.5})
+    record = json.loads(path.with_suffix(".json").read_text())
+    assert record["training"] == {"train_seconds": 1.5}
+    assert record["model"] == "m.keras" and record["machine"]["cpus"] and record["code"]
+
+
+def test_a_committed_checkpoint_loads_when_the_cache_misses(store):
+    model = tiny_model()
+    _common.save_cached(model, _common.CACHE / "m.keras", {"train_seconds": 2.0})
+    checkpoint.add("m")
+    provenance = json.loads((_common.CHECKPOINTS / "m.json").read_text())
+    assert provenance["sha256"] == _common.file_sha256(_common.CHECKPOINTS / "m.keras")
+    assert provenance["parameters"] == model.count_params()
+
+    (_common.CACHE / "m.keras").unlink()
+    loaded, info = _common.load_cached(_common.CACHE / "m.keras")
+    assert info["checkpoint"] == "m.keras" and info["trained"]["training"] == {"train_seconds": 2.0}
+    for a, b in zip(model.get_weights(), loaded.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_the_cache_comes_first_and_nothing_found_is_none(store):
+    assert _common.load_cached(_common.CACHE / "absent.keras") is None
+    _common.save_cached(tiny_model(), _common.CACHE / "m.keras")
+    assert _common.load_cached(_common.CACHE / "m.keras")[1] == {"cached": str(_common.CACHE / "m.keras")}
+
+
+def test_a_changed_checkpoint_is_refused_and_retrain_ignores_checkpoints(store, monkeypatch):
+    _common.save_cached(tiny_model(), _common.CACHE / "m.keras", {})
+    checkpoint.add("m")
+    (_common.CACHE / "m.keras").unlink()
+    monkeypatch.setenv("KQ_RETRAIN", "1")
+    assert _common.load_cached(_common.CACHE / "m.keras") is None
+    monkeypatch.delenv("KQ_RETRAIN")
+    with open(_common.CHECKPOINTS / "m.keras", "ab") as f:
+        f.write(b"x")
+    with pytest.raises(RuntimeError, match="does not match the SHA-256.*KQ_RETRAIN=1"):
+        _common.load_cached(_common.CACHE / "m.keras")
+
+
+def test_add_refuses_a_model_without_record_or_an_existing_checkpoint(store):
+    with pytest.raises(SystemExit, match="does not exist"):
+        checkpoint.add("m")
+    model = tiny_model()
+    _common.CACHE.mkdir()
+    model.save(_common.CACHE / "m.keras")
+    with pytest.raises(SystemExit, match="training record"):
+        checkpoint.add("m")
+    _common.save_cached(model, _common.CACHE / "m.keras", {})
+    checkpoint.add("m")
+    with pytest.raises(SystemExit, match="exists already"):
+        checkpoint.add("m")
+
+
+def test_fingerprints_follow_weights_settings_and_source(tmp_path):
+    script = tmp_path / "bench.py"
+    script.write_text("a = 1\n")
+    source = _common.source_digest(script)
+    model, other = tiny_model(0), tiny_model(1)
+    key = _common.fingerprint(model, source=source, extra=("row", 0.1))
+    assert key == _common.fingerprint(model, source=_common.source_digest(script), extra=("row", 0.1))
+    assert key != _common.fingerprint(other, source=source, extra=("row", 0.1))
+    assert key != _common.fingerprint(model, source=source, extra=("row", 0.2))
+    script.write_text("a = 2\n")
+    assert key != _common.fingerprint(model, source=_common.source_digest(script), extra=("row", 0.1))
+
+
+def test_recipe_descriptions_say_what_is_trained():
+    assert _common.ROBUST_DESCRIPTION == "PGD-AT (ε = 0.1, 7 steps), cnn_small without dropout, 30 epochs, LR drop"
+    assert _common.DEFENSE_DESCRIPTION.startswith(
+        "PGD-AT (ε = 0.1, 7 steps), cnn_small of width 2 without dropout, 30 epochs, LR drop; then 6 epochs")
