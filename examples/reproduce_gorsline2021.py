@@ -214,7 +214,8 @@ def run_task(task: Task, repeats: int, seed: int) -> dict:
                 clock = rp.Clock()
                 model, epochs, val = train(task, kind, bits, seed + r)
                 curves.append(fgsm_sweep(deployed(model, task, bits), task))
-                runs.append({"seed": seed + r, "epochs": epochs, "val_accuracy": val, "seconds": round(clock.seconds, 1)})
+                runs.append({"seed": seed + r, "epochs": epochs, "val_accuracy": val,
+                             "seconds": round(clock.seconds, 1)})
             accuracy[kind][bits] = np.mean(curves, axis=0)
             facts[kind][bits] = runs
             rp.log(f"{task.name} {kind} w{bits}: clean {100 * accuracy[kind][bits][0]:.2f}%, "
@@ -287,8 +288,8 @@ def task_markdown(task: Task, result: dict, analysis: dict) -> list[str]:
               "ε* = the ε whose accuracy-vs-bits (1-10) curve has the smallest variance; \"any\" counts every ε "
               "with a non-zero mean accuracy (the library default), \"above chance\" only strengths whose mean "
               "accuracy is above chance (1/classes).", ""]
-    lines += rp.markdown_table(["activation", "ε* (any)", "ε* (above chance)", "accuracy % at ε* (above chance, else any), w1…w10"],
-                               rows) + [""]
+    lines += rp.markdown_table(["activation", "ε* (any)", "ε* (above chance)",
+                                "accuracy % at ε* (above chance, else any), w1…w10"], rows) + [""]
     rows = []
     for kind in ACTIVATIONS:
         for b in BITS:

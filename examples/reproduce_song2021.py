@@ -21,7 +21,6 @@ clean, FGSM and PGD-20 (white-box, L∞) accuracy on the first test images.
 
 from __future__ import annotations
 
-import numpy as np
 
 import _reproduce as rp
 from _reproduce import kq
