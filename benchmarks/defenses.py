@@ -24,7 +24,7 @@ than one of those is flagged as gradient masking (DESIGN.md §4).
     ./run.sh bench defenses --train-only   # only train (or load) the cached models
 
 A run keeps every row it finishes in benchmarks/.cache/defenses_rows.json, under a fingerprint
-of the row's models, the settings and the library and benchmark source; an interrupted run
+of the row's models, the settings and the source of keras_qrobust, _common.py and this file; an interrupted run
 started again reuses those rows and scores only the rest (``--rescore``: score all again).
 """
 

@@ -21,7 +21,6 @@ clean, FGSM and PGD-20 (white-box, L∞) accuracy on the first test images.
 
 from __future__ import annotations
 
-
 import _reproduce as rp
 from _reproduce import kq
 from keras_qrobust.layerwise import allocate_bits, layer_costs
