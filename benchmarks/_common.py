@@ -128,7 +128,9 @@ def load_cached(path: Path):
     holds that provenance: how, where and by which code it was trained), else ``None``.
     ``KQ_RETRAIN=1`` ignores the committed checkpoints, so everything is trained again."""
     if path.exists():
-        return kq.keras.models.load_model(path), {"cached": str(path)}
+        record = path.with_suffix(".json")
+        return kq.keras.models.load_model(path), {"cached": str(path), **(
+            {"trained": json.loads(record.read_text())} if record.exists() else {})}
     checkpoint = CHECKPOINTS / path.name
     if os.environ.get("KQ_RETRAIN") == "1" or not checkpoint.exists():
         return None
@@ -217,11 +219,11 @@ FINE_TUNE = ROBUST_RECIPE["adversarial"]
 
 
 def adversarially_fine_tuned(model, x, y, epochs: int, learning_rate: float, drop_epochs: int, seed: int,
-                             path: Path | None, clean_weight: float = 0.0):
+                             path: Path | None, clean_weight: float = 0.0, record: dict | None = None):
     """``model`` after ``epochs`` of PGD-AT (``FINE_TUNE``, clean-loss weight ``clean_weight``) on
     ``(x, y)`` with Adam at ``learning_rate``, 10x lower for the last ``drop_epochs``; saved at
-    ``path`` (an interrupted fine-tuning resumes from its last finished epoch). Returns
-    ``(model, info)``."""
+    ``path`` (an interrupted fine-tuning resumes from its last finished epoch), with ``record``
+    added to the training record saved beside it. Returns ``(model, info)``."""
     kq.training.set_seed(seed, deterministic_ops=True)
     trainer = kq.training.compile_classifier(
         kq.training.AdversarialModel(model, clean_weight=clean_weight, **FINE_TUNE), learning_rate)
@@ -239,7 +241,7 @@ def adversarially_fine_tuned(model, x, y, epochs: int, learning_rate: float, dro
                         f"{epochs} epochs, Adam {learning_rate:g}{drop}",
             "train_seconds": round(seconds, 1), **resumed}
     if path is not None:
-        save_cached(model, path, info)
+        save_cached(model, path, {**info, **(record or {})})
     return model, info
 
 
@@ -265,32 +267,53 @@ def fine_tuned_copy(model, setting: str, x, y, x_cal, epochs: int, learning_rate
 
 
 # The defenses benchmark's Adv. model: PGD-AT as ROBUST_RECIPE on cnn_small of width 2 (Madry
-# 2018 §4: adversarial training needs capacity), then a few epochs of the mixed objective
-# w·CE(x) + (1 − w)·CE(x') (Goodfellow 2015), which lifts clean accuracy at a small PGD cost.
+# 2018 §4: adversarial training needs capacity), then stages of the mixed objective
+# w·CE(x) + (1 − w)·CE(x') (Goodfellow 2015), which lift clean accuracy at a small PGD cost: 6
+# epochs at Adam 1e-4, then 2 at 1e-5 (the learning-rate drop settles the weights).
 DEFENSE_RECIPE = dict(ROBUST_RECIPE, model_kwargs={"dropout": 0.0, "width": 2})
-DEFENSE_MIXED = dict(clean_weight=0.5, epochs=6, learning_rate=1e-4)
-DEFENSE_DESCRIPTION = (f"{describe_recipe(DEFENSE_RECIPE)}; then {DEFENSE_MIXED['epochs']} epochs of PGD-AT with "
-                       f"clean-loss weight {DEFENSE_MIXED['clean_weight']:g}, Adam {DEFENSE_MIXED['learning_rate']:g}")
+DEFENSE_STAGES = (dict(clean_weight=0.5, epochs=6, learning_rate=1e-4),
+                  dict(clean_weight=0.5, epochs=2, learning_rate=1e-5))
 
 
-def defense_model_path(seed: int = 0) -> Path:
-    """Where :func:`defense_model` caches its model."""
-    m = DEFENSE_MIXED
-    return CACHE / (f"{model_path(seed=seed, **DEFENSE_RECIPE).stem}_mix{m['clean_weight']:g}_e{m['epochs']}"
-                    f"_lr{m['learning_rate']:g}.keras")
+def describe_stages(stages=DEFENSE_STAGES) -> str:
+    """``"6 epochs of PGD-AT with clean-loss weight 0.5, Adam 0.0001, then 2 …"``."""
+    return ", then ".join(f"{m['epochs']} epochs of PGD-AT with clean-loss weight {m['clean_weight']:g}, "
+                          f"Adam {m['learning_rate']:g}" for m in stages)
+
+
+DEFENSE_DESCRIPTION = f"{describe_recipe(DEFENSE_RECIPE)}; then {describe_stages()}"
+
+
+def defense_model_path(seed: int = 0, stages=DEFENSE_STAGES) -> Path:
+    """Where :func:`defense_model` caches its model (each stage appends its settings to the
+    name of the model it starts from)."""
+    stem = model_path(seed=seed, **DEFENSE_RECIPE).stem
+    stem += "".join(f"_mix{m['clean_weight']:g}_e{m['epochs']}_lr{m['learning_rate']:g}" for m in stages)
+    return CACHE / f"{stem}.keras"
 
 
 def defense_model(seed: int = 0):
-    """The defenses benchmark's Adv. model (``DEFENSE_RECIPE`` then ``DEFENSE_MIXED``; each stage
-    trained once, then cached) and its training info."""
-    path = defense_model_path(seed)
+    """The defenses benchmark's Adv. model (``DEFENSE_RECIPE``, then ``DEFENSE_STAGES``; every
+    stage trained once, then cached) and its training info."""
+    model, info = staged_model(seed, DEFENSE_STAGES)
+    return model, {**info, "training": DEFENSE_DESCRIPTION}
+
+
+def staged_model(seed: int, stages):
+    """The ``DEFENSE_RECIPE`` model after ``stages`` of mixed-objective PGD-AT, each from the one
+    before (cached at :func:`defense_model_path`). The record saved beside a stage's model holds
+    the info of the model it started from under ``"base"``."""
+    if not stages:
+        return trained_model(seed=seed, **DEFENSE_RECIPE)
+    path = defense_model_path(seed, stages)
     if (found := load_cached(path)) is not None:
-        return found[0], {**found[1], "training": DEFENSE_DESCRIPTION}
-    base, base_info = trained_model(seed=seed, **DEFENSE_RECIPE)
+        return found
+    base, base_info = staged_model(seed, stages[:-1])
     x, y = kq.datasets.load("fashion_mnist", "train")
-    model, info = adversarially_fine_tuned(base, x, y, DEFENSE_MIXED["epochs"], DEFENSE_MIXED["learning_rate"], 0,
-                                           seed, path, DEFENSE_MIXED["clean_weight"])
-    return model, {**info, "base": base_info, "training": DEFENSE_DESCRIPTION}
+    stage = stages[-1]
+    model, info = adversarially_fine_tuned(base, x, y, stage["epochs"], stage["learning_rate"], 0, seed, path,
+                                           stage["clean_weight"], record={"base": base_info})
+    return model, {**info, "base": base_info}
 
 
 def source_digest(*scripts: Path) -> bytes:

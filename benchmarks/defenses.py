@@ -2,7 +2,7 @@
 
 Rows: Orig. (standard training), Adv. (PGD-AT, Madry 2018, ε = 0.1, 7 steps, on cnn_small of
 width 2 without dropout, 30 epochs, learning rate dropped 10x for the last quarter, then 6
-epochs of PGD-AT on the mixed objective 0.5·CE(x) + 0.5·CE(x') of Goodfellow 2015:
+epochs of PGD-AT on the mixed objective 0.5·CE(x) + 0.5·CE(x') of Goodfellow 2015 at Adam 1e-4, then 2 at 1e-5:
 ``_common.defense_model``) and F.L. (feedback learning on the standard model, DESIGN.md §3);
 Orig., F.L. and the black-box surrogate are cnn_small of width 1. Each row also has (Q) =
 3-bit weight-only PTQ (RobustQuantizer, per-axis symmetric), +mu = μ-law mapping of the last layer
