@@ -121,7 +121,8 @@ def test_each_defense_stage_starts_from_the_one_before_and_records_it(store, mon
 
     monkeypatch.setattr(_common, "adversarially_fine_tuned", fine_tune)
     monkeypatch.setattr(_common.kq.datasets, "load", lambda *a: (np.zeros((2, 4)), np.zeros(2)))
-    stages = (dict(clean_weight=0.5, epochs=6, learning_rate=1e-4), dict(clean_weight=0.7, epochs=2, learning_rate=1e-5))
+    stages = (dict(clean_weight=0.5, epochs=6, learning_rate=1e-4),
+              dict(clean_weight=0.7, epochs=2, learning_rate=1e-5))
     model, info = _common.staged_model(0, stages)
     assert [t[1:] for t in tuned] == [(6, 1e-4, 0.5), (2, 1e-5, 0.7)] and tuned[1][0] is base
     path = _common.defense_model_path(0, stages)
