@@ -67,11 +67,14 @@ def machine() -> dict:
 
 
 def model_path(name: str, epochs: int, seed: int = 0, dataset: str = "fashion_mnist",
-               adversarial: dict | None = None, lr_drop: bool = False, model_kwargs: dict | None = None) -> Path:
+               adversarial: dict | None = None, lr_drop: bool = False, model_kwargs: dict | None = None,
+               split: str = "train", ema: float | None = None) -> Path:
     """Where :func:`trained_model` caches the model these arguments train."""
-    tag = "".join(f"_{k}{v}" for k, v in sorted((model_kwargs or {}).items()))
+    tag = "" if split == "train" else f"_{split}"
+    tag += "".join(f"_{k}{v}" for k, v in sorted((model_kwargs or {}).items()))
     tag += "" if not adversarial else "_" + "_".join(f"{k}{v}" for k, v in sorted(adversarial.items()))
     tag += "_lrdrop" if lr_drop else ""
+    tag += "" if ema is None else f"_ema{ema:g}"
     return CACHE / f"{dataset}_{name}_e{epochs}_s{seed}{tag}.keras"
 
 
@@ -144,18 +147,20 @@ def load_cached(path: Path):
 
 
 def trained_model(name: str, epochs: int, seed: int = 0, dataset: str = "fashion_mnist",
-                  adversarial: dict | None = None, lr_drop: bool = False, model_kwargs: dict | None = None):
-    """A zoo model trained on the full training split (cached in benchmarks/.cache).
+                  adversarial: dict | None = None, lr_drop: bool = False, model_kwargs: dict | None = None,
+                  split: str = "train", ema: float | None = None):
+    """A zoo model trained on a training split (cached in benchmarks/.cache).
 
     ``adversarial``: AdversarialModel arguments (e.g. ``{"attack": "fgsm_rs", "eps": 0.1}``)
     for adversarial training; None trains normally. ``lr_drop``: Adam at 1e-3, then 1e-4 for
     the last quarter of the epochs. ``model_kwargs``: zoo constructor arguments (e.g.
-    ``{"dropout": 0.0}``).
+    ``{"dropout": 0.0}``). ``split``: ``"train"`` (all training images) or ``"fit"`` (without
+    the validation split). ``ema``: weight averaging with this momentum.
     """
-    path = model_path(name, epochs, seed, dataset, adversarial, lr_drop, model_kwargs)
+    path = model_path(name, epochs, seed, dataset, adversarial, lr_drop, model_kwargs, split, ema)
     if (found := load_cached(path)) is not None:
         return found
-    x, y = kq.datasets.load(dataset, "train")
+    x, y = kq.datasets.load(dataset, split)
     CACHE.mkdir(exist_ok=True)
     kq.training.set_seed(seed, deterministic_ops=True)
     model = kq.zoo.get(name, input_shape=x.shape[1:], num_classes=int(y.max()) + 1, **(model_kwargs or {}))
@@ -166,7 +171,7 @@ def trained_model(name: str, epochs: int, seed: int = 0, dataset: str = "fashion
     if lr_drop:
         callbacks.append(lr_drop_schedule(epochs, max(1, epochs // 4))[0])
     kq.training.train_classifier(trainer, x, y, epochs=epochs, batch_size=128, seed=seed, callbacks=callbacks,
-                                 verbose=2 if adversarial else 0)
+                                 verbose=2 if adversarial else 0, ema_momentum=ema)
     seconds = time.perf_counter() - start
     info = {"train_seconds": round(seconds, 1), **resumed}
     save_cached(model, path, info)
@@ -196,8 +201,12 @@ def describe_recipe(recipe: dict) -> str:
     attack, kwargs = recipe["adversarial"], recipe.get("model_kwargs") or {}
     width = f" of width {kwargs['width']}" if kwargs.get("width", 1) != 1 else ""
     dropout = " without dropout" if kwargs.get("dropout") == 0.0 else ""
-    return (f"{attack['attack'].upper()}-AT (ε = {attack['eps']}, {attack['steps']} steps), {recipe['name']}{width}"
-            f"{dropout}, {recipe['epochs']} epochs{', LR drop' if recipe.get('lr_drop') else ''}")
+    method = (f"TRADES (β = {attack.get('beta', 6.0):g}, " if attack["attack"] == "trades"
+              else f"{attack['attack'].upper()}-AT (")
+    split = " on the fit split (validation held out)" if recipe.get("split", "train") == "fit" else ""
+    ema = f", weight averaging (EMA {recipe['ema']:g})" if recipe.get("ema") is not None else ""
+    return (f"{method}ε = {attack['eps']}, {attack['steps']} steps), {recipe['name']}{width}"
+            f"{dropout}, {recipe['epochs']} epochs{', LR drop' if recipe.get('lr_drop') else ''}{ema}{split}")
 
 
 ROBUST_DESCRIPTION = describe_recipe(ROBUST_RECIPE)
@@ -282,6 +291,16 @@ def describe_stages(stages=DEFENSE_STAGES) -> str:
 
 
 DEFENSE_DESCRIPTION = f"{describe_recipe(DEFENSE_RECIPE)}; then {describe_stages()}"
+
+# Candidate recipes for the Adv. model (issue 19), each trained on the fit split (the training
+# images without the last 5,000) and chosen on the validation split by benchmarks/recipes.py:
+# TRADES (Zhang 2019) at two trade-offs, and PGD-AT, all with weight averaging (Gowal 2020 §4.4).
+_TRADES = {"attack": "trades", "eps": ROBUST_EPS, "steps": 7}
+RECIPE_CANDIDATES = {
+    "trades6-ema": dict(DEFENSE_RECIPE, adversarial={**_TRADES, "beta": 6.0}, split="fit", ema=0.999),
+    "trades3-ema": dict(DEFENSE_RECIPE, adversarial={**_TRADES, "beta": 3.0}, split="fit", ema=0.999),
+    "pgd-ema": dict(DEFENSE_RECIPE, split="fit", ema=0.999),
+}
 
 
 def defense_model_path(seed: int = 0, stages=DEFENSE_STAGES) -> Path:

@@ -80,6 +80,12 @@ def _add_guard(commands) -> None:
     g.add_argument("--pgd-steps", type=int, help="PGD steps of the evaluation attacks (quick 10, else 20)")
     g.add_argument("--surrogate-epochs", type=int, help="training epochs of the transfer surrogate (quick 2, else 5)")
     g.add_argument("--uap-samples", type=int, help="training inputs the UAPs are crafted on (quick 1000, else 2000)")
+    g.add_argument("--autoattack", help="AutoAttack version of the robust accuracy: standard or fast (quick fast, "
+                   "else standard)")
+    g.add_argument("--autoattack-samples", type=int,
+                   help="test inputs AutoAttack and Square on the artifact run on (quick 500, else 1000)")
+    g.add_argument("--square-queries", type=int,
+                   help="Square queries per input on the exported artifact (quick 1000, else 5002)")
 
 
 def _add_attack(commands) -> None:
@@ -90,6 +96,9 @@ def _add_attack(commands) -> None:
     a.add_argument("--attack", default="pgd", help=f"one of {', '.join(EVALUATE_ATTACKS)} (default: pgd)")
     a.add_argument("--eps", type=_floats, default=[0.1], help="comma-separated L∞ budgets in (0, 1] (default: 0.1)")
     a.add_argument("--pgd-steps", type=int, default=20, help="PGD steps (default: 20)")
+    a.add_argument("--autoattack-version", default="standard", choices=("standard", "fast"),
+                   help="with --attack autoattack: standard (APGD-CE, APGD-T, FAB-T, Square) or fast (APGD-CE, "
+                   "APGD-T with 3 targets) (default: standard)")
     _add_data_arguments(a, test_default=1000)
     a.add_argument("--json", help="also write the results as JSON to this (new) file")
 
@@ -103,6 +112,8 @@ def _add_evaluate(commands) -> None:
     e.add_argument("--attacks", default="fgsm,pgd", help="comma-separated attacks (default: fgsm,pgd)")
     e.add_argument("--eps", type=_floats, default=[0.0, 0.05, 0.1], help="ascending ε values (default: 0,0.05,0.1)")
     e.add_argument("--pgd-steps", type=int, default=20, help="PGD steps (default: 20)")
+    e.add_argument("--autoattack-version", default="standard", choices=("standard", "fast"),
+                   help="the autoattack version when --attacks names it (default: standard)")
     e.add_argument("--out", required=True, help="a new (or empty) folder for the report")
     _add_data_arguments(e, test_default=1000)
 
@@ -279,11 +290,25 @@ def _test_data(args, model=None):
 
 
 def _check_eps_values(values: list[float], allow_zero: bool) -> list[float]:
-    low_ok = (lambda e: e >= 0.0) if allow_zero else (lambda e: e > 0.0)
-    if not values or any(not (low_ok(e) and e <= 1.0) for e in values):
-        interval = "[0, 1]" if allow_zero else "(0, 1]"
-        raise UsageError(f"--eps {values} is out of range: give L∞ budgets in {interval} for inputs in [0, 1]")
-    return values
+    from .attacks.registry import check_budget
+
+    interval = "[0, 1]" if allow_zero else "(0, 1]"
+    if not values:
+        raise UsageError(f"--eps is empty: give L∞ budgets in {interval} for inputs in [0, 1]")
+    try:
+        return [check_budget(e, allow_zero=allow_zero) for e in values]
+    except ValueError:
+        raise UsageError(f"--eps {values} is out of range: give L∞ budgets in {interval} for inputs in "
+                         "[0, 1]") from None
+
+
+def _attack_spec(name: str):
+    from .attacks.registry import PER_MODEL_KINDS, get_attack
+
+    try:
+        return get_attack(name, *PER_MODEL_KINDS)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
 
 
 def _attack(args) -> int:
@@ -291,23 +316,59 @@ def _attack(args) -> int:
     from .evaluate import evaluate
     from .guard.inputs import load_model_file
 
-    if args.attack not in EVALUATE_ATTACKS:
-        raise UsageError(f"unknown --attack {args.attack!r}; choose one of {', '.join(EVALUATE_ATTACKS)}")
+    spec = _attack_spec(args.attack)
     eps = sorted(_check_eps_values(args.eps, allow_zero=False))
+    if args.json:
+        from ._io import check_new_file
+
+        try:
+            check_new_file(args.json, ".json", False, "--json")
+        except ValueError as error:
+            raise UsageError(str(error)) from None
     model = load_model_file(args.model)
     data = _test_data(args, model)
-    report = evaluate({"model": model}, (data.x_test, data.y_test), attacks=[args.attack], eps=[0.0, *eps],
-                      pgd_steps=args.pgd_steps, seed=args.seed)
-    row = report.accuracy["model"][args.attack]
+    if spec.kind == "suite":
+        return _autoattack(args, model, data, eps)
+    report = evaluate({"model": model}, (data.x_test, data.y_test), attacks=[spec.name], eps=[0.0, *eps],
+                      pgd_steps=args.pgd_steps, seed=args.seed, verbose=0)
+    row = report.accuracy["model"][spec.name]
     results = [{"eps": e, "clean": row[0], "attacked": a} for e, a in zip(eps, row[1:])]
     print(f"{args.model} on {len(data.x_test)} {args.dataset} test inputs; "
-          f"{report.provenance['attacks'][args.attack]}, seed {args.seed}\n")
-    rows = [[args.attack, f"{r['eps']:g}", percent(r["clean"]), percent(r["attacked"])] for r in results]
+          f"{report.provenance['attacks'][spec.name]}, seed {args.seed}\n")
+    rows = [[spec.name, f"{r['eps']:g}", percent(r["clean"]), percent(r["attacked"])] for r in results]
     print(markdown_table(["attack", "ε", "clean %", "attacked %"], rows))
+    for note in report.provenance.get("integrity", {}).values():
+        print(f"\n! {note}")
     if args.json:
         from ._io import write_json
 
-        write_json(args.json, {"model": args.model, "attack": args.attack, "results": results}, overwrite=False)
+        write_json(args.json, {"model": args.model, "attack": spec.name, "results": results}, overwrite=False)
+    return 0
+
+
+def _autoattack(args, model, data, eps: list[float]) -> int:
+    """``attack --attack autoattack``: robust accuracy with its interval and the per-attack breakdown."""
+    from ._tables import markdown_table, percent
+    from .attacks import autoattack
+
+    results, rows = [], []
+    for e in eps:
+        result = autoattack(model, data.x_test, data.y_test, eps=e, version=args.autoattack_version, seed=args.seed,
+                            verbose=0)
+        low, high = result.interval()
+        results.append({"eps": e, **result.to_dict()})
+        after = ", ".join(f"{k} {percent(v)}" for k, v in result.accuracy_after.items() if k != "clean")
+        rows.append([f"{e:g}", percent(result.clean_accuracy), percent(result.robust_accuracy),
+                     f"{percent(low)}–{percent(high)}", after])
+        for finding in result.findings:
+            _log(f"ε = {e:g}: {finding}")
+    print(f"{args.model} on {len(data.x_test)} {args.dataset} test inputs; AutoAttack {args.autoattack_version} "
+          f"(L∞), seed {args.seed}\n")
+    print(markdown_table(["ε", "clean %", "robust %", "95% CI", "after each attack %"], rows))
+    if args.json:
+        from ._io import write_json
+
+        write_json(args.json, {"model": args.model, "attack": "autoattack", "results": results}, overwrite=False)
     return 0
 
 
@@ -330,11 +391,9 @@ def _evaluate(args) -> int:
     from .evaluate import evaluate
     from .guard.inputs import check_data_fits, load_model_file
 
-    attacks = [a.strip() for a in args.attacks.split(",") if a.strip()]
-    unknown = [a for a in attacks if a not in EVALUATE_ATTACKS]
-    if unknown or not attacks:
-        raise UsageError(f"unknown --attacks {','.join(unknown) or '(none)'}; choose from "
-                         f"{', '.join(EVALUATE_ATTACKS)}")
+    attacks = [_attack_spec(a.strip()).name for a in args.attacks.split(",") if a.strip()]
+    if not attacks:
+        raise UsageError(f"--attacks is empty; choose from {', '.join(EVALUATE_ATTACKS)}")
     eps = _check_eps_values(args.eps, allow_zero=True)
     if eps != sorted(eps):
         raise UsageError(f"--eps {args.eps} must be ascending, e.g. --eps 0,0.05,0.1")
@@ -344,7 +403,7 @@ def _evaluate(args) -> int:
     for model in models.values():
         check_data_fits(data, model)
     report = evaluate(models, (data.x_test, data.y_test), attacks=attacks, eps=eps, pgd_steps=args.pgd_steps,
-                      seed=args.seed)
+                      seed=args.seed, options={"autoattack": {"version": args.autoattack_version}})
     report.provenance.pop("seconds", None)  # keep the report deterministic
     _save_report(report, folder)
     print(report.to_markdown())

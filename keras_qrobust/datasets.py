@@ -5,6 +5,10 @@
 * ``digits`` — scikit-learn's bundled 8x8 digits (a fixed, stratified 80/20 split);
 * ``two_spirals`` — Gorsline et al. 2021 eq. (15);
 * any other name — TensorFlow Datasets (a prepared local copy first, then a download).
+
+Every dataset also has the splits ``"fit"`` and ``"validation"``: the training split without
+and with only its last :func:`validation_size` examples. Recipes, defaults and
+hyperparameters are chosen on ``"validation"``; ``"test"`` is kept for the final figures.
 """
 
 from __future__ import annotations
@@ -17,7 +21,8 @@ from typing import Optional
 
 import numpy as np
 
-__all__ = ["load", "two_spirals", "read_idx", "DatasetError", "fashion_mnist_dirs", "LOCAL"]
+__all__ = ["load", "two_spirals", "read_idx", "DatasetError", "fashion_mnist_dirs", "LOCAL", "validation_size",
+           "VALIDATION_SIZE"]
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_FILES = {
@@ -189,6 +194,14 @@ def _tfds_arrays(tfds, data):
 
 
 LOCAL = ("fashion_mnist", "digits", "two_spirals")
+#: the most training examples a validation split holds (5,000 of Fashion-MNIST's 60,000)
+VALIDATION_SIZE = 5000
+
+
+def validation_size(n_train: int) -> int:
+    """How many of ``n_train`` training examples the ``"validation"`` split holds: a tenth,
+    at most :data:`VALIDATION_SIZE` (the last ones of the training split, a fixed choice)."""
+    return min(VALIDATION_SIZE, n_train // 10)
 
 
 def load(name: str, split: str = "train", *, data_dir: Optional[str] = None,
@@ -198,12 +211,18 @@ def load(name: str, split: str = "train", *, data_dir: Optional[str] = None,
     Args:
         name: ``fashion_mnist``, ``digits``, ``two_spirals`` or a TFDS name (``cifar10``,
             ``svhn_cropped``, ``mnist``, ...).
-        split: ``"train"`` or ``"test"`` (TFDS names also take TFDS split strings).
+        split: ``"train"``, ``"test"``, or ``"fit"`` / ``"validation"`` (the training split
+            without / with only its last :func:`validation_size` examples); TFDS names also
+            take TFDS split strings.
         data_dir: a folder to look in first (IDX files, or a TFDS data folder).
         download: let TFDS download a dataset that is not found locally.
     """
+    if split in ("fit", "validation"):
+        x, y = load(name, "train", data_dir=data_dir, download=download)
+        held_out = validation_size(len(x))
+        return (x[:-held_out], y[:-held_out]) if split == "fit" else (x[-held_out:], y[-held_out:])
     if name in LOCAL and split not in ("train", "test"):
-        raise ValueError(f"split must be 'train' or 'test' for {name}, got {split!r}")
+        raise ValueError(f"split must be 'train', 'test', 'fit' or 'validation' for {name}, got {split!r}")
     if name == "fashion_mnist":
         return _fashion_mnist(split, data_dir)
     if name == "digits":

@@ -1,9 +1,16 @@
 """The robustness grid: accuracy of each model under each attack at each ε.
 
-``kq.evaluate(models, (x, y), attacks=["fgsm", "pgd", "uap"], eps=[0, 0.05, 0.1])`` returns a
-:class:`~keras_qrobust.report.RobustnessReport` that records how every number was obtained
-(attack, steps, ε, samples, seed) and carries the DESIGN.md §4 warnings: accuracy must fall
-as ε grows, otherwise the curve is flagged as suspect.
+``kq.evaluate(models, (x, y), attacks=["fgsm", "pgd", "autoattack"], eps=[0, 0.05, 0.1])``
+returns a :class:`~keras_qrobust.report.RobustnessReport` that records how every number was
+obtained (attack and its settings, ε, samples, seed) and carries the DESIGN.md §4 warnings:
+accuracy must fall as ε grows, otherwise the curve is flagged as suspect. Attacks are looked
+up in the registry (:mod:`keras_qrobust.attacks.registry`).
+
+Evaluation integrity: for every tf_keras model scored by a gradient attack, the inputs whose
+logit-margin gradient is zero or non-finite are found first
+(:func:`~keras_qrobust.attacks.integrity.gradient_status`); under gradient attacks they are
+never counted as robust (a stalled attack proves nothing), and the report says how many there
+were.
 """
 
 from __future__ import annotations
@@ -13,36 +20,41 @@ from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
-from . import attacks as attacks_mod
 from . import metrics
+from .attacks.integrity import GRADIENT_OK, gradient_status
+from .attacks.registry import PER_MODEL_KINDS, attack_names, check_budget, get_attack
 from .quantize import parse_setting
 from .report import RobustnessReport
 
 __all__ = ["evaluate", "EVALUATE_ATTACKS"]
 
-EVALUATE_ATTACKS = ("fgsm", "pgd", "bim", "mim", "uap", "gaussian", "uniform")
+#: the attacks evaluate runs (every per-model attack of the registry)
+EVALUATE_ATTACKS = attack_names(*PER_MODEL_KINDS)
 
 
-def _attack_description(attack: str, pgd_steps: int) -> str:
-    return {"fgsm": "FGSM (one step)", "pgd": f"PGD-{pgd_steps}, L∞, random start, CE loss",
-            "bim": "BIM-10", "mim": "MIM-10 (decay 1.0)",
-            "uap": "UAP (FGSM inner step) crafted on the evaluation inputs (direct), L∞",
-            "gaussian": "Gaussian noise N(0, ε²)", "uniform": "uniform noise U(−ε, ε)"}[attack]
+def _options(attack: str, pgd_steps: int, options: Mapping[str, dict]) -> dict:
+    spec = get_attack(attack)
+    extra = {"steps": pgd_steps} if spec.name == "pgd" else {}
+    return spec.settings(**{**extra, **dict(options.get(spec.name, {}))})
 
 
-def _attacked(model, x, y, attack: str, eps: float, pgd_steps: int, seed: int) -> np.ndarray:
-    a = attacks_mod
-    if attack == "fgsm":
-        return a.fgsm(model, x, y, eps=eps)
-    if attack == "pgd":
-        return a.pgd(model, x, y, eps=eps, steps=pgd_steps, seed=seed, verbose=0)
-    if attack == "bim":
-        return a.bim(model, x, y, eps=eps, verbose=0)
-    if attack == "mim":
-        return a.mim(model, x, y, eps=eps, verbose=0)
-    if attack == "uap":
-        return np.clip(x + a.uap(model, x, eps=eps, seed=seed, verbose=0).perturbation, 0.0, 1.0)
-    return a.noise(x, eps=eps, kind=attack, seed=seed)
+def _score(model, x, y, spec, eps: float, seed: int, settings: dict, unusable: np.ndarray) -> float:
+    """Accuracy under one attack cell; inputs without a usable gradient never count as robust
+    under a gradient attack."""
+    found = spec(model, x, y, eps=eps, seed=seed, **settings)
+    if hasattr(found, "robust_accuracy"):  # a suite (AutoAttack) scores itself
+        return float(found.robust_accuracy)
+    correct = metrics.predict_labels(model, found) == y
+    if spec.needs_gradient:
+        correct &= ~unusable
+    return float(correct.mean())
+
+
+def _unusable_gradients(model, x, y) -> np.ndarray:
+    """Inputs at which ``model`` gives no usable input gradient (all False for artifacts)."""
+    if not hasattr(model, "layers"):
+        return np.zeros(len(x), bool)
+    return gradient_status(model, x, y) != GRADIENT_OK
 
 
 def _weight_bits(name: str, model) -> Optional[int]:
@@ -54,15 +66,19 @@ def _weight_bits(name: str, model) -> Optional[int]:
 
 
 def evaluate(models, data, attacks: Sequence[str] = ("fgsm", "pgd"), eps: Sequence[float] = (0.0, 0.05, 0.1), *,
-             pgd_steps: int = 20, seed: int = 0, bits: Optional[Mapping[str, int]] = None,
-             lipschitz_bits: Optional[int] = None, transfer_matrix=None, verbose: int = 1) -> RobustnessReport:
+             pgd_steps: int = 20, seed: int = 0, options: Optional[Mapping[str, dict]] = None,
+             bits: Optional[Mapping[str, int]] = None, lipschitz_bits: Optional[int] = None, transfer_matrix=None,
+             verbose: int = 1) -> RobustnessReport:
     """Accuracy of every model under every attack at every ε (ε = 0: clean accuracy).
 
     Args:
         models: a model or ``{name: model}`` (tf_keras models or exported artifacts).
         data: ``(x, y)``, inputs in [0, 1].
-        attacks: names from :data:`EVALUATE_ATTACKS`.
+        attacks: names from :data:`EVALUATE_ATTACKS` (e.g. ``"autoattack"``, ``"pgd"``,
+            ``"square"``, ``"uap"``, ``"gaussian"``).
         eps: L∞ budgets (noise: its scale), ascending, each in [0, 1].
+        pgd_steps: PGD's step count (shorthand for ``options={"pgd": {"steps": k}}``).
+        options: per-attack settings, e.g. ``{"autoattack": {"version": "fast"}}``.
         bits: weight bits per model name, for the accuracy-vs-bits plot (default: parsed from
             names ending in a wXaY setting, e.g. ``"cnn w4a4"``).
         lipschitz_bits: also record σ_max(Q_b(W) − W) per layer of each tf_keras model.
@@ -75,31 +91,42 @@ def evaluate(models, data, attacks: Sequence[str] = ("fgsm", "pgd"), eps: Sequen
     x, y = np.asarray(x, np.float32), np.asarray(y).reshape(-1)
     if len(x) != len(y) or not len(x):
         raise ValueError(f"data must be (x, y) with as many labels as inputs, got {len(x)} and {len(y)}")
-    unknown = [a for a in attacks if a not in EVALUATE_ATTACKS]
-    if unknown or not attacks:
-        raise ValueError(f"attacks must be names from {EVALUATE_ATTACKS}, got {list(attacks)}")
-    eps = [float(e) for e in eps]
-    if not eps or any(not 0.0 <= e <= 1.0 for e in eps) or eps != sorted(eps):
+    if not attacks:
+        raise ValueError(f"attacks is empty: give names from {', '.join(EVALUATE_ATTACKS)}")
+    try:
+        specs = [get_attack(a, *PER_MODEL_KINDS) for a in attacks]
+    except ValueError as error:
+        raise ValueError(f"attacks: {error}") from None
+    names = [spec.name for spec in specs]
+    options = dict(options or {})
+    settings = {spec.name: _options(spec.name, pgd_steps, options) for spec in specs}
+    eps = [check_budget(e) for e in eps]
+    if not eps or eps != sorted(eps):
         raise ValueError(f"eps must be ascending values in [0, 1], got {eps}")
     start = time.perf_counter()
     accuracy: dict = {}
-    total = len(models) * len(attacks) * len(eps)
+    integrity: dict = {}
+    total = len(models) * len(specs) * len(eps)
     progress = None
     if verbose:
         from tqdm.auto import tqdm
 
         progress = tqdm(total=total, desc="evaluate", unit="cell")
+    gradient_attacks = any(spec.needs_gradient for spec in specs)
     for name, model in models.items():
         clean = metrics.accuracy(model, x, y)
+        unusable = _unusable_gradients(model, x, y) if gradient_attacks and any(e > 0 for e in eps) else (
+            np.zeros(len(x), bool))
+        if unusable.any():
+            integrity[name] = {"unusable_gradient": int(unusable.sum())}
         accuracy[name] = {}
-        for attack in attacks:
+        for spec in specs:
             row = []
             for e in eps:
-                row.append(clean if e == 0.0 else metrics.accuracy(model, _attacked(model, x, y, attack, e, pgd_steps,
-                                                                                        seed), y))
+                row.append(clean if e == 0.0 else _score(model, x, y, spec, e, seed, settings[spec.name], unusable))
                 if progress is not None:
                     progress.update(1)
-            accuracy[name][attack] = row
+            accuracy[name][spec.name] = row
     if progress is not None:
         progress.close()
     bits = dict(bits) if bits is not None else {n: b for n, m in models.items() if (b := _weight_bits(n, m))}
@@ -111,11 +138,15 @@ def evaluate(models, data, attacks: Sequence[str] = ("fgsm", "pgd"), eps: Sequen
             if hasattr(model, "layers"):
                 lipschitz[name] = [{k: row[k] for k in ("layer", "kernel", "sigma_max", "sigma_max_scaled")}
                                    for row in quantization_lipschitz(model, lipschitz_bits)]
-    provenance = {"attacks": {a: _attack_description(a, pgd_steps) for a in attacks}, "eps": eps,
+    provenance = {"attacks": {spec.name: spec.description(**settings[spec.name]) for spec in specs}, "eps": eps,
                   "norm": "inf", "samples": int(len(x)), "seed": seed, "pgd_steps": pgd_steps,
-                  "seconds": round(time.perf_counter() - start, 2)}
+                  "settings": settings, "seconds": round(time.perf_counter() - start, 2)}
+    if integrity:
+        provenance["integrity"] = {
+            name: f"{v['unusable_gradient']} of {len(x)} inputs have a zero or non-finite input gradient: they are "
+                  "counted as not robust under gradient attacks" for name, v in integrity.items()}
     transfer = None
     if transfer_matrix is not None:
         transfer = {"labels": list(transfer_matrix.names), "accuracy": np.asarray(transfer_matrix.accuracy).tolist()}
-    return RobustnessReport.build(accuracy=accuracy, eps=eps, attacks=list(attacks), provenance=provenance,
+    return RobustnessReport.build(accuracy=accuracy, eps=eps, attacks=names, provenance=provenance,
                                   bits=bits, lipschitz=lipschitz, lipschitz_bits=lipschitz_bits, transfer=transfer)

@@ -16,14 +16,13 @@ from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
 
-from . import attacks as attacks_mod
 from . import metrics
+from .attacks.registry import PER_MODEL_KINDS, get_attack
 from .quantize import parse_setting, setting_name
 
 __all__ = ["wxay_grid", "SettingResult", "SearchResult", "evaluate_setting", "choose", "search"]
 
 Attack = Union[str, Callable]
-ATTACK_NAMES = ("fgsm", "pgd", "bim", "mim", "uap")
 
 
 def wxay_grid(low: int = 2, high: int = 8, *, equal: bool = True) -> list[str]:
@@ -80,17 +79,13 @@ class SearchResult:
         return "\n".join(lines) + "\n"
 
 
-def _adversarial(model, x, y, attack: Attack, eps: float, seed: Optional[int]) -> np.ndarray:
+def _adversarial_accuracy(model, x, y, attack: Attack, eps: float, seed: Optional[int]) -> float:
     if callable(attack):
-        return attack(model, x, y, eps=eps)
-    if attack == "fgsm":
-        return attacks_mod.fgsm(model, x, y, eps=eps)
-    if attack == "uap":
-        v = attacks_mod.uap(model, x, eps=eps, seed=seed, verbose=0).perturbation
-        return np.clip(x + v, 0.0, 1.0)
-    fn = {"pgd": attacks_mod.pgd, "bim": attacks_mod.bim, "mim": attacks_mod.mim}[attack]
-    kwargs = {"seed": seed} if attack == "pgd" else {}
-    return fn(model, x, y, eps=eps, verbose=0, **kwargs)
+        return metrics.accuracy(model, attack(model, x, y, eps=eps), y)
+    found = get_attack(attack)(model, x, y, eps=eps, seed=seed)
+    if hasattr(found, "robust_accuracy"):  # AutoAttack scores itself (unverified inputs are not robust)
+        return float(found.robust_accuracy)
+    return metrics.accuracy(model, found, y)
 
 
 def evaluate_setting(quantizer, model, data, samples, attack: Attack, eps: float, natural_floor: float,
@@ -100,7 +95,7 @@ def evaluate_setting(quantizer, model, data, samples, attack: Attack, eps: float
     start = time.perf_counter()
     qmodel = quantizer.quantize(model, samples if quantizer.activation_bits is not None else None)
     natural = metrics.accuracy(qmodel, x, y)
-    adversarial = metrics.accuracy(qmodel, _adversarial(qmodel, x, y, attack, eps, seed), y)
+    adversarial = _adversarial_accuracy(qmodel, x, y, attack, eps, seed)
     return SettingResult(quantizer.setting, natural, adversarial, time.perf_counter() - start, natural > natural_floor)
 
 
@@ -122,8 +117,9 @@ def search(quantizer, model, data, candidates: Sequence[str] = None, attack: Att
     Args:
         data: ``(x, y)`` the settings are scored on (a validation split).
         candidates: ``"wXaY"`` settings (default ``wxay_grid(2, 8)``).
-        attack: ``"pgd"`` (20 steps), ``"fgsm"``, ``"bim"``, ``"mim"``, ``"uap"`` (crafted on
-            ``x``, the direct UAP) or ``attack(model, x, y, eps=...) -> x_adv``.
+        attack: a per-model attack of the registry (``"pgd"``: 20 steps; ``"autoattack"``:
+            the standard version; ``"uap"``: crafted on ``x``, the direct UAP; ...; see
+            :func:`keras_qrobust.attacks.attack_names`) or ``attack(model, x, y, eps=...) -> x_adv``.
         natural_floor: minimum natural accuracy (fraction) a chosen setting must exceed.
         samples: calibration inputs (default: the first 1,024 of ``x``).
     """
@@ -132,8 +128,11 @@ def search(quantizer, model, data, candidates: Sequence[str] = None, attack: Att
     y = np.asarray(y).reshape(-1)
     if len(x) != len(y) or not len(x):
         raise ValueError(f"data must be (x, y) with as many labels as inputs, got {len(x)} and {len(y)}")
-    if not callable(attack) and attack not in ATTACK_NAMES:
-        raise ValueError(f"attack must be one of {ATTACK_NAMES} or a callable, got {attack!r}")
+    if not callable(attack):
+        try:
+            attack = get_attack(attack, *PER_MODEL_KINDS).name
+        except ValueError as error:
+            raise ValueError(f"{error}, or pass a callable attack(model, x, y, eps=...) -> x_adv") from None
     if not 0.0 <= natural_floor < 1.0:
         raise ValueError(f"natural_floor is a fraction in [0, 1), got {natural_floor}")
     candidates = list(wxay_grid(2, 8) if candidates is None else candidates)

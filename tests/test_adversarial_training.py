@@ -114,3 +114,24 @@ def test_fgsm_rs_takes_one_step_of_1_25_eps():
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         AdversarialModel(kq.zoo.cnn_small(), **kwargs)
+
+
+def test_weight_averaging_ends_fit_on_the_averaged_weights(fashion_slice):
+    (x, y), _ = fashion_slice
+
+    def fit(ema):
+        kq.training.set_seed(0)
+        model = keras.Sequential([keras.Input((28, 28, 1)), keras.layers.Flatten(), keras.layers.Dense(10)])
+        trainer = AdversarialModel(model, attack="trades", eps=0.1, steps=2)
+        kq.training.compile_classifier(trainer, 1e-2, ema_momentum=ema)
+        trainer.fit(x[:256], y[:256], epochs=2, batch_size=64, verbose=0, shuffle=False)
+        return model, trainer.optimizer
+
+    plain, _ = fit(None)
+    averaged, optimizer = fit(0.9)
+    # fit wrote the moving average (w̄ ← 0.9·w̄ + 0.1·w per step) into the model
+    for weight, average in zip(averaged.weights, optimizer._model_variables_moving_average):
+        np.testing.assert_allclose(weight.numpy(), average.numpy())
+    assert not np.allclose(plain.get_weights()[0], averaged.get_weights()[0])
+    with pytest.raises(ValueError, match="ema_momentum must be in"):
+        kq.training.compile_classifier(keras.Sequential([keras.Input((2,)), keras.layers.Dense(2)]), ema_momentum=1)

@@ -119,5 +119,16 @@ def test_tfds_offline_error_says_what_was_tried(tmp_path, monkeypatch):
 
 
 def test_local_dataset_bad_split():
-    with pytest.raises(ValueError, match="split must be 'train' or 'test'"):
-        kq.datasets.load("digits", "validation")
+    with pytest.raises(ValueError, match="split must be 'train', 'test', 'fit' or 'validation'"):
+        kq.datasets.load("digits", "val")
+
+
+@pytest.mark.parametrize("name, held_out", [("digits", 143), ("fashion_mnist", 5000)])
+def test_validation_is_carved_from_the_end_of_the_training_split(name, held_out):
+    x, y = kq.datasets.load(name, "train")
+    x_fit, y_fit = kq.datasets.load(name, "fit")
+    x_val, y_val = kq.datasets.load(name, "validation")
+    assert len(x_val) == held_out == kq.datasets.validation_size(len(x))
+    np.testing.assert_array_equal(np.concatenate([x_fit, x_val]), x)
+    np.testing.assert_array_equal(np.concatenate([y_fit, y_val]), y)
+    assert len(np.unique(y_val)) == int(y.max()) + 1  # every class is in the validation split

@@ -41,10 +41,11 @@ def test_exported_models_agree_with_the_fake_quant_model(setting, quantized, exp
     tflite_path, onnx_path = exported[setting]
     tflite_model, onnx_model = export.load(tflite_path), export.load(onnx_path)
     assert tflite_model.format == "tflite" and onnx_model.format == "onnx"
-    # 500 test images; the only inexact step is the int8 output range (near-tied logits)
-    assert agreement(tflite_model.predict(x), keras_scores) >= 0.98
-    assert agreement(onnx_model.predict(x), keras_scores) >= 0.98
-    assert agreement(onnx_model.predict(x), tflite_model.predict(x)) >= 0.99  # ties round differently
+    # 500 test images; the docs claim ≥ 99.9% agreement (measured 99.98–99.99% on 10,000): at most
+    # one of these 500 may differ (the only inexact step is the int8 output range: near-tied logits)
+    assert agreement(tflite_model.predict(x), keras_scores) >= 0.998
+    assert agreement(onnx_model.predict(x), keras_scores) >= 0.998
+    assert agreement(onnx_model.predict(x), tflite_model.predict(x)) >= 0.998  # ties round differently
 
 
 @pytest.mark.parametrize("setting", SETTINGS)

@@ -8,6 +8,7 @@ logits ``[0, z]``), and work on numpy arrays in a box ``[clip_min, clip_max]``.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 import weakref
@@ -104,10 +105,13 @@ class AttackModel:
 
     def logits(self, x: tf.Tensor) -> tf.Tensor:
         out = self.model(x, training=False)
+        if self.binary:  # one output: a logit z -> [0, z]; a probability p -> [log(1 − p), log p]
+            if self.probabilities:
+                p = tf.clip_by_value(out, 1e-30, 1.0 - 1e-7)
+                return tf.concat([tf.math.log(1.0 - p), tf.math.log(p)], axis=-1)
+            return tf.concat([tf.zeros_like(out), out], axis=-1)
         if self.probabilities:
             out = tf.math.log(tf.maximum(out, 1e-30))
-        if self.binary:
-            out = tf.concat([tf.zeros_like(out), out], axis=-1)
         return out
 
     def __call__(self, x):
@@ -140,6 +144,11 @@ def as_attack_model(model, output: str = "auto") -> AttackModel:
     """
     if isinstance(model, AttackModel):
         return model
+    from ..export.runtime import DeployedModel
+
+    if isinstance(model, DeployedModel):
+        raise ValueError(f"{model.path.name} is a deployed artifact, which has no gradients: attack its Keras twin, "
+                         "or the file itself with a gradient-free attack (square, spsa) or a transfer attack")
     model = check_model(model)
     if output not in _OUTPUT_KINDS:
         raise ValueError(f"output must be one of {_OUTPUT_KINDS}, got {output!r}")
@@ -363,11 +372,12 @@ def compiled(attack_model: AttackModel, key: tuple, factory: Callable[[Callable[
     functions go away with their model.
     """
     per_model = _COMPILED.setdefault(attack_model.model, {})
-    key = (attack_model.probabilities, attack_model.binary, *key)
+    view = type(attack_model)  # an AttackModel, or a view of a deployed artifact
+    fields = {f.name: getattr(attack_model, f.name) for f in dataclasses.fields(attack_model) if f.name != "model"}
+    key = (view, *sorted(fields.items()), *key)
     if key not in per_model:
         model_ref = weakref.ref(attack_model.model)
-        probabilities, binary = attack_model.probabilities, attack_model.binary
-        fn = factory(lambda: AttackModel(model_ref(), probabilities, binary))
+        fn = factory(lambda: view(model=model_ref(), **fields))
         # a new batch size or step count retraces by design; TF's retracing warning is noise here
         if hasattr(fn, "_omit_frequent_tracing_warning"):
             fn._omit_frequent_tracing_warning = True

@@ -1,11 +1,13 @@
-"""Gradient-free and transfer attacks: SPSA, Square Attack (L∞) and transfer evaluation.
+"""Gradient-free and transfer attacks: SPSA, Square Attack (its own module, re-exported
+here) and transfer evaluation.
 
 They exist to expose gradient masking (DESIGN.md §4): a defense that only breaks gradients
 (μ-law mapping, rounding without a straight-through estimator) keeps a high accuracy under
 gradient attacks but not under these. SPSA and Square only ever *evaluate* the model (they
 never ask for its gradient); ``transfer`` takes gradients of a surrogate ``source`` model only.
 
-Both attack the L∞ ball ``‖x' − x‖∞ ≤ ε`` inside the box ``clip`` and use the margin
+SPSA and Square also attack a deployed artifact (``kq.export.load(...)``) through its
+runtime. SPSA attacks the L∞ ball ``‖x' − x‖∞ ≤ ε`` inside the box ``clip`` and use the margin
 objective ``f(x') = max_{j≠y} z_j(x') − z_y(x')`` (``f > 0`` ⇔ misclassified; for a targeted
 attack ``f = −(max_{j≠t} z_j − z_t)``, ``f > 0`` ⇔ classified as ``t``), which they maximize.
 Like the gradient attacks, each runs as a ``tf.function`` compiled once per model and
@@ -23,6 +25,8 @@ import numpy as np
 
 from .._keras import keras, tf
 from . import gradient as _gradient
+from ._queries import Ticks, as_query_model, batch_seed, clean_objective, into_ball, objective, rademacher
+from .square import square
 from ._common import (
     AttackModel,
     as_attack_model,
@@ -34,10 +38,6 @@ from ._common import (
     clip_key,
     compiled,
     generator,
-    margin,
-    progress,
-    project,
-    to_box,
 )
 
 __all__ = ["spsa", "square", "transfer", "TransferResult", "TRANSFER_ATTACKS"]
@@ -50,58 +50,9 @@ _SPSA_PAIRS_PER_CALL = 1024
 # Steps / iterations per call of the compiled loop: the progress bar moves between calls,
 # and a batch whose examples have all succeeded stops there.
 _SPSA_STEPS_PER_CALL = 5
-_SQUARE_ITERATIONS_PER_CALL = 50
-
-
-# ---------------------------------------------------------------------------- shared helpers
-def _objective(logits: tf.Tensor, y: tf.Tensor, targeted: bool) -> tf.Tensor:
-    """The attacker's objective per example: > 0 exactly when the attack has succeeded."""
-    value = margin(logits, y)
-    return -value if targeted else value
-
-
-def _into_box(adv: tf.Tensor, x: tf.Tensor, eps: tf.Tensor, clip: Optional[tuple]) -> tf.Tensor:
-    """Project ``adv`` onto the ε-ball around ``x``, then into the box."""
-    adv = x + project(adv - x, eps, "inf")
-    return to_box(adv, clip)
-
-
-def _clean_objective(attack_model: AttackModel, x: np.ndarray, y: Optional[np.ndarray],
-                     targeted: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Labels (the model's predictions when ``y`` is None) and the objective at ``x``:
-    one query per input."""
-    logits = attack_model.compiled_logits(tf.constant(x))
-    if y is None:
-        y = tf.argmax(logits, axis=-1).numpy().astype(np.int64)
-    return y, _objective(logits, tf.constant(y), targeted).numpy()
-
-
-class _Ticks:
-    """A progress bar advanced by counts (no bar when ``verbose=0``)."""
-
-    def __init__(self, total: int, verbose: int, desc: str):
-        self.bar = progress(range(total), total=total, verbose=verbose, desc=desc)
-
-    def advance(self, n: int) -> None:
-        if hasattr(self.bar, "update"):
-            self.bar.update(n)
-
-    def close(self) -> None:
-        if hasattr(self.bar, "close"):
-            self.bar.close()
-
-
-def _batch_seed(rng: tf.random.Generator) -> tf.Tensor:
-    """A seed for the stateless random ops of one batch, drawn from the attack's generator."""
-    return rng.make_seeds(1)[:, 0]
 
 
 # ---------------------------------------------------------------------------- SPSA
-def _rademacher(shape: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
-    """Independent ±1 entries, each sign with probability 1/2."""
-    return tf.cast(tf.random.stateless_uniform(shape, seed, 0, 2, tf.int32), tf.float32) * 2.0 - 1.0
-
-
 def _spsa_gradient(model: AttackModel, x: tf.Tensor, y: tf.Tensor, seed: tf.Tensor, delta: tf.Tensor,
                    samples: tf.Tensor, targeted: bool) -> tf.Tensor:
     """SPSA estimate of ``∇f(x)`` per example (Uesato et al. 2018, Algorithm 1):
@@ -123,11 +74,11 @@ def _spsa_gradient(model: AttackModel, x: tf.Tensor, y: tf.Tensor, seed: tf.Tens
         pair = tf.range(call * pairs_per_call, tf.minimum((call + 1) * pairs_per_call, total))
         owner = pair // samples  # which example each pair perturbs
         size = tf.shape(pair)[0]
-        v = _rademacher(tf.concat([[size], tf.shape(x)[1:]], 0),
+        v = rademacher(tf.concat([[size], tf.shape(x)[1:]], 0),
                         tf.random.experimental.stateless_fold_in(seed, call))
         centre, labels = tf.gather(x, owner), tf.gather(y, owner)
         logits = model.logits(tf.concat([centre + delta * v, centre - delta * v], 0))
-        value = _objective(logits, tf.concat([labels, labels], 0), targeted)
+        value = objective(logits, tf.concat([labels, labels], 0), targeted)
         slope = (value[:size] - value[size:]) / (2.0 * delta)
         grad += tf.math.unsorted_segment_sum(tf.reshape(slope, broadcast) * v, owner, count)
     return grad / tf.cast(samples, x.dtype)
@@ -167,13 +118,13 @@ def _compiled_spsa(attack_model: AttackModel, targeted: bool, early_stop: bool, 
                                    delta, samples, targeted)
                 step, m_a, u_a = _adam_ascent(tf.gather(m, active), tf.gather(u, active), g,
                                               tf.cast(t + 1, tf.float32), learning_rate)
-                adv_a = _into_box(adv_a + step, x_a, eps, clip)
+                adv_a = into_ball(adv_a + step, x_a, eps, clip)
                 adv = tf.tensor_scatter_nd_update(adv, rows, adv_a)
                 m = tf.tensor_scatter_nd_update(m, rows, m_a)
                 u = tf.tensor_scatter_nd_update(u, rows, u_a)
                 if early_stop:
                     # one more query per example: SPSA never evaluates the current point itself
-                    success = _objective(model.logits(adv_a), y_a, targeted) > 0
+                    success = objective(model.logits(adv_a), y_a, targeted) > 0
                     done = tf.tensor_scatter_nd_update(done, rows, success)
             return adv, m, u, done
 
@@ -202,7 +153,8 @@ def spsa(model, x, y=None, *, eps: float, steps: int = 100, samples: int = 128, 
     ``y``: true labels, or target labels with ``targeted=True``; by default the model's
     predictions. ``seed`` fixes every random draw (same seed and batch size, same result).
     """
-    attack_model = as_attack_model(model, output)
+    x_checked = np.asarray(x)
+    attack_model = as_query_model(model, output, probe=x_checked if x_checked.ndim > 1 else None)
     eps = check_eps(eps)
     steps = check_count(steps, "steps")
     samples = check_count(samples, "samples")
@@ -218,10 +170,10 @@ def spsa(model, x, y=None, *, eps: float, steps: int = 100, samples: int = 128, 
                tf.constant(learning_rate, tf.float32), tf.constant(samples))
     rng = generator(seed)
     out = np.empty_like(x)
-    ticks = _Ticks(len(range(0, len(x), batch_size)) * steps, verbose, "spsa")
+    ticks = Ticks(len(range(0, len(x), batch_size)) * steps, verbose, "spsa")
     for part in batches(len(x), batch_size):
         out[part] = _spsa_batch(run, attack_model, x[part], None if y is None else y[part], steps,
-                                numbers, _batch_seed(rng), clip, bool(targeted), bool(early_stop), ticks)
+                                numbers, batch_seed(rng), clip, bool(targeted), bool(early_stop), ticks)
     ticks.close()
     return out
 
@@ -229,10 +181,10 @@ def spsa(model, x, y=None, *, eps: float, steps: int = 100, samples: int = 128, 
 def _spsa_batch(run, attack_model, x, y, steps, numbers, seed, clip, targeted, early_stop,
                 ticks) -> np.ndarray:
     """SPSA on one batch: random start, then ``run`` ``_SPSA_STEPS_PER_CALL`` steps at a time."""
-    y, clean = _clean_objective(attack_model, x, y, targeted)
+    y, clean = clean_objective(attack_model, x, y, targeted)
     xb, yb, eps = tf.constant(x), tf.constant(y), numbers[0]
     start_seed, step_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
-    start = _into_box(xb + tf.random.stateless_uniform(tf.shape(xb), start_seed, -eps, eps), xb, eps, clip)
+    start = into_ball(xb + tf.random.stateless_uniform(tf.shape(xb), start_seed, -eps, eps), xb, eps, clip)
     done = tf.constant(clean > 0) if early_stop else tf.zeros(len(x), tf.bool)
     adv = tf.where(tf.reshape(done, [-1] + [1] * (xb.shape.rank - 1)), xb, start)
     m = u = tf.zeros_like(xb)
@@ -245,197 +197,6 @@ def _spsa_batch(run, attack_model, x, y, steps, numbers, seed, clip, targeted, e
                               step_seed)
         ticks.advance(count)
     return adv.numpy()
-
-
-# ---------------------------------------------------------------------------- Square Attack
-# Andriushchenko et al. 2020, §3 and their reference code: p is halved when the iteration,
-# in units of 1/10,000 of the budget, passes each of these bounds.
-_P_HALVINGS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
-
-
-def _square_fraction(i: tf.Tensor, budget: tf.Tensor, p_init: tf.Tensor) -> tf.Tensor:
-    """Piecewise-constant schedule of the fraction ``p`` of pixels a square covers (paper §3,
-    "choice of p"; ``p_selection`` of the authors' code), rescaled from 10,000 iterations to
-    ``budget``: ``p = p_init / 2^k``, ``k`` the number of bounds in ``_P_HALVINGS`` that
-    ``⌊10,000·i/budget⌋`` exceeds."""
-    scaled = tf.cast(i, tf.int64) * 10000 // tf.cast(budget, tf.int64)
-    halvings = tf.reduce_sum(tf.cast(scaled > tf.constant(_P_HALVINGS, tf.int64), tf.float32))
-    return p_init / tf.pow(2.0, halvings)
-
-
-def _nonzero_bits(count: tf.Tensor, channels: int, seed: tf.Tensor) -> tf.Tensor:
-    """``(count, channels)`` 0/1 rows drawn uniformly among the rows that are not all zero
-    (for more than 62 channels, only the first 62 can be set)."""
-    width = min(channels, 62)
-    draw = tf.random.stateless_uniform([count], seed, 1, 2 ** width, tf.int64)
-    bits = tf.bitwise.bitwise_and(tf.bitwise.right_shift(draw[:, None], tf.range(width, dtype=tf.int64)), 1)
-    bits = tf.cast(bits, tf.float32)
-    return tf.pad(bits, [[0, 0], [0, channels - width]])
-
-
-def _square_proposal(x: tf.Tensor, best: tf.Tensor, size: tf.Tensor, eps: tf.Tensor,
-                     clip: Optional[tuple], seed: tf.Tensor) -> tf.Tensor:
-    """One random square update per image (Andriushchenko et al. 2020, Algorithm 2):
-    a ``size × size`` window at a uniform position gets ``δ = ±2ε`` per channel, then
-    ``x_new = Π_box(Π_ε(x_best + δ))`` — i.e. the window's perturbation becomes ``±ε``.
-
-    ``x``, ``best``: ``(n, H, W, C)``. As the authors' code, the signs are redrawn when the
-    proposal would leave the window unchanged; at most one sign vector does (the window's
-    current one), so the redraw is an XOR with a uniform non-zero bit mask.
-    """
-    count, height, width = tf.shape(x)[0], tf.shape(x)[1], tf.shape(x)[2]
-    channels = x.shape[-1]
-    s_top, s_left, s_sign, s_flip = tf.unstack(tf.random.experimental.stateless_split(seed, 4))
-    top = tf.random.stateless_uniform([count], s_top, 0, height - size + 1, tf.int32)
-    left = tf.random.stateless_uniform([count], s_left, 0, width - size + 1, tf.int32)
-    rows = tf.range(height)[None, :]
-    cols = tf.range(width)[None, :]
-    in_rows = (rows >= top[:, None]) & (rows < top[:, None] + size)
-    in_cols = (cols >= left[:, None]) & (cols < left[:, None] + size)
-    window = in_rows[:, :, None, None] & in_cols[:, None, :, None]
-    sign = _rademacher([count, channels], s_sign)
-
-    def propose(sign):
-        vertex = x + eps * sign[:, None, None, :]
-        if clip is not None:
-            vertex = tf.clip_by_value(vertex, clip[0], clip[1])
-        return tf.where(window, vertex, best)
-
-    proposal = propose(sign)
-    unchanged = tf.logical_not(tf.reduce_any(tf.abs(proposal - best) > 1e-7, axis=[1, 2, 3]))
-    flipped = sign * (1.0 - 2.0 * _nonzero_bits(count, channels, s_flip))
-    return propose(tf.where(unchanged[:, None], flipped, sign))
-
-
-def _to_model(images: tf.Tensor, plain: bool) -> tf.Tensor:
-    """``(n, H, W, C)`` images as the model takes them: ``(n, H, W)`` when ``plain``."""
-    return images[..., 0] if plain else images
-
-
-def _compiled_square(attack_model: AttackModel, targeted: bool, clip: Optional[tuple], plain: bool):
-    """``run(x, y, best, value, first, iterations, budget, eps, p_init, seed) -> (best, value)``:
-    Square iterations ``first … first + iterations − 1`` on the images ``(n, H, W, C)``
-    whose objective ``value`` is not yet > 0."""
-
-    def factory(get_model):
-        @tf.function(reduce_retracing=True)
-        def run(x, y, best, value, first, iterations, budget, eps, p_init, seed):
-            model = get_model()
-            height, width = tf.shape(x)[1], tf.shape(x)[2]
-            for i in tf.range(first, first + iterations):
-                active = tf.where(value <= 0)[:, 0]
-                if tf.size(active) == 0:
-                    break
-                rows = active[:, None]
-                p = _square_fraction(i, budget, p_init)
-                # side s = round(√(p·H·W)), at least 1, at most min(H, W) − 1 (authors' code)
-                size = tf.cast(tf.round(tf.sqrt(p * tf.cast(height * width, tf.float32))), tf.int32)
-                size = tf.maximum(1, tf.minimum(size, tf.minimum(height, width) - 1))
-                best_a, value_a = tf.gather(best, active), tf.gather(value, active)
-                proposal = _square_proposal(tf.gather(x, active), best_a, size, eps, clip,
-                                            tf.random.experimental.stateless_fold_in(seed, i))
-                logits = model.logits(_to_model(proposal, plain))
-                new_value = _objective(logits, tf.gather(y, active), targeted)
-                better = new_value > value_a  # strict, as the authors' code
-                kept = tf.where(better[:, None, None, None], proposal, best_a)
-                best = tf.tensor_scatter_nd_update(best, rows, kept)
-                value = tf.tensor_scatter_nd_update(value, rows, tf.where(better, new_value, value_a))
-            return best, value
-
-        return run
-
-    return compiled(attack_model, ("square", targeted, clip, plain), factory)
-
-
-def _check_images(attack_model: AttackModel) -> bool:
-    """Does the model take ``(H, W)`` images (rather than ``(H, W, C)``)? Raise for other inputs."""
-    shape = attack_model.input_shape
-    if len(shape) == 3 and shape[-1] is not None:
-        return False
-    if len(shape) == 2:
-        return True
-    raise ValueError(
-        f"square attacks images shaped (H, W, C) or (H, W), but model '{attack_model.model.name}' "
-        f"takes inputs shaped {shape}: use spsa for other inputs"
-    )
-
-
-def square(model, x, y=None, *, eps: float, queries: int = 1000, p_init: float = 0.05,
-           targeted: bool = False, clip: Optional[Sequence[float]] = (0.0, 1.0), batch_size: int = 256,
-           seed: Optional[int] = None, verbose: int = 1, output: str = "auto") -> np.ndarray:
-    """Square Attack, L∞ (Andriushchenko et al. 2020, "Square Attack: a query-efficient
-    black-box adversarial attack via random search", Algorithms 1 and 2) — gradient-free.
-
-    Random search on the vertices of the ε-ball: start from vertical stripes
-    ``x + ε·s`` (one sign ``s`` per column and channel), then repeatedly change the
-    perturbation of one random square to ``±ε`` per channel (a ``±2ε`` step then
-    projection) and keep the change when the margin objective strictly improves (also when
-    ``targeted``, where the paper uses cross-entropy). The square covers a fraction ``p`` of
-    the image, ``p_init`` halved along the paper's schedule rescaled to ``queries``
-    (0.05 is the paper's ImageNet value; on 28×28 images larger squares, e.g. 0.3, often
-    do better, and on models with low-bit activations, whose output is piecewise constant,
-    much better). An example stops when it is misclassified (reaches the target when
-    ``targeted``).
-
-    ``queries``: the budget per example, counting every model evaluation — the clean
-    input, the initialization and one per iteration; misclassified inputs use one and are
-    returned unchanged. Only still-correct images are queried, ``batch_size`` at a time.
-    ``y``: true labels, or target labels with ``targeted=True``; by default the model's
-    predictions. ``seed`` fixes every random draw (same seed and batch size, same result).
-    """
-    attack_model = as_attack_model(model, output)
-    eps = check_eps(eps)
-    queries = check_count(queries, "queries", 2)
-    p_init = check_eps(p_init, "p_init")
-    if not 0 < p_init <= 1:
-        raise ValueError(f"p_init must be in (0, 1], got {p_init!r}")
-    batch_size = check_count(batch_size, "batch_size")
-    plain = _check_images(attack_model)
-    x, y = check_inputs(attack_model, x, y, clip, require_labels=targeted)
-    clip = clip_key(clip)
-    if eps == 0:
-        return x.copy()
-    run = _compiled_square(attack_model, bool(targeted), clip, plain)
-    numbers = (tf.constant(queries), tf.constant(eps, tf.float32), tf.constant(p_init, tf.float32))
-    rng = generator(seed)
-    out = np.empty_like(x)
-    iterations = queries - 2  # the clean input and the initialization take one query each
-    ticks = _Ticks(len(range(0, len(x), batch_size)) * iterations, verbose, "square")
-    for part in batches(len(x), batch_size):
-        images = x[part][..., None] if plain else x[part]
-        best = _square_batch(run, attack_model, images, None if y is None else y[part], iterations,
-                             numbers, _batch_seed(rng), clip, bool(targeted), plain, ticks)
-        out[part] = best[..., 0] if plain else best
-    ticks.close()
-    return out
-
-
-def _square_batch(run, attack_model, images, y, iterations, numbers, seed, clip, targeted, plain,
-                  ticks) -> np.ndarray:
-    """Square Attack on one batch of ``(n, H, W, C)`` images."""
-    y, value = _clean_objective(attack_model, images[..., 0] if plain else images, y, targeted)
-    todo = np.flatnonzero(value <= 0)
-    best = images.copy()
-    if len(todo) == 0:
-        ticks.advance(iterations)
-        return best
-    eps = numbers[1]
-    init_seed, loop_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
-    x_t, y_t = tf.constant(images[todo]), tf.constant(y[todo])
-    # vertical stripes: one sign per column and channel (paper §3.1, "initialization")
-    stripes = _rademacher(tf.stack([len(todo), 1, tf.shape(x_t)[2], x_t.shape[-1]]), init_seed)
-    start = _into_box(x_t + eps * stripes, x_t, eps, clip)
-    value_t = _objective(attack_model.compiled_logits(_to_model(start, plain)), y_t, targeted)
-    state = (start, value_t)
-    for first in range(0, iterations, _SQUARE_ITERATIONS_PER_CALL):
-        count = min(_SQUARE_ITERATIONS_PER_CALL, iterations - first)
-        if bool(tf.reduce_all(state[1] > 0)):
-            ticks.advance(iterations - first)
-            break
-        state = run(x_t, y_t, *state, tf.constant(first), tf.constant(count), *numbers, loop_seed)
-        ticks.advance(count)
-    best[todo] = state[0].numpy()
-    return best
 
 
 # ---------------------------------------------------------------------------- transfer

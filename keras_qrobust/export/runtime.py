@@ -22,7 +22,7 @@ __all__ = ["DeployedModel", "TFLiteModel", "ONNXModel", "load", "FORMATS"]
 FORMATS = {".tflite": "tflite", ".onnx": "onnx", ".fbz": "akida"}
 
 
-@dataclass
+@dataclass(eq=False)  # compared (and hashed) by identity: attacks cache compiled loops per model
 class DeployedModel:
     """An exported model loaded in its runtime. ``predict`` returns float scores."""
 
@@ -44,6 +44,10 @@ class DeployedModel:
 
     def __call__(self, x) -> np.ndarray:
         return self.predict(x)
+
+    @property
+    def name(self) -> str:
+        return self.path.name
 
     def _run(self, batch: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
         raise NotImplementedError

@@ -1,5 +1,7 @@
 """Stage 3, attack: every candidate (and the float model) under PGD, UAP, the ensemble UAP
-across all of them, and PGD transferred from the surrogate, at ε/2 and ε.
+across all of them, and PGD transferred from the surrogate, at ε/2 and ε; and AutoAttack at
+ε (Croce & Hein 2020; ``--autoattack`` fast or standard) on the first
+``--autoattack-samples`` test inputs, the robust accuracy guard reports.
 
 The accuracy grid goes into the state; the perturbations and the surrogate's adversarial
 inputs go into ``attacks.npz`` so the exported model is scored on the very same inputs.
@@ -13,7 +15,8 @@ from .. import attacks, metrics
 from .._io import atomic_path
 from .context import Context, load_model, say
 
-__all__ = ["attack_stage", "ATTACKS", "eps_grid", "descriptions", "pgd_inputs", "UAP_PASSES"]
+__all__ = ["attack_stage", "ATTACKS", "eps_grid", "descriptions", "pgd_inputs", "UAP_PASSES", "autoattack_inputs",
+           "autoattack_summary"]
 
 ATTACKS = ("pgd", "uap", "ensemble_uap", "transfer")
 UAP_PASSES = 10
@@ -37,6 +40,20 @@ def descriptions(config, names: list[str], uap_inputs: int) -> dict:
         "transfer": f"PGD-{k} crafted on the independently trained surrogate (black-box transfer), scored on the "
                     "model",
     }
+
+
+def autoattack_inputs(ctx: Context) -> tuple[np.ndarray, np.ndarray]:
+    """The test inputs AutoAttack (and Square on the artifact) run on: the first ``--autoattack-samples``."""
+    n = min(ctx.config.autoattack_samples, len(ctx.data.x_test))
+    return ctx.data.x_test[:n], ctx.data.y_test[:n]
+
+
+def autoattack_summary(result) -> dict:
+    """An AutoAttack result for the state and the report (without wall-clock seconds, so reruns
+    give byte-identical reports)."""
+    data = result.to_dict()
+    data.pop("seconds", None)
+    return data
 
 
 def pgd_inputs(model, ctx: Context, eps: float) -> np.ndarray:
@@ -69,7 +86,7 @@ def attack_stage(ctx: Context) -> tuple[dict, dict]:
     columns = eps_grid(config.eps)[1:]
     say(f"attacking {', '.join(names)} with {', '.join(ATTACKS)} at ε = {', '.join(f'{e:g}' for e in columns)} on "
         f"{len(x)} test inputs")
-    progress = tqdm(total=len(columns) * (3 * len(names) + 2), desc="attacks", unit="step")
+    progress = tqdm(total=len(columns) * (3 * len(names) + 2) + len(names), desc="attacks", unit="step")
     for column, eps in enumerate(columns):
         for name, model in models.items():
             grid[name]["pgd"].append(metrics.accuracy(model, pgd_inputs(model, ctx, eps), y))
@@ -91,6 +108,14 @@ def attack_stage(ctx: Context) -> tuple[dict, dict]:
             grid[name]["ensemble_uap"].append(metrics.accuracy(model, _with(x, ensemble), y))
             grid[name]["transfer"].append(metrics.accuracy(model, transferred, y))
             progress.update(1)
+    x_aa, y_aa = autoattack_inputs(ctx)
+    progress.set_description(f"AutoAttack {config.autoattack}")
+    robust = {}
+    for name, model in models.items():
+        result = attacks.autoattack(model, x_aa, y_aa, eps=config.eps, version=config.autoattack, seed=config.seed,
+                                    verbose=0)
+        robust[name] = autoattack_summary(result)
+        progress.update(1)
     progress.close()
     # UAP crafted on model i (rows), accuracy of model j (columns), at ε
     matrix = [[metrics.accuracy(models[j], _with(x, uaps_at_eps[i]), y) for j in names] for i in names]
@@ -100,5 +125,6 @@ def attack_stage(ctx: Context) -> tuple[dict, dict]:
     surrogate_clean = metrics.accuracy(surrogate, x, y)
     summary = {"grid": grid, "names": names, "transfer_matrix": {"labels": names, "accuracy": matrix},
                "descriptions": descriptions(config, names, len(x_craft)), "surrogate_clean": surrogate_clean,
-               "test_inputs": int(len(x)), "uap_inputs": int(len(x_craft))}
+               "test_inputs": int(len(x)), "uap_inputs": int(len(x_craft)), "autoattack": robust,
+               "autoattack_inputs": int(len(x_aa))}
     return {"attacks": "attacks.npz"}, summary

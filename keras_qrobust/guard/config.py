@@ -23,10 +23,14 @@ DEFAULT_CANDIDATES = ("w8a8", "w6a6", "w4a4")
 
 #: knob -> value with --quick (sized so the default job finishes in minutes on 2 CPU cores)
 QUICK = {"epochs": 3, "train_samples": 10000, "test_samples": 1000, "train_attack": "fgsm_rs", "pgd_steps": 10,
-         "surrogate_epochs": 2, "uap_samples": 1000}
+         "surrogate_epochs": 2, "uap_samples": 1000, "autoattack": "fast", "autoattack_samples": 500,
+         "square_queries": 1000}
 #: knob -> value without --quick (None: the whole split)
 FULL = {"epochs": 10, "train_samples": None, "test_samples": None, "train_attack": "pgd", "pgd_steps": 20,
-        "surrogate_epochs": 5, "uap_samples": 2000}
+        "surrogate_epochs": 5, "uap_samples": 2000, "autoattack": "standard", "autoattack_samples": 1000,
+        "square_queries": 5002}
+#: knobs that are names, not counts
+_NAMED_KNOBS = {"train_attack": TRAIN_ATTACKS, "autoattack": ("standard", "fast")}
 
 
 class GuardInputError(ValueError):
@@ -83,6 +87,9 @@ class GuardConfig:
     pgd_steps: int
     surrogate_epochs: int
     uap_samples: int
+    autoattack: str = "standard"  # AutoAttack version of the robust-accuracy column
+    autoattack_samples: int = 1000  # test inputs it runs on (the first ones)
+    square_queries: int = 5002  # Square on the exported artifact (and its Keras twin), per input
     robust_ratio: float = 0.5  # PGD accuracy / clean accuracy at or above which a model counts as robust
 
     @classmethod
@@ -107,7 +114,11 @@ class GuardConfig:
         for name in preset:
             given = getattr(args, name, None)
             knobs[name] = preset[name] if given is None else given
-            if name != "train_attack":
+            if name in _NAMED_KNOBS:
+                if knobs[name] not in _NAMED_KNOBS[name]:
+                    raise GuardInputError(f"unknown --{name.replace('_', '-')} {knobs[name]!r}; choose one of "
+                                          f"{', '.join(_NAMED_KNOBS[name])}")
+            else:
                 _count(knobs[name], f"--{name.replace('_', '-')}")
         return cls(model=args.model, dataset=args.dataset, eps=float(args.eps), target=args.target,
                    candidates=parse_candidates(args.candidates, args.target), floor=args.floor, seed=int(args.seed),

@@ -65,11 +65,19 @@ def _finished_message(state: RunState) -> int:
               f"{state.folder / 'report.md'}")
         return 1
     row = next(r for r in choose["rows"] if r["setting"] == chosen)
-    deployed = state.summary("remeasure")["row"]
+    remeasure = state.summary("remeasure")
+    deployed = remeasure["row"]
     worst = min(values[-1] for values in deployed.values())
-    print(f"chosen {chosen}: clean {100 * row['natural']:.2f}%, worst-case attacked {100 * row['adversarial']:.2f}% "
-          f"(Keras); exported {state.summary('export')['file']}: clean {100 * deployed['pgd'][0]:.2f}%, worst-case "
-          f"attacked {100 * worst:.2f}% in its runtime. Report: {state.folder / 'report.html'}")
+    robust = state.summary("attack").get("autoattack", {}).get(chosen)
+    aa = (f", AutoAttack {100 * robust['robust_accuracy']:.2f}% (95% CI {100 * robust['robust_interval95'][0]:.1f}–"
+          f"{100 * robust['robust_interval95'][1]:.1f}, n = {robust['n']})" if robust else "")
+    square = remeasure.get("square")
+    on_file = (f", Square {100 * square['artifact']['robust_accuracy']:.2f}% (n = {square['inputs']})"
+               if square else "")
+    print(f"chosen {chosen}: clean {100 * row['natural']:.2f}%{aa}, worst-case attacked "
+          f"{100 * row['adversarial']:.2f}% (Keras); exported {state.summary('export')['file']}: clean "
+          f"{100 * deployed['pgd'][0]:.2f}%, worst-case attacked {100 * worst:.2f}%{on_file} in its runtime. "
+          f"Report: {state.folder / 'report.html'}")
     return 0
 
 

@@ -31,7 +31,8 @@ def _stages_section(ctx: Context) -> str:
              f"- quantize: RobustQuantizer post-training quantization at {', '.join(config.candidates)}, calibrated on "
              f"{state.summary('quantize')['calibration_inputs']} training inputs.",
              f"- attack: {', '.join(ATTACKS)} at ε ∈ {{{', '.join(f'{e:g}' for e in eps_grid(config.eps)[1:])}}} on "
-             f"{state.summary('attack')['test_inputs']} test inputs.",
+             f"{state.summary('attack')['test_inputs']} test inputs; AutoAttack ({config.autoattack}) at "
+             f"ε = {config.eps:g} on the first {state.summary('attack').get('autoattack_inputs', 0)}.",
              f"- choose: Zhou 2022 Algorithm 1, chosen {choose['chosen'] or 'none (no candidate above the floor)'}."]
     if choose["chosen"]:
         export = state.summary("export")
@@ -47,21 +48,35 @@ def _stages_section(ctx: Context) -> str:
     return "\n".join(lines)
 
 
+def _robust_cell(entry: dict) -> str:
+    """``"74.60 (70.6–78.2)"``: an AutoAttack robust accuracy with its 95% interval."""
+    low, high = entry["robust_interval95"]
+    return f"{percent(entry['robust_accuracy'])} ({percent(low)}–{percent(high)})"
+
+
 def _choice_section(ctx: Context) -> str:
     choose = ctx.state.summary("choose")
-    grid = ctx.state.summary("attack")["grid"]
+    attack = ctx.state.summary("attack")
+    grid, robust = attack["grid"], attack.get("autoattack", {})
     eps = ctx.config.eps
-    headers = ["setting", "clean %", *(f"{a} % at ε = {eps:g}" for a in ATTACKS), "worst %", "above floor"]
+    headers = ["setting", "clean %", *(f"{a} % at ε = {eps:g}" for a in ATTACKS),
+               f"AutoAttack % at ε = {eps:g} (95% CI)", "worst %", "above floor"]
     rows = []
     for row in choose["rows"]:
         mark = " (chosen)" if row["setting"] == choose["chosen"] else ""
+        aa = _robust_cell(robust[row["setting"]]) if row["setting"] in robust else "—"
         rows.append([row["setting"] + mark, percent(row["natural"]),
-                     *(percent(grid[row["setting"]][a][-1]) for a in ATTACKS), percent(row["adversarial"]),
+                     *(percent(grid[row["setting"]][a][-1]) for a in ATTACKS), aa, percent(row["adversarial"]),
                      "yes" if row["above_floor"] else "no"])
+    version = ctx.config.autoattack
     intro = (f"Among the candidates with clean accuracy above the floor {percent(choose['floor'])}% "
-             f"({choose['floor_source']}), the one with the best worst-case accuracy over the four attacks at "
-             f"ε = {eps:g}; ties go to fewer bits.")
-    return intro + "\n\n" + markdown_table(headers, rows)
+             f"({choose['floor_source']}), the one with the best worst-case accuracy over the four attacks and "
+             f"AutoAttack at ε = {eps:g}; ties go to fewer bits. AutoAttack ({version}: "
+             f"{', '.join(next(iter(robust.values()))['attacks']) if robust else 'not run'}) ran on the first "
+             f"{attack.get('autoattack_inputs', 0)} test inputs; an input whose gradient is zero or non-finite is "
+             "never counted robust.")
+    findings = [f"- {name}: {finding}" for name, entry in robust.items() for finding in entry.get("findings", [])]
+    return intro + "\n\n" + markdown_table(headers, rows) + ("\n\n" + "\n".join(findings) if findings else "")
 
 
 def _export_section(ctx: Context) -> str:
@@ -77,10 +92,21 @@ def _export_section(ctx: Context) -> str:
     reproduced = ("re-running PGD on the Keras model gave the same accuracies as the attack stage"
                   if remeasure["pgd_reproduced"] else
                   "WARNING: re-running PGD on the Keras model did not reproduce the attack stage's accuracies")
-    return (f"The exported file was loaded with kq.export.load and scored in its runtime. It has no gradients, so its "
+    text = (f"The exported file was loaded with kq.export.load and scored in its runtime. It has no gradients, so its "
             "pgd, uap and ensemble_uap inputs are those crafted against the chosen Keras model (the same seed; "
             f"{reproduced}); its transfer inputs are the surrogate's. Top-1 agreement with the Keras model on the "
             f"clean test inputs: {percent(remeasure['agreement'])}%.\n\n" + markdown_table(headers, rows))
+    square = remeasure.get("square")
+    if square:
+        cells = {k: f"{percent(square[k]['robust_accuracy'])} ({percent(square[k]['interval95'][0])}–"
+                    f"{percent(square[k]['interval95'][1])})" for k in ("artifact", "keras")}
+        text += ("\n\nSquare (gradient-free: it queries the file itself), L∞ ε = "
+                 f"{config.eps:g}, {square['queries']} queries per input, p_init {square['p_init']:g}, on the first "
+                 f"{square['inputs']} test inputs:\n\n" + markdown_table(
+                     ["", "Square robust % (95% CI)"],
+                     [[f"{state.summary('export')['file']} ({remeasure['runtime']} runtime)", cells["artifact"]],
+                      [f"{setting} Keras (fake quant)", cells["keras"]]]))
+    return text
 
 
 def _at_eps() -> list[tuple[str, int]]:

@@ -11,7 +11,7 @@ from .._io import atomic_path
 from ..export import runtime
 from ..quantize import RobustQuantizer, parse_setting
 from ..search import SettingResult, choose
-from .attacking import ATTACKS, eps_grid, pgd_inputs
+from .attacking import ATTACKS, autoattack_inputs, eps_grid, pgd_inputs
 from .config import TARGETS
 from .context import Context, load_model, save_model, say
 
@@ -21,6 +21,7 @@ __all__ = ["quantize_stage", "choose_stage", "export_stage", "remeasure_stage", 
 CALIBRATION_SAMPLES = 1024
 REPRESENTATIVE_SAMPLES = 512
 FLOOR_MARGIN = 0.05  # default floor: the float model's clean accuracy minus this
+SQUARE_P_INIT = 0.8  # AutoAttack's
 
 
 def quantize_stage(ctx: Context) -> tuple[dict, dict]:
@@ -38,9 +39,11 @@ def quantize_stage(ctx: Context) -> tuple[dict, dict]:
 
 
 def choose_stage(ctx: Context) -> tuple[dict, dict]:
-    """Zhou 2022 Algorithm 1 on the attack grid: the best worst-case accuracy at ε above the floor."""
+    """Zhou 2022 Algorithm 1 on the attack grid: the best worst-case accuracy at ε (the grid's
+    attacks and AutoAttack) above the floor."""
     config = ctx.config
     grid = ctx.state.summary("attack")["grid"]
+    robust = ctx.state.summary("attack").get("autoattack", {})
     if config.floor is None:
         floor = max(0.0, grid["fp32"]["pgd"][0] - FLOOR_MARGIN)
         floor_source = f"the float model's clean accuracy minus {FLOOR_MARGIN:g} (no --floor)"
@@ -49,7 +52,8 @@ def choose_stage(ctx: Context) -> tuple[dict, dict]:
     rows = []
     for setting in config.candidates:
         natural = grid[setting]["pgd"][0]
-        adversarial = min(grid[setting][attack][-1] for attack in ATTACKS)
+        adversarial = min([grid[setting][attack][-1] for attack in ATTACKS]
+                          + ([robust[setting]["robust_accuracy"]] if setting in robust else []))
         rows.append(SettingResult(setting, natural, adversarial, 0.0, natural > floor))
     best = choose(rows)
     summary = {"floor": floor, "floor_source": floor_source, "chosen": best.setting if best else None,
@@ -96,6 +100,24 @@ def export_stage(ctx: Context) -> tuple[dict, dict]:
     return {"exported": path.name}, {"how": how, "bytes": path.stat().st_size, "file": path.name}
 
 
+def _square_both(ctx: Context, deployed, keras_model) -> dict:
+    """Square (gradient-free, so it attacks the file itself) at ε on the artifact and, with the
+    same seed and budget, on its Keras twin: robust accuracy with 95% Wilson intervals."""
+    from ..attacks import square
+
+    config = ctx.config
+    x, y = autoattack_inputs(ctx)
+    out = {"inputs": int(len(x)), "queries": config.square_queries, "p_init": SQUARE_P_INIT}
+    for name, model in (("artifact", deployed), ("keras", keras_model)):
+        found = square(model, x, y, eps=config.eps, queries=config.square_queries, p_init=SQUARE_P_INIT,
+                       rescale_schedule=True, seed=config.seed, verbose=0)
+        robust = int(np.sum(metrics.predict_labels(model, found) == y))
+        out[name] = {"robust_accuracy": robust / len(y), "interval95": list(metrics.wilson_interval(robust, len(y)))}
+    say(f"Square ({config.square_queries} queries) at ε = {config.eps:g} on {len(x)} inputs: artifact "
+        f"{100 * out['artifact']['robust_accuracy']:.2f}%, Keras twin {100 * out['keras']['robust_accuracy']:.2f}%")
+    return out
+
+
 def remeasure_stage(ctx: Context) -> tuple[dict, dict]:
     """Score the exported file in its own runtime on the clean and the attacked test inputs."""
     config, data, state = ctx.config, ctx.data, ctx.state
@@ -119,7 +141,7 @@ def remeasure_stage(ctx: Context) -> tuple[dict, dict]:
         row["transfer"].append(metrics.accuracy(deployed, saved[f"transfer/{column}"], y))
     summary = {"row": row, "runtime": deployed.format, "agreement": float(np.mean(clean_keras == clean_deployed)),
                "pgd_reproduced": bool(np.allclose(recomputed, keras_row["pgd"][1:])),
-               "keras_pgd_recomputed": recomputed}
+               "keras_pgd_recomputed": recomputed, "square": _square_both(ctx, deployed, keras_model)}
     say(f"exported model: clean {100 * row['pgd'][0]:.2f}% (Keras {100 * keras_row['pgd'][0]:.2f}%), top-1 agreement "
         f"with the Keras model {100 * summary['agreement']:.2f}%")
     return {}, summary

@@ -1,0 +1,244 @@
+"""AutoAttack in TensorFlow: our attacks against ART 1.20's, and full AutoAttack runs.
+
+Models: a naturally trained cnn_small (8 epochs, cached), and the committed robust
+checkpoints of the defenses benchmark — the float Adv. model and its w4a4 copy fine-tuned by
+PGD-AT through its fake quantizers ("AT-ft w4a4"). Data: the first ``--images`` Fashion-MNIST
+test images; L∞, ε = 0.1.
+
+1. Each attack alone, ours and ART's with the same budget, on every input (robust accuracy
+   counts the clean mistakes as broken): APGD-CE and APGD-DLR (100 iterations, 1 restart,
+   initial step 2ε — ART's ``eps_step``), Square (1,000 iterations, ``p_init`` 0.8, the
+   schedule rescaled to the budget as ART does). ART's ``AutoProjectedGradientDescent``
+   scores only its last iterate; ours keeps any misclassified iterate, as the authors' code.
+2. Our ``autoattack(version="standard")`` (APGD-CE, APGD-T 9 targets, FAB-T 9 targets,
+   Square 5,000 iterations) on every model: robust accuracy with its 95 % Wilson interval, the
+   time per attack, which attack broke how many inputs.
+
+Targets (issue 19): each of our attacks at least as strong as ART's (robust accuracy ≤ ART's
++ 0.5 points), APGD-CE ≥ 5× faster than ART's, standard AutoAttack on 1,000 images of the Adv.
+model in ≤ 10 minutes.
+
+    ./run.sh bench autoattack             # writes benchmarks/results/autoattack.{json,md}
+    ./run.sh bench autoattack --quick     # 100 images, a smoke run
+
+Every finished cell is kept in benchmarks/.cache/autoattack_cells.json under a fingerprint of
+the model, the settings and the source; an interrupted run resumes (``--rescore``: score all).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+
+from _common import (
+    FinishedResults,
+    defense_model,
+    defense_model_path,
+    fine_tuned_copy,
+    fingerprint,
+    kq,
+    log,
+    machine,
+    publish,
+    source_digest,
+    targets_table,
+    trained_model,
+)
+
+EPS = 0.1
+ITERATIONS = 100
+SQUARE_ITERATIONS, SQUARE_P_INIT = 1000, 0.8
+TARGET_MARGIN, TARGET_SPEEDUP, TARGET_AA_SECONDS = 0.005, 5.0, 600.0
+FINE_TUNE_EPOCHS = 4  # the defenses benchmark's AT-ft copies
+SOURCE = source_digest(Path(__file__))
+
+
+# ------------------------------------------------------------------------------ models
+def models(seed: int, quick: bool) -> tuple[dict, dict]:
+    """``{name: model}`` and ``{name: how it was trained}``."""
+    natural, natural_info = trained_model("cnn_small", 1 if quick else 8, seed)
+    adv, adv_info = (trained_model("cnn_small", 1, seed, adversarial={"attack": "pgd", "eps": EPS, "steps": 7})
+                     if quick else defense_model(seed))
+    x_train, y_train = kq.datasets.load("fashion_mnist", "train")
+    x_cal = x_train[np.random.default_rng(seed).choice(len(x_train), 1024, replace=False)]
+    if quick:
+        w4a4, w4a4_info = kq.RobustQuantizer.from_setting("w4a4").quantize(adv, x_cal), {"ptq": "w4a4, no fine-tuning"}
+    else:
+        w4a4, w4a4_info = fine_tuned_copy(adv, "w4a4", x_train, y_train, x_cal, FINE_TUNE_EPOCHS, seed=seed,
+                                          cache_stem=defense_model_path(seed).stem)
+    return ({"natural": natural, "Adv.": adv, "AT-ft w4a4": w4a4},
+            {"natural": natural_info, "Adv.": adv_info, "AT-ft w4a4": w4a4_info})
+
+
+# ------------------------------------------------------------------------------ attacks
+def art_classifier(model):
+    from art.estimators.classification import TensorFlowV2Classifier
+
+    return TensorFlowV2Classifier(model=model, nb_classes=10, input_shape=(28, 28, 1), clip_values=(0.0, 1.0),
+                                  loss_object=kq.keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+
+
+def ours(attack: str, model, x, y, seed: int) -> np.ndarray:
+    a = kq.attacks
+    if attack in ("apgd-ce", "apgd-dlr"):
+        return a.apgd(model, x, y, eps=EPS, loss=attack.split("-")[1], steps=ITERATIONS, restarts=1, seed=seed,
+                      batch_size=500, verbose=0)
+    return a.square(model, x, y, eps=EPS, queries=SQUARE_ITERATIONS + 2, p_init=SQUARE_P_INIT, rescale_schedule=True,
+                    seed=seed, batch_size=500, verbose=0)
+
+
+def art(attack: str, model, x, y, seed: int) -> np.ndarray:
+    from art.attacks.evasion import AutoProjectedGradientDescent, SquareAttack
+
+    np.random.seed(seed)
+    classifier = art_classifier(model)
+    if attack in ("apgd-ce", "apgd-dlr"):
+        loss = "cross_entropy" if attack == "apgd-ce" else "difference_logits_ratio"
+        attacker = AutoProjectedGradientDescent(classifier, norm=np.inf, eps=EPS, eps_step=2 * EPS,
+                                                max_iter=ITERATIONS, nb_random_init=1, batch_size=500,
+                                                loss_type=loss, verbose=False)
+    else:
+        attacker = SquareAttack(classifier, norm=np.inf, eps=EPS, max_iter=SQUARE_ITERATIONS, p_init=SQUARE_P_INIT,
+                                nb_restarts=1, batch_size=500, verbose=False)
+    return attacker.generate(x, y)
+
+
+def score(model, x_adv, x, y) -> dict:
+    distance = np.abs(x_adv - x).reshape(len(x), -1).max(axis=1)
+    inside = (distance <= EPS * (1 + 1e-5) + 1e-6) & (x_adv.reshape(len(x), -1).min(1) >= -1e-6) & (
+        x_adv.reshape(len(x), -1).max(1) <= 1 + 1e-6)
+    robust = (kq.metrics.predict_labels(model, x_adv) == y) | ~inside
+    return {"robust_accuracy": float(robust.mean()), "outside_ball": int((~inside).sum())}
+
+
+def cell(finished, key_parts, compute):
+    """A kept result for ``key_parts`` (fingerprinted), else ``compute()`` kept."""
+    model, *extra = key_parts
+    key = fingerprint(model, source=SOURCE, extra=extra)
+    if finished is not None and (kept := finished.get(key)) is not None:
+        return {**kept, "resumed": True}
+    result = compute()
+    if finished is not None:
+        finished.put(key, result)
+    return result
+
+
+def run(args) -> dict:
+    x_test, y_test = kq.datasets.load("fashion_mnist", "test")
+    x, y = x_test[:args.images], y_test[:args.images]
+    zoo, training = models(args.seed, args.quick)
+    finished = None if args.rescore or args.quick else FinishedResults("autoattack_cells")
+    results = []
+    for name, model in zoo.items():
+        clean = kq.metrics.accuracy(model, x, y)
+        row = {"model": name, "params": int(model.count_params()), "clean_accuracy": clean, "attacks": {}}
+        log(f"{name}: clean {clean:.2%}")
+        for attack in ("apgd-ce", "apgd-dlr", "square"):
+            for impl, fn in (("ours", ours), ("ART", art)):
+                def compute(fn=fn, attack=attack):
+                    start = time.perf_counter()
+                    x_adv = np.asarray(fn(attack, model, x, y, args.seed), np.float32)
+                    return {**score(model, x_adv, x, y), "seconds": round(time.perf_counter() - start, 2)}
+
+                entry = cell(finished, (model, "single", attack, impl, args.images, args.seed), compute)
+                row["attacks"].setdefault(attack, {})[impl] = entry
+                log(f"  {attack} {impl}: {entry['robust_accuracy']:.2%} in {entry['seconds']:.1f} s")
+
+        def standard():
+            result = kq.attacks.autoattack(model, x, y, eps=EPS, version="standard", seed=args.seed, verbose=1)
+            return {**result.to_dict(), "seconds_total": round(sum(result.seconds.values()), 2)}
+
+        row["autoattack"] = cell(finished, (model, "autoattack-standard", args.images, args.seed), standard)
+        log(f"  AutoAttack standard: {row['autoattack']['robust_accuracy']:.2%} "
+            f"in {row['autoattack']['seconds_total']:.0f} s")
+        results.append(row)
+    return {"command": args.command, "machine": machine(), "eps": EPS, "norm": "inf", "images": args.images,
+            "seed": args.seed, "quick": args.quick, "training": training, "models": results,
+            "checks": checks(results)}
+
+
+def checks(results: list[dict]) -> list[dict]:
+    out = []
+    for row in results:
+        for attack, pair in row["attacks"].items():
+            mine, theirs = pair["ours"]["robust_accuracy"], pair["ART"]["robust_accuracy"]
+            out.append({"check": f"{row['model']}: {attack} at least as strong as ART's (≤ ART + 0.5 pt)",
+                        "value": f"{100 * mine:.1f}% vs ART {100 * theirs:.1f}%",
+                        "passed": mine <= theirs + TARGET_MARGIN})
+        ce = row["attacks"]["apgd-ce"]
+        speedup = ce["ART"]["seconds"] / ce["ours"]["seconds"]
+        out.append({"check": f"{row['model']}: APGD-CE ≥ {TARGET_SPEEDUP:g}× faster than ART's",
+                    "value": f"{speedup:.1f}× ({ce['ours']['seconds']:.1f} s vs {ce['ART']['seconds']:.1f} s)",
+                    "passed": speedup >= TARGET_SPEEDUP})
+        if row["model"] == "Adv.":
+            seconds = row["autoattack"]["seconds_total"]
+            out.append({"check": f"standard AutoAttack on the Adv. model ≤ {TARGET_AA_SECONDS / 60:g} min",
+                        "value": f"{seconds / 60:.1f} min", "passed": seconds <= TARGET_AA_SECONDS})
+    return out
+
+
+def percent(value: float) -> str:
+    return f"{100 * value:.1f}"
+
+
+def markdown(data: dict) -> str:
+    m = data["machine"]
+    lines = ["# AutoAttack: ours vs ART, and standard AutoAttack runs", "",
+             f"Command: `{data['command']}`. Machine: {m['cpus']} CPUs, {m['platform']}, TensorFlow "
+             f"{m['packages']['tensorflow']}, {m['date']}. Fashion-MNIST, the first {data['images']} test images, "
+             f"L∞ ε = {data['eps']}, seed {data['seed']}. Robust accuracy counts clean mistakes as broken; a point "
+             "outside the ε-ball or the box never counts as broken.", "",
+             "## Each attack alone, same budget", "",
+             f"APGD: {ITERATIONS} iterations, 1 restart, initial step 2ε. Square: {SQUARE_ITERATIONS} iterations, "
+             f"p_init {SQUARE_P_INIT}, schedule rescaled to the budget. ART 1.20 `AutoProjectedGradientDescent` "
+             "scores its last iterate only; ours keeps any misclassified iterate (the authors' rule).", "",
+             "| model | clean % | attack | ours % | ART % | ours s | ART s | speed-up |",
+             "|---|---|---|---|---|---|---|---|"]
+    for row in data["models"]:
+        for attack, pair in row["attacks"].items():
+            o, a = pair["ours"], pair["ART"]
+            lines.append(f"| {row['model']} | {percent(row['clean_accuracy'])} | {attack} | "
+                         f"{percent(o['robust_accuracy'])} | {percent(a['robust_accuracy'])} | {o['seconds']:.1f} | "
+                         f"{a['seconds']:.1f} | {a['seconds'] / o['seconds']:.1f}× |")
+    lines += ["", "## Standard AutoAttack (ours)", "",
+              "APGD-CE (100 steps), APGD-T (9 targets × 100 steps), FAB-T (9 targets × 100 steps), Square "
+              "(5,000 iterations, p_init 0.8), each on the inputs still robust.", "",
+              "| model | clean % | robust % (95% CI) | broken by | seconds per attack | total |",
+              "|---|---|---|---|---|---|"]
+    for row in data["models"]:
+        aa = row["autoattack"]
+        low, high = aa["robust_interval95"]
+        broken = ", ".join(f"{k} {v}" for k, v in aa["broken_by"].items())
+        secs = ", ".join(f"{k} {v:.0f}" for k, v in aa["seconds"].items() if k != "clean")
+        lines.append(f"| {row['model']} | {percent(aa['clean_accuracy'])} | {percent(aa['robust_accuracy'])} "
+                     f"({percent(low)}–{percent(high)}) | {broken} | {secs} | {aa['seconds_total'] / 60:.1f} min |")
+        lines += [f"| | | ! {finding} | | | |" for finding in aa["findings"]]
+    lines += ["", *targets_table(data["checks"]), "", "## Models", ""]
+    lines += [f"- {name}: `{info}`" for name, info in data["training"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--images", type=int, default=1000, help="test images (default 1000)")
+    parser.add_argument("--quick", action="store_true", help="100 images, models trained 1 epoch: a smoke run")
+    parser.add_argument("--rescore", action="store_true", help="score every cell again")
+    args = parser.parse_args(argv)
+    args.command = "./run.sh bench autoattack" + (" --quick" if args.quick else "")
+    if args.quick:
+        args.images = 100
+    return args
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    data = run(args)
+    publish("autoattack", args.quick, data, markdown(data))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,106 @@
+"""Choose the defenses' Adv. model recipe on the validation split, never on the test set.
+
+Each candidate of ``_common.RECIPE_CANDIDATES`` is trained on the fit split (the Fashion-MNIST
+training images without the last 5,000) and scored on the validation split (those 5,000):
+clean accuracy on all of them, robust accuracy under AutoAttack (``--version``, standard by
+default) on the first ``--images`` of them, L∞ ε = 0.1. The rule: among the candidates whose
+validation clean accuracy is at least 87 %, the highest AutoAttack robust accuracy; the test
+set is not read by this script.
+
+    ./run.sh bench recipes --train trades6-ema     # train (or load) one candidate
+    ./run.sh bench recipes                         # train what is missing, score all, choose
+
+A scored candidate is kept in benchmarks/.cache/recipes_cells.json under a fingerprint of its
+weights, the settings and the source (``--rescore``: score all again).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from _common import (
+    RECIPE_CANDIDATES,
+    FinishedResults,
+    describe_recipe,
+    fingerprint,
+    kq,
+    log,
+    machine,
+    publish,
+    source_digest,
+    trained_model,
+)
+
+EPS = 0.1
+CLEAN_FLOOR = 0.87
+SOURCE = source_digest(Path(__file__))
+
+
+def score(model, x, y, images: int, version: str, seed: int) -> dict:
+    start = time.perf_counter()
+    clean = kq.metrics.accuracy(model, x, y)
+    result = kq.attacks.autoattack(model, x[:images], y[:images], eps=EPS, version=version, seed=seed, verbose=1)
+    return {"clean_accuracy": clean, "clean_images": int(len(x)), "autoattack": result.to_dict(),
+            "seconds": round(time.perf_counter() - start, 1)}
+
+
+def choose(rows: dict) -> str | None:
+    eligible = {k: r for k, r in rows.items() if r["clean_accuracy"] >= CLEAN_FLOOR}
+    return max(eligible, key=lambda k: eligible[k]["autoattack"]["robust_accuracy"], default=None)
+
+
+def markdown(data: dict) -> str:
+    lines = ["# Adv. model recipe, chosen on the validation split", "",
+             f"Command: `{data['command']}`. Validation split: the last {data['validation_images']} Fashion-MNIST "
+             f"training images (clean accuracy on all; AutoAttack {data['version']} on the first {data['images']}), "
+             f"L∞ ε = {EPS}, seed {data['seed']}. Rule: the highest AutoAttack robust accuracy among the candidates "
+             f"with validation clean accuracy ≥ {100 * CLEAN_FLOOR:g}%. The test set was not read.", "",
+             "| candidate | recipe | train s | clean % (val) | AutoAttack % (val, 95% CI) |", "|---|---|---|---|---|"]
+    for name, row in data["candidates"].items():
+        aa = row["autoattack"]
+        low, high = aa["robust_interval95"]
+        mark = " **(chosen)**" if name == data["chosen"] else ""
+        lines.append(f"| {name}{mark} | {row['recipe']} | {row['train_seconds']} | {100 * row['clean_accuracy']:.2f} "
+                     f"| {100 * aa['robust_accuracy']:.2f} ({100 * low:.1f}–{100 * high:.1f}) |")
+    lines += ["", f"Chosen: {data['chosen'] or 'none above the clean floor'}."]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--train", choices=sorted(RECIPE_CANDIDATES), help="only train (or load) this candidate")
+    parser.add_argument("--images", type=int, default=1000, help="validation images under AutoAttack (default 1000)")
+    parser.add_argument("--version", default="standard", choices=("standard", "fast"))
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--rescore", action="store_true")
+    args = parser.parse_args(argv)
+    if args.train:
+        model, info = trained_model(seed=args.seed, **RECIPE_CANDIDATES[args.train])
+        log(f"{args.train}: {info}")
+        return
+    x, y = kq.datasets.load("fashion_mnist", "validation")
+    finished = None if args.rescore else FinishedResults("recipes_cells")
+    rows = {}
+    for name, recipe in RECIPE_CANDIDATES.items():
+        model, info = trained_model(seed=args.seed, **recipe)
+        key = fingerprint(model, source=SOURCE, extra=(args.images, args.version, args.seed))
+        row = finished.get(key) if finished is not None else None
+        if row is None:
+            row = score(model, x, y, args.images, args.version, args.seed)
+            if finished is not None:
+                finished.put(key, row)
+        trained = info.get("trained", {}).get("training", info)
+        rows[name] = {**row, "recipe": describe_recipe(recipe), "train_seconds": trained.get("train_seconds"),
+                      "training": info}
+        log(f"{name}: clean {row['clean_accuracy']:.2%}, AutoAttack {row['autoattack']['robust_accuracy']:.2%}")
+    command = "./run.sh bench recipes" + (f" --version {args.version}" if args.version != "standard" else "")
+    data = {"command": command, "machine": machine(), "eps": EPS, "images": args.images,
+            "validation_images": int(len(x)), "version": args.version, "seed": args.seed,
+            "clean_floor": CLEAN_FLOOR, "candidates": rows, "chosen": choose(rows)}
+    publish("recipes", False, data, markdown(data))
+
+
+if __name__ == "__main__":
+    main()
