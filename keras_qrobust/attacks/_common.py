@@ -365,11 +365,13 @@ _COMPILED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
 def compiled(attack_model: AttackModel, key: tuple, factory: Callable[[Callable[[], AttackModel]], Callable]):
-    """A function compiled once per Keras model and ``key``.
+    """A function compiled once per model (a Keras model, or a deployed artifact) and ``key``.
 
-    ``factory(get_model)`` builds it; ``get_model()`` returns the AttackModel while tracing.
-    The cache holds the Keras model weakly (the factory only sees a weak reference), so
-    functions go away with their model.
+    ``factory(get_model)`` builds it; ``get_model()`` returns the AttackModel (or the view of
+    the artifact) while tracing. The cache holds the model weakly (the factory only sees a
+    weak reference), so functions go away with their model. A deployed artifact's view calls
+    its runtime from the traced graph (``tf.numpy_function``), which keeps that Python callable
+    alive as long as the function: the view gets a weak proxy of the artifact, not the artifact.
     """
     per_model = _COMPILED.setdefault(attack_model.model, {})
     view = type(attack_model)  # an AttackModel, or a view of a deployed artifact
@@ -377,7 +379,10 @@ def compiled(attack_model: AttackModel, key: tuple, factory: Callable[[Callable[
     key = (view, *sorted(fields.items()), *key)
     if key not in per_model:
         model_ref = weakref.ref(attack_model.model)
-        fn = factory(lambda: view(model=model_ref(), **fields))
+        if isinstance(attack_model, AttackModel):
+            fn = factory(lambda: view(model=model_ref(), **fields))
+        else:
+            fn = factory(lambda: view(model=weakref.proxy(model_ref()), **fields))
         # a new batch size or step count retraces by design; TF's retracing warning is noise here
         if hasattr(fn, "_omit_frequent_tracing_warning"):
             fn._omit_frequent_tracing_warning = True

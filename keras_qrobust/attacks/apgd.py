@@ -132,16 +132,27 @@ def _compiled_apgd(attack_model, norm: str, loss: str, clip):
             model = get_model()
             rank = x.shape.rank
 
-            def evaluate(point):
+            def evaluate(point, labels, aimed):
                 with tf.GradientTape(watch_accessed_variables=False) as tape:
                     tape.watch(point)
                     logits = model.logits(point)
-                    value = _loss(logits, y, target, loss)
+                    value = _loss(logits, labels, aimed, loss)
                 grad = zeros_if_none(tape.gradient(value, point), point, model)
                 # a non-finite gradient entry would turn the iterate into NaN: no step along it
                 grad = tf.where(tf.math.is_finite(grad), grad, tf.zeros_like(grad))
-                correct = tf.equal(tf.argmax(logits, -1, output_type=y.dtype), y)
+                correct = tf.equal(tf.argmax(logits, -1, output_type=labels.dtype), labels)
                 return value, grad, correct
+
+            def evaluate_unfooled(point, s):
+                """``evaluate`` on the inputs not yet fooled only (a fooled input stays fooled:
+                AutoAttack counts any misclassified iterate), the others keep their values."""
+                active = tf.where(tf.logical_not(s["fooled"]))[:, 0]
+                rows = active[:, None]
+                value, grad, correct = evaluate(tf.gather(point, active), tf.gather(y, active),
+                                                tf.gather(target, active))
+                return (tf.tensor_scatter_nd_update(s["value"], rows, value),
+                        tf.tensor_scatter_nd_update(s["grad"], rows, grad),
+                        tf.tensor_scatter_nd_update(tf.ones_like(s["fooled"]), rows, correct))
 
             def into_s(point):
                 return to_box(x + project(point - x, eps, norm), clip)
@@ -150,7 +161,7 @@ def _compiled_apgd(attack_model, norm: str, loss: str, clip):
                 return tf.sign(grad) if norm == "inf" else grad / (_norm2(grad) + 1e-12)
 
             start = to_box(_random_start(x, eps, norm, seed), clip)
-            value, grad, correct = evaluate(start)
+            value, grad, correct = evaluate(start, y, target)
             n = tf.shape(x)[0]
             step_size = tf.fill([n], 2.0 * eps)
             state = dict(
@@ -165,7 +176,7 @@ def _compiled_apgd(attack_model, norm: str, loss: str, clip):
                 step = _per_example(s["step_size"], rank)
                 z = into_s(s["x_adv"] + step * direction(s["grad"]))
                 new = into_s(s["x_adv"] + momentum * (z - s["x_adv"]) + (1.0 - momentum) * shift)
-                value, grad, correct = evaluate(new)
+                value, grad, correct = evaluate_unfooled(new, s)
                 fooled_now = tf.logical_not(correct)
                 improved = value > s["best_value"]
                 best_x = tf.where(_per_example(improved, rank), new, s["best_x"])
@@ -179,7 +190,10 @@ def _compiled_apgd(attack_model, norm: str, loss: str, clip):
                 window = tf.gather(windows, i)
                 return i + 1, tf.cond(window > 0, lambda: _checkpoint(s, window, rho, rank), lambda: s)
 
-            _, state = tf.while_loop(lambda i, _: i < tf.shape(windows)[0], body, (tf.constant(0), state))
+            def running(i, s):
+                return tf.logical_and(i < tf.shape(windows)[0], tf.reduce_any(tf.logical_not(s["fooled"])))
+
+            _, state = tf.while_loop(running, body, (tf.constant(0), state))
             x_out = tf.where(_per_example(state["fooled"], rank), state["adv"], state["best_x"])
             return x_out, state["fooled"], state["best_value"]
 

@@ -31,7 +31,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from .._keras import tf
-from ._common import check_count, check_eps, check_inputs, check_norm, clip_key, compiled, generator
+from ._common import check_array, check_count, check_eps, check_inputs, check_norm, clip_key, compiled, generator
 from ._queries import Ticks, as_query_model, batch_seed, clean_objective, into_ball, objective, rademacher
 
 __all__ = ["square", "square_fraction", "meta_pattern", "SQUARE_LOSSES"]
@@ -136,16 +136,17 @@ def _proposal_linf(x, best, size, eps, clip, seed) -> tf.Tensor:
 
 def _placed(table, size, top, left, height, width, transpose) -> tf.Tensor:
     """``(n, H, W, 1)``: pattern ``table[size]`` (transposed where ``transpose``) at each
-    image's window, zero elsewhere."""
-    pattern = tf.gather(table, size)
+    image's window, zero elsewhere. Two gathers (rows, then columns) of the pattern padded
+    with a zero row and column, where every position outside the window reads."""
+    pattern = tf.pad(tf.gather(table, size), [[0, 1], [0, 1]])  # (L + 1, L + 1), zero past the pattern
+    outside = tf.shape(pattern)[0] - 1
+    patterns = tf.gather(tf.stack([pattern, tf.transpose(pattern)]), tf.cast(transpose, tf.int32))
     rows = tf.range(height)[None, :] - top[:, None]  # (n, H): position inside the window
-    cols = tf.range(width)[None, :] - left[:, None]
-    inside = ((rows >= 0) & (rows < size))[:, :, None] & ((cols >= 0) & (cols < size))[:, None, :]
-    r = tf.clip_by_value(rows, 0, size - 1)[:, :, None] * tf.ones_like(cols)[:, None, :]
-    c = tf.clip_by_value(cols, 0, size - 1)[:, None, :] * tf.ones_like(rows)[:, :, None]
-    r, c = tf.where(transpose[:, None, None], c, r), tf.where(transpose[:, None, None], r, c)
-    values = tf.gather_nd(pattern, tf.stack([r, c], axis=-1))
-    return tf.where(inside, values, 0.0)[..., None]
+    cols = tf.range(width)[None, :] - left[:, None]  # (n, W)
+    rows = tf.where((rows >= 0) & (rows < size), rows, outside)
+    cols = tf.where((cols >= 0) & (cols < size), cols, outside)
+    values = tf.gather(tf.gather(patterns, rows, batch_dims=1), cols, axis=2, batch_dims=1)  # (n, H, W)
+    return values[..., None]
 
 
 def _l2(t: tf.Tensor, axes) -> tf.Tensor:
@@ -251,22 +252,28 @@ def _check_images(attack_model) -> bool:
 
 
 def _l2_start(images: np.ndarray, eps: float, seed: tf.Tensor) -> tf.Tensor:
-    """The L2 initialization: ``(H // 5)``-sized meta-patterns tiled from the centre, a random
-    sign per image, tile and channel, scaled to ``‖δ‖₂ = ε`` (the authors' code)."""
+    """The L2 initialization (Algorithm 3, "initialization"): ``(H // 5)``-sized meta-patterns
+    ``η`` tiled from the centre, each with a random sign per image, tile and channel and, as
+    the authors' ``eta``, transposed with probability 1/2 (per image and tile here), scaled
+    to ``‖δ‖₂ = ε``."""
     count, height, width, channels = images.shape
     size = max(height // 5, 1)
-    offset = (height - 5 * size) // 2
+    offset = max((height - 5 * size) // 2, 0)
     pattern = meta_pattern(size).astype(np.float32)
     tiles = []
     for top in range(offset, offset + size * (height // size), size):
         for left in range(offset, offset + size * (width // size), size):
-            canvas = np.zeros((height, width), np.float32)
-            window = canvas[top:top + size, left:left + size]
-            window += pattern[:window.shape[0], :window.shape[1]]
+            canvas = np.zeros((2, height, width), np.float32)
+            for layer, tile in zip(canvas, (pattern, pattern.T)):
+                window = layer[top:top + size, left:left + size]
+                window += tile[:window.shape[0], :window.shape[1]]
             tiles.append(canvas)
-    tiles = tf.constant(np.stack(tiles))  # (T, H, W)
-    signs = rademacher([count, len(tiles), channels], seed)
-    delta = tf.einsum("thw,ntc->nhwc", tiles, signs)
+    tiles = tf.constant(np.stack(tiles, axis=1))  # (2, T, H, W): the pattern, and transposed
+    s_sign, s_flip = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+    signs = rademacher([count, tiles.shape[1], channels], s_sign)
+    flip = tf.cast(tf.random.stateless_uniform([count, tiles.shape[1], 1], s_flip) > 0.5, tf.float32)
+    delta = (tf.einsum("thw,ntc->nhwc", tiles[0], signs * (1.0 - flip))
+             + tf.einsum("thw,ntc->nhwc", tiles[1], signs * flip))
     return tf.constant(images) + eps * delta / (_l2(delta, [1, 2, 3]) + 1e-12)
 
 
@@ -274,7 +281,8 @@ def square(model, x, y=None, *, eps: float, norm="inf", queries: int = 1000, p_i
            rescale_schedule: bool = True, loss: str = "margin", targeted: bool = False,
            clip: Optional[Sequence[float]] = (0.0, 1.0), batch_size: int = 256, seed: Optional[int] = None,
            verbose: int = 1, output: str = "auto") -> np.ndarray:
-    """Square Attack, L∞ or L2 (module docstring) — gradient-free.
+    """Square Attack, L∞ or L2 (module docstring; Andriushchenko et al. 2020, Algorithms 1–3)
+    — gradient-free.
 
     ``model``: a tf_keras classifier, or a deployed artifact loaded with
     :func:`keras_qrobust.export.load` (its outputs — logits, or probabilities read through
@@ -287,10 +295,23 @@ def square(model, x, y=None, *, eps: float, norm="inf", queries: int = 1000, p_i
     (as ART) or at the raw iteration counts (as AutoAttack). ``loss``: ``"margin"`` or
     ``"ce"``. ``y``: true labels, or target labels with ``targeted=True``; by default the
     model's predictions. ``seed`` fixes every random draw (same seed and batch size, same
-    result).
+    result). ``output``: for a deployed artifact, ``"auto"`` reads its scores as
+    probabilities when every row of the first (up to 64) inputs' scores lies in [0, 1] and
+    sums to 1 (that probe is one extra query of those inputs), else as logits.
+
+    AutoAttack's Square (Croce & Hein 2020, "standard" version): ``queries=5002`` (5,000
+    iterations), ``p_init=0.8``, ``rescale_schedule=False``, margin loss.
+
+    Where this differs from the authors' PyTorch code (``autoattack/square.py``): each image
+    draws its own window positions, signs and pattern transpositions (there, one draw per
+    batch and iteration); a window may start at any of the ``H − s + 1`` positions (there,
+    ``H − s``); the L∞ window side is at most ``min(H, W) − 1`` and its signs are redrawn
+    when the proposal would not change the window (as in the original square-attack code);
+    ``rescale_schedule`` rescales the schedule to ``queries`` (there, to the iterations); an
+    input counts as fooled once another class scores strictly higher (there, a tie counts);
+    a targeted attack keeps the margin loss unless ``loss="ce"`` (there, always
+    cross-entropy).
     """
-    x_checked = np.asarray(x)
-    attack_model = as_query_model(model, output, probe=x_checked if x_checked.ndim > 1 else None)
     eps, norm = check_eps(eps), check_norm(norm)
     queries = check_count(queries, "queries", 2)
     p_init = check_eps(p_init, "p_init")
@@ -299,6 +320,10 @@ def square(model, x, y=None, *, eps: float, norm="inf", queries: int = 1000, p_i
     if loss not in SQUARE_LOSSES:
         raise ValueError(f"loss must be one of {SQUARE_LOSSES}, got {loss!r}")
     batch_size = check_count(batch_size, "batch_size")
+    # the numbers and the array are checked before a deployed artifact is first queried (its
+    # output kind is read from the scores of the first inputs)
+    x = check_array(x, clip)
+    attack_model = as_query_model(model, output, probe=x)
     plain = _check_images(attack_model)
     x, y = check_inputs(attack_model, x, y, clip, require_labels=targeted)
     clip = clip_key(clip)
