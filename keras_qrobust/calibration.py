@@ -1,9 +1,10 @@
 """Activation-range calibration for post-training quantization.
 
-* :func:`calibrate_relus` — the ranges of a RobustQuantizer model's QuantizedReLU layers,
-  set one layer at a time in graph order, each measured on the outputs of the
-  already-quantized layers before it: the maximum, a percentile, or the range that
-  minimizes the mean squared quantization error at the layer's bit width.
+* :func:`calibrate` — the ranges of a RobustQuantizer model's QuantizedReLU and
+  TensorQuantizer layers (and its integer biases), set one layer at a time in graph order,
+  each measured on the outputs of the already-quantized layers before it: for a ReLU the
+  maximum, a percentile, or the range that minimizes the mean squared quantization error
+  at the layer's bit width; for a tensor everything observed.
 * :func:`calibrate_tfmot` — post-training calibration of a tfmot ``quantize_apply`` model
   (any scheme): every activation range becomes the range observed on the samples, with no
   weight, BatchNorm statistic or optimizer step changed.
@@ -19,10 +20,11 @@ import re
 import numpy as np
 
 from ._keras import check_model, keras, tf
-from .layers import OutputQuantizer, QuantizedReLU
+from .integer_bias import grid_source, inbound_layers, input_step, round_bias
+from .layers import OutputQuantizer, QuantizedReLU, TensorQuantizer
 from .quantizers import score_range
 
-__all__ = ["CALIBRATIONS", "calibrate_relus", "calibrate_output", "calibrate_tfmot", "observed_ranges"]
+__all__ = ["CALIBRATIONS", "calibrate", "calibrate_tfmot", "observed_ranges"]
 
 CALIBRATIONS = ("max", "percentile", "mse")
 HISTOGRAM_BINS = 4096
@@ -36,19 +38,23 @@ def _relu_outputs(layer: QuantizedReLU, pre_activation: tf.Tensor) -> tf.Tensor:
     return outputs
 
 
-def calibrate_relus(model, samples: np.ndarray, calibration: str = "mse", percentile: float = 99.99,
-                    batch_size: int = 256) -> dict[str, float]:
-    """Set the range of every QuantizedReLU of ``model`` from ``samples``, in graph order.
+def calibrate(model, samples: np.ndarray, calibration: str = "mse", percentile: float = 99.99,
+              batch_size: int = 256, integer_bias: bool = True) -> dict[str, object]:
+    """Set every range of a RobustQuantizer model from ``samples``, in graph order.
 
-    One pass over the graph: each layer runs once on all samples (in batches), and a
-    QuantizedReLU's range is set from its inputs before it runs, so every range is
-    measured on the outputs of the already-quantized layers before it. ``calibration``:
+    One pass over the graph: each layer runs once on all samples (in batches), and its
+    quantizer's range is set from its inputs before it runs, so every range is measured on
+    the outputs of the already-quantized layers before it.
 
-    * ``"max"`` — the largest ReLU output;
-    * ``"percentile"`` — the ``percentile``-th percentile of all output values (exact);
-    * ``"mse"`` — the ``max`` minimizing ``E[(Q(x) - x)^2]`` over the outputs for the layer's
-      bit width (histogram of 4096 bins, 256 candidate ranges up to the largest output), so
-      low bit widths clip rare large values and 8 bits keeps nearly the full range.
+    * a QuantizedReLU's ``[0, max]`` per ``calibration``: ``"max"`` — the largest output;
+      ``"percentile"`` — the ``percentile``-th percentile of all outputs (exact); ``"mse"`` —
+      the ``max`` minimizing ``E[(Q(x) - x)^2]`` for the layer's bit width (histogram of
+      4096 bins, 256 candidate ranges up to the largest output), so low bit widths clip
+      rare large values and 8 bits keeps nearly the full range;
+    * a TensorQuantizer's ``[min, max]``: everything observed (an OutputQuantizer starts at
+      the lowest top score, :func:`~keras_qrobust.quantizers.score_range`);
+    * with ``integer_bias``, a weight layer's bias is rounded onto its int32 grid
+      (:func:`~keras_qrobust.integer_bias.round_bias`) once its input's range is set.
 
     Returns the ranges by layer name.
     """
@@ -56,9 +62,21 @@ def calibrate_relus(model, samples: np.ndarray, calibration: str = "mse", percen
         raise ValueError(f"calibration must be one of {CALIBRATIONS}, got {calibration!r}")
     samples = np.asarray(samples, np.float32)
     chunks = [tf.constant(samples[i:i + batch_size]) for i in range(0, len(samples), batch_size)]
-    ranges = {}
+    ranges: dict[str, object] = {}
 
     def before_layer(layer, inputs: list):
+        if integer_bias:
+            round_bias(layer)
+        if isinstance(layer, TensorQuantizer):
+            low = min(float(tf.reduce_min(x)) for x in inputs)
+            high = max(float(tf.reduce_max(x)) for x in inputs)
+            if isinstance(layer, OutputQuantizer) and inputs[0].shape.rank == 2 and inputs[0].shape[-1] > 1:
+                top = min(float(tf.reduce_min(tf.reduce_max(x, axis=-1))) for x in inputs)
+                low, high = score_range(low, high, top)
+            low, high = _fixed_output_range(layer) or _tie_free_range(layer, low, high)
+            layer.set_range(low, high)
+            ranges[layer.name] = (float(layer.min.numpy()), float(layer.max.numpy()))
+            return
         if not isinstance(layer, QuantizedReLU):
             return
         outputs = [_relu_outputs(layer, x) for x in inputs]
@@ -77,19 +95,56 @@ def calibrate_relus(model, samples: np.ndarray, calibration: str = "mse", percen
     return ranges
 
 
-def calibrate_output(model, samples: np.ndarray, batch_size: int = 256) -> tuple[float, float] | None:
-    """Set the range of ``model``'s OutputQuantizer from its scores on ``samples``.
+#: int8 output grids the TFLite kernels of these activations require (scale, zero point)
+_FIXED_GRIDS = {"sigmoid": (1 / 256, -128), "softmax": (1 / 256, -128), "tanh": (1 / 128, 0)}
 
-    Class scores (n, C ≥ 2) use :func:`~keras_qrobust.quantizers.score_range`; other
-    outputs their full range. Returns the range (None when there is no OutputQuantizer).
-    """
-    layers = [layer for layer in model.layers if isinstance(layer, OutputQuantizer)]
-    if not layers:
+
+def _fixed_output_range(quantizer: TensorQuantizer) -> tuple[float, float] | None:
+    """The range of a TensorQuantizer after a sigmoid, softmax or tanh: the int8 kernels of
+    these ops write a fixed grid (e.g. step 1/256 from 0 for a softmax), so the Keras model
+    rounds onto that grid rather than onto a calibrated one the runtime would requantize to."""
+    source = inbound_layers(quantizer)
+    if len(source) != 1:
         return None
-    (layer,) = layers
-    ((low, high),) = observed_ranges(keras.Model(model.inputs, [layer.input]), samples, batch_size, {0})
-    layer.set_range(low, high)
-    return low, high
+    (source,) = source
+    if isinstance(source, keras.layers.Softmax):
+        name = "softmax"
+    elif isinstance(source, keras.layers.Activation):
+        name = getattr(source.activation, "__name__", None)
+    else:
+        return None
+    if name not in _FIXED_GRIDS:
+        return None
+    scale, zero_point = _FIXED_GRIDS[name]
+    return (-128 - zero_point) * scale, (127 - zero_point) * scale
+
+
+def _tie_free_range(quantizer: TensorQuantizer, low: float, high: float) -> tuple[float, float]:
+    """The range of a TensorQuantizer that never puts a value exactly halfway between levels.
+
+    Sums, products and means of values on grids are on finer grids; a calibrated range
+    whose step is a simple fraction of theirs (its end is one of those values) puts many of
+    them exactly halfway between two levels, where float rounding and the integer kernels
+    (half away from zero, half to even) disagree. So:
+
+    * a mean of ``count`` values on a ReLU grid ``Δa·j`` (``j ≤ L = 2^b - 1``) is a multiple
+      of ``Δa/count``: when ``count·L ≤ 255`` that grid fits int8 and is used — the mean is
+      stored exactly, with no rounding at all;
+    * the model input keeps its observed range (data on a grid of its own, e.g. pixels in
+      steps of 1/255, stays exact);
+    * any other range is widened by a factor ``1 + 1/(1000√2)``, so its step is no simple
+      fraction of the grids its values come from.
+    """
+    (source,) = inbound_layers(quantizer) or [None]
+    if isinstance(source, keras.layers.InputLayer):
+        return low, high
+    if isinstance(source, (keras.layers.AveragePooling2D, keras.layers.GlobalAveragePooling2D)):
+        count = int(np.prod(source.pool_size if isinstance(source, keras.layers.AveragePooling2D)
+                            else source.input_shape[1:-1]))
+        grid, levels = grid_source(source)
+        if isinstance(grid, QuantizedReLU) and count * levels <= 255:
+            return 0.0, 255 * input_step(source) / count
+    return low, low + (high - low) * (1 + 1 / (1000 * math.sqrt(2)))
 
 
 def observed_ranges(probe, samples: np.ndarray, batch_size: int, class_scores: set[int]) -> list[tuple[float, float]]:

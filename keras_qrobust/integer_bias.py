@@ -11,8 +11,10 @@ The grid is the one of keras_qrobust's int8 lowering (:mod:`keras_qrobust.export
 step ``Δw/m``, so the bias step is ``Δa·Δw/m`` — fine enough that the rounding changes
 accuracy by far less than the weight quantization itself.
 
-Only layers whose input is a quantized ReLU output (possibly through pooling, flattening,
-padding or dropout) have a known ``Δa``; the others keep float biases.
+Only layers whose input is on a known grid — a quantized ReLU's or a TensorQuantizer's
+(possibly through max pooling, flattening, padding or dropout) — have a known ``Δa``; the
+others keep float biases. A TensorQuantizer's grid has a zero point, which the integer
+kernel subtracts from the input codes: the bias step is the same ``Δa·Δw/m``.
 """
 
 from __future__ import annotations
@@ -20,10 +22,11 @@ from __future__ import annotations
 import numpy as np
 
 from ._keras import keras  # tf_keras, through the entry module
-from .layers import QuantizedKernelsMixin, QuantizedReLU
+from .layers import QuantizedKernelsMixin, QuantizedReLU, TensorQuantizer
 from .quantizers import SymmetricQuantizer
 
-__all__ = ["GRID_PRESERVING", "int8_code_multiplier", "input_step", "bias_step", "round_biases"]
+__all__ = ["GRID_PRESERVING", "int8_code_multiplier", "grid_source", "inbound_layers", "input_step", "bias_step",
+           "round_bias", "round_biases"]
 
 #: layers whose output values are values of their input (int8 ops that keep the input scale)
 GRID_PRESERVING = (keras.layers.MaxPooling2D, keras.layers.GlobalMaxPooling2D, keras.layers.Flatten,
@@ -39,7 +42,7 @@ def int8_code_multiplier(bits: int) -> int:
     return 127 // max(2 ** (bits - 1) - 1, 1)
 
 
-def _inbound(layer) -> list:
+def inbound_layers(layer) -> list:
     nodes = getattr(layer, "_inbound_nodes", [])
     if not nodes:
         return []
@@ -47,17 +50,30 @@ def _inbound(layer) -> list:
     return list(inbound) if isinstance(inbound, (list, tuple)) else [inbound]
 
 
-def input_step(layer) -> float | None:
-    """The step ``Δa`` of the quantized ReLU grid feeding ``layer`` (None if its input is float)."""
-    inbound = _inbound(layer)
+def grid_source(layer) -> tuple[object, int]:
+    """The layer whose grid ``layer``'s input is on (through max pooling, flattening, padding
+    or dropout) and its number of levels above zero; ``(None, 0)`` for a float input."""
+    inbound = inbound_layers(layer)
     while len(inbound) == 1:
         source = inbound[0]
+        if isinstance(source, TensorQuantizer):
+            return source, 255
         if isinstance(source, QuantizedReLU):
             bits = source.activation_quantizer.bits
-            return float(source.activation_max.numpy()) / (2**bits - 1) if bits <= 8 else None
+            return (source, 2**bits - 1) if bits <= 8 else (None, 0)
         if not isinstance(source, GRID_PRESERVING):
-            return None
-        inbound = _inbound(source)
+            return None, 0
+        inbound = inbound_layers(source)
+    return None, 0
+
+
+def input_step(layer) -> float | None:
+    """The step ``Δa`` of the grid feeding ``layer`` (None if its input is float)."""
+    source, levels = grid_source(layer)
+    if isinstance(source, TensorQuantizer):
+        return source.step
+    if isinstance(source, QuantizedReLU):
+        return float(source.activation_max.numpy()) / levels
     return None
 
 
@@ -80,15 +96,17 @@ def bias_step(layer) -> np.ndarray | None:
     return step_in * weight_step / int8_code_multiplier(quantizer.bits)
 
 
+def round_bias(layer) -> bool:
+    """Round ``layer``'s bias onto its integer grid, in place, if it has one; True if it did."""
+    step = bias_step(layer)
+    if step is None:
+        return False
+    safe = np.where(step > 0, step, 1.0)
+    bias = np.asarray(layer.bias.numpy(), np.float64)
+    layer.bias.assign(np.where(step > 0, np.rint(bias / safe) * safe, bias).astype(np.float32))
+    return True
+
+
 def round_biases(model) -> list[str]:
     """Round every bias that has an integer grid onto it, in place; return the layer names."""
-    rounded = []
-    for layer in model.layers:
-        step = bias_step(layer)
-        if step is None:
-            continue
-        safe = np.where(step > 0, step, 1.0)
-        bias = np.asarray(layer.bias.numpy(), np.float64)
-        layer.bias.assign(np.where(step > 0, np.rint(bias / safe) * safe, bias).astype(np.float32))
-        rounded.append(layer.name)
-    return rounded
+    return [layer.name for layer in model.layers if round_bias(layer)]

@@ -23,6 +23,7 @@ __all__ = [
     "QuantizedDepthwiseConv2D",
     "QuantizedSeparableConv2D",
     "QuantizedReLU",
+    "TensorQuantizer",
     "QUANTIZED_LAYERS",
     "LipschitzDense",
     "LipschitzConv2D",
@@ -197,17 +198,26 @@ class QuantizedReLU(keras.layers.ReLU):
 
 
 @register
-class OutputQuantizer(keras.layers.Layer):
-    """8-bit fake quantization of the model output on a calibrated range ``[min, max]``.
+class TensorQuantizer(keras.layers.Layer):
+    """8-bit fake quantization of a tensor on a calibrated range ``[min, max]``.
 
-    What a full-integer int8 model returns: its last layer writes int8 scores. Gradients
-    pass straight through (also outside the range), so attacks see the float scores' slope.
+    ``y = s·(clip(round(x/s) + z, -128, 127) - z)`` with ``s = (max - min)/255`` and the
+    zero point ``z`` chosen so that 0 is exact (``fake_quant_with_min_max_vars``). It marks a
+    point where the int8 model stores a tensor no QuantizedReLU quantizes — the model input,
+    a weight layer's linear output, a sum, an average, a concatenation, a non-ReLU
+    activation — so the Keras model rounds where the integer graph rounds, on the same
+    grid. Gradients pass straight through (also outside the range): attacks see the slope of
+    the float tensor.
     """
 
     def build(self, input_shape):
         self.min = self.add_weight(name="min", shape=(), initializer="zeros", trainable=False)
         self.max = self.add_weight(name="max", shape=(), initializer="ones", trainable=False)
         super().build(input_shape)
+
+    @property
+    def step(self) -> float:
+        return float(self.max.numpy() - self.min.numpy()) / 255.0
 
     def set_range(self, low: float, high: float) -> None:
         low, high = quantizers_mod.nudged_range(low, high)
@@ -217,6 +227,16 @@ class OutputQuantizer(keras.layers.Layer):
     def call(self, inputs):
         quantized = tf.quantization.fake_quant_with_min_max_vars(inputs, self.min, self.max, num_bits=8)
         return inputs + tf.stop_gradient(quantized - inputs)
+
+
+@register
+class OutputQuantizer(TensorQuantizer):
+    """The :class:`TensorQuantizer` of a model's class scores.
+
+    What a full-integer int8 model returns: its last layer writes int8 scores. Its range
+    starts at the lowest top score seen in calibration
+    (:func:`~keras_qrobust.quantizers.score_range`), so every argmax stays unclipped.
+    """
 
 
 #: Keras weight-layer class name -> its quantized twin

@@ -7,9 +7,14 @@
 2. replaces every weight layer by its quantized twin with a symmetric per-axis quantizer
    (``input_weight_bits`` for the layers that read the model input, μ-law companding for the
    last ``mu_law_last`` weight layers) and every ReLU by a :class:`~keras_qrobust.layers.QuantizedReLU`;
-3. calibrates each ReLU's range ``[0, max]`` on ``samples``, in graph order, so a layer's
-   range is measured on the outputs of the already-quantized layers before it (the
-   maximum, or a percentile, of the ReLU outputs).
+3. with activation bits, marks every other tensor the int8 model stores (the input, linear
+   outputs, sums, averages; separable convolutions are split so their depthwise half has
+   an output of its own) with an 8-bit TensorQuantizer
+   (:func:`~keras_qrobust.transforms.quantize_tensors`), so the Keras model rounds where the
+   exported integer graph rounds;
+4. calibrates each ReLU's range ``[0, max]`` and each tensor's ``[min, max]`` on ``samples``,
+   in graph order, so a layer's range is measured on the outputs of the already-quantized
+   layers before it, and rounds each bias onto its int32 grid.
 
 The caller's model is not modified; the result is a plain tf_keras model that saves and
 loads without ``custom_objects``.
@@ -26,15 +31,16 @@ import numpy as np
 
 from . import quantizers as qz
 from ._keras import check_model
-from .calibration import CALIBRATIONS, calibrate_output, calibrate_relus
-from .integer_bias import round_biases
+from .calibration import CALIBRATIONS, calibrate
 from .layers import QUANTIZED_LAYERS
 from .transforms import (
     Graph,
     UnsupportedModelError,
     fold_batchnorm,
+    quantize_tensors,
     replace_layers,
     split_activations,
+    split_separable,
     strip_lipschitz,
 )
 from .transforms._kinds import ACTIVATIONS, PASS_THROUGH, QUANTIZED_WEIGHT_LAYERS, WEIGHT_LAYERS
@@ -95,7 +101,7 @@ class RobustQuantizer:
             the uniform grid.
         mu: μ of the μ-law.
         batch_size: calibration batch size.
-        integer_bias: round each bias whose input is a quantized ReLU onto the int32 grid
+        integer_bias: round each bias whose input is on a known grid onto the int32 grid
             of int8 deployment (:mod:`keras_qrobust.integer_bias`), so the fake-quant model
             computes what the exported int8 model computes.
         quantize_output: end the model with an 8-bit OutputQuantizer on a calibrated range,
@@ -185,12 +191,19 @@ class RobustQuantizer:
         graph = strip_lipschitz(Graph.from_model(model))
         _check_layers(graph)
         graph = fold_batchnorm(split_activations(graph))
-        replacement, unquantized_activations = self._replacement(graph)
+        origins = {}
+        if self.activation_bits is not None:
+            # the int8 graph stores the depthwise half's output: it needs a range of its own
+            separable = [e["name"] for e in graph.iter_layers(("SeparableConv2D",))]
+            graph = split_separable(graph)
+            origins = {graph.inbound_names(graph.layer(name))[0]: name for name in separable}
+        replacement, unquantized_activations = self._replacement(graph, origins)
         graph = replace_layers(graph, replacement)
         if unquantized_activations:
             warnings.warn(
-                "RobustQuantizer quantizes ReLU outputs only (as cnn2snn); these hidden "
-                f"activations stay float: {', '.join(unquantized_activations)}",
+                f"RobustQuantizer quantizes ReLU outputs to activation_bits={self.activation_bits} (as cnn2snn); "
+                "these hidden activations get the int8 model's 8-bit grid instead: "
+                f"{', '.join(unquantized_activations)}",
                 stacklevel=2,
             )
         if self.activation_bits is not None and self.quantize_output:
@@ -200,14 +213,12 @@ class RobustQuantizer:
                                             "quantize_output=False to quantize a multi-output model")
             graph.insert_after(outputs[0][0], "OutputQuantizer", {"name": "output_quantizer", "trainable": False,
                                                                   "dtype": "float32"})
+        if self.activation_bits is not None:
+            graph = quantize_tensors(graph)
         graph.config["name"] = f"{model.name}_{self.setting}"
         qmodel = graph.to_model()
         if self.activation_bits is not None:
-            calibrate_relus(qmodel, samples, self.calibration, self.percentile, self.batch_size)
-            if self.integer_bias:
-                round_biases(qmodel)
-            if self.quantize_output:
-                calibrate_output(qmodel, samples, self.batch_size)
+            calibrate(qmodel, samples, self.calibration, self.percentile, self.batch_size, self.integer_bias)
         return qmodel
 
     def search(self, model, data, candidates=None, attack="pgd", eps: float = 0.1, natural_floor: float = 0.0,
@@ -229,10 +240,15 @@ class RobustQuantizer:
         return qz.SymmetricQuantizer(bits, per_axis=self.per_axis, axis=(-2, -1) if depthwise else -1,
                                      clip_ratio=clip_ratio)
 
-    def _replacement(self, graph: Graph):
-        weight_layers = [e["name"] for e in graph.iter_layers(WEIGHT_LAYERS)]
-        input_layers = {n for n in weight_layers if not graph.ancestors(n) & set(weight_layers)}
-        mu_layers = set(weight_layers[max(0, len(weight_layers) - self.mu_law_last):]) if self.mu_law_last else set()
+    def _replacement(self, graph: Graph, origins: Mapping[str, str]):
+        """``origins``: the depthwise halves of split separable convolutions -> the layer they
+        came from, whose settings (bits, clip, input layer, μ-law) they share."""
+        names = [e["name"] for e in graph.iter_layers(WEIGHT_LAYERS)]
+        origin = {n: origins.get(n, n) for n in names}
+        weight_layers = list(dict.fromkeys(origin.values()))
+        input_layers = {n for n in names if not {origin[a] for a in graph.ancestors(n) & set(names)} - {origin[n]}}
+        mu_origins = set(weight_layers[max(0, len(weight_layers) - self.mu_law_last):]) if self.mu_law_last else set()
+        mu_layers = {n for n in names if origin[n] in mu_origins}
         unquantized_activations = []
 
         layer_bits, layer_clip = dict(self.layer_bits or ()), dict(self.layer_clip or ())
@@ -247,12 +263,12 @@ class RobustQuantizer:
                 bits = self.weight_bits
                 if name in input_layers and self.input_weight_bits is not None:
                     bits = self.input_weight_bits
-                bits = layer_bits.get(name, bits)
+                bits = layer_bits.get(origin[name], bits)
                 if bits is None:
                     return None
                 for part, arg in QUANTIZED_LAYERS[kind].kernel_quantizer_args.items():
                     config[arg] = qz.serialize(self._weight_quantizer(bits, part, name in mu_layers,
-                                                                      layer_clip.get(name, 1.0)))
+                                                                      layer_clip.get(origin[name], 1.0)))
                 return QUANTIZED_LAYERS[kind].__name__, config
             if self.activation_bits is None:
                 return None
@@ -270,10 +286,10 @@ class RobustQuantizer:
 
 
 def _check_layers(graph: Graph) -> None:
-    supported = set(WEIGHT_LAYERS) | set(PASS_THROUGH) | set(ACTIVATIONS) | {"BatchNormalization"}
+    supported = set(WEIGHT_LAYERS) | set(PASS_THROUGH) | set(ACTIVATIONS) | {"BatchNormalization", "Multiply"}
     for entry in graph.layers:
         kind = entry["class_name"].split(">")[-1]
-        if kind in QUANTIZED_WEIGHT_LAYERS or kind in ("QuantizedReLU", "OutputQuantizer"):
+        if kind in QUANTIZED_WEIGHT_LAYERS or kind in ("QuantizedReLU", "OutputQuantizer", "TensorQuantizer"):
             raise UnsupportedModelError(
                 f"Layer '{entry['name']}' ({kind}) is already quantized; pass the float model "
                 "to RobustQuantizer.quantize."

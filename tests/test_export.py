@@ -50,11 +50,10 @@ def test_exported_models_agree_with_the_fake_quant_model(setting, quantized, exp
 
 @pytest.mark.parametrize("setting", SETTINGS)
 def test_lowered_model_equals_the_fake_quant_model(setting, quantized, fashion_slice):
-    (x_train, _), (x, _) = fashion_slice
+    _, (x, _) = fashion_slice
     model = quantized[setting]
-    lowered = lower(model, x_train[:256])
-    assert lowered.exact and lowered.requantized_weights == ()
-    assert lowered.calibrated == (model.layers[0].name,)  # only the float input gets a new range
+    lowered = lower(model)  # every tensor already has its range: no representative inputs
+    assert lowered.exact and lowered.requantized_weights == () and lowered.calibrated == ()
     lowered_scores, scores = lowered.model.predict(x, verbose=0), model.predict(x, verbose=0)
     # identical up to float32 rounding, which moves a value sitting on a rounding boundary by one level
     assert np.mean(np.abs(lowered_scores - scores) < 1e-4) >= 0.99
@@ -158,8 +157,9 @@ def test_bad_export_input_is_refused_before_writing(quantized, trained_cnn, tmp_
     model = quantized["w4a4"]
     with pytest.raises(ValueError, match=r"\.tflite"):
         export.tflite(model, tmp_path / "m.onnx", np.zeros((4, 28, 28, 1)))
-    with pytest.raises(ValueError, match="representative"):
-        export.tflite(model, tmp_path / "m.tflite")
+    weights_only = kq.RobustQuantizer(weight_bits=4, activation_bits=None).quantize(trained_cnn)
+    with pytest.raises(ValueError, match="representative"):  # its activations are float: ranges to calibrate
+        export.tflite(weights_only, tmp_path / "m.tflite")
     with pytest.raises(ValueError, match="shaped"):
         export.tflite(model, tmp_path / "m.tflite", np.zeros((4, 32, 32, 3)))
     with pytest.raises(ValueError, match="precision"):
@@ -208,7 +208,7 @@ def test_integer_biases_are_on_the_int32_grid(setting, quantized, trained_cnn, f
         codes = layer.bias.numpy() / step
         np.testing.assert_allclose(codes, np.rint(codes), atol=1e-3)
         rounded += 1
-    assert rounded == 3  # conv2, fc1, logits (conv1 reads the float input)
+    assert rounded == 4  # conv1 (on the input's grid), conv2, fc1, logits
     unrounded = kq.RobustQuantizer.from_setting(setting, integer_bias=False).quantize(trained_cnn, x[:512])
     np.testing.assert_array_equal(unrounded.get_layer("fc1").bias.numpy(), trained_cnn.get_layer("fc1").bias.numpy())
     assert "float bias" in str(kq.RobustQuantizer.from_setting(setting, integer_bias=False))

@@ -72,7 +72,9 @@ def test_max_calibration_equals_largest_relu_output_of_first_layer():
 def test_percentile_calibration_clips_outliers_exactly():
     inputs = keras.Input((100,))
     model = keras.Model(inputs, layers.ReLU()(layers.Dense(100, kernel_initializer="identity")(inputs)))
-    samples = np.tile(np.arange(100, dtype=np.float32), (10, 1))  # values 0..99, 10 copies each
+    # values 0..99 and one 255 (so the input's 8-bit grid has step 1: every value is exact), 10 copies each
+    samples = np.tile(np.arange(100, dtype=np.float32), (10, 1))
+    samples[0, 0] = 255.0
     rq = kq.RobustQuantizer(16, 8, calibration="percentile", percentile=95.0, batch_size=3)
     relu = [l for l in rq.quantize(model, samples).layers if isinstance(l, QuantizedReLU)][0]
     assert relu.activation_max.numpy() == pytest.approx(95.0, abs=0.01)  # the 50th largest of 1000 values
@@ -208,7 +210,7 @@ def test_settings_parse_and_print():
 
 def test_non_relu_hidden_activation_warns():
     model = keras.Sequential([keras.Input((4,)), layers.Dense(3, activation="tanh", name="h"), layers.Dense(2)])
-    with pytest.warns(UserWarning, match=r"stay float: h_tanh \(tanh\)"):
+    with pytest.warns(UserWarning, match=r"8-bit grid instead: h_tanh \(tanh\)"):
         kq.RobustQuantizer(4, 4).quantize(model, np.zeros((2, 4), np.float32))
 
 

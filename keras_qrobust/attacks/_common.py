@@ -72,10 +72,10 @@ def _softmax_output(model) -> bool:
 
     A RobustQuantizer OutputQuantizer after the softmax (8-bit scores) does not change that.
     """
-    from ..layers import OutputQuantizer
+    from ..layers import TensorQuantizer
 
     last = model.layers[-1]
-    while isinstance(last, OutputQuantizer):
+    while isinstance(last, TensorQuantizer):
         inbound = last._inbound_nodes[0].inbound_layers
         last = inbound[0] if isinstance(inbound, (list, tuple)) else inbound
     if isinstance(last, keras.layers.Softmax):

@@ -2,12 +2,12 @@
 
 Sub-8-bit grids are lowered exactly onto int8 (see :mod:`keras_qrobust.export.layers`):
 weights keep their ``2^b``-level grid inside int8 containers (codes ``k·m``, per-channel
-scale ``Δ/m``), ReLU outputs are clipped so only their ``2^b`` levels are used, the
-OutputQuantizer keeps its range. Tensors that are float in the Keras model — the input,
-residual sums, the depthwise half of a separable convolution, the outputs of average
-pooling, the output of a model quantized with ``quantize_output=False`` — get an 8-bit
-range calibrated on representative data; their names are listed in
-:attr:`Lowered.calibrated` so nobody mistakes them for exact.
+scale ``Δ/m``), ReLU outputs are clipped so only their ``2^b`` levels are used, every
+TensorQuantizer (the input, linear outputs, sums, averages, the OutputQuantizer) becomes a
+fixed 8-bit fake quant with its range. Tensors that are float in the Keras model — all
+but the weights of a weight-only model, the output of one quantized with
+``quantize_output=False`` — get an 8-bit range calibrated on representative data; their
+names are listed in :attr:`Lowered.calibrated` so nobody mistakes them for exact.
 """
 
 from __future__ import annotations
@@ -180,6 +180,71 @@ def _lower_relus(graph: Graph, model) -> None:
         graph.weights[entry["name"]] = [np.float32(step)]
 
 
+def _same_padding_adds_nothing(size: int, pool: int, stride: int) -> bool:
+    return max((-(-size // stride) - 1) * stride + pool - size, 0) == 0
+
+
+def _lower_average_pooling(graph: Graph, model) -> None:
+    """AveragePooling2D -> a depthwise convolution with every weight ``1/count``.
+
+    The int8 average pool keeps its input's scale and rounds the mean of the input codes
+    (half away from zero in the reference kernel, half to even in XNNPACK); the Keras model
+    rounds the mean onto its TensorQuantizer's grid. As a convolution the integer graph
+    requantizes the sum onto that grid like any other convolution: the weight ``1/count``
+    is exact in int8 (code 127, step ``1/(127·count)``).
+    """
+    layers = {layer.name: layer for layer in model.layers}
+    for entry in list(graph.iter_layers(("AveragePooling2D",))):
+        name, config = entry["name"], entry["config"]
+        shape = layers[name].input_shape
+        if config.get("data_format", "channels_last") != "channels_last":
+            raise UnsupportedModelError(f"Layer '{name}': average pooling exports with channels_last data only")
+        pool, strides = tuple(config["pool_size"]), tuple(config["strides"] or config["pool_size"])
+        if config["padding"] == "same" and not all(
+                _same_padding_adds_nothing(n, k, st) for n, k, st in zip(shape[1:3], pool, strides)):
+            raise UnsupportedModelError(
+                f"Layer '{name}': average pooling with padding='same' over a border divides by a smaller count "
+                "there, which no int8 kernel does exactly; use padding='valid' or a size the pool divides")
+        channels, count = int(shape[-1]), pool[0] * pool[1]
+        graph.replace(name, "LoweredDepthwiseConv2D", {
+            **{k: config[k] for k in _SHARED if k in config}, "kernel_size": list(pool), "strides": list(strides),
+            "padding": config["padding"], "depth_multiplier": 1, "use_bias": False})
+        graph.weights[name] = [np.full((*pool, channels, 1), 1.0 / count, np.float32),
+                               np.full((channels,), 1.0 / (count * INT8_MAX_CODE), np.float32)]
+
+
+def _requantize_concatenated(graph: Graph, model) -> None:
+    """Put a 1x1 identity depthwise convolution between a concatenation and each of its
+    inputs that is on a grid of its own (a ReLU's, a TensorQuantizer's, the input's).
+
+    The int8 concatenation stores every input on its output's grid, so the converter
+    inserts a QUANTIZE op for such an input; XNNPACK runs that op with an 8-bit fixed-point
+    multiplier (the ratio of the two scales to 1/256), which moves values by a level. The
+    convolution requantizes with the exact scale ratio, like every other convolution, and
+    writes the concatenation's grid directly (weight 1 is exact: code 127, step 1/127).
+    """
+    shapes = {layer.name: layer.output_shape for layer in model.layers}
+    for entry in list(graph.iter_layers(("Concatenate",))):
+        refs = entry["inbound_nodes"][0]
+        for position, ref in enumerate(refs):
+            source = graph.layer(ref[0])
+            kind, shape = _base_kind(source), shapes.get(ref[0])
+            written = (kind.startswith("Lowered") and kind != "LoweredReLU") or kind == "Add"
+            if written or shape is None or len(shape) != 4:
+                continue  # written on the concatenation's grid directly (or not a feature map)
+            name = graph.unique_name(f"{entry['name']}_requantize_{position}")
+            graph.layers.insert(graph.layers.index(entry), {
+                "class_name": "LoweredDepthwiseConv2D", "name": name,
+                "config": {**{k: entry["config"][k] for k in _SHARED if k in entry["config"]}, "name": name,
+                           "kernel_size": [1, 1], "strides": [1, 1], "padding": "valid", "depth_multiplier": 1,
+                           "use_bias": False},
+                "inbound_nodes": [[list(ref)]]})
+            refs[position] = [name, 0, 0, {}]
+            channels = int(shape[-1])
+            graph.weights[name] = [np.ones((1, 1, channels, 1), np.float32),
+                                   np.full((channels,), 1.0 / INT8_MAX_CODE, np.float32)]
+
+
 def _is_relu(entry: dict) -> bool:
     kind = entry["class_name"].split(">")[-1]
     if kind == "LoweredReLU":
@@ -204,9 +269,12 @@ def _insert_fake_quants(graph: Graph) -> list[str]:
         if kind in GRID_PRESERVING and inputs and all(i in on_grid for i in inputs):
             on_grid.add(name)
             continue
-        if kind.startswith("Lowered") and consumers and not graph.is_output(name) and all(
-                _is_relu(c) or c["class_name"].split(">")[-1] == "FixedFakeQuant" for c in consumers):
-            continue  # fused into the convolution: the ReLU or fake quant after it carries the range
+        if consumers and not graph.is_output(name) and all(
+                c["class_name"].split(">")[-1] in ("FixedFakeQuant", "Concatenate") for c in consumers):
+            continue  # the fake quant after it (or after the concatenation) carries the range
+        if (kind.startswith("Lowered") or kind == "Add") and consumers and not graph.is_output(name) and all(
+                _is_relu(c) for c in consumers):
+            continue  # fused into the convolution or sum: the ReLU after it carries the range
         fq_name = graph.insert_after(name, "FixedFakeQuant", {"name": f"{name}_fq", "trainable": False,
                                                               "dtype": "float32"})
         on_grid.add(fq_name)
@@ -214,11 +282,11 @@ def _insert_fake_quants(graph: Graph) -> list[str]:
     return sources
 
 
-def _preset_output_ranges(graph: Graph) -> set[str]:
-    """A RobustQuantizer OutputQuantizer becomes a FixedFakeQuant with the same range."""
+def _preset_tensor_ranges(graph: Graph) -> set[str]:
+    """Each TensorQuantizer (and OutputQuantizer) becomes a FixedFakeQuant with the same range."""
     preset = set()
     for entry in list(graph.layers):
-        if entry["class_name"].split(">")[-1] == "OutputQuantizer":
+        if entry["class_name"].split(">")[-1] in ("TensorQuantizer", "OutputQuantizer"):
             graph.replace(entry["name"], "FixedFakeQuant", {k: entry["config"][k] for k in _SHARED
                                                             if k in entry["config"]})
             preset.add(entry["name"])
@@ -243,32 +311,41 @@ def _calibrate(model, representative: np.ndarray, batch_size: int, preset: set[s
         layer.set_range(low, high)
 
 
-def lower(model, representative, *, batch_size: int = 256) -> Lowered:
+def lower(model, representative=None, *, batch_size: int = 256) -> Lowered:
     """Lower a RobustQuantizer model to 8-bit fake quants (exact for its sub-8-bit grids).
 
     Args:
         model: a model returned by :meth:`RobustQuantizer.quantize` (not modified).
         representative: inputs that calibrate the ranges of tensors that are float in
-            ``model`` (its input, its output, residual sums); a few hundred training inputs.
+            ``model`` (a weight-only model's activations, an unquantized output); a few
+            hundred training inputs. Not needed when ``model`` quantizes every tensor.
     """
     model = check_model(model)
     if not is_robust_quantized(model):
         raise UnsupportedModelError(
             f"Model '{model.name}' has no keras_qrobust quantized layer; lower() takes a model made by "
             "RobustQuantizer.quantize (export a float or tfmot model with export.tflite / export.onnx directly).")
-    representative = np.asarray(representative, np.float32)
-    if representative.ndim < 2 or representative.shape[1:] != tuple(model.input_shape[1:]) or not len(representative):
-        raise ValueError(f"representative inputs must have shape (n, {', '.join(map(str, model.input_shape[1:]))}), "
-                         f"got {representative.shape}")
+    if representative is not None:
+        representative = np.asarray(representative, np.float32)
+        if representative.ndim < 2 or representative.shape[1:] != tuple(model.input_shape[1:]) or \
+                not len(representative):
+            raise ValueError(f"representative inputs must have shape (n, {', '.join(map(str, model.input_shape[1:]))})"
+                             f", got {representative.shape}")
     graph = Graph.from_model(model)
     ends = {ref[0] for ref in graph.config["output_layers"] + graph.config["input_layers"]}
     exact, requantized, bits = _lower_weights(graph, model)
     _lower_relus(graph, model)
-    preset = _preset_output_ranges(graph)
+    _lower_average_pooling(graph, model)
+    _requantize_concatenated(graph, model)
+    preset = _preset_tensor_ranges(graph)
     calibrated = _insert_fake_quants(graph)
+    if calibrated and representative is None:
+        raise ValueError(f"Model '{model.name}' leaves {', '.join(calibrated)} float: pass representative inputs "
+                         "(e.g. representative=x_train[:512]) to calibrate their int8 ranges")
     graph.config["name"] = f"{model.name}_lowered"
     lowered = graph.to_model()
-    _calibrate(lowered, representative, batch_size, preset)
+    if calibrated:
+        _calibrate(lowered, representative, batch_size, preset)
     is_exact = not requantized and set(calibrated) <= ends
     return Lowered(lowered, tuple(exact), tuple(requantized), tuple(calibrated), bits, is_exact)
 

@@ -143,7 +143,8 @@ def onnx(model, path: str | os.PathLike, representative=None, *, opset: int = 13
     Args:
         model: a RobustQuantizer model (sub-8-bit grids lowered exactly), a tfmot 8-bit
             model, or a float model (quantized post-training on ``representative``).
-        representative: model inputs that calibrate the input/output ranges.
+        representative: model inputs that calibrate the ranges of a float model and the
+            tensors a RobustQuantizer model leaves float (none, with activation bits).
         opset: ONNX opset of the QDQ graph (13-18).
         int4_weights: store the weights of layers with ≤ 4 bits as packed INT4 (opset 21);
             raises if no layer qualifies or onnxruntime cannot run the result.

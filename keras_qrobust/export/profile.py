@@ -37,7 +37,7 @@ from typing import Any, Iterator, Mapping, Sequence
 import numpy as np
 
 from .._keras import check_model, keras, tf
-from ..layers import OutputQuantizer
+from ..layers import TensorQuantizer
 from . import runtime
 
 __all__ = [
@@ -91,7 +91,7 @@ def _quantizer_state_ids(model) -> set[int]:
             ids.update(id(w) for w in layer.weights if id(w) not in inner_ids)
             visit(layer.layer)
             return
-        if isinstance(layer, OutputQuantizer):
+        if isinstance(layer, TensorQuantizer):
             ids.update(id(w) for w in layer.weights)
             return
         state = getattr(layer, "_quantizer_weights", None)  # a tracked _DictWrapper, not a Mapping

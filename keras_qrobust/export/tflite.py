@@ -72,10 +72,7 @@ def convert_tflite(model, representative=None, *, precision: str = "int8", int8_
         converter = tf.lite.TFLiteConverter.from_keras_model(model)
         return converter.convert(), info
     if is_robust_quantized(model):
-        if representative is None:
-            raise ValueError("representative inputs are needed to calibrate the input and output ranges: pass e.g. "
-                             "representative=x_train[:512]")
-        lowered = lower(model, _representative_array(representative, model))
+        lowered = lower(model, None if representative is None else _representative_array(representative, model))
         info.update(source="RobustQuantizer", exact=lowered.exact, calibrated=list(lowered.calibrated),
                     requantized_weights=list(lowered.requantized_weights), weight_bits=dict(lowered.weight_bits))
         converter = tf.lite.TFLiteConverter.from_keras_model(lowered.model)
@@ -121,8 +118,10 @@ def tflite(model, path: str | os.PathLike, representative=None, *, int8_io: bool
     Args:
         model: a RobustQuantizer model (lowered exactly, any bits 1-8), a tfmot 8-bit model,
             or a float model (quantized by the TFLite converter).
-        representative: model inputs (a few hundred training inputs) that calibrate the
-            input/output ranges (and all ranges of a float model).
+        representative: model inputs (a few hundred training inputs) that calibrate all
+            ranges of a float model, and the tensors a RobustQuantizer model leaves float
+            (a weight-only model's activations); a model quantized with activation bits
+            carries its own ranges and needs none.
         int8_io: int8 input and output tensors (else float32 ones around the int8 graph).
         precision: ``"int8"`` (full integer) or ``"float32"`` (a float baseline).
         strip_names: drop tensor names and signature strings to keep the file small.

@@ -4,6 +4,7 @@ from ._graph import Graph, UnsupportedModelError
 from .fold_batchnorm import fold_batchnorm
 from .lipschitz import strip_lipschitz, to_lipschitz
 from .mu_law import apply_mu_law
+from .quantize_tensors import quantize_tensors
 from .replace_layers import replace_layers
 from .split_activations import split_activations
 from .split_separable import split_separable
@@ -13,6 +14,7 @@ __all__ = [
     "UnsupportedModelError",
     "apply_mu_law",
     "fold_batchnorm",
+    "quantize_tensors",
     "replace_layers",
     "split_activations",
     "split_separable",

@@ -1,0 +1,75 @@
+"""Rewrite: a TensorQuantizer at every tensor the int8 model stores that nothing else rounds.
+
+A full-integer model stores the output of every op as int8 codes on a grid of its own. A
+RobustQuantizer model already rounds the outputs of its QuantizedReLUs; every other tensor
+the integer graph stores — the model input, a weight layer's linear output (a MobileNetV2
+projection, the logits before a softmax), a residual sum, an average, a concatenation, a
+non-ReLU activation — gets an 8-bit :class:`~keras_qrobust.layers.TensorQuantizer` here, so
+the Keras model rounds where the integer graph rounds. Calibrated, its range is the one the
+exported graph uses, and nothing is left for the exporter to measure.
+
+Not marked:
+
+* outputs of layers that only move, drop or pick values of their input (max pooling,
+  padding, reshapes, dropout): they stay on their input's grid, as the int8 ops keep the
+  input's scale;
+* a weight layer or an ``Add`` whose consumers are all (at most 8-bit) QuantizedReLUs:
+  the integer runtime fuses the ReLU into the op, which writes the ReLU's grid directly;
+* a tensor already followed only by a TensorQuantizer (e.g. the OutputQuantizer);
+* a tensor read only by concatenations: the int8 concatenation stores all its inputs on
+  its output's grid, and the converter writes such a producer's output on that grid
+  directly, so the concatenation's quantizer is the only rounding;
+* a model output nothing quantizes (``quantize_output=False``): it stays float.
+"""
+
+from __future__ import annotations
+
+from .. import quantizers as qz
+from ._graph import Graph, graph_rewrite
+from ._kinds import QUANTIZED_WEIGHT_LAYERS
+
+__all__ = ["quantize_tensors", "GRID_PRESERVING_KINDS"]
+
+#: layers whose output values are values of their input (int8 ops that keep the input scale)
+GRID_PRESERVING_KINDS = ("MaxPooling2D", "GlobalMaxPooling2D", "Flatten", "Reshape", "Dropout", "SpatialDropout2D",
+                         "GaussianNoise", "GaussianDropout", "ZeroPadding2D", "Cropping2D")
+_TENSOR_QUANTIZERS = ("TensorQuantizer", "OutputQuantizer")
+_FUSES_RELU = (*QUANTIZED_WEIGHT_LAYERS, "Add")
+
+
+def _kind(entry: dict) -> str:
+    return entry["class_name"].split(">")[-1]
+
+
+def _int8_relu(entry: dict) -> bool:
+    """A QuantizedReLU whose grid fits int8."""
+    if _kind(entry) != "QuantizedReLU":
+        return False
+    quantizer = qz.get(entry["config"].get("activation_quantizer"))
+    return quantizer is not None and quantizer.bits <= 8
+
+
+@graph_rewrite
+def quantize_tensors(graph: Graph) -> Graph:
+    graph = graph.copy()
+    on_grid: set[str] = set()
+    for entry in list(graph.layers):
+        name, kind = entry["name"], _kind(entry)
+        if kind in _TENSOR_QUANTIZERS or _int8_relu(entry):
+            on_grid.add(name)
+            continue
+        inputs = graph.inbound_names(entry)
+        if kind in GRID_PRESERVING_KINDS and inputs and all(i in on_grid for i in inputs):
+            on_grid.add(name)
+            continue
+        consumers = [graph.layer(c) for c in graph.consumers(name)]
+        if graph.is_output(name) or (consumers and all(_kind(c) in _TENSOR_QUANTIZERS for c in consumers)):
+            continue
+        if kind in _FUSES_RELU and consumers and all(_int8_relu(c) for c in consumers):
+            continue
+        if consumers and all(_kind(c) == "Concatenate" for c in consumers):
+            continue
+        quantizer = graph.insert_after(name, "TensorQuantizer", {"name": f"{name}_quantizer", "trainable": False,
+                                                                 "dtype": "float32"})
+        on_grid.add(quantizer)
+    return graph

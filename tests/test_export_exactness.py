@@ -1,0 +1,156 @@
+"""The RobustQuantizer model is the twin of its int8 TFLite/ONNX file, layer kind by layer kind.
+
+Each model below isolates the layer kinds where an integer runtime requantizes (a linear
+output, a sum, an average, a concatenation, a product, a sigmoid/softmax) or keeps a grid
+(padding, ReLU6, max pooling). Exported to full-integer TFLite and QDQ ONNX and run in
+LiteRT (with its default XNNPACK delegate) and ONNX Runtime, each must agree with the Keras
+model it was exported from: the same top-1 class and every score within one output step.
+"""
+
+import numpy as np
+import pytest
+
+import keras_qrobust as kq
+from keras_qrobust import export
+from keras_qrobust.export import lower
+from keras_qrobust.layers import TensorQuantizer
+from keras_qrobust.transforms import UnsupportedModelError
+
+from conftest import randomize_batchnorm
+
+keras = kq.keras
+layers = keras.layers
+
+
+def _stem(x):
+    x = layers.Conv2D(8, 3, strides=2, padding="same")(x)
+    return layers.ReLU()(layers.BatchNormalization()(x))
+
+
+def residual_linear_add(x):  # MobileNetV2-style: a linear projection added to the block input
+    x = _stem(x)
+    y = layers.ReLU()(layers.BatchNormalization()(layers.DepthwiseConv2D(3, padding="same", use_bias=False)(x)))
+    y = layers.BatchNormalization()(layers.Conv2D(8, 1, use_bias=False)(y))
+    return layers.Dense(10)(layers.Flatten()(layers.Add()([x, y])))
+
+
+def relu_add(x):  # ResNet-style: the sum goes through a ReLU (fused into the int8 add)
+    x = _stem(x)
+    y = layers.BatchNormalization()(layers.Conv2D(8, 3, padding="same")(x))
+    return layers.Dense(10)(layers.GlobalAveragePooling2D()(layers.ReLU()(layers.Add()([x, y]))))
+
+
+def average_pooling(x):
+    x = layers.AveragePooling2D(2)(_stem(x))
+    x = layers.ReLU()(layers.Conv2D(8, 3)(x))
+    return layers.Dense(10)(layers.GlobalAveragePooling2D()(x))
+
+
+def concatenation(x):  # a ReLU branch, a linear branch and the block input on one grid
+    x = _stem(x)
+    a = layers.ReLU()(layers.Conv2D(4, 1)(x))
+    b = layers.Conv2D(6, 3, padding="same")(x)
+    return layers.Dense(10)(layers.Flatten()(layers.MaxPooling2D(2)(layers.Concatenate()([a, b, x]))))
+
+
+def squeeze_excite(x):  # Multiply by a sigmoid gate (MobileNetV3, EfficientNet)
+    x = _stem(x)
+    s = layers.GlobalAveragePooling2D(keepdims=True)(x)
+    s = layers.Activation("sigmoid")(layers.Conv2D(8, 1)(layers.ReLU()(layers.Conv2D(4, 1)(s))))
+    return layers.Dense(10)(layers.Flatten()(layers.Multiply()([x, s])))
+
+
+def relu6_depthwise_padding(x):
+    x = layers.ReLU(6.0)(layers.Conv2D(8, 3, strides=2)(layers.ZeroPadding2D(1)(x)))
+    x = layers.ZeroPadding2D(((0, 1), (0, 1)))(x)
+    x = layers.ReLU(6.0)(layers.DepthwiseConv2D(3, strides=2)(x))
+    return layers.Dense(10)(layers.Flatten()(x))
+
+
+def separable(x):
+    x = layers.SeparableConv2D(12, 3, padding="same")(_stem(x))
+    return layers.Dense(10)(layers.GlobalAveragePooling2D()(layers.ReLU()(layers.BatchNormalization()(x))))
+
+
+def softmax_output(x):
+    return layers.Softmax()(layers.Dense(10)(layers.Flatten()(_stem(x))))
+
+
+ARCHITECTURES = (residual_linear_add, relu_add, average_pooling, concatenation, squeeze_excite,
+                 relu6_depthwise_padding, separable, softmax_output)
+SETTINGS = ("w8a8", "w4a4", "w2a2")
+
+
+@pytest.fixture(scope="module")
+def data(fashion_slice):
+    (x_train, _), (x_test, _) = fashion_slice
+    return x_train[:512], x_test
+
+
+def _model(build):
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((28, 28, 1))
+    model = keras.Model(inputs, build(inputs), name=build.__name__)
+    randomize_batchnorm(model, np.random.default_rng(0))
+    return model
+
+
+@pytest.mark.parametrize("setting", SETTINGS)
+@pytest.mark.parametrize("build", ARCHITECTURES, ids=lambda b: b.__name__)
+def test_exported_file_computes_the_keras_model(build, setting, data, tmp_path):
+    samples, x = data
+    qmodel = kq.RobustQuantizer.from_setting(setting).quantize(_model(build), samples)
+    lowered = lower(qmodel)  # no representative inputs: every tensor has its range already
+    assert lowered.exact and lowered.calibrated == () and lowered.requantized_weights == ()
+    scores = qmodel.predict(x, verbose=0)
+    step = float(qmodel.get_layer("output_quantizer").step)
+    for path in (export.tflite(qmodel, tmp_path / "m.tflite"), export.onnx(qmodel, tmp_path / "m.onnx")):
+        deployed = export.load(path).predict(x)
+        assert np.mean(deployed.argmax(1) == scores.argmax(1)) >= 0.998, path.suffix  # ≤ 1 of 500 near-ties
+        # one step: a value within float32 noise of halfway between two levels may round either way
+        assert np.max(np.abs(deployed - scores)) <= step * 1.01, path.suffix
+
+
+def test_tensor_quantizers_mark_what_the_int8_graph_stores():
+    inputs = keras.Input((8, 8, 2))
+    x = layers.ReLU(name="relu")(layers.Conv2D(4, 3, padding="same", name="conv")(inputs))
+    linear = layers.Conv2D(4, 1, name="projection")(x)
+    summed = layers.Add(name="add")([x, linear])
+    a = layers.Conv2D(4, 1, name="into_concat")(summed)
+    pooled = layers.MaxPooling2D(name="max")(layers.Concatenate(name="concat")([a, summed]))
+    mean = layers.AveragePooling2D(name="avg")(pooled)
+    outputs = layers.Dense(3, name="logits")(layers.Flatten(name="flat")(mean))
+    model = keras.Model(inputs, outputs)
+    samples = np.random.default_rng(0).uniform(size=(64, 8, 8, 2))
+    qmodel = kq.RobustQuantizer.from_setting("w4a4").quantize(model, samples)
+    marked = {layer.inbound_nodes[0].inbound_layers.name for layer in qmodel.layers
+              if type(layer) is TensorQuantizer}
+    # conv: its ReLU carries the range; into_concat: written on the concatenation's grid;
+    # max and flat keep their input's grid; logits: the OutputQuantizer
+    assert marked == {model.layers[0].name, "projection", "add", "concat", "avg"}
+
+
+def test_a_softmax_output_uses_the_int8_softmax_grid(data):
+    samples, _ = data
+    qmodel = kq.RobustQuantizer.from_setting("w4a4").quantize(_model(softmax_output), samples)
+    output = qmodel.get_layer("output_quantizer")
+    assert float(output.min.numpy()) == 0.0 and float(output.max.numpy()) == pytest.approx(255 / 256)
+
+
+def test_average_of_a_low_bit_grid_is_stored_exactly(data):
+    samples, _ = data
+    qmodel = kq.RobustQuantizer.from_setting("w4a4").quantize(_model(average_pooling), samples)
+    relu = next(layer for layer in qmodel.layers if type(layer).__name__ == "QuantizedReLU")
+    mean = next(layer for layer in qmodel.layers if isinstance(layer, TensorQuantizer) and
+                isinstance(layer.inbound_nodes[0].inbound_layers, layers.AveragePooling2D))
+    assert mean.step == pytest.approx(relu.activation_max.numpy() / 15 / 4, rel=1e-6)  # Δa / count
+
+
+def test_average_pooling_over_a_padded_border_is_refused(data):
+    inputs = keras.Input((7, 7, 1))
+    outputs = layers.Dense(2)(layers.Flatten()(layers.AveragePooling2D(2, padding="same")(
+        layers.ReLU()(layers.Conv2D(2, 1)(inputs)))))
+    qmodel = kq.RobustQuantizer.from_setting("w4a4").quantize(keras.Model(inputs, outputs),
+                                                              np.random.default_rng(0).uniform(size=(32, 7, 7, 1)))
+    with pytest.raises(UnsupportedModelError, match="padding='valid'"):
+        lower(qmodel)
