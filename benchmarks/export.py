@@ -77,7 +77,8 @@ def main():
         files = {}
         files["tflite int8"], seconds_tflite = timed(kq.export.tflite, quantized, folder / f"{setting}.tflite",
                                                      x_cal[:512])
-        files["onnx int8"], seconds_onnx = timed(kq.export.onnx, quantized, folder / f"{setting}.onnx", x_cal[:512])
+        files["onnx int8"], seconds_onnx = timed(kq.export.onnx, quantized, folder / f"{setting}.onnx", x_cal[:512],
+                                                     int4_weights=False)
         if setting != "w8a8":
             files["onnx int4"], _ = timed(kq.export.onnx, quantized, folder / f"{setting}_int4.onnx", x_cal[:512],
                                           int4_weights=True)

@@ -71,6 +71,9 @@ def _add_guard(commands) -> None:
     g.add_argument("--out", default=DEFAULT_GUARD_OUT, help=f"output folder (default: {DEFAULT_GUARD_OUT})")
     g.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     g.add_argument("--no-train", action="store_true", help="never adversarially train (needs --model)")
+    g.add_argument("--allow-mismatch", action="store_true",
+                   help="exit 0 even when the exported file agrees with the attacked Keras model on fewer than 99.5%% "
+                        "of the test inputs (the report says so either way)")
     g.add_argument("--quick", action="store_true",
                    help="small slices and few epochs (10,000 training and 1,000 test inputs, FGSM-RS 3 epochs, PGD-10)")
     g.add_argument("--epochs", type=int, help="adversarial training epochs (quick 3, else 10)")
@@ -126,7 +129,9 @@ def _add_export(commands) -> None:
     x.add_argument("--target", required=True, help=f"one of {', '.join(TARGETS)}")
     x.add_argument("--output", required=True, help="the file to write (.tflite, .onnx or .fbz)")
     x.add_argument("--representative-samples", type=int, default=512, help="calibration inputs (default: 512)")
-    x.add_argument("--int4-weights", action="store_true", help="ONNX: store ≤4-bit weights as INT4")
+    x.add_argument("--int4-weights", action=argparse.BooleanOptionalAction, default=None,
+                   help="ONNX: store ≤4-bit weights as packed INT4 (default: whenever a layer has ≤4-bit weights; "
+                        "--no-int4-weights keeps int8)")
     x.add_argument("--weight-bits", type=int, default=4, help="Akida: weight bits, 4 or 8 (default: 4)")
     x.add_argument("--activation-bits", type=int, default=4, help="Akida: activation bits (default: 4)")
     x.add_argument("--overwrite", action="store_true", help="replace an existing --output")
@@ -273,7 +278,7 @@ def _guard(args) -> int:
 
     config = guard.GuardConfig.from_args(args)
     start = time.perf_counter()
-    code = guard.run(config, args.out)
+    code = guard.run(config, args.out, allow_mismatch=args.allow_mismatch)
     _log(f"keras-qrobust guard: {'done' if code == 0 else 'ended with exit code ' + str(code)} in "
          f"{time.perf_counter() - start:.0f} s")
     return code

@@ -26,7 +26,7 @@ def exported(quantized, fashion_slice, tmp_path_factory):
     paths = {}
     for setting, model in quantized.items():
         paths[setting] = (export.tflite(model, folder / f"{setting}.tflite", x[:256]),
-                          export.onnx(model, folder / f"{setting}.onnx", x[:256]))
+                          export.onnx(model, folder / f"{setting}.onnx", x[:256], int4_weights=False))
     return paths
 
 
@@ -257,3 +257,14 @@ def test_attacks_still_see_probabilities_behind_the_output_quantizer(fashion_sli
     assert isinstance(quantized.layers[-1], kq.layers.OutputQuantizer)
     assert _softmax_output(quantized) and not _softmax_output(kq.RobustQuantizer.from_setting("w4a4").quantize(
         model, x[:64]))
+
+
+def test_onnx_stores_4_bit_weights_as_int4_by_default(quantized, tmp_path):
+    def types(path):
+        return {init.data_type for init in onnx.load(str(path)).graph.initializer}
+
+    default = export.onnx(quantized["w4a4"], tmp_path / "default.onnx")
+    int8 = export.onnx(quantized["w4a4"], tmp_path / "int8.onnx", int4_weights=False)
+    assert onnx.TensorProto.INT4 in types(default) and onnx.TensorProto.INT4 not in types(int8)
+    assert default.stat().st_size < 0.6 * int8.stat().st_size  # the 4-bit layers hold nearly all weights
+    assert onnx.TensorProto.INT4 not in types(export.onnx(quantized["w8a8"], tmp_path / "w8a8.onnx"))

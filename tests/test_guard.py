@@ -56,7 +56,13 @@ def test_the_output_folder_holds_the_chosen_and_exported_models_and_the_report(g
     assert (folder / f"chosen_{chosen}.keras").is_file() and (folder / f"chosen_{chosen}.tflite").is_file()
     assert set(report["accuracy"]) == {"fp32", "w8a8", "w4a4", f"{chosen} exported (tflite-int8)"}
     assert report["attacks"] == ["pgd", "uap", "ensemble_uap", "transfer"]
-    assert [s["title"] for s in report["sections"]][:2] == ["Guard run", "Choice (Zhou 2022, Algorithm 1)"]
+    assert [s["title"] for s in report["sections"]][:3] == ["Deployed file vs attacked model", "Guard run",
+                                                            "Choice (Zhou 2022, Algorithm 1)"]
+    remeasure = json.loads((folder / "guard_state.json").read_text())["stages"]["remeasure"]["summary"]
+    assert remeasure["agreement"] >= 0.995 and remeasure["max_score_difference"] >= 0.0
+    assert report["sections"][0]["markdown"].startswith("The exported file computes the attacked model: top-1 "
+                                                        f"agreement of the exported file with the attacked Keras "
+                                                        f"model: {100 * remeasure['agreement']:.2f}%")
     assert "seconds" not in json.dumps(report["provenance"])
     # the exported file was re-measured in its runtime: its clean accuracy is the Keras model's (within 2 points)
     exported = report["accuracy"][f"{chosen} exported (tflite-int8)"]
@@ -122,3 +128,35 @@ def test_a_finished_run_without_a_candidate_above_the_floor_exits_1(tiny_case, t
     state.finish("report", {}, {})
     assert cli.main(args) == 1
     assert "no candidate has clean accuracy above the floor 99.00%" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("allow", [False, True])
+def test_an_exported_file_that_disagrees_with_the_attacked_model_fails_the_run(tiny_case, tmp_path, capsys, allow):
+    from keras_qrobust.guard.pipeline import _inputs
+
+    model, data = tiny_case
+    args = guard_args(model, data, tmp_path / "out")
+    config = GuardConfig.from_args(cli._build_parser().parse_args(args))
+    state = RunState(tmp_path / "out", config.to_dict(), _inputs(config))
+    (tmp_path / "out").mkdir()
+    state.finish("attack", {}, {})
+    state.finish("choose", {}, {"chosen": "w4a4", "floor": 0.5, "rows": [
+        {"setting": "w4a4", "natural": 0.8, "adversarial": 0.4}]})
+    state.finish("export", {}, {"file": "chosen_w4a4.tflite"})
+    state.finish("remeasure", {}, {"row": {"pgd": [0.7, 0.3]}, "agreement": 0.9, "agreement_inputs": 200,
+                                   "max_score_difference": 1.5, "output_step": 0.1})
+    state.finish("report", {}, {})
+    code = cli.main(args + (["--allow-mismatch"] if allow else []))
+    out = capsys.readouterr().out
+    assert "agrees with the attacked Keras model on only 90.00% of the test inputs (< 99.5%)" in out
+    assert (code, "MISMATCH accepted" in out) == ((0, True) if allow else (1, False))
+
+
+def test_the_report_marks_a_mismatch_at_the_top():
+    from keras_qrobust.guard.reporting import agreement_verdict
+
+    verdict = agreement_verdict({"agreement": 0.9, "agreement_inputs": 200, "max_score_difference": 1.5,
+                                 "output_step": 0.1})
+    assert verdict.startswith("**MISMATCH**: top-1 agreement of the exported file with the attacked Keras model: "
+                              "90.00% of 200 test inputs, largest score difference 1.5 (15.0 output steps), below "
+                              "99.5%")

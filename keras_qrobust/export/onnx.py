@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
@@ -136,8 +137,8 @@ def pack_int4_weights(proto) -> list[str]:
     return converted
 
 
-def onnx(model, path: str | os.PathLike, representative=None, *, opset: int = 13, int4_weights: bool = False,
-         overwrite: bool = False) -> Path:
+def onnx(model, path: str | os.PathLike, representative=None, *, opset: int = 13,
+         int4_weights: Optional[bool] = None, overwrite: bool = False) -> Path:
     """Export ``model`` to a QDQ int8 ``.onnx`` file at ``path``.
 
     Args:
@@ -146,20 +147,24 @@ def onnx(model, path: str | os.PathLike, representative=None, *, opset: int = 13
         representative: model inputs that calibrate the ranges of a float model and the
             tensors a RobustQuantizer model leaves float (none, with activation bits).
         opset: ONNX opset of the QDQ graph (13-18).
-        int4_weights: store the weights of layers with ≤ 4 bits as packed INT4 (opset 21);
-            raises if no layer qualifies or onnxruntime cannot run the result.
+        int4_weights: store the weights of layers with ≤ 4 bits as packed INT4 (opset 21),
+            so a 4-bit model is a 4-bit file. None (default): whenever a layer qualifies;
+            True: raise if none does; False: keep int8 containers. Either way the packed
+            file is checked to run in onnxruntime.
         overwrite: replace an existing file (else FileExistsError, before any work).
     """
     import onnx as onnx_lib
 
     path = check_new_file(path, ".onnx", overwrite, "an ONNX export")
     proto, _ = convert_onnx(model, representative, opset=opset)
-    if int4_weights:
-        if not pack_int4_weights(proto):
+    if int4_weights is not False:
+        packed = pack_int4_weights(proto)
+        if int4_weights and not packed:
             raise ValueError("int4_weights=True but no layer has weights of 4 bits or fewer: quantize with "
                              "weight_bits <= 4 (input layers keep input_weight_bits), or export int8 weights")
-        onnx_lib.checker.check_model(proto)
-        _check_runs(proto)
+        if packed:
+            onnx_lib.checker.check_model(proto)
+            _check_runs(proto)
     with atomic_path(path, overwrite=overwrite) as temporary:
         onnx_lib.save(proto, str(temporary))
     return path

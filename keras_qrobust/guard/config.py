@@ -33,6 +33,11 @@ FULL = {"epochs": 10, "train_samples": None, "test_samples": None, "train_attack
 _NAMED_KNOBS = {"train_attack": TRAIN_ATTACKS, "autoattack": ("standard", "fast")}
 
 
+#: the least top-1 agreement of the exported file with the attacked Keras model for a run to
+#: pass (below it, the robustness measured on the Keras model says nothing about the file)
+AGREEMENT_FLOOR = 0.995
+
+
 class GuardInputError(ValueError):
     """Bad usage or bad input: the message names the problem and the fix (exit code 2)."""
 

@@ -1,7 +1,9 @@
 """The guard pipeline: check every input, then run the stages in order, checkpointing each.
 
-``run(config, out)`` returns the exit code: 0 done, 1 a stage failed or no candidate is
-above the floor, 130 interrupted (Ctrl-C); bad input raises :class:`GuardInputError` (exit 2) before anything is
+``run(config, out)`` returns the exit code: 0 done, 1 a stage failed, no candidate is
+above the floor, or the exported file disagrees with the attacked Keras model (top-1
+agreement below ``AGREEMENT_FLOOR``, unless ``allow_mismatch``), 130 interrupted (Ctrl-C);
+bad input raises :class:`GuardInputError` (exit 2) before anything is
 written. A rerun of the same command resumes after the last finished stage.
 """
 
@@ -15,7 +17,7 @@ from pathlib import Path
 from typing import Callable
 
 from .attacking import attack_stage
-from .config import GuardConfig, GuardInputError
+from .config import AGREEMENT_FLOOR, GuardConfig, GuardInputError
 from .context import Context, say
 from .inputs import check_data_fits, fingerprint, load_data, load_model_file
 from .reporting import report_stage
@@ -55,7 +57,7 @@ def _check_target(config: GuardConfig, model) -> None:
         raise GuardInputError(f"--target akida: --model cannot be exported to Akida: {'; '.join(reasons)}")
 
 
-def _finished_message(state: RunState) -> int:
+def _finished_message(state: RunState, allow_mismatch: bool = False) -> int:
     """Print the outcome (stdout) and where the report is; the exit code of a finished run."""
     choose = state.summary("choose")
     chosen = choose["chosen"]
@@ -78,18 +80,31 @@ def _finished_message(state: RunState) -> int:
           f"{100 * row['adversarial']:.2f}% (Keras); exported {state.summary('export')['file']}: clean "
           f"{100 * deployed['pgd'][0]:.2f}%, worst-case attacked {100 * worst:.2f}%{on_file} in its runtime. "
           f"Report: {state.folder / 'report.html'}")
+    agreement = remeasure["agreement"]
+    if agreement < AGREEMENT_FLOOR:
+        what = (f"the exported file agrees with the attacked Keras model on only {100 * agreement:.2f}% of the test "
+                f"inputs (< {100 * AGREEMENT_FLOOR:g}%), so the robustness measured on the Keras model does not hold "
+                "for it")
+        if not allow_mismatch:
+            print(f"MISMATCH: {what}; pass --allow-mismatch to accept the file anyway")
+            return 1
+        print(f"MISMATCH accepted (--allow-mismatch): {what}")
     return 0
 
 
-def run(config: GuardConfig, out: str | os.PathLike) -> int:
-    """Run (or resume) guard into the folder ``out``; returns the exit code."""
+def run(config: GuardConfig, out: str | os.PathLike, allow_mismatch: bool = False) -> int:
+    """Run (or resume) guard into the folder ``out``; returns the exit code.
+
+    ``allow_mismatch`` only changes the exit code of a run whose exported file disagrees
+    with the attacked model (the report says so either way), so it is no argument of the run.
+    """
     from ..training import set_seed
 
     folder = Path(out)
     inputs = _inputs(config)
     state = open_state(folder, config, inputs)  # raises before anything is written
     if state is not None and state.done("report"):
-        return _finished_message(state)
+        return _finished_message(state, allow_mismatch)
     model = load_model_file(config.model) if config.model else None
     data = load_data(config.dataset, config.train_samples, config.test_samples)
     check_data_fits(data, model)
@@ -133,4 +148,4 @@ def run(config: GuardConfig, out: str | os.PathLike) -> int:
         state.log("finished", stage=name, seconds=round(time.perf_counter() - start, 2))
         if kill_after == name:
             os.kill(os.getpid(), signal.SIGKILL)
-    return _finished_message(state)
+    return _finished_message(state, allow_mismatch)

@@ -10,6 +10,7 @@ from .._tables import markdown_table, percent
 from ..quantize import parse_setting
 from ..report import RobustnessReport
 from .attacking import ATTACKS, eps_grid
+from .config import AGREEMENT_FLOOR
 from .context import Context
 
 __all__ = ["report_stage", "build_report", "exported_row_name"]
@@ -109,6 +110,21 @@ def _export_section(ctx: Context) -> str:
     return text
 
 
+def agreement_verdict(remeasure: dict) -> str:
+    """One line: does the exported file compute the model that was attacked?"""
+    agreement = remeasure["agreement"]
+    step = remeasure.get("output_step")
+    largest = remeasure.get("max_score_difference")
+    difference = "" if largest is None else f", largest score difference {largest:.4g}" + (
+        f" ({largest / step:.1f} output steps)" if step else "")
+    measured = (f"top-1 agreement of the exported file with the attacked Keras model: {percent(agreement)}% of "
+                f"{remeasure.get('agreement_inputs', 'the')} test inputs{difference}")
+    if agreement >= AGREEMENT_FLOOR:
+        return f"The exported file computes the attacked model: {measured}."
+    return (f"**MISMATCH**: {measured}, below {100 * AGREEMENT_FLOOR:g}%: the robustness measured on the Keras model "
+            "does not hold for this file (guard exits 1 unless --allow-mismatch).")
+
+
 def _at_eps() -> list[tuple[str, int]]:
     """(attack, column) of every attack at the full ε (the last column)."""
     return [(a, -1) for a in ATTACKS]
@@ -119,8 +135,10 @@ def build_report(ctx: Context) -> RobustnessReport:
     attack = state.summary("attack")
     accuracy = {name: dict(rows) for name, rows in attack["grid"].items()}
     setting = state.summary("choose")["chosen"]
-    sections = [{"title": "Guard run", "markdown": _stages_section(ctx)},
-                {"title": "Choice (Zhou 2022, Algorithm 1)", "markdown": _choice_section(ctx)}]
+    sections = [{"title": "Deployed file vs attacked model", "markdown": agreement_verdict(state.summary("remeasure"))}
+                ] if setting else []
+    sections += [{"title": "Guard run", "markdown": _stages_section(ctx)},
+                 {"title": "Choice (Zhou 2022, Algorithm 1)", "markdown": _choice_section(ctx)}]
     descriptions = dict(attack["descriptions"])
     if setting:
         accuracy[exported_row_name(setting, config.target)] = state.summary("remeasure")["row"]

@@ -9,6 +9,7 @@ import numpy as np
 from .. import metrics
 from .._io import atomic_path
 from ..export import runtime
+from ..layers import TensorQuantizer
 from ..quantize import RobustQuantizer, parse_setting
 from ..search import SettingResult, choose
 from .attacking import ATTACKS, autoattack_inputs, eps_grid, pgd_inputs
@@ -87,10 +88,9 @@ def export_stage(ctx: Context) -> tuple[dict, dict]:
         export.tflite(load_model(state.artifact("choose", "model")), path, representative=representative,
                       overwrite=True)
     elif config.target == "onnx":
-        int4 = weight_bits <= 4
-        how = "kq.export.onnx: QDQ ONNX" + (", INT4 weights" if int4 else ", int8 weights")
+        how = "kq.export.onnx: QDQ ONNX" + (", INT4 weights" if weight_bits <= 4 else ", int8 weights")
         export.onnx(load_model(state.artifact("choose", "model")), path, representative=representative,
-                    int4_weights=int4, overwrite=True)
+                    overwrite=True)
     else:
         how = (f"kq.export.akida: the float model quantized by quantizeml at {setting} (first layer 8 bits) and "
                "converted by cnn2snn")
@@ -139,9 +139,17 @@ def remeasure_stage(ctx: Context) -> tuple[dict, dict]:
         row["uap"].append(metrics.accuracy(deployed, np.clip(x + saved[f"uap/{setting}/{column}"], 0, 1), y))
         row["ensemble_uap"].append(metrics.accuracy(deployed, np.clip(x + saved[f"ensemble_uap/{column}"], 0, 1), y))
         row["transfer"].append(metrics.accuracy(deployed, saved[f"transfer/{column}"], y))
+    scores_keras = np.asarray(keras_model.predict(x, verbose=0), np.float64)
+    scores_deployed = np.asarray(deployed.predict(x), np.float64)
+    output = next((layer for layer in keras_model.layers if isinstance(layer, TensorQuantizer)
+                   and layer is keras_model.layers[-1]), None)
     summary = {"row": row, "runtime": deployed.format, "agreement": float(np.mean(clean_keras == clean_deployed)),
+               "agreement_inputs": int(len(x)),
+               "max_score_difference": float(np.max(np.abs(scores_keras - scores_deployed))),
+               "output_step": None if output is None else float(output.step),
                "pgd_reproduced": bool(np.allclose(recomputed, keras_row["pgd"][1:])),
                "keras_pgd_recomputed": recomputed, "square": _square_both(ctx, deployed, keras_model)}
     say(f"exported model: clean {100 * row['pgd'][0]:.2f}% (Keras {100 * keras_row['pgd'][0]:.2f}%), top-1 agreement "
-        f"with the Keras model {100 * summary['agreement']:.2f}%")
+        f"with the Keras model {100 * summary['agreement']:.2f}%, largest score difference "
+        f"{summary['max_score_difference']:.4g}")
     return {}, summary
