@@ -154,3 +154,34 @@ def test_average_pooling_over_a_padded_border_is_refused(data):
                                                               np.random.default_rng(0).uniform(size=(32, 7, 7, 1)))
     with pytest.raises(UnsupportedModelError, match="padding='valid'"):
         lower(qmodel)
+
+
+def _with_data_batchnorm(model, x):
+    """Untrained weights, BatchNormalization statistics of a batch of real inputs: the scores
+    then differ from input to input (with the initial statistics a deep net's collapse)."""
+    for layer in model.layers:
+        if isinstance(layer, layers.BatchNormalization):
+            layer.momentum = 0.0
+    model(x, training=True)
+    return model
+
+
+def test_keras_applications_mobilenet_v2_exports_as_the_model_it_is(fashion_slice, tmp_path):
+    """What users bring: keras.applications.MobileNetV2 at a tiny input, w4a4, to TFLite and ONNX."""
+    (x_train, _), (x_test, _) = fashion_slice
+    rgb = lambda a: np.repeat(np.pad(a, ((0, 0), (2, 2), (2, 2), (0, 0))), 3, axis=-1)  # noqa: E731
+    samples, x = rgb(x_train[:256]), rgb(x_test[:300])
+    keras.utils.set_random_seed(0)
+    model = _with_data_batchnorm(keras.applications.MobileNetV2(
+        alpha=0.35, weights=None, input_shape=(32, 32, 3), classes=10, classifier_activation=None), samples)
+    qmodel = kq.RobustQuantizer.from_setting("w4a4").quantize(model, samples)
+    assert lower(qmodel).exact
+    scores = qmodel.predict(x, verbose=0)
+    assert len(set(scores.argmax(1))) >= 5  # a model whose classes differ from input to input
+    step = float(qmodel.get_layer("output_quantizer").step)
+    for path in (export.tflite(qmodel, tmp_path / "m.tflite"), export.onnx(qmodel, tmp_path / "m.onnx")):
+        deployed = export.load(path).predict(x)
+        assert np.mean(deployed.argmax(1) == scores.argmax(1)) >= 299 / 300, path.suffix
+        # 17 blocks deep: a value within float32 noise of a rounding boundary that lands on the
+        # neighbouring level early moves a few later scores by more than a step
+        assert np.mean(np.abs(deployed - scores) <= step * 1.01) >= 0.99, path.suffix
