@@ -128,11 +128,49 @@ def resnet_small(input_shape: Sequence[int] = (28, 28, 1), num_classes: int = 10
     return keras.Model(inputs, outputs, name=name)
 
 
+def _inverted_residual(x, filters, strides, expansion, name):
+    """MobileNetV2 block (Sandler et al. 2018, Table 1): 1x1 expansion + ReLU6, 3x3
+    depthwise + ReLU6, linear 1x1 projection, and the block input added when the shapes
+    match. A stride-2 depthwise pads (0, 1) first, as keras.applications does."""
+    inputs = x
+    x = layers.Conv2D(inputs.shape[-1] * expansion, 1, use_bias=False, name=f"{name}_expand")(x)
+    x = layers.ReLU(6.0, name=f"{name}_expand_relu")(layers.BatchNormalization(name=f"{name}_expand_bn")(x))
+    if strides == 2:
+        x = layers.ZeroPadding2D(((0, 1), (0, 1)), name=f"{name}_pad")(x)
+    x = layers.DepthwiseConv2D(3, strides=strides, padding="same" if strides == 1 else "valid", use_bias=False,
+                               name=f"{name}_depthwise")(x)
+    x = layers.ReLU(6.0, name=f"{name}_depthwise_relu")(layers.BatchNormalization(name=f"{name}_depthwise_bn")(x))
+    x = layers.Conv2D(filters, 1, use_bias=False, name=f"{name}_project")(x)
+    x = layers.BatchNormalization(name=f"{name}_project_bn")(x)
+    if strides == 1 and inputs.shape[-1] == filters:
+        x = layers.Add(name=f"{name}_add")([inputs, x])
+    return x
+
+
+def mobilenet_v2_small(input_shape: Sequence[int] = (28, 28, 1), num_classes: int = 10,
+                       blocks: Sequence[tuple[int, int]] = ((16, 1), (24, 2), (24, 1), (32, 2), (32, 1), (48, 1)),
+                       expansion: int = 4, name: str = "mobilenet_v2_small"):
+    """A MobileNetV2 sized for 28×28 and 32×32 inputs: a stride-2 stem, inverted residual
+    blocks ``(filters, stride)`` with linear bottlenecks and residual sums, a 1x1 head,
+    global average pooling and a logits layer."""
+    inputs = keras.Input(tuple(input_shape))
+    x = layers.Conv2D(16, 3, strides=2, padding="same", use_bias=False, name="stem_conv")(inputs)
+    x = layers.ReLU(6.0, name="stem_relu")(layers.BatchNormalization(name="stem_bn")(x))
+    for i, (filters, strides) in enumerate(blocks, start=1):
+        x = _inverted_residual(x, filters, strides, expansion, name=f"block{i}")
+    x = layers.Conv2D(128, 1, use_bias=False, name="head_conv")(x)
+    x = layers.ReLU(6.0, name="head_relu")(layers.BatchNormalization(name="head_bn")(x))
+    x = layers.GlobalAveragePooling2D(name="gap")(x)
+    outputs = layers.Dense(num_classes, name="logits")(x)
+    return keras.Model(inputs, outputs, name=name)
+
+
 MODELS = {
     "cnn_small": cnn_small,
     "mlp_gorsline": mlp_gorsline,
     "ds_cnn": ds_cnn,
     "resnet_small": resnet_small,
+    "mobilenet_v2_small": mobilenet_v2_small,
 }
 
 

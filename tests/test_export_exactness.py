@@ -185,3 +185,20 @@ def test_keras_applications_mobilenet_v2_exports_as_the_model_it_is(fashion_slic
         # 17 blocks deep: a value within float32 noise of a rounding boundary that lands on the
         # neighbouring level early moves a few later scores by more than a step
         assert np.mean(np.abs(deployed - scores) <= step * 1.01) >= 0.99, path.suffix
+
+
+@pytest.mark.parametrize("name", ["ds_cnn", "resnet_small", "mobilenet_v2_small"])
+def test_zoo_models_export_as_the_model_they_are(name, fashion_slice, tmp_path):
+    (x_train, _), (x_test, _) = fashion_slice
+    keras.utils.set_random_seed(0)
+    model = _with_data_batchnorm(kq.zoo.get(name), x_train[:256])
+    qmodel = kq.RobustQuantizer.from_setting("w4a4").quantize(model, x_train[:512])
+    assert lower(qmodel).exact
+    x = x_test[:300]
+    scores = qmodel.predict(x, verbose=0)
+    assert len(set(scores.argmax(1))) >= 2 and np.std(scores) > 0  # untrained: few classes, but scores vary
+    step = float(qmodel.get_layer("output_quantizer").step)
+    for path in (export.tflite(qmodel, tmp_path / "m.tflite"), export.onnx(qmodel, tmp_path / "m.onnx")):
+        deployed = export.load(path).predict(x)
+        assert np.mean(deployed.argmax(1) == scores.argmax(1)) >= 299 / 300, path.suffix
+        assert np.mean(np.abs(deployed - scores) <= step * 1.01) >= 0.99, path.suffix
