@@ -400,5 +400,12 @@ def publish(name: str, quick: bool, data: dict, markdown: str) -> None:
     log(f"wrote {paths[0]} and {paths[1]}")
 
 
+def run_description(data: dict) -> str:
+    """``Command: `...`. Machine: N CPUs, platform, TensorFlow x, date.`` of a results file."""
+    m = data["machine"]
+    return (f"Command: `{data['command']}`. Machine: {m['cpus']} CPUs, {m['platform']}, TensorFlow "
+            f"{m['packages']['tensorflow']}, {m['date']}.")
+
+
 def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)

@@ -33,7 +33,18 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import CACHE, kq, load_cached, log, machine, publish, save_cached, targets_table, trained_model
+from _common import (
+    CACHE,
+    kq,
+    load_cached,
+    log,
+    machine,
+    publish,
+    run_description,
+    save_cached,
+    targets_table,
+    trained_model,
+)
 
 EPS = 0.1
 SETTINGS = ("w8a8", "w6a6", "w4a4", "w2a2")
@@ -145,10 +156,8 @@ def checks(rows: list[dict]) -> list[dict]:
 
 
 def markdown(data: dict) -> str:
-    m = data["machine"]
     lines = ["# Coverage: real architectures, exported and re-measured in their runtimes", "",
-             f"Command: `{data['command']}`. Machine: {m['cpus']} CPUs, {m['platform']}, TensorFlow "
-             f"{m['packages']['tensorflow']}, {m['date']}. {data['test_images']} Fashion-MNIST test images (32×32×3 "
+             f"{run_description(data)} {data['test_images']} Fashion-MNIST test images (32×32×3 "
              f"for {APPLICATIONS}); Square: {data['square_queries']} queries, p_init {SQUARE_P_INIT}, L∞ ε = {EPS}, "
              f"on the first {data['square_images']}; seed {data['seed']}. Models trained normally "
              f"({data['epochs']} epochs): this table measures fidelity, not robustness. Latency: median of "
