@@ -7,7 +7,7 @@
 2. replaces every weight layer by its quantized twin with a symmetric per-axis quantizer
    (``input_weight_bits`` for the layers that read the model input, μ-law companding for the
    last ``mu_law_last`` weight layers) and every ReLU by a :class:`~keras_qrobust.layers.QuantizedReLU`;
-3. with activation bits, marks every other tensor the int8 model stores (the input, linear
+3. with activation bits ≤ 8, marks every other tensor the int8 model stores (the input, linear
    outputs, sums, averages; separable convolutions are split so their depthwise half has
    an output of its own) with an 8-bit TensorQuantizer
    (:func:`~keras_qrobust.transforms.quantize_tensors`), so the Keras model rounds where the
@@ -192,7 +192,8 @@ class RobustQuantizer:
         _check_layers(graph)
         graph = fold_batchnorm(split_activations(graph))
         origins = {}
-        if self.activation_bits is not None:
+        int8_activations = self.activation_bits is not None and self.activation_bits <= 8
+        if int8_activations:
             # the int8 graph stores the depthwise half's output: it needs a range of its own
             separable = [e["name"] for e in graph.iter_layers(("SeparableConv2D",))]
             graph = split_separable(graph)
@@ -213,7 +214,7 @@ class RobustQuantizer:
                                             "quantize_output=False to quantize a multi-output model")
             graph.insert_after(outputs[0][0], "OutputQuantizer", {"name": "output_quantizer", "trainable": False,
                                                                   "dtype": "float32"})
-        if self.activation_bits is not None:
+        if int8_activations:  # wider activations have no int8 twin: their tensors stay float
             graph = quantize_tensors(graph)
         graph.config["name"] = f"{model.name}_{self.setting}"
         qmodel = graph.to_model()
