@@ -24,15 +24,13 @@ import numpy as np
 from ._keras import keras  # tf_keras, through the entry module
 from .layers import QuantizedKernelsMixin, QuantizedReLU, TensorQuantizer
 from .quantizers import SymmetricQuantizer
+from .transforms._kinds import GRID_PRESERVING as GRID_PRESERVING_KINDS
 
 __all__ = ["GRID_PRESERVING", "int8_code_multiplier", "grid_source", "inbound_layers", "input_step", "bias_step",
            "round_bias", "round_biases"]
 
 #: layers whose output values are values of their input (int8 ops that keep the input scale)
-GRID_PRESERVING = (keras.layers.MaxPooling2D, keras.layers.GlobalMaxPooling2D, keras.layers.Flatten,
-                   keras.layers.Reshape, keras.layers.Dropout, keras.layers.SpatialDropout2D,
-                   keras.layers.GaussianNoise, keras.layers.GaussianDropout, keras.layers.ZeroPadding2D,
-                   keras.layers.Cropping2D)
+GRID_PRESERVING = tuple(getattr(keras.layers, name) for name in GRID_PRESERVING_KINDS)
 
 
 def int8_code_multiplier(bits: int) -> int:

@@ -141,12 +141,11 @@ def remeasure_stage(ctx: Context) -> tuple[dict, dict]:
         row["transfer"].append(metrics.accuracy(deployed, saved[f"transfer/{column}"], y))
     scores_keras = np.asarray(keras_model.predict(x, verbose=0), np.float64)
     scores_deployed = np.asarray(deployed.predict(x), np.float64)
-    output = next((layer for layer in keras_model.layers if isinstance(layer, TensorQuantizer)
-                   and layer is keras_model.layers[-1]), None)
+    output = keras_model.layers[-1]  # the OutputQuantizer of a RobustQuantizer model: its step
     summary = {"row": row, "runtime": deployed.format, "agreement": float(np.mean(clean_keras == clean_deployed)),
                "agreement_inputs": int(len(x)),
                "max_score_difference": float(np.max(np.abs(scores_keras - scores_deployed))),
-               "output_step": None if output is None else float(output.step),
+               "output_step": float(output.step) if isinstance(output, TensorQuantizer) else None,
                "pgd_reproduced": bool(np.allclose(recomputed, keras_row["pgd"][1:])),
                "keras_pgd_recomputed": recomputed, "square": _square_both(ctx, deployed, keras_model)}
     say(f"exported model: clean {100 * row['pgd'][0]:.2f}% (Keras {100 * keras_row['pgd'][0]:.2f}%), top-1 agreement "

@@ -29,3 +29,7 @@ PASS_THROUGH = (
     "Concatenate",
 )
 ACTIVATIONS = ("ReLU", "Activation", "Softmax")
+
+# Layers whose output values are values of their input (int8 ops that keep the input scale).
+GRID_PRESERVING = ("MaxPooling2D", "GlobalMaxPooling2D", "Flatten", "Reshape", "Dropout", "SpatialDropout2D",
+                   "GaussianNoise", "GaussianDropout", "ZeroPadding2D", "Cropping2D")

@@ -26,13 +26,10 @@ from __future__ import annotations
 
 from .. import quantizers as qz
 from ._graph import Graph, graph_rewrite
-from ._kinds import QUANTIZED_WEIGHT_LAYERS
+from ._kinds import GRID_PRESERVING, QUANTIZED_WEIGHT_LAYERS
 
-__all__ = ["quantize_tensors", "GRID_PRESERVING_KINDS"]
+__all__ = ["quantize_tensors"]
 
-#: layers whose output values are values of their input (int8 ops that keep the input scale)
-GRID_PRESERVING_KINDS = ("MaxPooling2D", "GlobalMaxPooling2D", "Flatten", "Reshape", "Dropout", "SpatialDropout2D",
-                         "GaussianNoise", "GaussianDropout", "ZeroPadding2D", "Cropping2D")
 _TENSOR_QUANTIZERS = ("TensorQuantizer", "OutputQuantizer")
 _FUSES_RELU = (*QUANTIZED_WEIGHT_LAYERS, "Add")
 
@@ -59,7 +56,7 @@ def quantize_tensors(graph: Graph) -> Graph:
             on_grid.add(name)
             continue
         inputs = graph.inbound_names(entry)
-        if kind in GRID_PRESERVING_KINDS and inputs and all(i in on_grid for i in inputs):
+        if kind in GRID_PRESERVING and inputs and all(i in on_grid for i in inputs):
             on_grid.add(name)
             continue
         consumers = [graph.layer(c) for c in graph.consumers(name)]
