@@ -21,7 +21,7 @@ import numpy as np
 
 from ._keras import check_model, keras, tf
 from .integer_bias import grid_source, inbound_layers, input_step, round_bias
-from .layers import OutputQuantizer, QuantizedReLU, TensorQuantizer
+from .layers import HardSigmoid, OutputQuantizer, QuantizedReLU, TensorQuantizer
 from .quantizers import score_range
 
 __all__ = ["CALIBRATIONS", "calibrate", "calibrate_tfmot", "observed_ranges"]
@@ -100,13 +100,16 @@ _FIXED_GRIDS = {"sigmoid": (1 / 256, -128), "softmax": (1 / 256, -128), "tanh": 
 
 
 def _fixed_output_range(quantizer: TensorQuantizer) -> tuple[float, float] | None:
-    """The range of a TensorQuantizer after a sigmoid, softmax or tanh: the int8 kernels of
-    these ops write a fixed grid (e.g. step 1/256 from 0 for a softmax), so the Keras model
-    rounds onto that grid rather than onto a calibrated one the runtime would requantize to."""
+    """The range of a TensorQuantizer after a sigmoid, softmax, tanh or hard sigmoid: the
+    int8 kernels of these ops write a fixed grid (e.g. step 1/256 from 0 for a softmax;
+    :func:`hard_sigmoid_top`), so the Keras model rounds onto that grid rather than
+    onto a calibrated one the runtime would requantize to."""
     source = inbound_layers(quantizer)
     if len(source) != 1:
         return None
     (source,) = source
+    if isinstance(source, HardSigmoid):
+        return 0.0, hard_sigmoid_top(source)
     if isinstance(source, keras.layers.Softmax):
         name = "softmax"
     elif isinstance(source, keras.layers.Activation):
@@ -117,6 +120,47 @@ def _fixed_output_range(quantizer: TensorQuantizer) -> tuple[float, float] | Non
         return None
     scale, zero_point = _FIXED_GRIDS[name]
     return (-128 - zero_point) * scale, (127 - zero_point) * scale
+
+
+def _input_grid(layer) -> np.ndarray | None:
+    """Every value the int8 input of ``layer`` can take (None if that input is float)."""
+    source, levels = grid_source(layer)
+    if isinstance(source, TensorQuantizer):
+        step = source.step
+        return float(source.min.numpy()) + step * np.arange(256, dtype=np.float64)
+    if isinstance(source, QuantizedReLU):
+        return float(source.activation_max.numpy()) / levels * np.arange(levels + 1, dtype=np.float64)
+    return None
+
+
+def hard_sigmoid_top(layer: HardSigmoid, candidates: int = 256, *, margin: float = 0.02) -> float:
+    """The top ``w`` of a HardSigmoid's int8 output grid ``[0, w]``.
+
+    A value ``x/6 + b`` exactly (or within float32 noise of) halfway between two levels
+    ``w/255`` apart can round either way in the integer kernel; on ``[0, 1]`` the input
+    ``x = 0`` is such a tie. The input takes at most 256 values, so ``w`` is chosen among
+    ``candidates`` values just below :attr:`HardSigmoid.INT8_TOP` as the first that keeps
+    every one of them at least ``margin`` of a step from a tie (else the one that keeps
+    them farthest).
+    """
+    values = _input_grid(layer)
+    top = HardSigmoid.INT8_TOP
+    if values is None:
+        return top
+    gates = values * layer.SLOPE + float(layer.bias.numpy())
+    gates = gates[(gates > 0.0) & (gates < 1.0)]
+    if not len(gates):
+        return top
+    best, best_distance = top, -1.0
+    for i in range(candidates):
+        w = top * (1.0 - i * 1e-4 / math.sqrt(3.0))
+        steps = gates * 255.0 / w
+        distance = float(np.min(np.abs(steps - np.floor(steps) - 0.5)))
+        if distance >= margin:
+            return w
+        if distance > best_distance:
+            best, best_distance = w, distance
+    return best
 
 
 def _tie_free_range(quantizer: TensorQuantizer, low: float, high: float) -> tuple[float, float]:

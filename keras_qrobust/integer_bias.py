@@ -22,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 
 from ._keras import keras  # tf_keras, through the entry module
-from .layers import QuantizedKernelsMixin, QuantizedReLU, TensorQuantizer
+from .layers import HardSigmoid, QuantizedKernelsMixin, QuantizedReLU, TensorQuantizer
 from .quantizers import SymmetricQuantizer
 from .transforms._kinds import GRID_PRESERVING as GRID_PRESERVING_KINDS
 
@@ -76,7 +76,11 @@ def input_step(layer) -> float | None:
 
 
 def bias_step(layer) -> np.ndarray | None:
-    """Per-output-channel bias step ``Δa·Δw/m`` of a quantized weight layer, or None."""
+    """Per-output-channel bias step ``Δa·Δw/m`` of a quantized weight layer (``Δa/(6·127)``
+    for a HardSigmoid, a 1x1 depthwise convolution with weight 1/6 in int8), or None."""
+    if isinstance(layer, HardSigmoid):
+        step_in = input_step(layer)
+        return None if step_in is None else np.full(tuple(layer.bias.shape), step_in * layer.SLOPE / 127)
     if not isinstance(layer, QuantizedKernelsMixin) or not getattr(layer, "use_bias", False):
         return None
     attr = "pointwise_kernel" if hasattr(layer, "pointwise_kernel") else (

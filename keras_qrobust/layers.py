@@ -12,6 +12,7 @@ drop-in subclasses of Dense / Conv2D. All layers are registered, so
 from __future__ import annotations
 
 import contextlib
+import math
 
 from . import quantizers as quantizers_mod
 from ._keras import keras, register, tf
@@ -24,6 +25,7 @@ __all__ = [
     "QuantizedSeparableConv2D",
     "QuantizedReLU",
     "TensorQuantizer",
+    "HardSigmoid",
     "QUANTIZED_LAYERS",
     "LipschitzDense",
     "LipschitzConv2D",
@@ -227,6 +229,38 @@ class TensorQuantizer(keras.layers.Layer):
     def call(self, inputs):
         quantized = tf.quantization.fake_quant_with_min_max_vars(inputs, self.min, self.max, num_bits=8)
         return inputs + tf.stop_gradient(quantized - inputs)
+
+
+@register
+class HardSigmoid(keras.layers.Layer):
+    """``h-sigmoid(x) = ReLU6(x + 3)/6 = clip(x/6 + b, 0, 1)``, ``b = 1/2`` (Howard et al.
+    2019, MobileNetV3, Sec. 5.2).
+
+    ``x·h-sigmoid(x)`` (a ``Multiply``) is h-swish. Keras' MobileNetV3 writes it with raw
+    TensorFlow ops (``x + 3``, ``ReLU(6)``, ``* 1/6``), which
+    :func:`~keras_qrobust.transforms.fold_hard_sigmoid` folds into this layer.
+
+    The int8 graph computes it as a 1x1 depthwise convolution (weight 1/6, bias ``b``)
+    whose output grid ``[0, w]`` clips it: one requantization, with ``b`` on the int32 grid
+    ``Δx/(6·127)`` of its input step ``Δx``. Calibration rounds the non-trainable ``bias``
+    onto that grid (:func:`~keras_qrobust.integer_bias.round_bias`) and chooses ``w ≤
+    INT8_TOP`` so that no value of the int8 input grid lands near a tie
+    (:func:`~keras_qrobust.calibration.hard_sigmoid_top`).
+    """
+
+    INT8_TOP = 1.0 - 1.0 / (1000.0 * math.sqrt(2.0))
+    SLOPE = 1.0 / 6.0
+
+    def build(self, input_shape):
+        self.bias = self.add_weight(name="bias", shape=(), initializer=keras.initializers.Constant(0.5),
+                                    trainable=False)
+        super().build(input_shape)
+
+    def call(self, inputs):
+        return tf.clip_by_value(inputs * self.SLOPE + self.bias, 0.0, 1.0)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
 
 
 @register

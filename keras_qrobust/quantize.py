@@ -37,6 +37,7 @@ from .transforms import (
     Graph,
     UnsupportedModelError,
     fold_batchnorm,
+    fold_hard_sigmoid,
     quantize_tensors,
     replace_layers,
     split_activations,
@@ -188,7 +189,7 @@ class RobustQuantizer:
             samples = _check_samples(samples, model)
         # Lipschitz layers are Dense/Conv2D with a training-time penalty (and, with spectral
         # normalization, the kernel W/σ): quantize the kernels they compute with
-        graph = strip_lipschitz(Graph.from_model(model))
+        graph = fold_hard_sigmoid(strip_lipschitz(Graph.from_model(model)))
         _check_layers(graph)
         graph = fold_batchnorm(split_activations(graph))
         origins = {}
@@ -204,7 +205,7 @@ class RobustQuantizer:
             warnings.warn(
                 f"RobustQuantizer quantizes ReLU outputs to activation_bits={self.activation_bits} (as cnn2snn); "
                 "these hidden activations get the int8 model's 8-bit grid instead: "
-                f"{', '.join(unquantized_activations)}",
+                f"{_listed(unquantized_activations)}",
                 stacklevel=2,
             )
         if self.activation_bits is not None and self.quantize_output:
@@ -281,9 +282,16 @@ class RobustQuantizer:
                 return "QuantizedReLU", config
             if kind in ("Activation", "Softmax") and not graph.is_output(name):
                 unquantized_activations.append(f"{name} ({config.get('activation', kind)})")
+            if kind == "HardSigmoid":
+                unquantized_activations.append(f"{name} (hard sigmoid)")
             return None
 
         return replace, unquantized_activations
+
+
+def _listed(names: list[str], shown: int = 6) -> str:
+    more = len(names) - shown
+    return ", ".join(names[:shown]) + (f" and {more} more" if more > 0 else "")
 
 
 def _check_layers(graph: Graph) -> None:

@@ -60,6 +60,21 @@ def squeeze_excite(x):  # Multiply by a sigmoid gate (MobileNetV3, EfficientNet)
     return layers.Dense(10)(layers.Flatten()(layers.Multiply()([x, s])))
 
 
+def _hard_sigmoid(x):  # as keras.applications.MobileNetV3 writes it: raw TF ops around a ReLU6
+    return layers.ReLU(6.0)(x + 3.0) * (1.0 / 6.0)
+
+
+def hard_swish_excite(x):  # MobileNetV3: h-swish, a squeeze-excite gate, a mean over a 1x1 map
+    x = layers.BatchNormalization()(layers.Conv2D(8, 3, strides=2, padding="same")(x))
+    x = layers.Multiply()([x, _hard_sigmoid(x)])
+    s = layers.GlobalAveragePooling2D(keepdims=True)(x)
+    s = _hard_sigmoid(layers.Conv2D(8, 1)(layers.ReLU()(layers.Conv2D(4, 1)(s))))
+    x = layers.Multiply()([x, s])
+    x = layers.Conv2D(6, 1)(layers.GlobalAveragePooling2D(keepdims=True)(layers.MaxPooling2D(14)(x)))
+    x = layers.GlobalAveragePooling2D()(layers.Multiply()([x, _hard_sigmoid(x)]))  # over 1x1
+    return layers.Dense(10)(x)
+
+
 def relu6_depthwise_padding(x):
     x = layers.ReLU(6.0)(layers.Conv2D(8, 3, strides=2)(layers.ZeroPadding2D(1)(x)))
     x = layers.ZeroPadding2D(((0, 1), (0, 1)))(x)
@@ -77,7 +92,7 @@ def softmax_output(x):
 
 
 ARCHITECTURES = (residual_linear_add, relu_add, average_pooling, concatenation, squeeze_excite,
-                 relu6_depthwise_padding, separable, softmax_output)
+                 hard_swish_excite, relu6_depthwise_padding, separable, softmax_output)
 SETTINGS = ("w8a8", "w4a4", "w2a2")
 
 

@@ -3,7 +3,8 @@ import pytest
 
 import keras_qrobust as kq
 from conftest import randomize_batchnorm
-from keras_qrobust.transforms import UnsupportedModelError, fold_batchnorm, split_activations, split_separable
+from keras_qrobust.transforms import (UnsupportedModelError, fold_batchnorm, fold_hard_sigmoid, split_activations,
+                                      split_separable)
 
 keras = kq.keras
 layers = keras.layers
@@ -119,3 +120,37 @@ def test_subclassed_and_nested_models_are_rejected():
 def test_sequential_without_input_shape_is_rejected():
     with pytest.raises(UnsupportedModelError, match="no input shape"):
         fold_batchnorm(keras.Sequential([layers.Dense(2)]))
+
+
+def _hard_sigmoid(x, scale="multiply"):
+    gate = layers.ReLU(6.0)(x + 3.0)
+    return gate * (1.0 / 6.0) if scale == "multiply" else gate / 6.0
+
+
+@pytest.mark.parametrize("scale", ["multiply", "divide"])
+def test_fold_hard_sigmoid_keeps_the_function(scale, rng):
+    inputs = keras.Input((6, 6, 3))
+    x = layers.Conv2D(4, 3)(inputs)
+    x = layers.Multiply()([x, _hard_sigmoid(x, scale)])  # h-swish
+    model = keras.Model(inputs, layers.Dense(2)(layers.Flatten()(x)))
+    folded = fold_hard_sigmoid(model)
+    kinds = [type(layer).__name__ for layer in folded.layers]
+    assert kinds.count("HardSigmoid") == 1 and "TFOpLambda" not in kinds and "ReLU" not in kinds
+    x = rng.normal(size=(16, 6, 6, 3)).astype(np.float32) * 3
+    np.testing.assert_allclose(folded.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-5)
+
+
+def test_keras_mobilenet_v3_small_folds_every_hard_sigmoid():
+    model = keras.applications.MobileNetV3Small(input_shape=(32, 32, 3), alpha=0.75, weights=None, classes=10,
+                                                include_preprocessing=False)
+    adds = sum(layer.get_config().get("function") == "__operators__.add" for layer in model.layers)
+    kinds = [type(layer).__name__ for layer in fold_hard_sigmoid(model).layers]
+    assert adds > 0 and kinds.count("HardSigmoid") == adds and "TFOpLambda" not in kinds
+
+
+def test_a_raw_tensorflow_op_that_is_no_hard_sigmoid_is_named():
+    inputs = keras.Input((4,))
+    outputs = layers.Dense(2)(layers.ReLU(6.0)(inputs + 2.0))
+    with pytest.raises(UnsupportedModelError, match=r"'tf.__operators__.add(_\d+)?' \(TFOpLambda\)"):
+        kq.RobustQuantizer.from_setting("w4a4").quantize(keras.Model(inputs, outputs),
+                                                         np.zeros((8, 4), np.float32))

@@ -20,6 +20,7 @@ from .._keras import check_model, keras
 from ..integer_bias import GRID_PRESERVING as GRID_PRESERVING_LAYERS
 from ..integer_bias import int8_code_multiplier
 from ..calibration import observed_ranges
+from ..layers import HardSigmoid
 from ..quantizers import SymmetricQuantizer
 from ..transforms._graph import Graph, UnsupportedModelError
 from .layers import INT8_MAX_CODE, LOWERED_WEIGHT_LAYERS, FixedFakeQuant
@@ -180,12 +181,54 @@ def _lower_relus(graph: Graph, model) -> None:
         graph.weights[entry["name"]] = [np.float32(step)]
 
 
+def _lower_hard_sigmoids(graph: Graph, model) -> None:
+    """HardSigmoid -> a 1x1 depthwise convolution, weight 1/6 and bias ``b``, whose output
+    grid (its TensorQuantizer's ``[0, w]``) does the clipping: the one requantization the
+    Keras model rounds at (an ADD of 3 would requantize with XNNPACK's fixed-point scale
+    ratios, imprecise near ties and wrong beyond a ratio of 256). Without a TensorQuantizer
+    after it, a ReLU with ``max_value=1`` clips instead. A (batch, features) input is
+    reshaped to (batch, 1, 1, features) and back."""
+    layers = {layer.name: layer for layer in model.layers}
+    for entry in list(graph.iter_layers(("HardSigmoid",))):
+        name, config = entry["name"], entry["config"]
+        shared = {k: config[k] for k in _SHARED if k in config}
+        layer = layers[name]
+        shape = tuple(layer.input_shape)
+        channels = int(shape[-1])
+        if len(shape) not in (2, 4):
+            raise UnsupportedModelError(f"Layer '{name}': a hard sigmoid exports on (batch, features) or "
+                                        f"(batch, height, width, channels) tensors, got {shape}")
+        clipped = [layers[c] for c in graph.consumers(name)]
+        clipped = len(clipped) == 1 and type(clipped[0]).__name__ in ("TensorQuantizer", "OutputQuantizer")
+        if len(shape) == 2:
+            reshape = graph.unique_name(f"{name}_to_map")
+            ref = entry["inbound_nodes"][0][0]
+            graph.layers.insert(graph.layers.index(entry), {
+                "class_name": "Reshape", "name": reshape,
+                "config": {**shared, "name": reshape, "target_shape": [1, 1, channels]},
+                "inbound_nodes": [[list(ref)]]})
+            entry["inbound_nodes"][0][0] = [reshape, 0, 0, {}]
+        graph.replace(name, "LoweredDepthwiseConv2D", {
+            **shared, "kernel_size": [1, 1], "strides": [1, 1], "padding": "valid", "depth_multiplier": 1,
+            "use_bias": True})
+        graph.weights[name] = [np.full((1, 1, channels, 1), HardSigmoid.SLOPE, np.float32),
+                               np.full((channels,), float(layer.bias.numpy()), np.float32),
+                               np.full((channels,), HardSigmoid.SLOPE / INT8_MAX_CODE, np.float32)]
+        if not clipped:
+            graph.insert_after(name, "ReLU", {**shared, "name": f"{name}_clip", "max_value": 1.0,
+                                              "negative_slope": 0.0, "threshold": 0.0})
+        if len(shape) == 2:
+            graph.insert_after(name, "Reshape", {**shared, "name": f"{name}_to_features",
+                                                 "target_shape": [channels]})
+
+
 def _same_padding_adds_nothing(size: int, pool: int, stride: int) -> bool:
     return max((-(-size // stride) - 1) * stride + pool - size, 0) == 0
 
 
 def _lower_average_pooling(graph: Graph, model) -> None:
-    """AveragePooling2D -> a depthwise convolution with every weight ``1/count``.
+    """AveragePooling2D and GlobalAveragePooling2D -> a depthwise convolution with every
+    weight ``1/count``.
 
     The int8 average pool keeps its input's scale and rounds the mean of the input codes
     (half away from zero in the reference kernel, half to even in XNNPACK); the Keras model
@@ -211,6 +254,26 @@ def _lower_average_pooling(graph: Graph, model) -> None:
             "padding": config["padding"], "depth_multiplier": 1, "use_bias": False})
         graph.weights[name] = [np.full((*pool, channels, 1), 1.0 / count, np.float32),
                                np.full((channels,), 1.0 / (count * INT8_MAX_CODE), np.float32)]
+    for entry in list(graph.iter_layers(("GlobalAveragePooling2D",))):
+        # the same over the whole map: XNNPACK's int8 MEAN rounds differently, and over a 1x1
+        # map the converter drops it and requantizes with its imprecise QUANTIZE op
+        name, config = entry["name"], entry["config"]
+        shape = layers[name].input_shape
+        if config.get("data_format", "channels_last") != "channels_last":
+            raise UnsupportedModelError(f"Layer '{name}': average pooling exports with channels_last data only")
+        pool, channels = tuple(int(n) for n in shape[1:3]), int(shape[-1])
+        graph.replace(name, "LoweredDepthwiseConv2D", {
+            **{k: config[k] for k in _SHARED if k in config}, "kernel_size": list(pool), "strides": [1, 1],
+            "padding": "valid", "depth_multiplier": 1, "use_bias": False})
+        count = pool[0] * pool[1]
+        graph.weights[name] = [np.full((*pool, channels, 1), 1.0 / count, np.float32),
+                               np.full((channels,), 1.0 / (count * INT8_MAX_CODE), np.float32)]
+        if not config.get("keepdims", False):  # after its quantizer, which then reads the convolution
+            consumers = graph.consumers(name)
+            last = consumers[0] if len(consumers) == 1 and _base_kind(graph.layer(consumers[0])) in (
+                "TensorQuantizer", "OutputQuantizer") else name
+            graph.insert_after(last, "Reshape", {"name": f"{name}_flat", "target_shape": [channels],
+                                                 **{k: config[k] for k in _SHARED if k in config}})
 
 
 def _requantize_concatenated(graph: Graph, model) -> None:
@@ -335,6 +398,7 @@ def lower(model, representative=None, *, batch_size: int = 256) -> Lowered:
     ends = {ref[0] for ref in graph.config["output_layers"] + graph.config["input_layers"]}
     exact, requantized, bits = _lower_weights(graph, model)
     _lower_relus(graph, model)
+    _lower_hard_sigmoids(graph, model)
     _lower_average_pooling(graph, model)
     _requantize_concatenated(graph, model)
     preset = _preset_tensor_ranges(graph)

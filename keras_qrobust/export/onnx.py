@@ -25,7 +25,7 @@ from .._io import atomic_path, check_new_file
 from ..integer_bias import int8_code_multiplier
 from .tflite import convert_tflite
 
-__all__ = ["onnx", "convert_onnx", "pack_int4_weights", "shorten_names", "INT4_OPSET"]
+__all__ = ["onnx", "convert_onnx", "dedicate_dequantize", "pack_int4_weights", "shorten_names", "INT4_OPSET"]
 
 INT4_OPSET = 21
 _INT4_IR_VERSION = 10
@@ -47,13 +47,55 @@ def convert_onnx(model, representative=None, *, opset: int = 13):
         proto, _ = tf2onnx.convert.from_tflite(scratch, opset=opset)
     finally:
         os.unlink(scratch)
+    dedicate_dequantize(proto)
     shorten_names(proto)
     onnx_lib.checker.check_model(proto)
     return proto, info
 
 
+def dedicate_dequantize(proto) -> None:
+    """Give every consumer of a shared ``DequantizeLinear`` its own copy (in place).
+
+    tf2onnx shares one dequantized constant (e.g. the 3 of every ``x + 3`` in a
+    MobileNetV3) or tensor among several ops; onnxruntime fuses a QDQ group into an integer
+    kernel only when its DequantizeLinear nodes serve it alone, and its QDQ selector fails
+    on some shared ones ("two nodes with same node name"). The copies compute the same values.
+    """
+    from onnx import NodeProto
+
+    graph = proto.graph
+    readers: dict[str, list[int]] = {}
+    for index, node in enumerate(graph.node):
+        for name in node.input:
+            readers.setdefault(name, []).append(index)
+    outputs = {value.name for value in graph.output}
+    renamed: dict[int, dict[str, str]] = {}  # consumer index -> {shared name: its copy's}
+    copies: dict[int, list] = {}  # DequantizeLinear index -> its copies
+    for index, node in enumerate(graph.node):
+        if node.op_type != "DequantizeLinear" or node.output[0] in outputs:
+            continue
+        consumers = list(dict.fromkeys(readers.get(node.output[0], [])))
+        for k, consumer in enumerate(consumers[1:], start=1):
+            copy = NodeProto()
+            copy.CopyFrom(node)
+            copy.name, copy.output[0] = f"{node.name}_for_{k}", f"{node.output[0]}_for_{k}"
+            copies.setdefault(index, []).append(copy)
+            renamed.setdefault(consumer, {})[node.output[0]] = copy.output[0]
+    if not copies:
+        return
+    nodes = []
+    for index, node in enumerate(graph.node):
+        node = NodeProto.FromString(node.SerializeToString())
+        for j, name in enumerate(node.input):
+            node.input[j] = renamed.get(index, {}).get(name, name)
+        nodes.append(node)
+        nodes.extend(copies.get(index, []))
+    del graph.node[:]
+    graph.node.extend(nodes)
+
+
 def shorten_names(proto) -> None:
-    """Rename tensors and nodes ``t0, t1, ...`` / ``Conv_0, ...`` in place (graph input and
+    """Rename tensors and nodes ``t0, t1, ...`` / ``n0, n1, ...`` in place (graph input and
     output keep theirs): tf2onnx names carry whole TF op paths, ~10% of a small model's bytes."""
     graph = proto.graph
     keep = {value.name for value in list(graph.input) + list(graph.output)}
@@ -67,7 +109,7 @@ def shorten_names(proto) -> None:
     for init in graph.initializer:
         init.name = short(init.name)
     for i, node in enumerate(graph.node):
-        node.name = f"{node.op_type}_{i}"
+        node.name = f"n{i}"  # not OpType_i: onnxruntime names the nodes it adds so
         for j, name in enumerate(node.input):
             node.input[j] = short(name)
         for j, name in enumerate(node.output):
@@ -91,48 +133,71 @@ def _int4_tensor(name: str, values: np.ndarray):
     return helper.make_tensor(name, TensorProto.INT4, list(np.shape(values)), packed.tobytes(), raw=True)
 
 
+def _default_opset(proto) -> int:
+    return max((entry.version for entry in proto.opset_import if entry.domain in ("", "ai.onnx")), default=0)
+
+
 def pack_int4_weights(proto) -> list[str]:
     """Store every int8 weight whose codes are ``k·m`` with ``|k| ≤ 7`` as INT4 ``k`` (in place).
 
     Returns the names of the converted initializers; raises the opset to 21.
     """
     import onnx as onnx_lib
-    from onnx import numpy_helper
+    from onnx import numpy_helper, version_converter
 
-    inits = _initializers(proto)
-    converted = []
-    for node in proto.graph.node:
-        if node.op_type != "DequantizeLinear" or node.input[0] not in inits:
-            continue
+    def packable(node, inits) -> tuple | None:
+        """(int8 weight, its codes, their multiplier) of a DequantizeLinear whose codes fit INT4."""
+        if node.op_type != "DequantizeLinear" or node.input[0] not in inits or len(node.input) < 2:
+            return None
         weight = inits[node.input[0]]
-        if weight.data_type != onnx_lib.TensorProto.INT8 or len(weight.dims) < 2 or len(node.input) < 2:
-            continue
+        if weight.data_type != onnx_lib.TensorProto.INT8 or len(weight.dims) < 2:
+            return None
+        if len(node.input) > 2 and node.input[2] and (  # an asymmetric constant (e.g. the 3 of x + 3)
+                node.input[2] not in inits or numpy_helper.to_array(inits[node.input[2]]).any()):
+            return None
         codes = numpy_helper.to_array(weight).astype(np.int32)
         multiplier = next((m for m in map(int8_code_multiplier, (4, 3, 2, 1))
                            if np.all(codes % m == 0) and np.abs(codes // m).max() <= 7), None)
-        if multiplier is None:
-            continue
-        scale = numpy_helper.to_array(inits[node.input[1]]).astype(np.float32) * multiplier
-        suffix = "_int4"
-        new_weight = _int4_tensor(weight.name + suffix, codes // multiplier)
-        new_scale = numpy_helper.from_array(scale, inits[node.input[1]].name + suffix)
-        zero = np.zeros(scale.shape, np.int32)
-        new_zero = _int4_tensor(weight.name + "_zero" + suffix, zero)
-        proto.graph.initializer.extend([new_weight, new_scale, new_zero])
-        node.input[0], node.input[1] = new_weight.name, new_scale.name
+        return None if multiplier is None else (weight, codes, multiplier)
+
+    inits = _initializers(proto)
+    if not any(packable(node, inits) for node in proto.graph.node):
+        return []
+    if _default_opset(proto) < INT4_OPSET:
+        # ops whose form changed since the graph's opset (e.g. ReduceMean's axes, an input
+        # from opset 18) are rewritten, not just relabelled
+        proto.CopyFrom(version_converter.convert_version(proto, INT4_OPSET))
+        for i, node in enumerate(proto.graph.node):  # the nodes it adds may reuse existing names
+            node.name = f"n{i}"
+        inits = _initializers(proto)
+    converted = []
+    packed: dict[tuple[str, ...], tuple[str, str, str]] = {}  # (weight, scale) -> INT4 names
+    for node in proto.graph.node:
+        key = tuple(node.input[:2])
+        if not (node.op_type == "DequantizeLinear" and key in packed):  # a shared weight is packed once
+            found = packable(node, inits)
+            if found is None:
+                continue
+            weight, codes, multiplier = found
+            scale = numpy_helper.to_array(inits[node.input[1]]).astype(np.float32) * multiplier
+            suffix = f"_int4_{len(packed)}"  # one weight may be read with several scales
+            new_weight = _int4_tensor(weight.name + suffix, codes // multiplier)
+            new_scale = numpy_helper.from_array(scale, inits[node.input[1]].name + suffix)
+            new_zero = _int4_tensor(weight.name + "_zero" + suffix, np.zeros(scale.shape, np.int32))
+            proto.graph.initializer.extend([new_weight, new_scale, new_zero])
+            packed[key] = (new_weight.name, new_scale.name, new_zero.name)
+            converted.append(weight.name)
+        weight_name, scale_name, zero_name = packed[key]
+        node.input[0], node.input[1] = weight_name, scale_name
         if len(node.input) > 2:
-            node.input[2] = new_zero.name
+            node.input[2] = zero_name
         else:
-            node.input.append(new_zero.name)
-        converted.append(weight.name)
+            node.input.append(zero_name)
     if converted:
         used = {name for node in proto.graph.node for name in node.input}
         keep = [init for init in proto.graph.initializer if init.name in used]
         del proto.graph.initializer[:]
         proto.graph.initializer.extend(keep)
-        for entry in proto.opset_import:
-            if entry.domain in ("", "ai.onnx"):
-                entry.version = max(entry.version, INT4_OPSET)
         proto.ir_version = max(proto.ir_version, _INT4_IR_VERSION)
     return converted
 

@@ -2,6 +2,7 @@
 
 from ._graph import Graph, UnsupportedModelError
 from .fold_batchnorm import fold_batchnorm
+from .fold_hard_sigmoid import fold_hard_sigmoid
 from .lipschitz import strip_lipschitz, to_lipschitz
 from .mu_law import apply_mu_law
 from .quantize_tensors import quantize_tensors
@@ -14,6 +15,7 @@ __all__ = [
     "UnsupportedModelError",
     "apply_mu_law",
     "fold_batchnorm",
+    "fold_hard_sigmoid",
     "quantize_tensors",
     "replace_layers",
     "split_activations",

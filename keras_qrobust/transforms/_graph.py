@@ -95,6 +95,8 @@ class Graph:
         nodes = entry.get("inbound_nodes") or []
         if not nodes:
             return []
+        if nodes[0] and isinstance(nodes[0][0], str):  # a TFOpLambda's node: one [layer, node, tensor, kwargs]
+            return [nodes[0][0]]
         return [ref[0] for ref in nodes[0]]
 
     def consumers(self, name: str) -> list[str]:
@@ -132,6 +134,10 @@ class Graph:
         """Point every reference to layer ``old`` (tensor 0) at ``new_ref``."""
         for entry in self.layers:
             for node in entry.get("inbound_nodes") or []:
+                if node and isinstance(node[0], str):  # a TFOpLambda's node is one reference
+                    if node[0] == old:
+                        node[:3] = list(new_ref[:3])
+                    continue
                 for i, ref in enumerate(node):
                     if ref[0] == old:
                         node[i] = [new_ref[0], new_ref[1], new_ref[2], ref[3] if len(ref) > 3 else {}]

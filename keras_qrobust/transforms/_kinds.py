@@ -28,7 +28,7 @@ PASS_THROUGH = (
     "Add",
     "Concatenate",
 )
-ACTIVATIONS = ("ReLU", "Activation", "Softmax")
+ACTIVATIONS = ("ReLU", "Activation", "Softmax", "HardSigmoid")
 
 # Layers whose output values are values of their input (int8 ops that keep the input scale).
 GRID_PRESERVING = ("MaxPooling2D", "GlobalMaxPooling2D", "Flatten", "Reshape", "Dropout", "SpatialDropout2D",
