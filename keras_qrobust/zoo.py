@@ -5,8 +5,10 @@ from __future__ import annotations
 from typing import Sequence
 
 from ._keras import keras, register, tf
+from .layers import HardSigmoid
 
-__all__ = ["cnn_small", "mlp_gorsline", "ds_cnn", "resnet_small", "ClipConstraint", "MODELS", "get"]
+__all__ = ["cnn_small", "mlp_gorsline", "ds_cnn", "resnet_small", "mobilenet_v2_small", "mobilenet_v3_small",
+           "ClipConstraint", "MODELS", "get"]
 
 layers = keras.layers
 
@@ -165,12 +167,66 @@ def mobilenet_v2_small(input_shape: Sequence[int] = (28, 28, 1), num_classes: in
     return keras.Model(inputs, outputs, name=name)
 
 
+def _hard_swish(x, name):
+    """``x·h-sigmoid(x)`` (Howard et al. 2019, MobileNetV3, Sec. 5.2)."""
+    return layers.Multiply(name=f"{name}_hswish")([x, HardSigmoid(name=f"{name}_hsigmoid")(x)])
+
+
+def _activation(x, kind, name):
+    return _hard_swish(x, name) if kind == "hswish" else layers.ReLU(name=f"{name}_relu")(x)
+
+
+def _bneck(x, kernel, expanded, filters, excite, kind, strides, name):
+    """MobileNetV3 bottleneck (Howard et al. 2019, Fig. 4): 1x1 expansion, depthwise,
+    optional squeeze-excite gated by h-sigmoid, linear 1x1 projection, residual sum when
+    the shapes match; ``kind`` is the block's nonlinearity (ReLU or h-swish)."""
+    inputs = x
+    if expanded != x.shape[-1]:
+        x = layers.BatchNormalization(name=f"{name}_expand_bn")(
+            layers.Conv2D(expanded, 1, use_bias=False, name=f"{name}_expand")(x))
+        x = _activation(x, kind, f"{name}_expand")
+    x = layers.DepthwiseConv2D(kernel, strides=strides, padding="same", use_bias=False, name=f"{name}_depthwise")(x)
+    x = _activation(layers.BatchNormalization(name=f"{name}_depthwise_bn")(x), kind, f"{name}_depthwise")
+    if excite:
+        s = layers.GlobalAveragePooling2D(keepdims=True, name=f"{name}_se_pool")(x)
+        s = layers.ReLU(name=f"{name}_se_relu")(layers.Conv2D(max(expanded // 4, 8), 1, name=f"{name}_se_reduce")(s))
+        s = HardSigmoid(name=f"{name}_se_gate")(layers.Conv2D(expanded, 1, name=f"{name}_se_expand")(s))
+        x = layers.Multiply(name=f"{name}_se_scale")([x, s])
+    x = layers.BatchNormalization(name=f"{name}_project_bn")(
+        layers.Conv2D(filters, 1, use_bias=False, name=f"{name}_project")(x))
+    if strides == 1 and inputs.shape[-1] == filters:
+        x = layers.Add(name=f"{name}_add")([inputs, x])
+    return x
+
+
+def mobilenet_v3_small(input_shape: Sequence[int] = (28, 28, 1), num_classes: int = 10,
+                       blocks: Sequence[tuple] = ((3, 16, 16, True, "relu", 2), (3, 48, 24, False, "relu", 2),
+                                                  (3, 64, 24, False, "relu", 1), (5, 72, 32, True, "hswish", 1),
+                                                  (5, 96, 32, True, "hswish", 1)),
+                       name: str = "mobilenet_v3_small"):
+    """A MobileNetV3-Small sized for 28×28 and 32×32 inputs: a stride-2 h-swish stem,
+    bottlenecks ``(kernel, expanded, filters, squeeze-excite, "relu"|"hswish", stride)``
+    (Howard et al. 2019, Table 2, narrowed and shortened), a 1x1 h-swish head, global
+    average pooling and a logits layer."""
+    inputs = keras.Input(tuple(input_shape))
+    x = layers.Conv2D(16, 3, strides=2, padding="same", use_bias=False, name="stem_conv")(inputs)
+    x = _hard_swish(layers.BatchNormalization(name="stem_bn")(x), "stem")
+    for i, block in enumerate(blocks, start=1):
+        x = _bneck(x, *block, name=f"block{i}")
+    x = layers.Conv2D(128, 1, use_bias=False, name="head_conv")(x)
+    x = _hard_swish(layers.BatchNormalization(name="head_bn")(x), "head")
+    x = layers.GlobalAveragePooling2D(name="gap")(x)
+    outputs = layers.Dense(num_classes, name="logits")(x)
+    return keras.Model(inputs, outputs, name=name)
+
+
 MODELS = {
     "cnn_small": cnn_small,
     "mlp_gorsline": mlp_gorsline,
     "ds_cnn": ds_cnn,
     "resnet_small": resnet_small,
     "mobilenet_v2_small": mobilenet_v2_small,
+    "mobilenet_v3_small": mobilenet_v3_small,
 }
 
 

@@ -202,7 +202,7 @@ def test_keras_applications_mobilenet_v2_exports_as_the_model_it_is(fashion_slic
         assert np.mean(np.abs(deployed - scores) <= step * 1.01) >= 0.99, path.suffix
 
 
-@pytest.mark.parametrize("name", ["ds_cnn", "resnet_small", "mobilenet_v2_small"])
+@pytest.mark.parametrize("name", ["ds_cnn", "resnet_small", "mobilenet_v2_small", "mobilenet_v3_small"])
 def test_zoo_models_export_as_the_model_they_are(name, fashion_slice, tmp_path):
     (x_train, _), (x_test, _) = fashion_slice
     keras.utils.set_random_seed(0)
