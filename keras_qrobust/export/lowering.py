@@ -12,7 +12,9 @@ names are listed in :attr:`Lowered.calibrated` so nobody mistakes them for exact
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
+from typing import Iterator
 
 import numpy as np
 
@@ -226,7 +228,16 @@ def _same_padding_adds_nothing(size: int, pool: int, stride: int) -> bool:
     return max((-(-size // stride) - 1) * stride + pool - size, 0) == 0
 
 
-def _lower_average_pooling(graph: Graph, model) -> None:
+def _constant_codes() -> Iterator[int]:
+    """Int8 codes 127, 126, ..., 64, 127, ... for the weights of the convolutions the
+    lowering adds. Each weight ``v`` is stored as code ``c`` with step ``v/c`` (exact for any
+    ``c``); different codes keep the converter from merging identical weight tensors, and
+    XNNPACK leaves an op whose weights another op shares to TFLite's builtin kernel, which
+    rounds differently (found on MobileNetV3's squeeze-excite poolings)."""
+    return itertools.cycle(range(INT8_MAX_CODE, 63, -1))
+
+
+def _lower_average_pooling(graph: Graph, model, codes: Iterator[int]) -> None:
     """AveragePooling2D and GlobalAveragePooling2D -> a depthwise convolution with every
     weight ``1/count``.
 
@@ -234,7 +245,7 @@ def _lower_average_pooling(graph: Graph, model) -> None:
     (half away from zero in the reference kernel, half to even in XNNPACK); the Keras model
     rounds the mean onto its TensorQuantizer's grid. As a convolution the integer graph
     requantizes the sum onto that grid like any other convolution: the weight ``1/count``
-    is exact in int8 (code 127, step ``1/(127·count)``).
+    is exact in int8 (code ``c``, step ``1/(c·count)``, :func:`_constant_codes`).
     """
     layers = {layer.name: layer for layer in model.layers}
     for entry in list(graph.iter_layers(("AveragePooling2D",))):
@@ -253,7 +264,7 @@ def _lower_average_pooling(graph: Graph, model) -> None:
             **{k: config[k] for k in _SHARED if k in config}, "kernel_size": list(pool), "strides": list(strides),
             "padding": config["padding"], "depth_multiplier": 1, "use_bias": False})
         graph.weights[name] = [np.full((*pool, channels, 1), 1.0 / count, np.float32),
-                               np.full((channels,), 1.0 / (count * INT8_MAX_CODE), np.float32)]
+                               np.full((channels,), 1.0 / (count * next(codes)), np.float32)]
     for entry in list(graph.iter_layers(("GlobalAveragePooling2D",))):
         # the same over the whole map: XNNPACK's int8 MEAN rounds differently, and over a 1x1
         # map the converter drops it and requantizes with its imprecise QUANTIZE op
@@ -267,7 +278,7 @@ def _lower_average_pooling(graph: Graph, model) -> None:
             "padding": "valid", "depth_multiplier": 1, "use_bias": False})
         count = pool[0] * pool[1]
         graph.weights[name] = [np.full((*pool, channels, 1), 1.0 / count, np.float32),
-                               np.full((channels,), 1.0 / (count * INT8_MAX_CODE), np.float32)]
+                               np.full((channels,), 1.0 / (count * next(codes)), np.float32)]
         if not config.get("keepdims", False):  # after its quantizer, which then reads the convolution
             consumers = graph.consumers(name)
             last = consumers[0] if len(consumers) == 1 and _base_kind(graph.layer(consumers[0])) in (
@@ -276,7 +287,7 @@ def _lower_average_pooling(graph: Graph, model) -> None:
                                                  **{k: config[k] for k in _SHARED if k in config}})
 
 
-def _requantize_concatenated(graph: Graph, model) -> None:
+def _requantize_concatenated(graph: Graph, model, codes: Iterator[int]) -> None:
     """Put a 1x1 identity depthwise convolution between a concatenation and each of its
     inputs that is on a grid of its own (a ReLU's, a TensorQuantizer's, the input's).
 
@@ -284,7 +295,7 @@ def _requantize_concatenated(graph: Graph, model) -> None:
     inserts a QUANTIZE op for such an input; XNNPACK runs that op with an 8-bit fixed-point
     multiplier (the ratio of the two scales to 1/256), which moves values by a level. The
     convolution requantizes with the exact scale ratio, like every other convolution, and
-    writes the concatenation's grid directly (weight 1 is exact: code 127, step 1/127).
+    writes the concatenation's grid directly (weight 1 is exact: code ``c``, step ``1/c``).
     """
     shapes = {layer.name: layer.output_shape for layer in model.layers}
     for entry in list(graph.iter_layers(("Concatenate",))):
@@ -305,7 +316,7 @@ def _requantize_concatenated(graph: Graph, model) -> None:
             refs[position] = [name, 0, 0, {}]
             channels = int(shape[-1])
             graph.weights[name] = [np.ones((1, 1, channels, 1), np.float32),
-                                   np.full((channels,), 1.0 / INT8_MAX_CODE, np.float32)]
+                                   np.full((channels,), 1.0 / next(codes), np.float32)]
 
 
 def _is_relu(entry: dict) -> bool:
@@ -399,8 +410,9 @@ def lower(model, representative=None, *, batch_size: int = 256) -> Lowered:
     exact, requantized, bits = _lower_weights(graph, model)
     _lower_relus(graph, model)
     _lower_hard_sigmoids(graph, model)
-    _lower_average_pooling(graph, model)
-    _requantize_concatenated(graph, model)
+    codes = _constant_codes()
+    _lower_average_pooling(graph, model, codes)
+    _requantize_concatenated(graph, model, codes)
     preset = _preset_tensor_ranges(graph)
     calibrated = _insert_fake_quants(graph)
     if calibrated and representative is None:
