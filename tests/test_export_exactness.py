@@ -217,3 +217,19 @@ def test_zoo_models_export_as_the_model_they_are(name, fashion_slice, tmp_path):
         deployed = export.load(path).predict(x)
         assert np.mean(deployed.argmax(1) == scores.argmax(1)) >= 299 / 300, path.suffix
         assert np.mean(np.abs(deployed - scores) <= step * 1.01) >= 0.99, path.suffix
+
+
+def test_xnnpack_runs_the_whole_file(fashion_slice, tmp_path):
+    """Two equal squeeze-excite poolings must not share a weight tensor: XNNPACK leaves an op
+    whose weights another op shares to TFLite's builtin kernel, which rounds differently."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    (x_train, _), _ = fashion_slice
+    keras.utils.set_random_seed(0)
+    model = kq.zoo.get("mobilenet_v3_small", blocks=((3, 16, 16, True, "relu", 1), (3, 16, 16, True, "relu", 1)))
+    qmodel = kq.RobustQuantizer.from_setting("w8a8").quantize(_with_data_batchnorm(model, x_train[:256]),
+                                                              x_train[:256])
+    interpreter = Interpreter(str(export.tflite(qmodel, tmp_path / "m.tflite")))
+    interpreter.allocate_tensors()
+    ops = [op["op_name"] for op in interpreter._get_ops_details()]
+    assert ops.count("DELEGATE") == 1, ops
