@@ -184,8 +184,19 @@ def resumable(path: Path):
     seconds measured then cover only the resumed part)."""
     backup = CACHE / f"{path.stem}.backup"
     # tf_keras leaves the emptied directory behind once a fit completes
-    info = {"resumed_from": str(backup)} if any(backup.rglob("checkpoint")) else {}
+    info = {"resumed_from": backup.name} if any(backup.rglob("checkpoint")) else {}
     return kq.keras.callbacks.BackupAndRestore(str(backup)), info
+
+
+def portable(record):
+    """``record`` (nested dicts and lists) with every ``resumed_from`` path cut to its file
+    name: results files carry no path of the machine that made them."""
+    if isinstance(record, dict):
+        return {k: Path(v).name if k == "resumed_from" and isinstance(v, str) else portable(v)
+                for k, v in record.items()}
+    if isinstance(record, list):
+        return [portable(v) for v in record]
+    return record
 
 
 # The PGD-AT model of the defenses, export and reproduction scripts (Madry 2018, ε = 0.1,

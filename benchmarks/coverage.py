@@ -167,7 +167,8 @@ def checks(rows: list[dict]) -> list[dict]:
 def markdown(data: dict) -> str:
     lines = ["# Coverage: real architectures, exported and re-measured in their runtimes", "",
              f"{run_description(data)} {data['test_images']} Fashion-MNIST test images (32×32×3 "
-             f"for the keras.applications models); Square: {data['square_queries']} queries, p_init {SQUARE_P_INIT}, L∞ ε = {EPS}, "
+             f"for the keras.applications models); Square: {data['square_queries']} queries, "
+             f"p_init {SQUARE_P_INIT}, L∞ ε = {EPS}, "
              f"on the first {data['square_images']}; seed {data['seed']}. Models trained normally "
              f"({data['epochs']} epochs): this table measures fidelity, not robustness. Latency: median of "
              "repeated `predict` calls on a shared 2-core CPU — a ranking, not a speed claim.", "",

@@ -28,6 +28,7 @@ from _common import (
     kq,
     log,
     machine,
+    portable,
     publish,
     source_digest,
     trained_model,
@@ -63,7 +64,9 @@ def markdown(data: dict) -> str:
         aa = row["autoattack"]
         low, high = aa["robust_interval95"]
         mark = " **(chosen)**" if name == data["chosen"] else ""
-        lines.append(f"| {name}{mark} | {row['recipe']} | {row['train_seconds']} | {100 * row['clean_accuracy']:.2f} "
+        seconds = f"{row['train_seconds']} (last part of a resumed run)" if row.get("train_resumed") else \
+            row["train_seconds"]
+        lines.append(f"| {name}{mark} | {row['recipe']} | {seconds} | {100 * row['clean_accuracy']:.2f} "
                      f"| {100 * aa['robust_accuracy']:.2f} ({100 * low:.1f}–{100 * high:.1f}) |")
     lines += ["", f"Chosen: {data['chosen'] or 'none above the clean floor'}."]
     return "\n".join(lines) + "\n"
@@ -101,7 +104,7 @@ def main(argv=None) -> None:
                 finished.put(key, row)
         trained = info.get("trained", {}).get("training", info)
         rows[name] = {**row, "recipe": describe_recipe(recipe), "train_seconds": trained.get("train_seconds"),
-                      "training": info}
+                      "train_resumed": bool(trained.get("resumed_from")), "training": portable(info)}
         log(f"{name}: clean {row['clean_accuracy']:.2%}, AutoAttack {row['autoattack']['robust_accuracy']:.2%}")
     command = "./run.sh bench recipes" + (f" --version {args.version}" if args.version != "standard" else "") + (
         f" --candidates {','.join(names)}" if names != list(RECIPE_CANDIDATES) else "")

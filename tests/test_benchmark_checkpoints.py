@@ -133,3 +133,10 @@ def test_each_defense_stage_starts_from_the_one_before_and_records_it(store, mon
     # a second call loads the last stage and trains nothing
     _common.staged_model(0, stages)
     assert len(tuned) == 2
+
+
+def test_results_records_name_a_resumed_backup_without_its_path():
+    record = {"training": {"train_seconds": 1.0, "resumed_from": "/home/someone/cache/m.backup"},
+              "stages": [{"resumed_from": "/tmp/x/s.backup"}], "note": "/kept/as/is"}
+    assert _common.portable(record) == {"training": {"train_seconds": 1.0, "resumed_from": "m.backup"},
+                                        "stages": [{"resumed_from": "s.backup"}], "note": "/kept/as/is"}
