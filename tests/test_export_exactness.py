@@ -75,6 +75,11 @@ def hard_swish_excite(x):  # MobileNetV3: h-swish, a squeeze-excite gate, a mean
     return layers.Dense(10)(x)
 
 
+def hard_swish_dense(x):  # h-swish on a (batch, features) tensor
+    x = layers.Dense(16)(layers.Flatten()(layers.MaxPooling2D(4)(x)))
+    return layers.Dense(10)(layers.Multiply()([x, _hard_sigmoid(x)]))
+
+
 def relu6_depthwise_padding(x):
     x = layers.ReLU(6.0)(layers.Conv2D(8, 3, strides=2)(layers.ZeroPadding2D(1)(x)))
     x = layers.ZeroPadding2D(((0, 1), (0, 1)))(x)
@@ -92,7 +97,7 @@ def softmax_output(x):
 
 
 ARCHITECTURES = (residual_linear_add, relu_add, average_pooling, concatenation, squeeze_excite,
-                 hard_swish_excite, relu6_depthwise_padding, separable, softmax_output)
+                 hard_swish_excite, hard_swish_dense, relu6_depthwise_padding, separable, softmax_output)
 SETTINGS = ("w8a8", "w4a4", "w2a2")
 
 

@@ -99,6 +99,11 @@ def _kernel_grid(kernel: np.ndarray, quantizer, channel_axes: tuple[int, ...],
     return step, bits, exact
 
 
+def _shared(config: dict) -> dict:
+    """The settings every layer the lowering writes keeps from the layer it replaces."""
+    return {k: config[k] for k in _SHARED if k in config}
+
+
 def _lowered_config(config: dict) -> dict:
     return {k: v for k, v in config.items() if k not in _QUANTIZER_ARGS}
 
@@ -117,16 +122,15 @@ def _split_separable(graph: Graph, entry: dict, layer) -> list[tuple[str, np.nda
                                               np.asarray(layer.pointwise_kernel))
     graph.layers.insert(graph.layers.index(entry), {
         "class_name": "LoweredDepthwiseConv2D", "name": dw_name,
-        "config": {**{k: config[k] for k in _SHARED if k in config}, "name": dw_name,
+        "config": {**_shared(config), "name": dw_name,
                    "kernel_size": config["kernel_size"], "strides": config["strides"], "padding": config["padding"],
                    "depth_multiplier": 1, "dilation_rate": config["dilation_rate"], "use_bias": False},
         "inbound_nodes": entry["inbound_nodes"]})
     graph.replace(name, "LoweredConv2D", {
-        **{k: config[k] for k in _SHARED if k in config}, "filters": config["filters"], "kernel_size": [1, 1],
+        **_shared(config), "filters": config["filters"], "kernel_size": [1, 1],
         "strides": [1, 1], "padding": "valid", "activation": config.get("activation", "linear"),
         "use_bias": config["use_bias"]})
     entry["inbound_nodes"] = [[[dw_name, 0, 0, {}]]]
-    entry.pop("build_config", None)
     bias = [np.asarray(layer.bias)] if config["use_bias"] else []
     graph.weights[dw_name] = [kernels["depthwise_kernel"], dw_step]
     graph.weights[name] = [kernels["pointwise_kernel"], *bias, pw_step]
@@ -178,8 +182,7 @@ def _lower_relus(graph: Graph, model) -> None:
         if bits > 8:
             continue  # stays float here; gets a calibrated 8-bit range below
         step = float(layer.activation_max.numpy()) / (2**bits - 1)
-        graph.replace(entry["name"], "LoweredReLU", {**{k: entry["config"][k] for k in _SHARED
-                                                       if k in entry["config"]}, "bits": bits})
+        graph.replace(entry["name"], "LoweredReLU", {**_shared(entry["config"]), "bits": bits})
         graph.weights[entry["name"]] = [np.float32(step)]
 
 
@@ -193,15 +196,14 @@ def _lower_hard_sigmoids(graph: Graph, model) -> None:
     layers = {layer.name: layer for layer in model.layers}
     for entry in list(graph.iter_layers(("HardSigmoid",))):
         name, config = entry["name"], entry["config"]
-        shared = {k: config[k] for k in _SHARED if k in config}
+        shared = _shared(config)
         layer = layers[name]
         shape = tuple(layer.input_shape)
         channels = int(shape[-1])
         if len(shape) not in (2, 4):
             raise UnsupportedModelError(f"Layer '{name}': a hard sigmoid exports on (batch, features) or "
                                         f"(batch, height, width, channels) tensors, got {shape}")
-        clipped = [layers[c] for c in graph.consumers(name)]
-        clipped = len(clipped) == 1 and type(clipped[0]).__name__ in ("TensorQuantizer", "OutputQuantizer")
+        quantizer = _only_quantizer(graph, name)
         if len(shape) == 2:
             reshape = graph.unique_name(f"{name}_to_map")
             ref = entry["inbound_nodes"][0][0]
@@ -216,12 +218,12 @@ def _lower_hard_sigmoids(graph: Graph, model) -> None:
         graph.weights[name] = [np.full((1, 1, channels, 1), HardSigmoid.SLOPE, np.float32),
                                np.full((channels,), float(layer.bias.numpy()), np.float32),
                                np.full((channels,), HardSigmoid.SLOPE / INT8_MAX_CODE, np.float32)]
-        if not clipped:
+        if quantizer is None:
             graph.insert_after(name, "ReLU", {**shared, "name": f"{name}_clip", "max_value": 1.0,
                                               "negative_slope": 0.0, "threshold": 0.0})
-        if len(shape) == 2:
-            graph.insert_after(name, "Reshape", {**shared, "name": f"{name}_to_features",
-                                                 "target_shape": [channels]})
+        if len(shape) == 2:  # after its quantizer, which then reads the convolution
+            graph.insert_after(quantizer or name, "Reshape", {**shared, "name": f"{name}_to_features",
+                                                              "target_shape": [channels]})
 
 
 def _same_padding_adds_nothing(size: int, pool: int, stride: int) -> bool:
@@ -231,9 +233,9 @@ def _same_padding_adds_nothing(size: int, pool: int, stride: int) -> bool:
 def _constant_codes() -> Iterator[int]:
     """Int8 codes 127, 126, ..., 64, 127, ... for the weights of the convolutions the
     lowering adds. Each weight ``v`` is stored as code ``c`` with step ``v/c`` (exact for any
-    ``c``); different codes keep the converter from merging identical weight tensors, and
-    XNNPACK leaves an op whose weights another op shares to TFLite's builtin kernel, which
-    rounds differently (found on MobileNetV3's squeeze-excite poolings)."""
+    ``c``); different codes keep the converter from merging identical constants: XNNPACK left
+    equal poolings, whose kernel and (zero) bias tensors were then shared, to TFLite's
+    builtin kernel, which rounds differently (found on MobileNetV3's squeeze-excite poolings)."""
     return itertools.cycle(range(INT8_MAX_CODE, 63, -1))
 
 
@@ -248,43 +250,48 @@ def _lower_average_pooling(graph: Graph, model, codes: Iterator[int]) -> None:
     is exact in int8 (code ``c``, step ``1/(c·count)``, :func:`_constant_codes`).
     """
     layers = {layer.name: layer for layer in model.layers}
-    for entry in list(graph.iter_layers(("AveragePooling2D",))):
+    for entry in list(graph.iter_layers(("AveragePooling2D", "GlobalAveragePooling2D"))):
         name, config = entry["name"], entry["config"]
         shape = layers[name].input_shape
+        channels = int(shape[-1])
         if config.get("data_format", "channels_last") != "channels_last":
             raise UnsupportedModelError(f"Layer '{name}': average pooling exports with channels_last data only")
+        if entry["class_name"] == "GlobalAveragePooling2D":
+            # over the whole map: XNNPACK's int8 MEAN rounds differently, and over a 1x1 map the
+            # converter drops it and requantizes with its imprecise QUANTIZE op
+            _write_mean_convolution(graph, name, tuple(int(n) for n in shape[1:3]), (1, 1), "valid", channels,
+                                    next(codes))
+            if not config.get("keepdims", False):  # after its quantizer, which then reads the convolution
+                graph.insert_after(_only_quantizer(graph, name) or name, "Reshape",
+                                   {"name": f"{name}_flat", "target_shape": [channels], **_shared(config)})
+            continue
         pool, strides = tuple(config["pool_size"]), tuple(config["strides"] or config["pool_size"])
         if config["padding"] == "same" and not all(
                 _same_padding_adds_nothing(n, k, st) for n, k, st in zip(shape[1:3], pool, strides)):
             raise UnsupportedModelError(
                 f"Layer '{name}': average pooling with padding='same' over a border divides by a smaller count "
                 "there, which no int8 kernel does exactly; use padding='valid' or a size the pool divides")
-        channels, count = int(shape[-1]), pool[0] * pool[1]
-        graph.replace(name, "LoweredDepthwiseConv2D", {
-            **{k: config[k] for k in _SHARED if k in config}, "kernel_size": list(pool), "strides": list(strides),
-            "padding": config["padding"], "depth_multiplier": 1, "use_bias": False})
-        graph.weights[name] = [np.full((*pool, channels, 1), 1.0 / count, np.float32),
-                               np.full((channels,), 1.0 / (count * next(codes)), np.float32)]
-    for entry in list(graph.iter_layers(("GlobalAveragePooling2D",))):
-        # the same over the whole map: XNNPACK's int8 MEAN rounds differently, and over a 1x1
-        # map the converter drops it and requantizes with its imprecise QUANTIZE op
-        name, config = entry["name"], entry["config"]
-        shape = layers[name].input_shape
-        if config.get("data_format", "channels_last") != "channels_last":
-            raise UnsupportedModelError(f"Layer '{name}': average pooling exports with channels_last data only")
-        pool, channels = tuple(int(n) for n in shape[1:3]), int(shape[-1])
-        graph.replace(name, "LoweredDepthwiseConv2D", {
-            **{k: config[k] for k in _SHARED if k in config}, "kernel_size": list(pool), "strides": [1, 1],
-            "padding": "valid", "depth_multiplier": 1, "use_bias": False})
-        count = pool[0] * pool[1]
-        graph.weights[name] = [np.full((*pool, channels, 1), 1.0 / count, np.float32),
-                               np.full((channels,), 1.0 / (count * next(codes)), np.float32)]
-        if not config.get("keepdims", False):  # after its quantizer, which then reads the convolution
-            consumers = graph.consumers(name)
-            last = consumers[0] if len(consumers) == 1 and _base_kind(graph.layer(consumers[0])) in (
-                "TensorQuantizer", "OutputQuantizer") else name
-            graph.insert_after(last, "Reshape", {"name": f"{name}_flat", "target_shape": [channels],
-                                                 **{k: config[k] for k in _SHARED if k in config}})
+        _write_mean_convolution(graph, name, pool, strides, config["padding"], channels, next(codes))
+
+
+def _write_mean_convolution(graph: Graph, name: str, pool: tuple, strides: tuple, padding: str, channels: int,
+                            code: int) -> None:
+    """Replace layer ``name`` by a depthwise convolution averaging ``pool`` windows, its
+    weight ``1/count`` stored as int8 code ``code``."""
+    count = pool[0] * pool[1]
+    graph.replace(name, "LoweredDepthwiseConv2D", {
+        **_shared(graph.layer(name)["config"]), "kernel_size": list(pool), "strides": list(strides),
+        "padding": padding, "depth_multiplier": 1, "use_bias": False})
+    graph.weights[name] = [np.full((*pool, channels, 1), 1.0 / count, np.float32),
+                           np.full((channels,), 1.0 / (count * code), np.float32)]
+
+
+def _only_quantizer(graph: Graph, name: str) -> str | None:
+    """The TensorQuantizer (or OutputQuantizer) that alone reads layer ``name``, if any."""
+    consumers = graph.consumers(name)
+    if len(consumers) == 1 and _base_kind(graph.layer(consumers[0])) in ("TensorQuantizer", "OutputQuantizer"):
+        return consumers[0]
+    return None
 
 
 def _requantize_concatenated(graph: Graph, model, codes: Iterator[int]) -> None:
@@ -309,7 +316,7 @@ def _requantize_concatenated(graph: Graph, model, codes: Iterator[int]) -> None:
             name = graph.unique_name(f"{entry['name']}_requantize_{position}")
             graph.layers.insert(graph.layers.index(entry), {
                 "class_name": "LoweredDepthwiseConv2D", "name": name,
-                "config": {**{k: entry["config"][k] for k in _SHARED if k in entry["config"]}, "name": name,
+                "config": {**_shared(entry["config"]), "name": name,
                            "kernel_size": [1, 1], "strides": [1, 1], "padding": "valid", "depth_multiplier": 1,
                            "use_bias": False},
                 "inbound_nodes": [[list(ref)]]})
@@ -361,8 +368,7 @@ def _preset_tensor_ranges(graph: Graph) -> set[str]:
     preset = set()
     for entry in list(graph.layers):
         if entry["class_name"].split(">")[-1] in ("TensorQuantizer", "OutputQuantizer"):
-            graph.replace(entry["name"], "FixedFakeQuant", {k: entry["config"][k] for k in _SHARED
-                                                            if k in entry["config"]})
+            graph.replace(entry["name"], "FixedFakeQuant", _shared(entry["config"]))
             preset.add(entry["name"])
     return preset
 

@@ -176,6 +176,7 @@ class Graph:
         entry["config"] = dict(layer_config, name=name)
         entry.pop("module", None)
         entry.pop("registered_name", None)
+        entry.pop("build_config", None)  # the old layer's input shape: the new one is built when called
 
 
 def _sequential_to_functional(model) -> dict:

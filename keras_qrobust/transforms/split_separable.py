@@ -65,7 +65,6 @@ def split_separable(graph: Graph) -> Graph:
             },
         )
         entry["inbound_nodes"] = [[[dw_name, 0, 0, {}]]]
-        entry.pop("build_config", None)
         graph.weights[dw_name] = [depthwise_kernel]
         graph.weights[name] = [pointwise_kernel, *bias]
     return graph
