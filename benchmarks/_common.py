@@ -62,6 +62,7 @@ def machine() -> dict:
         "cpus": os.cpu_count(),
         "packages": versions,
         "keras_qrobust": kq.__version__,
+        "code": CODE_VERSION,
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
 
@@ -233,20 +234,31 @@ def robust_model(seed: int = 0, cached_only: bool = False):
     return model, {**info, "training": ROBUST_DESCRIPTION}
 
 
-# Adversarial fine-tuning of the PGD-AT models and their quantized copies (quantization-aware
-# for the copies: their fake quantizers pass straight-through gradients to the float shadow weights).
+# Adversarial fine-tuning of the robust models and their quantized copies (quantization-aware
+# for the copies: their fake quantizers pass straight-through gradients to the float shadow
+# weights), by default with the PGD-AT objective of ROBUST_RECIPE.
 FINE_TUNE = ROBUST_RECIPE["adversarial"]
 
 
+def describe_objective(adversarial: dict, clean_weight: float = 0.0) -> str:
+    """``"PGD-AT (ε = 0.1, 7 steps)"`` or ``"TRADES (β = 3, ε = 0.1, 7 steps)"``."""
+    mixed = f", clean-loss weight {clean_weight:g}" if clean_weight else ""
+    if adversarial["attack"] == "trades":
+        return f"TRADES (β = {adversarial.get('beta', 6.0):g}, ε = {adversarial['eps']}, {adversarial['steps']} steps)"
+    return f"{adversarial['attack'].upper()}-AT (ε = {adversarial['eps']}, {adversarial['steps']} steps{mixed})"
+
+
 def adversarially_fine_tuned(model, x, y, epochs: int, learning_rate: float, drop_epochs: int, seed: int,
-                             path: Path | None, clean_weight: float = 0.0, record: dict | None = None):
-    """``model`` after ``epochs`` of PGD-AT (``FINE_TUNE``, clean-loss weight ``clean_weight``) on
-    ``(x, y)`` with Adam at ``learning_rate``, 10x lower for the last ``drop_epochs``; saved at
-    ``path`` (an interrupted fine-tuning resumes from its last finished epoch), with ``record``
-    added to the training record saved beside it. Returns ``(model, info)``."""
+                             path: Path | None, clean_weight: float = 0.0, record: dict | None = None,
+                             adversarial: dict = FINE_TUNE):
+    """``model`` after ``epochs`` of adversarial training (``adversarial``: AdversarialModel
+    arguments; clean-loss weight ``clean_weight``) on ``(x, y)`` with Adam at ``learning_rate``,
+    10x lower for the last ``drop_epochs``; saved at ``path`` (an interrupted fine-tuning resumes
+    from its last finished epoch), with ``record`` added to the training record saved beside it.
+    Returns ``(model, info)``."""
     kq.training.set_seed(seed, deterministic_ops=True)
     trainer = kq.training.compile_classifier(
-        kq.training.AdversarialModel(model, clean_weight=clean_weight, **FINE_TUNE), learning_rate)
+        kq.training.AdversarialModel(model, clean_weight=clean_weight, **adversarial), learning_rate)
     schedule, drop_at = lr_drop_schedule(epochs, drop_epochs, learning_rate)
     callbacks, resumed = [schedule], {}
     if path is not None:
@@ -255,10 +267,9 @@ def adversarially_fine_tuned(model, x, y, epochs: int, learning_rate: float, dro
     start = time.perf_counter()
     trainer.fit(x, y, epochs=epochs, batch_size=128, verbose=2, callbacks=callbacks)
     seconds = time.perf_counter() - start
-    mixed = f", clean-loss weight {clean_weight:g}" if clean_weight else ""
     drop = f" then {learning_rate / 10:g} from epoch {drop_at + 1}" if drop_at < epochs else ""
-    info = {"fine_tune": f"PGD-AT (ε = {FINE_TUNE['eps']}, {FINE_TUNE['steps']} steps{mixed}), "
-                        f"{epochs} epochs, Adam {learning_rate:g}{drop}",
+    info = {"fine_tune": f"{describe_objective(adversarial, clean_weight)}, {epochs} epochs, "
+                         f"Adam {learning_rate:g}{drop}",
             "train_seconds": round(seconds, 1), **resumed}
     if path is not None:
         save_cached(model, path, {**info, **(record or {})})
@@ -266,12 +277,15 @@ def adversarially_fine_tuned(model, x, y, epochs: int, learning_rate: float, dro
 
 
 def fine_tuned_copy(model, setting: str, x, y, x_cal, epochs: int, learning_rate: float = 1e-3, seed: int = 0,
-                    cache_stem: str | None = None):
+                    cache_stem: str | None = None, adversarial: dict = FINE_TUNE):
     """The ``setting`` ("w3" = 3-bit weight-only on clipped grids, or "wXaY") PTQ copy of
-    ``model``, then ``epochs`` of PGD-AT on ``(x, y)``, the learning rate 10x lower for the
-    last half (cached as ``CACHE/<cache_stem>_ft<setting>_e<epochs>_lr<learning_rate>.keras``; an
+    ``model``, then ``epochs`` of adversarial training (``adversarial``, PGD-AT by default) on
+    ``(x, y)``, the learning rate 10x lower for the last half (cached as
+    ``CACHE/<cache_stem>_ft<setting>[_<objective>]_e<epochs>_lr<learning_rate>.keras``; an
     interrupted fine-tuning resumes from its last finished epoch)."""
-    path = CACHE / f"{cache_stem}_ft{setting}_e{epochs}_lr{learning_rate:g}.keras" if cache_stem else None
+    objective = "" if adversarial == FINE_TUNE else "_" + "_".join(f"{k}{v}" for k, v in sorted(adversarial.items()))
+    path = (CACHE / f"{cache_stem}_ft{setting}{objective}_e{epochs}_lr{learning_rate:g}.keras"
+            if cache_stem else None)
     if path is not None and (found := load_cached(path)) is not None:
         return found
     if setting == "w3":
@@ -283,67 +297,54 @@ def fine_tuned_copy(model, setting: str, x, y, x_cal, epochs: int, learning_rate
         copy = kq.RobustQuantizer(weight_bits=3, activation_bits=None, layer_clip=clip).quantize(model)
     else:
         copy = kq.RobustQuantizer.from_setting(setting).quantize(model, x_cal)
-    return adversarially_fine_tuned(copy, x, y, epochs, learning_rate, epochs // 2, seed, path)
+    return adversarially_fine_tuned(copy, x, y, epochs, learning_rate, epochs // 2, seed, path,
+                                    adversarial=adversarial)
 
 
-# The defenses benchmark's Adv. model: PGD-AT as ROBUST_RECIPE on cnn_small of width 2 (Madry
-# 2018 §4: adversarial training needs capacity), then stages of the mixed objective
-# w·CE(x) + (1 − w)·CE(x') (Goodfellow 2015), which lift clean accuracy at a small PGD cost: 6
-# epochs at Adam 1e-4, then 2 at 1e-5 (the learning-rate drop settles the weights).
-DEFENSE_RECIPE = dict(ROBUST_RECIPE, model_kwargs={"dropout": 0.0, "width": 2})
-DEFENSE_STAGES = (dict(clean_weight=0.5, epochs=6, learning_rate=1e-4),
-                  dict(clean_weight=0.5, epochs=2, learning_rate=1e-5))
-
-
-def describe_stages(stages=DEFENSE_STAGES) -> str:
-    """``"6 epochs of PGD-AT with clean-loss weight 0.5, Adam 0.0001, then 2 …"``."""
-    return ", then ".join(f"{m['epochs']} epochs of PGD-AT with clean-loss weight {m['clean_weight']:g}, "
-                          f"Adam {m['learning_rate']:g}" for m in stages)
-
-
-DEFENSE_DESCRIPTION = f"{describe_recipe(DEFENSE_RECIPE)}; then {describe_stages()}"
-
-# Candidate recipes for the Adv. model (issue 19), each trained on the fit split (the training
-# images without the last 5,000) and chosen on the validation split by benchmarks/recipes.py:
-# TRADES (Zhang 2019) at two trade-offs, and PGD-AT, all with weight averaging (Gowal 2020 §4.4).
+# Candidate recipes for the defenses' Adv. model (issue 19), each trained on the fit split (the
+# training images without the last 5,000) and chosen on the validation split by
+# benchmarks/recipes.py: TRADES (Zhang 2019) at two trade-offs, and PGD-AT, all on cnn_small of
+# width 2 (Madry 2018 §4: adversarial training needs capacity) with weight averaging (Gowal 2020 §4.4).
+_WIDE = dict(ROBUST_RECIPE, model_kwargs={"dropout": 0.0, "width": 2})
 _TRADES = {"attack": "trades", "eps": ROBUST_EPS, "steps": 7}
 RECIPE_CANDIDATES = {
-    "trades6-ema": dict(DEFENSE_RECIPE, adversarial={**_TRADES, "beta": 6.0}, split="fit", ema=0.999),
-    "trades3-ema": dict(DEFENSE_RECIPE, adversarial={**_TRADES, "beta": 3.0}, split="fit", ema=0.999),
-    "pgd-ema": dict(DEFENSE_RECIPE, split="fit", ema=0.999),
+    "trades6-ema": dict(_WIDE, adversarial={**_TRADES, "beta": 6.0}, split="fit", ema=0.999),
+    "trades3-ema": dict(_WIDE, adversarial={**_TRADES, "beta": 3.0}, split="fit", ema=0.999),
+    "pgd-ema": dict(_WIDE, split="fit", ema=0.999),
 }
 
+# The defenses' Adv. model: the candidate benchmarks/results/recipes.md chose (the highest
+# validation AutoAttack accuracy among those with validation clean accuracy ≥ 87%). Its
+# quantized copies are fine-tuned with the same objective, on the same fit split.
+DEFENSE_CHOICE = "trades3-ema"
+DEFENSE_RECIPE = RECIPE_CANDIDATES[DEFENSE_CHOICE]
+DEFENSE_FINE_TUNE = DEFENSE_RECIPE["adversarial"]
+DEFENSE_DESCRIPTION = describe_recipe(DEFENSE_RECIPE)
 
-def defense_model_path(seed: int = 0, stages=DEFENSE_STAGES) -> Path:
-    """Where :func:`defense_model` caches its model (each stage appends its settings to the
-    name of the model it starts from)."""
-    stem = model_path(seed=seed, **DEFENSE_RECIPE).stem
-    stem += "".join(f"_mix{m['clean_weight']:g}_e{m['epochs']}_lr{m['learning_rate']:g}" for m in stages)
-    return CACHE / f"{stem}.keras"
+
+def defense_model_path(seed: int = 0) -> Path:
+    """Where :func:`defense_model` caches its model."""
+    return model_path(seed=seed, **DEFENSE_RECIPE)
 
 
 def defense_model(seed: int = 0):
-    """The defenses benchmark's Adv. model (``DEFENSE_RECIPE``, then ``DEFENSE_STAGES``; every
-    stage trained once, then cached) and its training info."""
-    model, info = staged_model(seed, DEFENSE_STAGES)
+    """The defenses benchmark's Adv. model (``DEFENSE_RECIPE``, trained once, then cached) and
+    its training info."""
+    model, info = trained_model(seed=seed, **DEFENSE_RECIPE)
     return model, {**info, "training": DEFENSE_DESCRIPTION}
 
 
-def staged_model(seed: int, stages):
-    """The ``DEFENSE_RECIPE`` model after ``stages`` of mixed-objective PGD-AT, each from the one
-    before (cached at :func:`defense_model_path`). The record saved beside a stage's model holds
-    the info of the model it started from under ``"base"``."""
-    if not stages:
-        return trained_model(seed=seed, **DEFENSE_RECIPE)
-    path = defense_model_path(seed, stages)
-    if (found := load_cached(path)) is not None:
-        return found
-    base, base_info = staged_model(seed, stages[:-1])
-    x, y = kq.datasets.load("fashion_mnist", "train")
-    stage = stages[-1]
-    model, info = adversarially_fine_tuned(base, x, y, stage["epochs"], stage["learning_rate"], 0, seed, path,
-                                           stage["clean_weight"], record={"base": base_info})
-    return model, {**info, "base": base_info}
+DEFENSE_FINE_TUNE_EPOCHS = 4
+
+
+def defense_fine_tuned(model, setting: str, seed: int = 0, epochs: int = DEFENSE_FINE_TUNE_EPOCHS):
+    """The AT-ft copy of the Adv. model ``model``: its ``setting`` PTQ copy (calibrated on 1,024
+    fit-split images) after ``epochs`` of ``DEFENSE_FINE_TUNE`` on the fit split (cached beside
+    the Adv. model). Returns ``(model, info)``."""
+    x, y = kq.datasets.load("fashion_mnist", "fit")
+    x_cal = x[np.random.default_rng(seed).choice(len(x), 1024, replace=False)]
+    return fine_tuned_copy(model, setting, x, y, x_cal, epochs, seed=seed, cache_stem=defense_model_path(seed).stem,
+                           adversarial=DEFENSE_FINE_TUNE)
 
 
 def source_digest(*scripts: Path) -> bytes:

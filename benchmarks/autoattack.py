@@ -36,8 +36,7 @@ import numpy as np
 from _common import (
     FinishedResults,
     defense_model,
-    defense_model_path,
-    fine_tuned_copy,
+    defense_fine_tuned,
     fingerprint,
     kq,
     log,
@@ -52,7 +51,6 @@ EPS = 0.1
 ITERATIONS = 100
 SQUARE_ITERATIONS, SQUARE_P_INIT = 1000, 0.8
 TARGET_MARGIN, TARGET_SPEEDUP, TARGET_AA_SECONDS = 0.005, 5.0, 600.0
-FINE_TUNE_EPOCHS = 4  # the defenses benchmark's AT-ft copies
 SOURCE = source_digest(Path(__file__))
 
 
@@ -62,13 +60,12 @@ def models(seed: int, quick: bool) -> tuple[dict, dict]:
     natural, natural_info = trained_model("cnn_small", 1 if quick else 8, seed)
     adv, adv_info = (trained_model("cnn_small", 1, seed, adversarial={"attack": "pgd", "eps": EPS, "steps": 7})
                      if quick else defense_model(seed))
-    x_train, y_train = kq.datasets.load("fashion_mnist", "train")
-    x_cal = x_train[np.random.default_rng(seed).choice(len(x_train), 1024, replace=False)]
     if quick:
+        x_train, _ = kq.datasets.load("fashion_mnist", "fit")
+        x_cal = x_train[np.random.default_rng(seed).choice(len(x_train), 1024, replace=False)]
         w4a4, w4a4_info = kq.RobustQuantizer.from_setting("w4a4").quantize(adv, x_cal), {"ptq": "w4a4, no fine-tuning"}
     else:
-        w4a4, w4a4_info = fine_tuned_copy(adv, "w4a4", x_train, y_train, x_cal, FINE_TUNE_EPOCHS, seed=seed,
-                                          cache_stem=defense_model_path(seed).stem)
+        w4a4, w4a4_info = defense_fine_tuned(adv, "w4a4", seed)
     return ({"natural": natural, "Adv.": adv, "AT-ft w4a4": w4a4},
             {"natural": natural_info, "Adv.": adv_info, "AT-ft w4a4": w4a4_info})
 

@@ -1,15 +1,16 @@
 """Defenses on Fashion-MNIST cnn_small, in the structure of Song et al. 2020, Tables 1-4.
 
-Rows: Orig. (standard training), Adv. (PGD-AT, Madry 2018, ε = 0.1, 7 steps, on cnn_small of
-width 2 without dropout, 30 epochs, learning rate dropped 10x for the last quarter, then 6
-epochs of PGD-AT on the mixed objective 0.5·CE(x) + 0.5·CE(x') of Goodfellow 2015 at Adam 1e-4, then 2 at 1e-5:
+Rows: Orig. (standard training), Adv. (the recipe benchmarks/recipes.py chose on the validation
+split: TRADES, Zhang 2019, β = 3, ε = 0.1, 7 steps, on cnn_small of width 2 without dropout, 30
+epochs on the fit split, learning rate dropped 10x for the last quarter, weight averaging:
 ``_common.defense_model``) and F.L. (feedback learning on the standard model, DESIGN.md §3);
 Orig., F.L. and the black-box surrogate are cnn_small of width 1. Each row also has (Q) =
 3-bit weight-only PTQ (RobustQuantizer, per-axis symmetric), +mu = μ-law mapping of the last layer
 (``apply_mu_law(mode="map")``), (Q)+mu = 3-bit with μ-law companding of the last layer
 (``RobustQuantizer(3, None, mu_law_last=1)``) and, for Adv., the w4a4 PTQ copy; and the
-(Q) and w4a4 copies of Adv. fine-tuned by PGD-AT through their fake quantizers ("AT-ft",
-``_common.fine_tuned_copy``: the (Q) copy starts from σ_max-optimal clipping ratios per layer).
+(Q) and w4a4 copies of Adv. fine-tuned with its objective through their fake quantizers ("AT-ft",
+4 epochs on the fit split, ``_common.defense_fine_tuned``: the (Q) copy starts from σ_max-optimal
+clipping ratios per layer).
 
 Columns (L∞, ε = 0.1 unless stated): clean; CW-L2 (success counted at ‖δ‖₂ ≤ 1.0); FGSM
 weak (ε/2) and strong (ε); PGD-20; BIM-10; MIM-10 — white-box, then the same attacks
@@ -43,7 +44,7 @@ from _common import (
     STRONG_SPSA,
     STRONG_SQUARE,
     defense_model,
-    defense_model_path,
+    defense_fine_tuned,
     FinishedResults,
     fine_tuned_copy,
     fingerprint,
@@ -60,7 +61,6 @@ from _common import (
 
 EPS = ROBUST_EPS
 TARGET_CLEAN, TARGET_PGD, TARGET_QUANT_GAP = 0.87, 0.75, 0.03
-FINE_TUNE_EPOCHS = 4
 WHITE_BOX = ("FGSM ε/2", "FGSM ε", "PGD-20", "BIM-10", "MIM-10")
 SOURCE = source_digest(Path(__file__))  # the code a kept row was scored by
 
@@ -94,12 +94,13 @@ def variants(name: str, model, x_cal, with_w4a4: bool) -> dict:
 FINE_TUNED = {"Adv. (Q) AT-ft": "w3", "Adv. w4a4 AT-ft": "w4a4"}
 
 
-def fine_tuned_rows(adv, x, y, x_cal, epochs: int, seed: int, cache_stem: str | None) -> tuple[dict, dict]:
-    """The Adv. (Q) and w4a4 copies after ``epochs`` of PGD-AT fine-tuning, and their training info."""
+def fine_tuned_rows(adv, x, y, x_cal, seed: int, quick: bool) -> tuple[dict, dict]:
+    """The Adv. (Q) and w4a4 copies after adversarial fine-tuning (``defense_fine_tuned``; with
+    ``quick``, one uncached epoch of PGD-AT on ``(x, y)``), and their training info."""
     rows, info = {}, {}
     for row_name, setting in FINE_TUNED.items():
-        rows[row_name], info[row_name] = fine_tuned_copy(adv, setting, x, y, x_cal, epochs, seed=seed,
-                                                         cache_stem=cache_stem)
+        rows[row_name], info[row_name] = (fine_tuned_copy(adv, setting, x, y, x_cal, 1, seed=seed) if quick
+                                          else defense_fine_tuned(adv, setting, seed))
     return rows, info
 
 
@@ -277,10 +278,7 @@ def run(args: argparse.Namespace, command: str = "./run.sh bench defenses") -> t
         adv, training["Adv."] = defense_model(args.seed)
     surrogate_seed = args.seed + 1
     surrogate, training["surrogate"] = trained_model("cnn_small", args.epochs, surrogate_seed)
-    fine_x, fine_y = (x_fl[:2000], y_fl[:2000]) if args.quick else (x_train, y_train)
-    stem = None if args.quick else defense_model_path(args.seed).stem
-    fine_tuned, fine_info = fine_tuned_rows(adv, fine_x, fine_y, x_cal, 1 if args.quick else FINE_TUNE_EPOCHS,
-                                            args.seed, stem)
+    fine_tuned, fine_info = fine_tuned_rows(adv, x_fl[:2000], y_fl[:2000], x_cal, args.seed, args.quick)
     training.update(fine_info)
     if args.train_only:
         for name, info in training.items():

@@ -104,35 +104,18 @@ def test_fingerprints_follow_weights_settings_and_source(tmp_path):
 def test_recipe_descriptions_say_what_is_trained():
     assert _common.ROBUST_DESCRIPTION == "PGD-AT (ε = 0.1, 7 steps), cnn_small without dropout, 30 epochs, LR drop"
     assert _common.DEFENSE_DESCRIPTION == (
-        "PGD-AT (ε = 0.1, 7 steps), cnn_small of width 2 without dropout, 30 epochs, LR drop; then 6 epochs of "
-        "PGD-AT with clean-loss weight 0.5, Adam 0.0001, then 2 epochs of PGD-AT with clean-loss weight 0.5, "
-        "Adam 1e-05")
+        "TRADES (β = 3, ε = 0.1, 7 steps), cnn_small of width 2 without dropout, 30 epochs, LR drop, weight "
+        "averaging (EMA 0.999) on the fit split (validation held out)")
+    assert _common.describe_objective(_common.DEFENSE_FINE_TUNE) == "TRADES (β = 3, ε = 0.1, 7 steps)"
+    assert _common.describe_objective(_common.FINE_TUNE, 0.5) == "PGD-AT (ε = 0.1, 7 steps, clean-loss weight 0.5)"
 
 
-def test_each_defense_stage_starts_from_the_one_before_and_records_it(store, monkeypatch):
-    base = tiny_model()
-    monkeypatch.setattr(_common, "trained_model", lambda **recipe: (base, {"train_seconds": 9.0}))
-    tuned = []
-
-    def fine_tune(model, x, y, epochs, learning_rate, drop_epochs, seed, path, clean_weight, record):
-        tuned.append((model, epochs, learning_rate, clean_weight))
-        _common.save_cached(model, path, {"epochs": epochs, **record})
-        return model, {"epochs": epochs}
-
-    monkeypatch.setattr(_common, "adversarially_fine_tuned", fine_tune)
-    monkeypatch.setattr(_common.kq.datasets, "load", lambda *a: (np.zeros((2, 4)), np.zeros(2)))
-    stages = (dict(clean_weight=0.5, epochs=6, learning_rate=1e-4),
-              dict(clean_weight=0.7, epochs=2, learning_rate=1e-5))
-    model, info = _common.staged_model(0, stages)
-    assert [t[1:] for t in tuned] == [(6, 1e-4, 0.5), (2, 1e-5, 0.7)] and tuned[1][0] is base
-    path = _common.defense_model_path(0, stages)
-    assert path.name.endswith("_mix0.5_e6_lr0.0001_mix0.7_e2_lr1e-05.keras")
-    record = json.loads(path.with_suffix(".json").read_text())["training"]
-    assert record == {"epochs": 2, "base": {"epochs": 6, "base": {"train_seconds": 9.0}}}
-    assert info == record
-    # a second call loads the last stage and trains nothing
-    _common.staged_model(0, stages)
-    assert len(tuned) == 2
+def test_the_defense_model_is_the_recipe_chosen_on_validation():
+    """The Adv. model _common trains is the one benchmarks/results/recipes.json chose: a changed
+    choice must change the code, not only the results file."""
+    data = json.loads((_common.RESULTS / "recipes.json").read_text())
+    assert data["chosen"] == _common.DEFENSE_CHOICE
+    assert data["candidates"][data["chosen"]]["recipe"] == _common.DEFENSE_DESCRIPTION
 
 
 def test_results_records_name_a_resumed_backup_without_its_path():
