@@ -100,14 +100,16 @@ def save_cached(model, path: Path, info: dict | None = None) -> None:
 
 
 def code_version() -> str:
-    """The git commit of this checkout (with ``+changes`` if the library or benchmarks differ from it)."""
+    """The git commit of this checkout (with ``+changes`` if the library or the benchmarks' code
+    differ from it; results files do not count)."""
     import subprocess
 
     root = HERE.parent
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
                                 check=True).stdout.strip()
-        changed = subprocess.run(["git", "status", "--porcelain", "--", "keras_qrobust", "benchmarks"], cwd=root,
+        changed = subprocess.run(["git", "status", "--porcelain", "--", "keras_qrobust", "benchmarks",
+                                  ":(exclude)benchmarks/results"], cwd=root,
                                  capture_output=True, text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown (not a git checkout)"
