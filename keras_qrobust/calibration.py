@@ -250,8 +250,11 @@ def _walk_graph(model, chunks: list, before_layer) -> None:
 def _mse_range(outputs: list, largest: float, bits: int) -> float:
     """The range in (0, largest] with the least mean squared quantization error."""
     edges = np.linspace(0.0, largest, HISTOGRAM_BINS + 1)
-    # exact zeros (most ReLU outputs) quantize to 0 at any range: only positives matter
-    counts = sum(np.histogram(v[v > 0], bins=edges)[0] for v in (np.asarray(x).ravel() for x in outputs))
+    # exact zeros (most ReLU outputs) quantize to 0 at any range: only positives matter. Equal
+    # bins given as (count, range) take numpy's direct-indexing path instead of sorting every
+    # value against an array of edges; in float64 its edges are exactly ``edges``
+    counts = sum(np.histogram(v[v > 0].astype(np.float64), bins=HISTOGRAM_BINS, range=(0.0, largest))[0]
+                 for v in (np.asarray(x).ravel() for x in outputs))
     centers = (edges[:-1] + edges[1:]) / 2
     candidates = largest * np.arange(1, MSE_CANDIDATES + 1) / MSE_CANDIDATES
     steps = candidates[:, None] / (2**bits - 1)
