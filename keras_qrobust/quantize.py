@@ -44,7 +44,7 @@ from .transforms import (
     split_separable,
     strip_lipschitz,
 )
-from .transforms._kinds import ACTIVATIONS, PASS_THROUGH, QUANTIZED_WEIGHT_LAYERS, WEIGHT_LAYERS
+from .transforms._kinds import QUANTIZED_WEIGHT_LAYERS, SUPPORTED, WEIGHT_LAYERS
 
 __all__ = ["RobustQuantizer", "parse_setting", "setting_name"]
 
@@ -295,7 +295,7 @@ def _listed(names: list[str], shown: int = 6) -> str:
 
 
 def _check_layers(graph: Graph) -> None:
-    supported = set(WEIGHT_LAYERS) | set(PASS_THROUGH) | set(ACTIVATIONS) | {"BatchNormalization", "Multiply"}
+    supported = set(SUPPORTED)
     for entry in graph.layers:
         kind = entry["class_name"].split(">")[-1]
         if kind in QUANTIZED_WEIGHT_LAYERS or kind in ("QuantizedReLU", "OutputQuantizer", "TensorQuantizer"):

@@ -129,3 +129,24 @@ def test_links_leaving_docs(caplog):
         assert out[0] == f"[r]({up[3:]}results/{result}#top) `run.sh` [x](index.md)"
         assert out[2] == f"[kept]({up}nowhere.md)"
         assert [r.levelname for r in caplog.records] == ["WARNING"] and "nowhere.md" in caplog.text
+
+
+def test_the_supported_layer_tables_are_the_ones_the_code_generates(tmp_path):
+    from keras_qrobust import layer_support
+
+    assert layer_support.write_tables(ROOT, check=True) == [], (
+        "README.md or docs/quantization.md holds a stale supported-layer table: run "
+        "python -m keras_qrobust.layer_support --write")
+    stale = tmp_path / "README.md"
+    stale.write_text("x\n<!-- layer-support:start -->\nold\n<!-- layer-support:end -->\n", encoding="utf-8")
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "quantization.md").write_text(stale.read_text(encoding="utf-8"), encoding="utf-8")
+    assert layer_support.write_tables(tmp_path) == [stale, tmp_path / "docs" / "quantization.md"]
+    assert layer_support.support_table() in stale.read_text(encoding="utf-8")
+
+
+def test_the_supported_layer_table_lists_exactly_what_quantize_accepts():
+    from keras_qrobust import layer_support
+    from keras_qrobust.transforms import _kinds
+
+    assert set(layer_support.LAYER_SUPPORT) == set(_kinds.SUPPORTED)
