@@ -342,11 +342,14 @@ DEFENSE_FINE_TUNE_EPOCHS = 4
 def defense_fine_tuned(model, setting: str, seed: int = 0, epochs: int = DEFENSE_FINE_TUNE_EPOCHS):
     """The AT-ft copy of the Adv. model ``model``: its ``setting`` PTQ copy (calibrated on 1,024
     fit-split images) after ``epochs`` of ``DEFENSE_FINE_TUNE`` on the fit split (cached beside
-    the Adv. model). Returns ``(model, info)``."""
+    the Adv. model), its input rounding that of its exported files. Returns ``(model, info)``."""
     x, y = kq.datasets.load("fashion_mnist", "fit")
     x_cal = x[np.random.default_rng(seed).choice(len(x), 1024, replace=False)]
-    return fine_tuned_copy(model, setting, x, y, x_cal, epochs, seed=seed, cache_stem=defense_model_path(seed).stem,
-                           adversarial=DEFENSE_FINE_TUNE)
+    tuned, info = fine_tuned_copy(model, setting, x, y, x_cal, epochs, seed=seed,
+                                  cache_stem=defense_model_path(seed).stem, adversarial=DEFENSE_FINE_TUNE)
+    # copies quantized before input quantizers rounded half to even, like their files' callers
+    kq.quantize.round_inputs_half_even(tuned)
+    return tuned, info
 
 
 def source_digest(*scripts: Path) -> bytes:

@@ -7,8 +7,10 @@ their own runtimes (LiteRT, onnxruntime) and compared with the Keras model on al
 test images: top-1 agreement, clean accuracy, accuracy under a UAP crafted on the Keras
 model (ε = 0.1, on 1,000 training images) and under PGD-20 examples transferred from an
 independently trained surrogate (first 2,000 test images). Then bytes per parameter and the
-Zhou et al. 2022 Table I profile (batch of 32, mean of 100 runs), with the Akida export of
-the float model (cnn2snn, w4a4) when the ``akida`` extra is installed.
+Zhou et al. 2022 Table I profile (batch of 32, mean of 100 runs), with the float model as
+TFLite and ONNX and the Akida export of the float model (cnn2snn, w4a4) when the ``akida``
+extra is installed, and the latencies at batch 1. Speed targets (issue 20): int8 ONNX at most
+1.5× int8 TFLite and faster than float ONNX, at batch 1 and 32.
 
     ./run.sh bench export            # writes benchmarks/results/export.{json,md}
     ./run.sh bench export --quick    # 1,000 test images, 20 profile runs
@@ -97,6 +99,7 @@ def main():
     # float baselines and Akida for the profile table
     artifacts["float Keras"] = model
     artifacts["float TFLite"] = kq.export.tflite(model, folder / "float.tflite", precision="float32")
+    artifacts["float ONNX"] = float_onnx(model, folder / "float.onnx")
     # the TFLite converter's own post-training int8 quantization of the float model: the speed
     # reference for int8 on this CPU (the lowered models add only the clips)
     artifacts["float→int8 PTQ TFLite (converter)"] = kq.export.tflite(model, folder / "float_ptq.tflite", x_cal[:512])
@@ -116,13 +119,47 @@ def main():
         log(f"akida skipped: {error}")
     threads = os.cpu_count()
     table = kq.export.profile(artifacts, keras_model=model, x=x_test[:32], runs=args.runs, num_threads=threads)
+    single = kq.export.profile({k: v for k, v in artifacts.items() if k in LATENCY_ROWS}, keras_model=model,
+                               x=x_test[:1], batch_size=1, runs=args.runs, num_threads=threads)
     data = {"benchmark": "export", "command": "./run.sh bench export" + (" --quick" if args.quick else ""),
             "machine": machine(), "seed": args.seed, "eps": EPS, "images": len(x), "transfer_images": n_transfer,
             "model": model_info, "params": params, "threads": threads, "rows": rows, "akida": akida_row,
-            "profile": table.to_dict(),
+            "profile": table.to_dict(), "profile_batch1": single.to_dict(),
             "total_seconds": time.perf_counter() - started}
-    data["checks"] = checks(data, table)
-    publish("export", args.quick, data, markdown(data, table))
+    data["checks"] = checks(data, table) + speed_checks({32: table, 1: single})
+    publish("export", args.quick, data, markdown(data, table, single))
+
+
+# the rows whose latency the fast-ONNX targets compare (issue 20), also profiled at batch 1
+LATENCY_ROWS = ("w8a8 tflite int8", "w8a8 onnx int8", "w4a4 onnx int8", "w4a4 onnx int4", "float TFLite",
+                "float ONNX")
+TARGET_ONNX_VS_TFLITE = 1.5
+
+
+def float_onnx(model, path: Path) -> Path:
+    """The float model as a float32 ONNX file (tf2onnx, opset 13): the float baseline of ONNX Runtime."""
+    import tf2onnx
+
+    from keras_qrobust._keras import tf
+
+    spec = (tf.TensorSpec((None, *model.input_shape[1:]), tf.float32, name="input"),)
+    tf2onnx.convert.from_keras(model, input_signature=spec, opset=13, output_path=str(path))
+    return path
+
+
+def speed_checks(tables: dict) -> list[dict]:
+    """int8 ONNX (int8 weight containers) against int8 TFLite and float ONNX at each batch size."""
+    out = []
+    for batch, table in tables.items():
+        tflite, onnx_float = table["w8a8 tflite int8"].latency_ms_mean, table["float ONNX"].latency_ms_mean
+        for name in ("w8a8 onnx int8", "w4a4 onnx int8"):
+            onnx_int8 = table[name].latency_ms_mean
+            out.append({"check": f"{name}, batch {batch}: ≤ {TARGET_ONNX_VS_TFLITE:g}× int8 TFLite and faster than "
+                                 "float ONNX",
+                        "value": f"{onnx_int8:.3f} ms vs {tflite:.3f} ms ({onnx_int8 / tflite:.2f}×) and float "
+                                 f"{onnx_float:.3f} ms",
+                        "passed": onnx_int8 <= TARGET_ONNX_VS_TFLITE * tflite and onnx_int8 < onnx_float})
+    return out
 
 
 def checks(data, table) -> list[dict]:
@@ -155,7 +192,7 @@ def checks(data, table) -> list[dict]:
     return out
 
 
-def markdown(data, table) -> str:
+def markdown(data, table, single) -> str:
     pct = lambda v: f"{100 * v:.2f}"  # noqa: E731
     lines = ["# Export fidelity and profile (Fashion-MNIST cnn_small)", "",
              f"Command: `{data['command']}`. Model: {data['model']['training']}. {data['images']} test images "
@@ -182,6 +219,10 @@ def markdown(data, table) -> str:
                   f"UAP crafted on the float model {pct(a['uap (crafted on the float model)'])}%, transfer "
                   f"{pct(a['transfer'])}%, {a['bytes']} bytes."]
     lines += ["", "## Profile (Zhou et al. 2022, Table I columns)", "", table.to_markdown(), "",
+              "## Latency at batch 1", "", single.to_markdown(), "",
+              "INT4 ONNX: onnxruntime 1.23 fuses QDQ groups into integer kernels only for int8 weights, so the "
+              "INT4 file (the smallest) runs its convolutions in float after dequantizing; export with "
+              "`int4_weights=False` for speed.", "",
               *targets_table(data["checks"])]
     return "\n".join(lines) + "\n"
 

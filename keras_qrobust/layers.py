@@ -210,7 +210,25 @@ class TensorQuantizer(keras.layers.Layer):
     activation — so the Keras model rounds where the integer graph rounds, on the same
     grid. Gradients pass straight through (also outside the range): attacks see the slope of
     the float tensor.
+
+    ``rounding``: ``"half_up"`` — TensorFlow's fake quant, ``⌊(x - min)/s + 1/2⌋``;
+    ``"half_even"`` — ``z + round_half_even(x/s)`` with the division in float32, as
+    onnxruntime's QuantizeLinear and :func:`keras_qrobust.export.runtime.load`'s files quantize
+    a model input. The model input needs it: an attack's steps land exactly between two input
+    levels (an image on 255 levels of [0, 1] plus ε = 0.1 is 25.5 levels away), where the two
+    rules differ.
     """
+
+    ROUNDINGS = ("half_up", "half_even")
+
+    def __init__(self, rounding: str = "half_up", **kwargs):
+        super().__init__(**kwargs)
+        if rounding not in self.ROUNDINGS:
+            raise ValueError(f"rounding must be one of {self.ROUNDINGS}, got {rounding!r}")
+        self.rounding = rounding
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "rounding": self.rounding}
 
     def build(self, input_shape):
         self.min = self.add_weight(name="min", shape=(), initializer="zeros", trainable=False)
@@ -227,7 +245,13 @@ class TensorQuantizer(keras.layers.Layer):
         self.max.assign(high)
 
     def call(self, inputs):
-        quantized = tf.quantization.fake_quant_with_min_max_vars(inputs, self.min, self.max, num_bits=8)
+        if self.rounding == "half_even":
+            scale = (self.max - self.min) / 255.0
+            zero = tf.round(-self.min / scale)
+            codes = tf.clip_by_value(tf.round(inputs / scale) + zero, 0.0, 255.0)  # tf.round: half to even
+            quantized = (codes - zero) * scale
+        else:
+            quantized = tf.quantization.fake_quant_with_min_max_vars(inputs, self.min, self.max, num_bits=8)
         return inputs + tf.stop_gradient(quantized - inputs)
 
 

@@ -30,9 +30,10 @@ from typing import Mapping, Optional
 import numpy as np
 
 from . import quantizers as qz
-from ._keras import check_model
+from ._keras import check_model, keras
 from .calibration import CALIBRATIONS, calibrate
-from .layers import QUANTIZED_LAYERS
+from .integer_bias import inbound_layers
+from .layers import QUANTIZED_LAYERS, TensorQuantizer
 from .transforms import (
     Graph,
     UnsupportedModelError,
@@ -46,7 +47,7 @@ from .transforms import (
 )
 from .transforms._kinds import QUANTIZED_WEIGHT_LAYERS, SUPPORTED, WEIGHT_LAYERS
 
-__all__ = ["RobustQuantizer", "parse_setting", "setting_name"]
+__all__ = ["RobustQuantizer", "parse_setting", "setting_name", "round_inputs_half_even"]
 
 _SETTING = re.compile(r"^(?:w(\d+))?(?:a(\d+))?$")
 
@@ -287,6 +288,20 @@ class RobustQuantizer:
             return None
 
         return replace, unquantized_activations
+
+
+def round_inputs_half_even(model) -> list[str]:
+    """Make the input quantizers of a RobustQuantizer model round half to even (in place),
+    as its exported files' callers do (:class:`~keras_qrobust.layers.TensorQuantizer`);
+    models quantized by keras_qrobust before this rule rounded half up and disagree with
+    their files at inputs an attack puts between two levels. Returns the layers changed."""
+    changed = []
+    for layer in model.layers:
+        reads_input = any(isinstance(source, keras.layers.InputLayer) for source in inbound_layers(layer))
+        if type(layer) is TensorQuantizer and reads_input and layer.rounding != "half_even":
+            layer.rounding = "half_even"
+            changed.append(layer.name)
+    return changed
 
 
 def _listed(names: list[str], shown: int = 6) -> str:

@@ -82,6 +82,73 @@ def test_tflite_weights_stay_on_their_b_bit_grid(setting, exported):
     assert sub_8_bit == 3
 
 
+@pytest.mark.parametrize("setting", SETTINGS)
+def test_files_agree_with_the_keras_model_where_attacks_put_inputs(setting, quantized, exported, fashion_slice):
+    """x ± 0.1 lies exactly between two of the input's 255 levels: the Keras model's input
+    quantizer must round such ties as the files' callers do (half to even), or 36% of the
+    input codes differ and the file disagrees at the points an attack returns."""
+    _, (x, _) = fashion_slice
+    signs = np.random.default_rng(0).choice([-1.0, 1.0], size=x.shape)
+    perturbed = np.clip(x + 0.1 * signs, 0.0, 1.0).astype(np.float32)
+    scores = quantized[setting].predict(perturbed, verbose=0)
+    for path in exported[setting]:
+        deployed = export.load(path).predict(perturbed)
+        assert np.array_equal(deployed.argmax(axis=1), scores.argmax(axis=1)), path.name
+        np.testing.assert_allclose(deployed, scores, atol=1e-5, err_msg=path.name)
+
+
+def test_models_quantized_with_half_up_input_rounding_can_be_upgraded(trained_cnn, fashion_slice, tmp_path):
+    (x, _), _ = fashion_slice
+    qmodel = kq.RobustQuantizer.from_setting("w8a8").quantize(trained_cnn, x[:256])
+    (quantizer,) = [layer for layer in qmodel.layers if getattr(layer, "rounding", None) == "half_even"]
+    quantizer.rounding = "half_up"  # what a model quantized by an older keras_qrobust has
+    path = tmp_path / "old.keras"
+    qmodel.save(path)
+    old = kq.keras.models.load_model(path)
+    assert kq.quantize.round_inputs_half_even(old) == [quantizer.name]
+    assert kq.quantize.round_inputs_half_even(old) == []
+    assert old.get_layer(quantizer.name).rounding == "half_even"
+
+
+@pytest.mark.parametrize("setting", ["w8a8", "w4a4"])
+def test_onnxruntime_runs_every_convolution_as_an_integer_kernel(setting, exported, tmp_path):
+    """tf2onnx puts Reshape/Transpose between a QuantizeLinear and the DequantizeLinear of the
+    next Conv; onnxruntime then runs that Conv in float. onnx_layout moves them above the
+    QuantizeLinear, so every Conv of cnn_small (two convolutions, two Dense as 1x1) is fused."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(str(exported[setting][1]), options, providers=["CPUExecutionProvider"])
+    ops = [node.op_type for node in onnx.load(options.optimized_model_filepath).graph.node]
+    assert ops.count("QLinearConv") == 4 and "Conv" not in ops, ops
+
+
+def test_layout_ops_move_above_a_per_tensor_quantize_only():
+    from onnx import helper, numpy_helper
+
+    from keras_qrobust.export.onnx_layout import hoist_layout_ops
+
+    def graph(scale):
+        inits = [numpy_helper.from_array(np.asarray(scale, np.float32), "s"),
+                 numpy_helper.from_array(np.zeros(np.shape(scale), np.int8), "z"),
+                 numpy_helper.from_array(np.array([1, 8], np.int64), "shape")]
+        nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"], axis=1),
+                 helper.make_node("Reshape", ["q", "shape"], ["r"]),
+                 helper.make_node("DequantizeLinear", ["r", "s", "z"], ["y"], axis=1)]
+        x = helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 2, 4])
+        y = helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 8])
+        return helper.make_model(helper.make_graph(nodes, "g", [x], [y], inits),
+                                 opset_imports=[helper.make_opsetid("", 13)])
+
+    per_tensor = graph(0.1)
+    assert hoist_layout_ops(per_tensor) == 1
+    assert [n.op_type for n in per_tensor.graph.node] == ["Reshape", "QuantizeLinear", "DequantizeLinear"]
+    onnx.checker.check_model(per_tensor)
+    per_channel = graph([0.1, 0.2])  # a per-axis scale does not commute with a reshape
+    assert hoist_layout_ops(per_channel) == 0
+
+
 def test_int4_onnx_weights_are_packed_and_compute_the_same(quantized, exported, fashion_slice, tmp_path):
     (x_train, _), (x, _) = fashion_slice
     path = export.onnx(quantized["w4a4"], tmp_path / "w4a4_int4.onnx", x_train[:256], int4_weights=True)

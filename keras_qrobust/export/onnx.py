@@ -23,6 +23,7 @@ import numpy as np
 
 from .._io import atomic_path, check_new_file
 from ..integer_bias import int8_code_multiplier
+from .onnx_layout import hoist_layout_ops
 from .tflite import convert_tflite
 
 __all__ = ["onnx", "convert_onnx", "dedicate_dequantize", "pack_int4_weights", "shorten_names", "INT4_OPSET"]
@@ -47,6 +48,7 @@ def convert_onnx(model, representative=None, *, opset: int = 13):
         proto, _ = tf2onnx.convert.from_tflite(scratch, opset=opset)
     finally:
         os.unlink(scratch)
+    hoist_layout_ops(proto)
     dedicate_dequantize(proto)
     shorten_names(proto)
     onnx_lib.checker.check_model(proto)

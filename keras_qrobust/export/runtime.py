@@ -60,7 +60,10 @@ def _quantize_input(x: np.ndarray, dtype, scale: float, zero_point: int) -> np.n
     if not np.issubdtype(dtype, np.integer):
         return x.astype(dtype)
     info = np.iinfo(dtype)
-    return np.clip(np.round(x / scale) + zero_point, info.min, info.max).astype(dtype)
+    # float32 division, round half to even: what onnxruntime's QuantizeLinear and the Keras
+    # model's input quantizer (TensorQuantizer(rounding="half_even")) compute
+    codes = np.round(np.asarray(x, np.float32) / np.float32(scale))
+    return np.clip(codes + zero_point, info.min, info.max).astype(dtype)
 
 
 def _dequantize(y: np.ndarray, scale: float, zero_point: int) -> np.ndarray:

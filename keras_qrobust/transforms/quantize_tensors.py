@@ -66,7 +66,9 @@ def quantize_tensors(graph: Graph) -> Graph:
             continue
         if consumers and all(_kind(c) == "Concatenate" for c in consumers):
             continue
+        # the model input is quantized by whoever calls the file (round half to even)
+        rounding = "half_even" if kind == "InputLayer" else "half_up"
         quantizer = graph.insert_after(name, "TensorQuantizer", {"name": f"{name}_quantizer", "trainable": False,
-                                                                 "dtype": "float32"})
+                                                                 "dtype": "float32", "rounding": rounding})
         on_grid.add(quantizer)
     return graph
