@@ -1,0 +1,267 @@
+"""The published robustness figures: the Adv. model and its deployed w4a4 copy on the test set.
+
+This is the one script that reads the Fashion-MNIST test set for the robustness claims (issue
+19): the recipe was chosen on the validation split (benchmarks/recipes.py), the models are
+trained on the fit split, and this scores them once.
+
+Models: the defenses' Adv. model (``_common.defense_model``, float) and its w4a4 copy
+fine-tuned with the same objective through its fake quantizers (``_common.defense_fine_tuned``,
+"AT-ft w4a4"), whose full-integer TFLite file is the deployed artifact.
+
+For each model, on the first ``--images`` test images (all 10,000 by default), L∞ ε = 0.1:
+clean accuracy and standard AutoAttack (APGD-CE, APGD-T, FAB-T, Square 5,000 iterations, each
+on the inputs still robust), robust accuracy with its 95 % Wilson interval. The run is split
+into chunks of ``--chunk`` images, each kept in benchmarks/.cache/robustness_cells.json under a
+fingerprint of the model, the chunk and the source, so an interrupted run resumes at its
+first unfinished chunk.
+
+For the deployed artifact (the w4a4 TFLite file, run by LiteRT): its agreement with the Keras
+twin on every clean test image and on every AutoAttack point (the breaking point where the twin
+was broken, else the input), its accuracy on those points, and Square (``--square-queries``)
+run on the file itself on the first ``--square-images`` images. The artifact's robust accuracy
+is the per-input worst case: not broken by AutoAttack on the twin, correct on the twin's
+AutoAttack point, and not broken by Square on the file (inputs beyond the Square slice are
+counted on the AutoAttack points alone). AutoAttack's points lie at the twin's decision
+boundary, where a one-step rounding difference between the twin and the file decides the
+label: their agreement there is reported beside the clean agreement.
+
+Targets (issue 19): Adv. ≥ 76 % under AutoAttack with clean ≥ 87 %; the deployed w4a4 artifact
+within 1.5 points of the Adv. model.
+
+    ./run.sh bench robustness                    # writes benchmarks/results/robustness.{json,md}
+    ./run.sh bench robustness --images 1000      # a shorter run, written as robustness_quick.*
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from _common import (
+    DEFENSE_DESCRIPTION,
+    FinishedResults,
+    defense_fine_tuned,
+    defense_model,
+    fingerprint,
+    kq,
+    log,
+    machine,
+    portable,
+    publish,
+    run_description,
+    source_digest,
+    targets_table,
+)
+
+EPS = 0.1
+TARGET_CLEAN, TARGET_ROBUST, TARGET_GAP = 0.87, 0.76, 0.015
+TEST_IMAGES = 10_000
+SOURCE = source_digest(Path(__file__))
+
+
+def chunked_autoattack(name: str, model, x, y, chunk: int, seed: int, finished, artifact=None) -> dict:
+    """Standard AutoAttack on ``(x, y)`` chunk by chunk (each chunk a kept cell); with
+    ``artifact``, also its and the model's labels on each chunk's AutoAttack points and their
+    largest score difference. Returns per-input arrays (``robust``, ``clean_correct``,
+    ``broken_by``, ``twin_labels``, ``artifact_labels``, ``score_difference``) and the summed
+    seconds."""
+    parts = []
+    for start in range(0, len(x), chunk):
+        stop = min(start + chunk, len(x))
+        key = fingerprint(model, source=SOURCE, extra=("autoattack-standard", start, stop, EPS, seed,
+                                                       artifact is not None))
+        part = finished.get(key) if finished is not None else None
+        if part is None:
+            result = kq.attacks.autoattack(model, x[start:stop], y[start:stop], eps=EPS, version="standard",
+                                           seed=seed, verbose=0)
+            part = {"robust": result.robust.tolist(), "clean_correct": result.clean_correct.tolist(),
+                    "broken_by": [str(b) for b in result.broken_by], "seconds": result.seconds,
+                    "findings": list(result.findings), "settings": result.settings}
+            if artifact is not None:
+                twin_scores = model.predict(result.x_adv, batch_size=500, verbose=0)
+                file_scores = artifact.predict(result.x_adv)
+                part["twin_labels"] = np.argmax(twin_scores, axis=1).tolist()
+                part["artifact_labels"] = np.argmax(file_scores, axis=1).tolist()
+                part["score_difference"] = np.abs(twin_scores - file_scores).max(axis=1).tolist()
+            if finished is not None:
+                finished.put(key, part)
+        parts.append(part)
+        done = np.concatenate([p["robust"] for p in parts])
+        log(f"{name}: images {start}–{stop - 1} done, robust so far {done.mean():.2%} of {len(done)}")
+    seconds: dict = {}
+    for part in parts:
+        for attack, value in part["seconds"].items():
+            seconds[attack] = seconds.get(attack, 0.0) + value
+    out = {key: np.concatenate([p[key] for p in parts]) for key in ("robust", "clean_correct", "broken_by")}
+    if artifact is not None:
+        for key in ("twin_labels", "artifact_labels", "score_difference"):
+            out[key] = np.concatenate([p[key] for p in parts])
+    findings = sorted({f for p in parts for f in p["findings"]})
+    return {**out, "seconds": seconds, "findings": findings, "settings": parts[0]["settings"]}
+
+
+def summary(robust: np.ndarray, clean_correct: np.ndarray, broken_by=None, seconds=None) -> dict:
+    low, high = kq.metrics.wilson_interval(int(robust.sum()), len(robust))
+    clean_low, clean_high = kq.metrics.wilson_interval(int(clean_correct.sum()), len(clean_correct))
+    row = {"n": int(len(robust)), "clean_accuracy": float(clean_correct.mean()),
+           "clean_interval95": [clean_low, clean_high], "robust_accuracy": float(robust.mean()),
+           "robust_interval95": [low, high]}
+    if broken_by is not None:
+        names = [b for b in dict.fromkeys(broken_by) if b not in ("", "clean")]
+        row["broken_by"] = {b: int(np.sum(broken_by == b)) for b in names}
+    if seconds is not None:
+        row["seconds"] = {k: round(v, 1) for k, v in seconds.items()}
+    return row
+
+
+def deployed_rows(twin, artifact, x, y, attacked: dict, args) -> dict:
+    """The artifact's agreement with ``twin`` and its robust accuracy (module docstring)."""
+    twin_clean = kq.metrics.predict_labels(twin, x)
+    file_clean = kq.metrics.predict_labels(artifact, x)
+    adv_labels = attacked["artifact_labels"]
+    survived_points = adv_labels == y
+    start = time.perf_counter()
+    n_square = min(args.square_images, len(x))
+    square = kq.attacks.autoattack(artifact, x[:n_square], y[:n_square], eps=EPS, attacks=["square"],
+                                   options={"square": {"queries": args.square_queries}}, seed=args.seed, verbose=0)
+    square_seconds = time.perf_counter() - start
+    # conservative: robust only if no attack broke the twin, the file is right at the twin's
+    # AutoAttack point, and Square did not break the file
+    robust = attacked["robust"] & survived_points
+    robust[:n_square] &= square.robust
+    step = next((float(layer.step) for layer in twin.layers if isinstance(layer, kq.layers.OutputQuantizer)), None)
+    differs = adv_labels != attacked["twin_labels"]
+    return {
+        "clean_agreement": float(np.mean(twin_clean == file_clean)),
+        "clean_accuracy": float(np.mean(file_clean == y)),
+        "autoattack_points_agreement": float(np.mean(~differs)),
+        "autoattack_points_disagreeing": int(differs.sum()),
+        "largest_score_difference": float(attacked["score_difference"].max()),
+        "largest_score_difference_where_disagreeing": (float(attacked["score_difference"][differs].max())
+                                                       if differs.any() else 0.0),
+        "output_step": step,
+        "accuracy_on_autoattack_points": float(survived_points.mean()),
+        "square_on_file": {**summary(square.robust, square.clean_correct), "queries": args.square_queries,
+                           "seconds": round(square_seconds, 1)},
+        "robust": summary(robust, file_clean == y),
+    }
+
+
+def run(args) -> dict:
+    x_test, y_test = kq.datasets.load("fashion_mnist", "test")
+    x, y = x_test[:args.images], y_test[:args.images]
+    adv, adv_info = defense_model(args.seed)
+    w4a4, w4a4_info = defense_fine_tuned(adv, "w4a4", args.seed)
+    finished = None if args.rescore else FinishedResults("robustness_cells")
+    with tempfile.TemporaryDirectory() as folder:
+        path = kq.export.tflite(w4a4, Path(folder) / "w4a4.tflite")
+        size = path.stat().st_size
+        artifact = kq.export.load(path)
+        rows = {}
+        for name, model, deployed in (("Adv.", adv, None), ("AT-ft w4a4", w4a4, artifact)):
+            attacked = chunked_autoattack(name, model, x, y, args.chunk, args.seed, finished, deployed)
+            rows[name] = {"params": int(model.count_params()),
+                          "autoattack": {**summary(attacked["robust"], attacked["clean_correct"],
+                                                   attacked["broken_by"], attacked["seconds"]),
+                                         "findings": attacked["findings"]},
+                          "settings": attacked["settings"]}
+            if deployed is not None:
+                rows[name]["deployed"] = {"file": "w4a4.tflite", "bytes": size,
+                                          **deployed_rows(model, deployed, x, y, attacked, args)}
+    command = "./run.sh bench robustness" + (f" --images {args.images}" if args.images != TEST_IMAGES else "")
+    return {"command": command, "machine": machine(), "eps": EPS, "images": int(len(x)), "seed": args.seed,
+            "chunk": args.chunk, "models": rows, "checks": checks(rows),
+            "training": {"Adv.": portable(adv_info), "AT-ft w4a4": portable(w4a4_info)}}
+
+
+def checks(rows: dict) -> list[dict]:
+    adv = rows["Adv."]["autoattack"]
+    deployed = rows["AT-ft w4a4"]["deployed"]["robust"]
+    gap = adv["robust_accuracy"] - deployed["robust_accuracy"]
+    return [
+        {"check": f"Adv. clean ≥ {TARGET_CLEAN:.0%}", "value": f"{adv['clean_accuracy']:.2%}",
+         "passed": adv["clean_accuracy"] >= TARGET_CLEAN},
+        {"check": f"Adv. AutoAttack ≥ {TARGET_ROBUST:.0%}", "value": f"{adv['robust_accuracy']:.2%}",
+         "passed": adv["robust_accuracy"] >= TARGET_ROBUST},
+        {"check": f"deployed w4a4 file within {100 * TARGET_GAP:g} points of Adv. (robust)",
+         "value": f"{deployed['robust_accuracy']:.2%} ({100 * gap:.2f} below)", "passed": gap <= TARGET_GAP},
+    ]
+
+
+def pct(value: float) -> str:
+    return f"{100 * value:.2f}"
+
+
+def interval(row: dict, key: str) -> str:
+    low, high = row[key]
+    return f"{100 * low:.1f}–{100 * high:.1f}"
+
+
+def steps(deployed: dict, key: str) -> str:
+    """A score difference, also in output steps when the step is known."""
+    value, step = deployed[key], deployed["output_step"]
+    return f"{value:.4g}" + (f" = {value / step:.1f} output steps" if step else "")
+
+
+def markdown(data: dict) -> str:
+    lines = ["# Robust accuracy on the test set (AutoAttack, and the deployed file)", "",
+             f"{run_description(data)} Code {data['machine'].get('code', 'unknown')}. Fashion-MNIST, the first "
+             f"{data['images']} test images, L∞ ε = {data['eps']}, seed {data['seed']}; standard AutoAttack in chunks "
+             f"of {data['chunk']}. Adv.: {DEFENSE_DESCRIPTION} (chosen on the validation split: "
+             "[recipes](recipes.md)); AT-ft w4a4: its w4a4 copy fine-tuned with the same objective for 4 epochs.", "",
+             "| model | params | clean % (95% CI) | AutoAttack % (95% CI) | broken by | seconds per attack |",
+             "|---|---|---|---|---|---|"]
+    for name, row in data["models"].items():
+        aa = row["autoattack"]
+        broken = ", ".join(f"{k} {v}" for k, v in aa["broken_by"].items())
+        seconds = ", ".join(f"{k} {v:.0f}" for k, v in aa["seconds"].items())
+        lines.append(f"| {name} (Keras) | {row['params']:,} | {pct(aa['clean_accuracy'])} "
+                     f"({interval(aa, 'clean_interval95')}) | {pct(aa['robust_accuracy'])} "
+                     f"({interval(aa, 'robust_interval95')}) | {broken} | {seconds} |")
+        for finding in aa["findings"]:
+            lines.append(f"| | | | ! {finding} | | |")
+    deployed = data["models"]["AT-ft w4a4"]["deployed"]
+    square, robust = deployed["square_on_file"], deployed["robust"]
+    lines += ["", "## The deployed w4a4 file (full-integer TFLite, LiteRT)", "",
+              "| measure | value |", "|---|---|",
+              f"| size | {deployed['bytes']:,} B |",
+              f"| top-1 agreement with the Keras twin, clean test images | {pct(deployed['clean_agreement'])}% |",
+              f"| clean accuracy | {pct(deployed['clean_accuracy'])}% |",
+              "| top-1 agreement with the twin on the twin's AutoAttack points | "
+              f"{pct(deployed['autoattack_points_agreement'])}% ({deployed['autoattack_points_disagreeing']} "
+              f"differ; largest score difference there {steps(deployed, 'largest_score_difference_where_disagreeing')}"
+              f", anywhere {steps(deployed, 'largest_score_difference')}) |",
+              f"| accuracy on the twin's AutoAttack points | {pct(deployed['accuracy_on_autoattack_points'])}% |",
+              f"| Square ({square['queries']} queries) on the file, first {square['n']} images | "
+              f"{pct(square['robust_accuracy'])}% ({interval(square, 'robust_interval95')}), "
+              f"{square['seconds']:.0f} s |",
+              f"| robust accuracy of the file (worst case of all three, n = {robust['n']}) | "
+              f"{pct(robust['robust_accuracy'])}% ({interval(robust, 'robust_interval95')}) |", ""]
+    lines += targets_table(data["checks"])
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=int, default=TEST_IMAGES, help="test images (default: all 10,000)")
+    parser.add_argument("--chunk", type=int, default=500, help="images per resumable AutoAttack chunk")
+    parser.add_argument("--square-images", type=int, default=1000, help="images Square attacks on the file")
+    parser.add_argument("--square-queries", type=int, default=1000, help="Square's queries on the file")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--rescore", action="store_true", help="score every chunk again")
+    args = parser.parse_args(argv)
+    for name in ("chunk", "square_images", "square_queries"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be a positive count")
+    if not 1 <= args.images <= TEST_IMAGES:
+        parser.error(f"--images must be between 1 and {TEST_IMAGES}")
+    data = run(args)
+    publish("robustness", args.images != TEST_IMAGES, data, markdown(data))
+
+
+if __name__ == "__main__":
+    main()
