@@ -10,6 +10,8 @@ full-integer TFLite (LiteRT with XNNPACK) and QDQ ONNX (onnxruntime; ≤ 4-bit w
 INT4, the default), and each file is scored in its own runtime against the Keras model:
 
 * top-1 agreement on the test images, and how many scores lie within one output step;
+  top-1 agreement on the test images with every pixel moved by ±ε (between two input
+  levels, where attacks put their points);
 * bytes per parameter of the file (parameters of the float model);
 * latency per batch of 1 and of 32 (median of repeated runs), and the float TFLite file's;
 * clean accuracy, file and Keras model;
@@ -115,6 +117,9 @@ def square_pair(deployed, keras_model, x, y, queries: int, seed: int) -> dict:
 def score_architecture(name: str, model, data, args, folder: Path) -> dict:
     x_train, x_test, y_test = data
     samples = x_train[:1024]
+    # every pixel ±ε: inputs between two of the input's levels, where an attack's points lie
+    signs = np.random.default_rng(args.seed).choice([-1.0, 1.0], size=x_test.shape)
+    x_perturbed = np.clip(x_test + EPS * signs, 0.0, 1.0).astype(np.float32)
     n_params = int(model.count_params())
     float_path = kq.export.tflite(model, folder / f"{name}_float.tflite", precision="float32")
     float_file = kq.export.load(float_path)
@@ -125,6 +130,7 @@ def score_architecture(name: str, model, data, args, folder: Path) -> dict:
         qmodel = kq.RobustQuantizer.from_setting(setting).quantize(model, samples)
         quantize_seconds = time.perf_counter() - start
         scores = qmodel.predict(x_test, verbose=0, batch_size=256)
+        perturbed_scores = qmodel.predict(x_perturbed, verbose=0, batch_size=256)
         step = float(qmodel.get_layer("output_quantizer").step)
         entry = {"quantize_seconds": round(quantize_seconds, 2), "exact": bool(kq.export.lower(qmodel).exact),
                  "keras_accuracy": float(np.mean(scores.argmax(1) == y_test)), "runtimes": {}}
@@ -135,6 +141,8 @@ def score_architecture(name: str, model, data, args, folder: Path) -> dict:
             difference = np.abs(found - scores) / step
             entry["runtimes"][runtime] = {
                 "agreement": float(np.mean(found.argmax(1) == scores.argmax(1))),
+                "agreement_perturbed": float(np.mean(deployed.predict(x_perturbed).argmax(1)
+                                                     == perturbed_scores.argmax(1))),
                 "within_one_step": float(np.mean(difference <= 1.01)),
                 "max_steps": float(difference.max()),
                 "accuracy": float(np.mean(found.argmax(1) == y_test)),
@@ -157,6 +165,10 @@ def checks(rows: list[dict]) -> list[dict]:
             for runtime, found in entry["runtimes"].items():
                 out.append({"check": f"{row['architecture']} {setting} {runtime}: top-1 agreement ≥ {100 * target:g}%",
                             "value": f"{100 * found['agreement']:.2f}%", "passed": found["agreement"] >= target})
+                out.append({"check": f"{row['architecture']} {setting} {runtime}: top-1 agreement at ±ε-perturbed "
+                                     f"inputs ≥ {100 * target:g}%",
+                            "value": f"{100 * found['agreement_perturbed']:.2f}%",
+                            "passed": found["agreement_perturbed"] >= target})
             if row["architecture"] in ZOO:
                 out.append({"check": f"{row['architecture']} {setting}: quantize ≤ {QUANTIZE_TARGET_SECONDS:g} s",
                             "value": f"{entry['quantize_seconds']:.2f} s",
@@ -172,8 +184,9 @@ def markdown(data: dict) -> str:
              f"on the first {data['square_images']}; seed {data['seed']}. Models trained normally "
              f"({data['epochs']} epochs): this table measures fidelity, not robustness. Latency: median of "
              "repeated `predict` calls on a shared 2-core CPU — a ranking, not a speed claim.", "",
-             "| architecture | setting | runtime | agreement % | scores within 1 step % | max steps | accuracy % "
-             "(Keras) | B/param | ms batch 1 / 32 (float TFLite) | Square % file (Keras twin) | quantize s |",
+             "| architecture | setting | runtime | agreement % (at ±ε) | scores within 1 step % | max steps | "
+             "accuracy % (Keras) | B/param | ms batch 1 / 32 (float TFLite) | Square % file (Keras twin) "
+             "| quantize s |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in data["architectures"]:
         fl = row["float_tflite_ms"]
@@ -181,7 +194,8 @@ def markdown(data: dict) -> str:
             for runtime, f in entry["runtimes"].items():
                 sq = f["square"]
                 lines.append(
-                    f"| {row['architecture']} | {setting} | {runtime} | {100 * f['agreement']:.2f} | "
+                    f"| {row['architecture']} | {setting} | {runtime} | {100 * f['agreement']:.2f} "
+                    f"({100 * f['agreement_perturbed']:.2f}) | "
                     f"{100 * f['within_one_step']:.2f} | {f['max_steps']:.0f} | {100 * f['accuracy']:.2f} "
                     f"({100 * entry['keras_accuracy']:.2f}) | {f['bytes_per_param']:.3f} | "
                     f"{f['ms']['1']:.1f} / {f['ms']['32']:.1f} ({fl['1']:.1f} / {fl['32']:.1f}) | "
