@@ -1,7 +1,7 @@
 """Exported artifacts vs their Keras fake-quant models: fidelity, robustness, size, profile.
 
-Fashion-MNIST cnn_small — the PGD-AT model of benchmarks/defenses.py when it is cached,
-else the standard 8-epoch model. For w8a8, w4a4 and w2a2 (RobustQuantizer): the int8
+Fashion-MNIST cnn_small — the Adv. model of benchmarks/defenses.py (the recipe chosen on the
+validation split; committed in benchmarks/checkpoints). For w8a8, w4a4 and w2a2 (RobustQuantizer): the int8
 TFLite file, the QDQ int8 ONNX file and (w4a4, w2a2) the INT4-weight ONNX file are loaded in
 their own runtimes (LiteRT, onnxruntime) and compared with the Keras model on all 10,000
 test images: top-1 agreement, clean accuracy, accuracy under a UAP crafted on the Keras
@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import ROBUST_EPS, kq, log, machine, publish, robust_model, targets_table, timed, trained_model
+from _common import ROBUST_EPS, defense_model, kq, log, machine, publish, targets_table, timed, trained_model
 
 EPS = ROBUST_EPS
 SETTINGS = ("w8a8", "w4a4", "w2a2")
@@ -34,11 +34,8 @@ TARGET_AGREEMENT, TARGET_ACC_GAP, TARGET_TFLITE_BPP, TARGET_INT4_BPP = 0.995, 0.
 
 
 def base_model(seed: int):
-    model, info = robust_model(seed, cached_only=True)
-    if model is not None:
-        return model, info
-    model, info = trained_model("cnn_small", 8, seed)
-    return model, {**info, "training": "standard, 8 epochs (no PGD-AT model cached: run benchmarks/defenses.py)"}
+    """The defenses' Adv. model (committed in benchmarks/checkpoints, else trained)."""
+    return defense_model(seed)
 
 
 def score(model, x, y, x_uap, x_transfer, y_transfer) -> dict:
