@@ -11,9 +11,10 @@ fine-tuned with the same objective through its fake quantizers (``_common.defens
 For each model, on the first ``--images`` test images (all 10,000 by default), L∞ ε = 0.1:
 clean accuracy and standard AutoAttack (APGD-CE, APGD-T, FAB-T, Square 5,000 iterations, each
 on the inputs still robust), robust accuracy with its 95 % Wilson interval. The run is split
-into chunks of ``--chunk`` images, each kept in benchmarks/.cache/robustness_cells.json under a
-fingerprint of the model, the chunk and the source, so an interrupted run resumes at its
-first unfinished chunk.
+into chunks of ``--chunk`` images, each kept in benchmarks/.cache/robustness_cells.json (its
+points in benchmarks/.cache/robustness_points/) under a fingerprint of the model, the chunk and
+the source of the attacks and quantized layers, so an interrupted run resumes at its first
+unfinished chunk — also after changes elsewhere in the library. The file is scored afresh.
 
 For the deployed artifact (the w4a4 TFLite file, run by LiteRT): its agreement with the Keras
 twin on every clean test image and on every AutoAttack point (the breaking point where the twin
@@ -35,6 +36,7 @@ within 1.5 points of the Adv. model.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import tempfile
 import time
 from pathlib import Path
@@ -42,6 +44,7 @@ from pathlib import Path
 import numpy as np
 
 from _common import (
+    CACHE,
     DEFENSE_DESCRIPTION,
     FinishedResults,
     defense_fine_tuned,
@@ -53,42 +56,57 @@ from _common import (
     portable,
     publish,
     run_description,
-    source_digest,
     targets_table,
 )
 
 EPS = 0.1
 TARGET_CLEAN, TARGET_ROBUST, TARGET_GAP = 0.87, 0.76, 0.015
 TEST_IMAGES = 10_000
-SOURCE = source_digest(Path(__file__))
+# A chunk's AutoAttack result depends on the attacks and on how the Keras model computes, not
+# on the export code: its cell is keyed by those sources only, so a change elsewhere in the
+# library does not throw away hours of finished chunks. The file is evaluated afresh each run.
+_ATTACK_SOURCES = ("attacks", "layers.py", "quantizers.py", "metrics.py", "_keras.py")
+POINTS = CACHE / "robustness_points"
 
 
-def chunked_autoattack(name: str, model, x, y, chunk: int, seed: int, finished, artifact=None) -> dict:
-    """Standard AutoAttack on ``(x, y)`` chunk by chunk (each chunk a kept cell); with
-    ``artifact``, also its and the model's labels on each chunk's AutoAttack points and their
-    largest score difference. Returns per-input arrays (``robust``, ``clean_correct``,
-    ``broken_by``, ``twin_labels``, ``artifact_labels``, ``score_difference``) and the summed
-    seconds."""
-    parts = []
+def attack_source_digest() -> bytes:
+    package = Path(kq.__file__).resolve().parent
+    files = sorted(f for name in _ATTACK_SOURCES for f in ([package / name] if name.endswith(".py")
+                                                              else (package / name).rglob("*.py")))
+    digest = hashlib.sha256()
+    for source in [*files, Path(__file__).resolve()]:
+        digest.update(source.read_bytes())
+    return digest.digest()
+
+
+SOURCE = attack_source_digest()
+
+
+def chunked_autoattack(name: str, model, x, y, chunk: int, seed: int, finished) -> dict:
+    """Standard AutoAttack on ``(x, y)`` chunk by chunk (each chunk a kept cell, its points in
+    ``POINTS``). Returns per-input arrays (``robust``, ``clean_correct``, ``broken_by``,
+    ``x_adv``: the breaking point where broken, else the input) and the summed seconds."""
+    parts, points = [], []
     for start in range(0, len(x), chunk):
         stop = min(start + chunk, len(x))
-        key = fingerprint(model, source=SOURCE, extra=("autoattack-standard", start, stop, EPS, seed,
-                                                       artifact is not None))
+        key = fingerprint(model, source=SOURCE, extra=("autoattack-standard", start, stop, EPS, seed))
         part = finished.get(key) if finished is not None else None
-        if part is None:
+        point_file = POINTS / f"{key}.npy"
+        if part is None or not point_file.exists():
             result = kq.attacks.autoattack(model, x[start:stop], y[start:stop], eps=EPS, version="standard",
                                            seed=seed, verbose=0)
             part = {"robust": result.robust.tolist(), "clean_correct": result.clean_correct.tolist(),
                     "broken_by": [str(b) for b in result.broken_by], "seconds": result.seconds,
                     "findings": list(result.findings), "settings": result.settings}
-            if artifact is not None:
-                twin_scores = model.predict(result.x_adv, batch_size=500, verbose=0)
-                file_scores = artifact.predict(result.x_adv)
-                part["twin_labels"] = np.argmax(twin_scores, axis=1).tolist()
-                part["artifact_labels"] = np.argmax(file_scores, axis=1).tolist()
-                part["score_difference"] = np.abs(twin_scores - file_scores).max(axis=1).tolist()
             if finished is not None:
+                POINTS.mkdir(parents=True, exist_ok=True)
+                with kq._io.atomic_path(point_file, overwrite=True) as temporary:
+                    with open(temporary, "wb") as handle:
+                        np.save(handle, result.x_adv.astype(np.float32))
                 finished.put(key, part)
+            points.append(result.x_adv.astype(np.float32))
+        else:
+            points.append(np.load(point_file))
         parts.append(part)
         done = np.concatenate([p["robust"] for p in parts])
         log(f"{name}: images {start}–{stop - 1} done, robust so far {done.mean():.2%} of {len(done)}")
@@ -97,11 +115,9 @@ def chunked_autoattack(name: str, model, x, y, chunk: int, seed: int, finished, 
         for attack, value in part["seconds"].items():
             seconds[attack] = seconds.get(attack, 0.0) + value
     out = {key: np.concatenate([p[key] for p in parts]) for key in ("robust", "clean_correct", "broken_by")}
-    if artifact is not None:
-        for key in ("twin_labels", "artifact_labels", "score_difference"):
-            out[key] = np.concatenate([p[key] for p in parts])
     findings = sorted({f for p in parts for f in p["findings"]})
-    return {**out, "seconds": seconds, "findings": findings, "settings": parts[0]["settings"]}
+    return {**out, "x_adv": np.concatenate(points), "seconds": seconds, "findings": findings,
+            "settings": parts[0]["settings"]}
 
 
 def summary(robust: np.ndarray, clean_correct: np.ndarray, broken_by=None, seconds=None) -> dict:
@@ -122,7 +138,10 @@ def deployed_rows(twin, artifact, x, y, attacked: dict, args) -> dict:
     """The artifact's agreement with ``twin`` and its robust accuracy (module docstring)."""
     twin_clean = kq.metrics.predict_labels(twin, x)
     file_clean = kq.metrics.predict_labels(artifact, x)
-    adv_labels = attacked["artifact_labels"]
+    twin_scores = twin.predict(attacked["x_adv"], batch_size=500, verbose=0)
+    file_scores = artifact.predict(attacked["x_adv"])
+    twin_labels, adv_labels = twin_scores.argmax(axis=1), file_scores.argmax(axis=1)
+    score_difference = np.abs(twin_scores - file_scores).max(axis=1)
     survived_points = adv_labels == y
     start = time.perf_counter()
     n_square = min(args.square_images, len(x))
@@ -134,15 +153,14 @@ def deployed_rows(twin, artifact, x, y, attacked: dict, args) -> dict:
     robust = attacked["robust"] & survived_points
     robust[:n_square] &= square.robust
     step = next((float(layer.step) for layer in twin.layers if isinstance(layer, kq.layers.OutputQuantizer)), None)
-    differs = adv_labels != attacked["twin_labels"]
+    differs = adv_labels != twin_labels
     return {
         "clean_agreement": float(np.mean(twin_clean == file_clean)),
         "clean_accuracy": float(np.mean(file_clean == y)),
         "autoattack_points_agreement": float(np.mean(~differs)),
         "autoattack_points_disagreeing": int(differs.sum()),
-        "largest_score_difference": float(attacked["score_difference"].max()),
-        "largest_score_difference_where_disagreeing": (float(attacked["score_difference"][differs].max())
-                                                       if differs.any() else 0.0),
+        "largest_score_difference": float(score_difference.max()),
+        "largest_score_difference_where_disagreeing": float(score_difference[differs].max()) if differs.any() else 0.0,
         "output_step": step,
         "accuracy_on_autoattack_points": float(survived_points.mean()),
         "square_on_file": {**summary(square.robust, square.clean_correct), "queries": args.square_queries,
@@ -163,7 +181,7 @@ def run(args) -> dict:
         artifact = kq.export.load(path)
         rows = {}
         for name, model, deployed in (("Adv.", adv, None), ("AT-ft w4a4", w4a4, artifact)):
-            attacked = chunked_autoattack(name, model, x, y, args.chunk, args.seed, finished, deployed)
+            attacked = chunked_autoattack(name, model, x, y, args.chunk, args.seed, finished)
             rows[name] = {"params": int(model.count_params()),
                           "autoattack": {**summary(attacked["robust"], attacked["clean_correct"],
                                                    attacked["broken_by"], attacked["seconds"]),
