@@ -210,16 +210,22 @@ ROBUST_RECIPE = dict(name="cnn_small", epochs=30, adversarial={"attack": "pgd", 
                      lr_drop=True, model_kwargs={"dropout": 0.0})
 
 
+def describe_objective(adversarial: dict, clean_weight: float = 0.0) -> str:
+    """``"PGD-AT (ε = 0.1, 7 steps)"`` or ``"TRADES (β = 3, ε = 0.1, 7 steps)"``."""
+    mixed = f", clean-loss weight {clean_weight:g}" if clean_weight else ""
+    if adversarial["attack"] == "trades":
+        return f"TRADES (β = {adversarial.get('beta', 6.0):g}, ε = {adversarial['eps']}, {adversarial['steps']} steps)"
+    return f"{adversarial['attack'].upper()}-AT (ε = {adversarial['eps']}, {adversarial['steps']} steps{mixed})"
+
+
 def describe_recipe(recipe: dict) -> str:
     """One line saying what a :func:`trained_model` recipe trains."""
     attack, kwargs = recipe["adversarial"], recipe.get("model_kwargs") or {}
     width = f" of width {kwargs['width']}" if kwargs.get("width", 1) != 1 else ""
     dropout = " without dropout" if kwargs.get("dropout") == 0.0 else ""
-    method = (f"TRADES (β = {attack.get('beta', 6.0):g}, " if attack["attack"] == "trades"
-              else f"{attack['attack'].upper()}-AT (")
     split = " on the fit split (validation held out)" if recipe.get("split", "train") == "fit" else ""
     ema = f", weight averaging (EMA {recipe['ema']:g})" if recipe.get("ema") is not None else ""
-    return (f"{method}ε = {attack['eps']}, {attack['steps']} steps), {recipe['name']}{width}"
+    return (f"{describe_objective(attack)}, {recipe['name']}{width}"
             f"{dropout}, {recipe['epochs']} epochs{', LR drop' if recipe.get('lr_drop') else ''}{ema}{split}")
 
 
@@ -240,14 +246,6 @@ def robust_model(seed: int = 0, cached_only: bool = False):
 # for the copies: their fake quantizers pass straight-through gradients to the float shadow
 # weights), by default with the PGD-AT objective of ROBUST_RECIPE.
 FINE_TUNE = ROBUST_RECIPE["adversarial"]
-
-
-def describe_objective(adversarial: dict, clean_weight: float = 0.0) -> str:
-    """``"PGD-AT (ε = 0.1, 7 steps)"`` or ``"TRADES (β = 3, ε = 0.1, 7 steps)"``."""
-    mixed = f", clean-loss weight {clean_weight:g}" if clean_weight else ""
-    if adversarial["attack"] == "trades":
-        return f"TRADES (β = {adversarial.get('beta', 6.0):g}, ε = {adversarial['eps']}, {adversarial['steps']} steps)"
-    return f"{adversarial['attack'].upper()}-AT (ε = {adversarial['eps']}, {adversarial['steps']} steps{mixed})"
 
 
 def adversarially_fine_tuned(model, x, y, epochs: int, learning_rate: float, drop_epochs: int, seed: int,
@@ -357,9 +355,14 @@ def source_digest(*scripts: Path) -> bytes:
     module and ``scripts`` (the benchmark's own files). Take it once, at the benchmark's import,
     so it is the source the process runs even if the files are edited meanwhile."""
     library = sorted((HERE.parent / "keras_qrobust").rglob("*.py"))
+    return files_digest([*library, Path(__file__).resolve(), *(Path(s).resolve() for s in scripts)])
+
+
+def files_digest(files) -> bytes:
+    """A SHA-256 over the contents of ``files``, in order."""
     digest = hashlib.sha256()
-    for source in [*library, Path(__file__).resolve(), *(Path(s).resolve() for s in scripts)]:
-        digest.update(source.read_bytes())
+    for source in files:
+        digest.update(Path(source).read_bytes())
     return digest.digest()
 
 

@@ -13,6 +13,7 @@ import argparse
 import re
 from pathlib import Path
 
+from ._io import write_text
 from ._tables import markdown_table
 
 __all__ = ["LAYER_SUPPORT", "support_table", "write_tables"]
@@ -82,9 +83,7 @@ def write_tables(root: Path, check: bool = False) -> list[Path]:
         if updated != text:
             changed.append(path)
             if not check:
-                temporary = path.with_name(path.name + ".tmp")
-                temporary.write_text(updated, encoding="utf-8")
-                temporary.replace(path)
+                write_text(path, updated)
     return changed
 
 
