@@ -199,9 +199,13 @@ def test_keras_applications_mobilenet_v2_exports_as_the_model_it_is(fashion_slic
     scores = qmodel.predict(x, verbose=0)
     assert len(set(scores.argmax(1))) >= 5  # a model whose classes differ from input to input
     step = float(qmodel.get_layer("output_quantizer").step)
+    # every pixel ±0.1: between two input levels, where an attack's points lie
+    perturbed = np.clip(x + 0.1 * np.random.default_rng(0).choice([-1.0, 1.0], size=x.shape), 0, 1).astype(np.float32)
+    perturbed_labels = qmodel.predict(perturbed, verbose=0).argmax(1)
     for path in (export.tflite(qmodel, tmp_path / "m.tflite"), export.onnx(qmodel, tmp_path / "m.onnx")):
         deployed = export.load(path).predict(x)
         assert np.mean(deployed.argmax(1) == scores.argmax(1)) >= 299 / 300, path.suffix
+        assert np.mean(export.load(path).predict(perturbed).argmax(1) == perturbed_labels) >= 299 / 300, path.suffix
         # 17 blocks deep: a value within float32 noise of a rounding boundary that lands on the
         # neighbouring level early moves a few later scores by more than a step
         assert np.mean(np.abs(deployed - scores) <= step * 1.01) >= 0.99, path.suffix
@@ -218,9 +222,13 @@ def test_zoo_models_export_as_the_model_they_are(name, fashion_slice, tmp_path):
     scores = qmodel.predict(x, verbose=0)
     assert len(set(scores.argmax(1))) >= 2 and np.std(scores) > 0  # untrained: few classes, but scores vary
     step = float(qmodel.get_layer("output_quantizer").step)
+    # every pixel ±0.1: between two input levels, where an attack's points lie
+    perturbed = np.clip(x + 0.1 * np.random.default_rng(0).choice([-1.0, 1.0], size=x.shape), 0, 1).astype(np.float32)
+    perturbed_labels = qmodel.predict(perturbed, verbose=0).argmax(1)
     for path in (export.tflite(qmodel, tmp_path / "m.tflite"), export.onnx(qmodel, tmp_path / "m.onnx")):
         deployed = export.load(path).predict(x)
         assert np.mean(deployed.argmax(1) == scores.argmax(1)) >= 299 / 300, path.suffix
+        assert np.mean(export.load(path).predict(perturbed).argmax(1) == perturbed_labels) >= 299 / 300, path.suffix
         assert np.mean(np.abs(deployed - scores) <= step * 1.01) >= 0.99, path.suffix
 
 
