@@ -17,6 +17,7 @@ from . import (  # noqa: E402
     layers,
     layerwise,
     metrics,
+    model_files,
     quantizers,
     regularizers,
     report,
@@ -31,6 +32,7 @@ from .configs import WXAYQuantizeConfig, WXAYScheme, WXScheme  # noqa: E402
 from .quantize import RobustQuantizer, parse_setting, setting_name  # noqa: E402
 from .search import wxay_grid  # noqa: E402
 from .evaluate import evaluate  # noqa: E402
+from .model_files import load_model  # noqa: E402
 from .transforms import apply_mu_law  # noqa: E402
 from .version import __version__  # noqa: E402
 
@@ -49,6 +51,7 @@ __all__ = [
     "layers",
     "layerwise",
     "metrics",
+    "model_files",
     "quantizers",
     "regularizers",
     "report",
@@ -66,5 +69,6 @@ __all__ = [
     "setting_name",
     "wxay_grid",
     "evaluate",
+    "load_model",
     "__version__",
 ]

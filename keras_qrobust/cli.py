@@ -50,6 +50,12 @@ def _add_data_arguments(p, test_default=None) -> None:
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
 
 
+def _add_trust(p) -> None:
+    p.add_argument("--trust-model", action="store_true",
+                   help="load --model even if it holds Lambda layers or names code outside Keras, tfmot and "
+                   "keras_qrobust (that code runs): only for files you wrote (see docs/guard.md, Untrusted files)")
+
+
 def _add_guard(commands) -> None:
     g = commands.add_parser(
         "guard", help="make a model robust, quantize, attack, choose, export, re-measure and report",
@@ -71,6 +77,7 @@ def _add_guard(commands) -> None:
     g.add_argument("--out", default=DEFAULT_GUARD_OUT, help=f"output folder (default: {DEFAULT_GUARD_OUT})")
     g.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     g.add_argument("--no-train", action="store_true", help="never adversarially train (needs --model)")
+    _add_trust(g)
     g.add_argument("--allow-mismatch", action="store_true",
                    help="exit 0 even when the exported file agrees with the attacked Keras model on fewer than 99.5%% "
                         "of the test inputs (the report says so either way)")
@@ -96,6 +103,7 @@ def _add_attack(commands) -> None:
                             description="Attack --model on the test inputs at each ε and print clean and attacked "
                             "top-1 accuracy (white-box against the model).")
     a.add_argument("--model", required=True, help="a saved tf_keras model")
+    _add_trust(a)
     a.add_argument("--attack", default="pgd", help=f"one of {', '.join(EVALUATE_ATTACKS)} (default: pgd)")
     a.add_argument("--eps", type=_floats, default=[0.1], help="comma-separated L∞ budgets in (0, 1] (default: 0.1)")
     a.add_argument("--pgd-steps", type=int, default=20, help="PGD steps (default: 20)")
@@ -112,6 +120,7 @@ def _add_evaluate(commands) -> None:
                             "written to --out as report.html, report.md, report.json and plots/.")
     e.add_argument("--model", action="append", required=True,
                    help="a saved tf_keras model (repeat for several; names ending in wXaY give the bits plots)")
+    _add_trust(e)
     e.add_argument("--attacks", default="fgsm,pgd", help="comma-separated attacks (default: fgsm,pgd)")
     e.add_argument("--eps", type=_floats, default=[0.0, 0.05, 0.1], help="ascending ε values (default: 0,0.05,0.1)")
     e.add_argument("--pgd-steps", type=int, default=20, help="PGD steps (default: 20)")
@@ -126,6 +135,7 @@ def _add_export(commands) -> None:
                             description="Export --model to --target (a RobustQuantizer model is lowered exactly; Akida "
                             "takes the float model and quantizes it itself) and score the file in its own runtime.")
     x.add_argument("--model", required=True, help="a saved tf_keras model")
+    _add_trust(x)
     x.add_argument("--target", required=True, help=f"one of {', '.join(TARGETS)}")
     x.add_argument("--output", required=True, help="the file to write (.tflite, .onnx or .fbz)")
     x.add_argument("--representative-samples", type=int, default=512, help="calibration inputs (default: 512)")
@@ -160,6 +170,7 @@ def _build_parser() -> argparse.ArgumentParser:
     source = q.add_mutually_exclusive_group()
     source.add_argument("--model", help="a saved tf_keras model (.keras, .h5 or SavedModel folder)")
     source.add_argument("--zoo", default="cnn_small", help="zoo model to train (default: cnn_small)")
+    _add_trust(q)
     q.add_argument("--epochs", type=int, default=3, help="training epochs for --zoo (default: 3)")
     q.add_argument("--settings", default=DEFAULT_SETTINGS,
                    help=f"comma-separated wXaY / wX settings (default: {DEFAULT_SETTINGS})")
@@ -213,7 +224,7 @@ def _quantize(args) -> int:
     num_classes = int(max(y_train.max(), y_test.max())) + 1
 
     if args.model:
-        model = load_model_file(args.model)
+        model = load_model_file(args.model, trust=args.trust_model)
         if tuple(model.input_shape[1:]) != tuple(x_train.shape[1:]):
             raise SystemExit(
                 f"keras-qrobust: --model takes inputs of shape {model.input_shape[1:]} but "
@@ -278,7 +289,7 @@ def _guard(args) -> int:
 
     config = guard.GuardConfig.from_args(args)
     start = time.perf_counter()
-    code = guard.run(config, args.out, allow_mismatch=args.allow_mismatch)
+    code = guard.run(config, args.out, allow_mismatch=args.allow_mismatch, trust_model=args.trust_model)
     _log(f"keras-qrobust guard: {'done' if code == 0 else 'ended with exit code ' + str(code)} in "
          f"{time.perf_counter() - start:.0f} s")
     return code
@@ -330,7 +341,7 @@ def _attack(args) -> int:
             check_new_file(args.json, ".json", False, "--json")
         except ValueError as error:
             raise UsageError(str(error)) from None
-    model = load_model_file(args.model)
+    model = load_model_file(args.model, trust=args.trust_model)
     data = _test_data(args, model)
     if spec.kind == "suite":
         return _autoattack(args, model, data, eps)
@@ -403,7 +414,7 @@ def _evaluate(args) -> int:
     if eps != sorted(eps):
         raise UsageError(f"--eps {args.eps} must be ascending, e.g. --eps 0,0.05,0.1")
     folder = _new_folder(args.out)
-    models = {Path(p).stem: load_model_file(p) for p in args.model}
+    models = {Path(p).stem: load_model_file(p, trust=args.trust_model) for p in args.model}
     data = _test_data(args)
     for model in models.values():
         check_data_fits(data, model)
@@ -426,7 +437,7 @@ def _export(args) -> int:
         output = check_new_file(args.output, TARGETS[args.target], args.overwrite, f"--target {args.target}")
     except ValueError as error:
         raise UsageError(f"--output {error}") from None
-    model = load_model_file(args.model)
+    model = load_model_file(args.model, trust=args.trust_model)
     data = load_data(args.dataset, train_samples=args.representative_samples, test_samples=args.test_samples)
     check_data_fits(data, model)
     if args.target == "tflite-int8":

@@ -13,7 +13,7 @@ import numpy as np
 
 from .. import attacks, metrics
 from .._io import atomic_path
-from .context import Context, load_model, say
+from .context import Context, say
 
 __all__ = ["attack_stage", "ATTACKS", "eps_grid", "descriptions", "pgd_inputs", "UAP_PASSES", "autoattack_inputs",
            "autoattack_summary"]
@@ -73,10 +73,10 @@ def _with(x: np.ndarray, v: np.ndarray) -> np.ndarray:
 def attack_stage(ctx: Context) -> tuple[dict, dict]:
     from tqdm.auto import tqdm
 
-    config, data, state = ctx.config, ctx.data, ctx.state
-    models = {"fp32": load_model(state.artifact("train", "float"))}
-    models.update({s: load_model(state.artifact("quantize", s)) for s in config.candidates})
-    surrogate = load_model(state.artifact("train", "surrogate"))
+    config, data = ctx.config, ctx.data
+    models = {"fp32": ctx.load_artifact("train", "float")}
+    models.update({s: ctx.load_artifact("quantize", s) for s in config.candidates})
+    surrogate = ctx.load_artifact("train", "surrogate")
     names = list(models)
     x, y = data.x_test, data.y_test
     x_craft = data.x_train[:config.uap_samples]

@@ -11,7 +11,7 @@ from .config import GuardConfig
 from .inputs import Data
 from .state import RunState
 
-__all__ = ["Context", "say", "save_model", "load_model"]
+__all__ = ["Context", "say", "save_model"]
 
 
 def say(message: str) -> None:
@@ -28,12 +28,6 @@ def save_model(model, folder: Path, relative: str) -> str:
     return relative
 
 
-def load_model(path: Path):
-    from .._keras import keras
-
-    return keras.models.load_model(str(path), compile=False)
-
-
 @dataclass
 class Context:
     """The run's inputs; stages read earlier stages' artifacts through ``state``."""
@@ -42,6 +36,14 @@ class Context:
     data: Data
     state: RunState
     model: Optional[Any] = None  # the loaded --model (None: guard builds cnn_small)
+    trust_model: bool = False  # --trust-model: the run's saved models may hold the user's Lambda layers
+
+    def load_artifact(self, stage: str, name: str):
+        """Load a model an earlier stage saved in the folder, inspected like the user's file (the
+        folder may be shared) unless the run trusts the user's model."""
+        from ..model_files import load_model
+
+        return load_model(self.state.artifact(stage, name), trust=self.trust_model)
 
     @property
     def folder(self) -> Path:

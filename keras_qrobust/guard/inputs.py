@@ -53,9 +53,12 @@ def _check_keras_zip(path: Path, argument: str) -> None:
             "`import keras_qrobust as kq; keras = kq.keras` (or `import tf_keras as keras`) and save it again.")
 
 
-def load_model_file(path: str, argument: str = "--model"):
-    """Load a saved tf_keras model (``.keras``, ``.h5`` or a SavedModel folder), checked."""
-    from .._keras import check_model, keras
+def load_model_file(path: str, argument: str = "--model", trust: bool = False):
+    """Load a saved tf_keras model (``.keras``, ``.h5`` or a SavedModel folder), checked; a
+    file naming code outside Keras, tfmot and keras_qrobust is refused unless ``trust``
+    (see :mod:`keras_qrobust.model_files`)."""
+    from .._keras import check_model
+    from ..model_files import ModelFileError, UntrustedModelError, load_model
 
     file = Path(path)
     if not file.exists():
@@ -64,7 +67,12 @@ def load_model_file(path: str, argument: str = "--model"):
     if file.is_file() and file.suffix.lower() == ".keras":
         _check_keras_zip(file, argument)
     try:
-        model = keras.models.load_model(str(file), compile=False)
+        model = load_model(file, trust=trust)
+    except UntrustedModelError as error:
+        raise GuardInputError(f"{argument} {error}".replace("trust=True (CLI: --trust-model)", "--trust-model")) \
+            from None
+    except ModelFileError as error:
+        raise GuardInputError(f"{argument} {error}") from None
     except Exception as error:  # noqa: BLE001 - every loader failure is the same user problem
         first = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
         raise GuardInputError(f"{argument} {path} could not be loaded as a tf_keras model ({first}); check the file "

@@ -22,6 +22,7 @@ from .context import Context, say
 from .inputs import check_data_fits, fingerprint, load_data, load_model_file
 from .reporting import report_stage
 from .stages import choose_stage, export_stage, quantize_stage, remeasure_stage
+from .lock import RunLock
 from .state import RunState, open_state
 from .training import train_stage
 
@@ -33,6 +34,8 @@ STAGES: dict[str, Callable] = {"train": train_stage, "quantize": quantize_stage,
                                "report": report_stage}
 #: only export and remeasure need a chosen model
 _NEEDS_CHOICE = ("export", "remeasure")
+#: tracebacks of failed stages (the run log and the report hold one-line errors)
+DEBUG_LOG = "debug.log"
 #: testing hook: SIGKILL this process right after the named stage's checkpoint is written
 KILL_AFTER_ENV = "KERAS_QROBUST_GUARD_KILL_AFTER"
 
@@ -92,31 +95,54 @@ def _finished_message(state: RunState, allow_mismatch: bool = False) -> int:
     return 0
 
 
-def run(config: GuardConfig, out: str | os.PathLike, allow_mismatch: bool = False) -> int:
+def _damage_check(state: RunState | None) -> dict:
+    """Forget the first stage whose outputs are missing or changed, and every later stage;
+    returns what was found (empty when nothing)."""
+    broken = state.damaged() if state is not None else None
+    if not broken:
+        return {}
+    dropped = state.forget_from(broken[0])
+    say(f"{broken[1]} is missing or changed since stage {broken[0]} wrote it: re-running {', '.join(dropped)}")
+    return {"stage": broken[0], "output": broken[1], "rerun": dropped}
+
+
+def run(config: GuardConfig, out: str | os.PathLike, allow_mismatch: bool = False, trust_model: bool = False) -> int:
     """Run (or resume) guard into the folder ``out``; returns the exit code.
 
     ``allow_mismatch`` only changes the exit code of a run whose exported file disagrees
     with the attacked model (the report says so either way), so it is no argument of the run.
+    ``trust_model`` loads a ``--model`` that names code outside Keras, tfmot and keras_qrobust
+    (and the run's own models saved from it); it changes no result. One run at a time holds
+    the folder (:class:`~keras_qrobust.guard.lock.RunLock`).
     """
-    from ..training import set_seed
-
     folder = Path(out)
     inputs = _inputs(config)
     state = open_state(folder, config, inputs)  # raises before anything is written
-    if state is not None and state.done("report"):
+    if state is not None and state.done("report") and state.damaged() is None:
         return _finished_message(state, allow_mismatch)
-    model = load_model_file(config.model) if config.model else None
+    model = load_model_file(config.model, trust=trust_model) if config.model else None
     data = load_data(config.dataset, config.train_samples, config.test_samples)
     check_data_fits(data, model)
     _check_target(config, model)
+    folder.mkdir(parents=True, exist_ok=True)
+    with RunLock(folder):
+        state = open_state(folder, config, inputs)  # afresh: a run that held the lock may have moved on
+        damage = _damage_check(state)
+        ctx = Context(config, data, state, model, trust_model=trust_model)
+        return _run_stages(config, folder, state, inputs, ctx, damage, allow_mismatch)
+
+
+def _run_stages(config: GuardConfig, folder: Path, state: RunState | None, inputs: dict, ctx: Context,
+                damage: dict, allow_mismatch: bool) -> int:
+    from ..training import set_seed
+
     resumed = state is not None
     if state is None:
-        folder.mkdir(parents=True, exist_ok=True)
         state = RunState(folder, config.to_dict(), inputs)
+        ctx.state = state
     state.save()
-    state.log("start", resumed=resumed, finished_stages=list(state.stages))
-    say(f"{'resuming' if resumed else 'starting'} in {folder}: {data.describe()}")
-    ctx = Context(config, data, state, model)
+    state.log("start", resumed=resumed, finished_stages=list(state.stages), **({"damaged": damage} if damage else {}))
+    say(f"{'resuming' if resumed else 'starting'} in {folder}: {ctx.data.describe()}")
     kill_after = os.environ.get(KILL_AFTER_ENV)
     for index, (name, stage) in enumerate(STAGES.items()):
         if state.done(name):
@@ -138,10 +164,11 @@ def run(config: GuardConfig, out: str | os.PathLike, allow_mismatch: bool = Fals
             say(f"interrupted in stage {name}; rerun the same command to resume from this stage")
             return 130
         except Exception as error:  # noqa: BLE001 - any stage failure ends the run with exit 1
-            state.log("failed", stage=name, error=f"{type(error).__name__}: {error}",
-                      traceback=traceback.format_exc())
             first = (str(error).strip().splitlines() or [""])[0]
-            say(f"stage {name} failed: {type(error).__name__}: {first} (traceback in {folder / 'run_log.jsonl'}); "
+            state.log("failed", stage=name, error=f"{type(error).__name__}: {first}")
+            with open(folder / DEBUG_LOG, "a") as debug:
+                debug.write(f"run {state.run}, stage {name}:\n{traceback.format_exc()}\n")
+            say(f"stage {name} failed: {type(error).__name__}: {first} (traceback in {folder / DEBUG_LOG}); "
                 "rerun the same command to resume from this stage")
             return 1
         state.finish(name, artifacts, summary)

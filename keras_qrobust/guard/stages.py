@@ -14,7 +14,7 @@ from ..quantize import RobustQuantizer, parse_setting
 from ..search import SettingResult, choose
 from .attacking import ATTACKS, autoattack_inputs, eps_grid, pgd_inputs
 from .config import TARGETS
-from .context import Context, load_model, save_model, say
+from .context import Context, save_model, say
 
 __all__ = ["quantize_stage", "choose_stage", "export_stage", "remeasure_stage", "CALIBRATION_SAMPLES",
            "REPRESENTATIVE_SAMPLES", "FLOOR_MARGIN", "exported_name"]
@@ -28,7 +28,7 @@ SQUARE_P_INIT = 0.8  # AutoAttack's
 def quantize_stage(ctx: Context) -> tuple[dict, dict]:
     """RobustQuantizer PTQ of the float model at every candidate setting."""
     config, data = ctx.config, ctx.data
-    model = load_model(ctx.state.artifact("train", "float"))
+    model = ctx.load_artifact("train", "float")
     samples = data.x_train[:CALIBRATION_SAMPLES]
     artifacts, summary = {}, {"calibration_inputs": int(len(samples)), "quantizers": {}}
     for setting in config.candidates:
@@ -85,16 +85,16 @@ def export_stage(ctx: Context) -> tuple[dict, dict]:
     weight_bits, activation_bits = parse_setting(setting)
     if config.target == "tflite-int8":
         how = "kq.export.tflite: full-integer int8 TFLite, sub-8-bit grids lowered exactly"
-        export.tflite(load_model(state.artifact("choose", "model")), path, representative=representative,
+        export.tflite(ctx.load_artifact("choose", "model"), path, representative=representative,
                       overwrite=True)
     elif config.target == "onnx":
         how = "kq.export.onnx: QDQ ONNX" + (", INT4 weights" if weight_bits <= 4 else ", int8 weights")
-        export.onnx(load_model(state.artifact("choose", "model")), path, representative=representative,
+        export.onnx(ctx.load_artifact("choose", "model"), path, representative=representative,
                     overwrite=True)
     else:
         how = (f"kq.export.akida: the float model quantized by quantizeml at {setting} (first layer 8 bits) and "
                "converted by cnn2snn")
-        export.akida(load_model(state.artifact("train", "float")), path, samples=representative,
+        export.akida(ctx.load_artifact("train", "float"), path, samples=representative,
                      weight_bits=weight_bits, activation_bits=activation_bits, input_weight_bits=8, overwrite=True)
     say(f"exported {setting} to {path.name} ({how})")
     return {"exported": path.name}, {"how": how, "bytes": path.stat().st_size, "file": path.name}
@@ -122,7 +122,7 @@ def remeasure_stage(ctx: Context) -> tuple[dict, dict]:
     """Score the exported file in its own runtime on the clean and the attacked test inputs."""
     config, data, state = ctx.config, ctx.data, ctx.state
     deployed = runtime.load(state.artifact("export", "exported"))
-    keras_model = load_model(state.artifact("choose", "model"))
+    keras_model = ctx.load_artifact("choose", "model")
     setting = state.summary("choose")["chosen"]
     keras_row = state.summary("attack")["grid"][setting]
     saved = np.load(state.artifact("attack", "attacks"))

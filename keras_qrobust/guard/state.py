@@ -1,14 +1,17 @@
 """The checkpoint of a guard run: ``guard_state.json`` and ``run_log.jsonl`` in the output folder.
 
 The state file holds the run's config and, per finished stage, its artifacts (paths relative
-to the folder) and its summary; it is rewritten atomically (temporary file, then rename)
-after each stage, so an interruption leaves either the old or the new state. The run log
-gets one JSON line per event with wall times, which stay out of the report.
+to the folder, each with the SHA-256 of its bytes) and its summary; it is rewritten atomically
+(temporary file, then rename) after each stage, so an interruption leaves either the old or the
+new state. A resumed run re-runs the first stage whose outputs are missing or no longer match
+their hash, and every stage after it. Paths in a state file never lead outside the folder. The
+run log gets one JSON line per event with wall times, which stay out of the report.
 """
 
 from __future__ import annotations
 
 import datetime
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,11 +20,31 @@ from typing import Optional
 from .._io import write_json
 from .config import GuardConfig, GuardInputError
 
-__all__ = ["RunState", "STATE_FILE", "LOG_FILE", "open_state"]
+__all__ = ["RunState", "STATE_FILE", "LOG_FILE", "open_state", "digest"]
 
 STATE_FILE = "guard_state.json"
 LOG_FILE = "run_log.jsonl"
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2: artifact hashes
+
+
+def digest(path: Path) -> str:
+    """SHA-256 of a file's bytes, or of a folder's files (relative names and bytes, sorted)."""
+    sha = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for file in files:
+        sha.update(str(file.relative_to(path)).encode() if path.is_dir() else b"")
+        sha.update(file.read_bytes())
+    return sha.hexdigest()
+
+
+def _inside(folder: Path, relative) -> bool:
+    if not isinstance(relative, str) or Path(relative).is_absolute():
+        return False
+    try:
+        (folder / relative).resolve().relative_to(folder.resolve())
+    except ValueError:
+        return False
+    return True
 
 
 @dataclass
@@ -42,7 +65,10 @@ class RunState:
         return stage in self.stages
 
     def artifact(self, stage: str, name: str) -> Path:
-        return self.folder / self.stages[stage]["artifacts"][name]
+        relative = self.stages[stage]["artifacts"][name]
+        if not _inside(self.folder, relative):  # open_state refuses such states; never follow one
+            raise GuardInputError(f"{STATE_FILE} in {self.folder} names {relative!r}, outside the folder")
+        return self.folder / relative
 
     def summary(self, stage: str) -> dict:
         return self.stages[stage]["summary"]
@@ -50,10 +76,29 @@ class RunState:
     def finish(self, stage: str, artifacts: dict, summary: dict) -> None:
         """Record ``stage`` as finished and rewrite the state file atomically."""
         for name, relative in artifacts.items():
-            if not (self.folder / relative).exists():
+            if not _inside(self.folder, relative) or not (self.folder / relative).exists():
                 raise RuntimeError(f"stage {stage} recorded artifact {name} = {relative}, which was not written")
-        self.stages[stage] = {"artifacts": dict(artifacts), "summary": summary}
+        hashes = {name: digest(self.folder / relative) for name, relative in artifacts.items()}
+        self.stages[stage] = {"artifacts": dict(artifacts), "hashes": hashes, "summary": summary}
         self.save()
+
+    def damaged(self) -> Optional[tuple[str, str]]:
+        """The first finished stage (in run order) an output of which is missing or no longer
+        matches its recorded hash, with that output's name; None when all are intact."""
+        for stage, record in self.stages.items():
+            for name, relative in record["artifacts"].items():
+                path = self.folder / relative
+                if not path.exists() or digest(path) != record.get("hashes", {}).get(name):
+                    return stage, relative
+        return None
+
+    def forget_from(self, stage: str) -> list[str]:
+        """Drop ``stage`` and every stage finished after it (they are re-run); returns them."""
+        names = list(self.stages)
+        dropped = names[names.index(stage):]
+        for name in dropped:
+            del self.stages[name]
+        return dropped
 
     def save(self) -> None:
         write_json(self.path, {"state_version": STATE_VERSION, "command": "guard", "arguments": self.arguments,
@@ -98,9 +143,20 @@ def open_state(folder: Path, config: GuardConfig, inputs: dict) -> Optional[RunS
     try:
         saved = json.loads(state_file.read_text())
         arguments, saved_inputs, stages = saved["arguments"], saved["inputs"], saved["stages"]
-    except (ValueError, KeyError, TypeError) as error:
-        raise GuardInputError(f"--out {folder}: {STATE_FILE} is unreadable ({error}); remove the folder or pass "
-                              "another --out") from None
+        version = saved.get("state_version")
+        artifacts = [(stage, relative) for stage, record in stages.items()
+                     for relative in record["artifacts"].values()]
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
+        raise GuardInputError(f"--out {folder}: {STATE_FILE} is unreadable ({type(error).__name__}: {error}); remove "
+                              "the folder or pass another --out") from None
+    if version != STATE_VERSION:
+        raise GuardInputError(f"--out {folder}: {STATE_FILE} has state version {version!r}, this keras_qrobust reads "
+                              f"version {STATE_VERSION}; pass a new --out (or finish that run with the version that "
+                              "started it)")
+    outside = [relative for _, relative in artifacts if not _inside(folder, relative)]
+    if outside:
+        raise GuardInputError(f"--out {folder}: {STATE_FILE} names {outside[0]!r}, outside the folder (a state file "
+                              "only names files inside it); remove the folder or pass another --out")
     differences = _differences(arguments, config.to_dict()) + _differences(saved_inputs, inputs)
     if differences:
         raise GuardInputError(f"--out {folder} holds a guard run with other arguments ({'; '.join(differences)}); "
