@@ -104,3 +104,16 @@ def test_a_model_with_a_lambda_layer_is_refused_unless_trusted(guard_runs, tmp_p
     message = _one_line_error(capsys)
     assert "a Lambda layer" in message and "--trust-model" in message
     assert not marker.exists() and not out.exists()
+
+
+def test_no_output_file_of_a_guard_run_holds_a_machine_path(guard_runs):
+    import os
+
+    # the runs were given absolute paths of the model and data (tmp folders of this machine)
+    roots = {str(guard_runs["model"].parent), str(guard_runs["data"].parent), str(guard_runs["straight"].parent),
+             os.getcwd(), os.path.expanduser("~")}
+    for folder in (guard_runs["straight"], guard_runs["resumed"]):
+        for file in (p for p in folder.rglob("*") if p.is_file()):
+            data = file.read_bytes()
+            found = [root for root in roots if root.encode() in data]
+            assert not found, f"{file.relative_to(folder)} holds {found}"

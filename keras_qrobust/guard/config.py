@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
+from pathlib import PurePath
 from typing import Optional
 
 from ..quantize import parse_setting
@@ -130,18 +131,28 @@ class GuardConfig:
                    no_train=bool(args.no_train), quick=bool(args.quick), **knobs)
 
     def to_dict(self) -> dict:
+        """The config as the state file records it: files by name only (no machine paths; their
+        contents are compared through the inputs' SHA-256)."""
         data = dataclasses.asdict(self)
         data["candidates"] = list(self.candidates)
+        data["model"], data["dataset"] = self.shown(self.model), self.shown(self.dataset)
         return data
 
+    @staticmethod
+    def shown(argument: Optional[str]) -> Optional[str]:
+        """A file argument as outputs show it: the file name (a dataset name stays as is)."""
+        if argument is None or not ("/" in argument or "\\" in argument or argument.lower().endswith(".npz")):
+            return argument
+        return PurePath(argument.replace("\\", "/")).name
+
     def command_line(self) -> str:
-        """The guard command line that reproduces this config (without --out)."""
+        """The guard command line that reproduces this config (without --out; files by name)."""
         parts = ["keras-qrobust guard"]
         if self.quick:
             parts.append("--quick")
         if self.model:
-            parts.append(f"--model {self.model}")
-        parts += [f"--dataset {self.dataset}", f"--eps {self.eps:g}", f"--target {self.target}",
+            parts.append(f"--model {self.shown(self.model)}")
+        parts += [f"--dataset {self.shown(self.dataset)}", f"--eps {self.eps:g}", f"--target {self.target}",
                   f"--candidates {','.join(self.candidates)}", f"--seed {self.seed}"]
         if self.floor is not None:
             parts.append(f"--floor {self.floor:g}")

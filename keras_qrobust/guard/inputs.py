@@ -161,7 +161,8 @@ def load_data(dataset: str, train_samples: Optional[int] = None, test_samples: O
     if x_train.shape[1:] != x_test.shape[1:]:
         raise GuardInputError(f"--dataset {dataset}: x_train inputs have shape {x_train.shape[1:]} but x_test inputs "
                               f"{x_test.shape[1:]}; both splits need the same input shape")
-    return Data(dataset, x_train[:train_samples], y_train[:train_samples], x_test[:test_samples], y_test[:test_samples])
+    name = path.name if dataset.lower().endswith(".npz") else dataset  # no machine paths in outputs
+    return Data(name, x_train[:train_samples], y_train[:train_samples], x_test[:test_samples], y_test[:test_samples])
 
 
 def _classes_of(model) -> int:

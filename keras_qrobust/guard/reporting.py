@@ -9,6 +9,7 @@ from __future__ import annotations
 from .._tables import markdown_table, percent
 from ..quantize import parse_setting
 from ..report import RobustnessReport
+from ..version import code_commit
 from .attacking import ATTACKS, eps_grid
 from .config import AGREEMENT_FLOOR
 from .context import Context
@@ -147,7 +148,7 @@ def build_report(ctx: Context) -> RobustnessReport:
                                         "chosen Keras model (pgd, uap, ensemble_uap) or the surrogate (transfer)")
     provenance = {"attacks": descriptions, "eps": eps_grid(config.eps), "norm": "inf", "samples": attack["test_inputs"],
                   "seed": config.seed, "pgd_steps": config.pgd_steps, "uap_inputs": attack["uap_inputs"],
-                  "dataset": ctx.data.name, "command": config.command_line()}
+                  "dataset": ctx.data.name, "command": config.command_line(), "code": code_commit()}
     bits = {s: parse_setting(s)[0] for s in config.candidates}
     return RobustnessReport.build(accuracy=accuracy, eps=eps_grid(config.eps), attacks=list(ATTACKS),
                                   provenance=provenance, bits=bits, transfer=attack["transfer_matrix"],

@@ -11,7 +11,6 @@ run log gets one JSON line per event with wall times, which stay out of the repo
 from __future__ import annotations
 
 import datetime
-import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,22 +18,13 @@ from typing import Optional
 
 from .._io import write_json
 from .config import GuardConfig, GuardInputError
+from .inputs import fingerprint
 
-__all__ = ["RunState", "STATE_FILE", "LOG_FILE", "open_state", "digest"]
+__all__ = ["RunState", "STATE_FILE", "LOG_FILE", "open_state"]
 
 STATE_FILE = "guard_state.json"
 LOG_FILE = "run_log.jsonl"
 STATE_VERSION = 2  # 2: artifact hashes
-
-
-def digest(path: Path) -> str:
-    """SHA-256 of a file's bytes, or of a folder's files (relative names and bytes, sorted)."""
-    sha = hashlib.sha256()
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    for file in files:
-        sha.update(str(file.relative_to(path)).encode() if path.is_dir() else b"")
-        sha.update(file.read_bytes())
-    return sha.hexdigest()
 
 
 def _inside(folder: Path, relative) -> bool:
@@ -78,7 +68,7 @@ class RunState:
         for name, relative in artifacts.items():
             if not _inside(self.folder, relative) or not (self.folder / relative).exists():
                 raise RuntimeError(f"stage {stage} recorded artifact {name} = {relative}, which was not written")
-        hashes = {name: digest(self.folder / relative) for name, relative in artifacts.items()}
+        hashes = {name: fingerprint(str(self.folder / relative)) for name, relative in artifacts.items()}
         self.stages[stage] = {"artifacts": dict(artifacts), "hashes": hashes, "summary": summary}
         self.save()
 
@@ -88,7 +78,7 @@ class RunState:
         for stage, record in self.stages.items():
             for name, relative in record["artifacts"].items():
                 path = self.folder / relative
-                if not path.exists() or digest(path) != record.get("hashes", {}).get(name):
+                if not path.exists() or fingerprint(str(path)) != record.get("hashes", {}).get(name):
                     return stage, relative
         return None
 

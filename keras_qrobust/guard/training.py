@@ -83,7 +83,7 @@ def train_stage(ctx: Context) -> tuple[dict, dict]:
         summary["reason"] = "no --model: cnn_small trained from scratch"
     else:
         model = ctx.model
-        summary["model"] = f"--model {config.model}"
+        summary["model"] = f"--model {config.shown(config.model)}"
         check = _robust_check(model, ctx)
         summary["robust_check"] = check
         say(f"the given model: clean {100 * check['clean']:.2f}%, PGD-{config.pgd_steps} {100 * check['pgd']:.2f}% at "
