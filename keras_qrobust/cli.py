@@ -56,6 +56,12 @@ def _add_trust(p) -> None:
                    "keras_qrobust (that code runs): only for files you wrote (see docs/guard.md, Untrusted files)")
 
 
+def _add_force(p) -> None:
+    p.add_argument("--force", action="store_true",
+                   help="go on with a --model whose clean accuracy on the data is near chance (untrained, or inputs "
+                   "preprocessed differently from training)")
+
+
 def _add_guard(commands) -> None:
     g = commands.add_parser(
         "guard", help="make a model robust, quantize, attack, choose, export, re-measure and report",
@@ -78,6 +84,7 @@ def _add_guard(commands) -> None:
     g.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     g.add_argument("--no-train", action="store_true", help="never adversarially train (needs --model)")
     _add_trust(g)
+    _add_force(g)
     g.add_argument("--allow-mismatch", action="store_true",
                    help="exit 0 even when the exported file agrees with the attacked Keras model on fewer than 99.5%% "
                         "of the test inputs (the report says so either way)")
@@ -104,6 +111,7 @@ def _add_attack(commands) -> None:
                             "top-1 accuracy (white-box against the model).")
     a.add_argument("--model", required=True, help="a saved tf_keras model")
     _add_trust(a)
+    _add_force(a)
     a.add_argument("--attack", default="pgd", help=f"one of {', '.join(EVALUATE_ATTACKS)} (default: pgd)")
     a.add_argument("--eps", type=_floats, default=[0.1], help="comma-separated L∞ budgets in (0, 1] (default: 0.1)")
     a.add_argument("--pgd-steps", type=int, default=20, help="PGD steps (default: 20)")
@@ -121,6 +129,7 @@ def _add_evaluate(commands) -> None:
     e.add_argument("--model", action="append", required=True,
                    help="a saved tf_keras model (repeat for several; names ending in wXaY give the bits plots)")
     _add_trust(e)
+    _add_force(e)
     e.add_argument("--attacks", default="fgsm,pgd", help="comma-separated attacks (default: fgsm,pgd)")
     e.add_argument("--eps", type=_floats, default=[0.0, 0.05, 0.1], help="ascending ε values (default: 0,0.05,0.1)")
     e.add_argument("--pgd-steps", type=int, default=20, help="PGD steps (default: 20)")
@@ -136,6 +145,7 @@ def _add_export(commands) -> None:
                             "takes the float model and quantizes it itself) and score the file in its own runtime.")
     x.add_argument("--model", required=True, help="a saved tf_keras model")
     _add_trust(x)
+    _add_force(x)
     x.add_argument("--target", required=True, help=f"one of {', '.join(TARGETS)}")
     x.add_argument("--output", required=True, help="the file to write (.tflite, .onnx or .fbz)")
     x.add_argument("--representative-samples", type=int, default=512, help="calibration inputs (default: 512)")
@@ -171,6 +181,7 @@ def _build_parser() -> argparse.ArgumentParser:
     source.add_argument("--model", help="a saved tf_keras model (.keras, .h5 or SavedModel folder)")
     source.add_argument("--zoo", default="cnn_small", help="zoo model to train (default: cnn_small)")
     _add_trust(q)
+    _add_force(q)
     q.add_argument("--epochs", type=int, default=3, help="training epochs for --zoo (default: 3)")
     q.add_argument("--settings", default=DEFAULT_SETTINGS,
                    help=f"comma-separated wXaY / wX settings (default: {DEFAULT_SETTINGS})")
@@ -193,16 +204,16 @@ def _build_parser() -> argparse.ArgumentParser:
 
 def _positive(value, name):
     if value is not None and value < 1:
-        raise SystemExit(f"keras-qrobust: {name} must be >= 1, got {value}")
+        raise UsageError(f"{name} must be >= 1, got {value}")
 
 
 def _quantize(args) -> int:
     import numpy as np
 
-    from . import datasets, zoo
+    from . import zoo
     from ._io import atomic_path, write_json
     from ._tables import markdown_table, percent
-    from .guard.inputs import load_model_file
+    from .guard.inputs import load_data, load_model_file
     from .metrics import accuracy
     from .quantize import RobustQuantizer
     from .training import set_seed, train_classifier
@@ -217,19 +228,13 @@ def _quantize(args) -> int:
         raise SystemExit(f"keras-qrobust: {error}") from None
     save_dir = Path(args.save_dir) if args.save_dir else None
 
-    x_train, y_train = datasets.load(args.dataset, "train")
-    x_test, y_test = datasets.load(args.dataset, "test")
-    x_train, y_train = x_train[: args.train_samples], y_train[: args.train_samples]
-    x_test, y_test = x_test[: args.test_samples], y_test[: args.test_samples]
-    num_classes = int(max(y_train.max(), y_test.max())) + 1
+    data = load_data(args.dataset, args.train_samples, args.test_samples)
+    x_train, y_train, x_test, y_test = data.x_train, data.y_train, data.x_test, data.y_test
+    num_classes = data.num_classes
 
     if args.model:
         model = load_model_file(args.model, trust=args.trust_model)
-        if tuple(model.input_shape[1:]) != tuple(x_train.shape[1:]):
-            raise SystemExit(
-                f"keras-qrobust: --model takes inputs of shape {model.input_shape[1:]} but "
-                f"{args.dataset} images have shape {x_train.shape[1:]}"
-            )
+        _check_model_on(model, data, args)
         trained = f"loaded from {args.model}"
     else:
         set_seed(args.seed)
@@ -289,19 +294,32 @@ def _guard(args) -> int:
 
     config = guard.GuardConfig.from_args(args)
     start = time.perf_counter()
-    code = guard.run(config, args.out, allow_mismatch=args.allow_mismatch, trust_model=args.trust_model)
+    code = guard.run(config, args.out, allow_mismatch=args.allow_mismatch, trust_model=args.trust_model,
+                     force=args.force)
     _log(f"keras-qrobust guard: {'done' if code == 0 else 'ended with exit code ' + str(code)} in "
          f"{time.perf_counter() - start:.0f} s")
     return code
 
 
+def _check_model_on(model, data, args, argument: str = "--model") -> None:
+    """``data`` fits ``model`` and ``model`` is above chance on it (unless ``--force``)."""
+    from .guard.inputs import check_above_chance, check_data_fits
+
+    check_data_fits(data, model)
+    warning = check_above_chance(model, data, argument, force=args.force)
+    if warning:
+        _log(f"warning: {warning} (--force)")
+
+
 def _test_data(args, model=None):
     """The first ``--test-samples`` test inputs of ``--dataset``, checked against ``model``."""
-    from .guard.inputs import check_data_fits, load_data
+    from .guard.inputs import load_data
 
+    if args.test_samples is not None and args.test_samples < 1:
+        raise UsageError(f"--test-samples must be >= 1, got {args.test_samples}")
     data = load_data(args.dataset, test_samples=args.test_samples)
     if model is not None:
-        check_data_fits(data, model)
+        _check_model_on(model, data, args)
     return data
 
 
@@ -405,7 +423,7 @@ def _save_report(report, folder: Path) -> None:
 
 def _evaluate(args) -> int:
     from .evaluate import evaluate
-    from .guard.inputs import check_data_fits, load_model_file
+    from .guard.inputs import load_model_file
 
     attacks = [_attack_spec(a.strip()).name for a in args.attacks.split(",") if a.strip()]
     if not attacks:
@@ -414,10 +432,15 @@ def _evaluate(args) -> int:
     if eps != sorted(eps):
         raise UsageError(f"--eps {args.eps} must be ascending, e.g. --eps 0,0.05,0.1")
     folder = _new_folder(args.out)
+    names = [Path(p).stem for p in args.model]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise UsageError(f"two --model files are named {twice[0]} (the report names models by file name); rename or "
+                         "copy one under another name")
     models = {Path(p).stem: load_model_file(p, trust=args.trust_model) for p in args.model}
     data = _test_data(args)
-    for model in models.values():
-        check_data_fits(data, model)
+    for path, model in zip(args.model, models.values()):
+        _check_model_on(model, data, args, f"--model {path}")
     report = evaluate(models, (data.x_test, data.y_test), attacks=attacks, eps=eps, pgd_steps=args.pgd_steps,
                       seed=args.seed, options={"autoattack": {"version": args.autoattack_version}})
     report.provenance.pop("seconds", None)  # keep the report deterministic
@@ -429,7 +452,7 @@ def _evaluate(args) -> int:
 def _export(args) -> int:
     from . import export, metrics
     from ._io import check_new_file
-    from .guard.inputs import check_data_fits, load_data, load_model_file
+    from .guard.inputs import load_data, load_model_file
 
     if args.target not in TARGETS:
         raise UsageError(f"unknown --target {args.target!r}; choose one of {', '.join(TARGETS)}")
@@ -438,8 +461,10 @@ def _export(args) -> int:
     except ValueError as error:
         raise UsageError(f"--output {error}") from None
     model = load_model_file(args.model, trust=args.trust_model)
+    for name in ("representative_samples", "test_samples"):
+        _positive(getattr(args, name), f"--{name.replace('_', '-')}")
     data = load_data(args.dataset, train_samples=args.representative_samples, test_samples=args.test_samples)
-    check_data_fits(data, model)
+    _check_model_on(model, data, args)
     if args.target == "tflite-int8":
         export.tflite(model, output, representative=data.x_train, overwrite=args.overwrite)
     elif args.target == "onnx":

@@ -6,6 +6,7 @@ import sys
 import numpy as np
 import pytest
 
+import keras_qrobust as kq
 from keras_qrobust import cli
 
 SUBCOMMANDS = ("guard", "quantize", "attack", "evaluate", "export", "report")
@@ -98,12 +99,27 @@ def _bad_inputs(tmp_path, model, data, keras3):
         "candidates": (["--candidates", "w4x4"], "Cannot parse quantization setting"),
         "floor": (["--floor", "1.2"], "--floor 1.2 is out of range"),
         "no-train without a model": (["--model", "", "--no-train"], "--no-train needs --model"),
+        "sigmoid head": (["--model", str(_saved(tmp_path / "sigmoid.keras", 1, "sigmoid"))],
+                         "ends in 1 unit(s) with activation sigmoid (a binary or multi-label head)"),
+        "untrained model": (["--model", str(_saved(tmp_path / "untrained.keras", 10, None))],
+                            "is near chance on --dataset data.npz"),
+        "lambda layer": (["--model", str(_saved(tmp_path / "lambda.h5", 10, None, lambda_layer=True))],
+                         "a Lambda layer"),
     }
+
+
+def _saved(path, units, activation, lambda_layer=False):
+    keras = kq.keras
+    kq.training.set_seed(0)
+    inputs = keras.Input((28, 28, 1))
+    flat = keras.layers.Flatten()(keras.layers.Lambda(lambda t: t)(inputs) if lambda_layer else inputs)
+    keras.Model(inputs, keras.layers.Dense(units, activation=activation, kernel_initializer="zeros")(flat)).save(path)
+    return path
 
 
 BAD_INPUTS = ("missing model", "corrupt model", "keras 3 model", "input shape", "labels out of range",
               "negative label", "x/y length", "not [0, 1]", "eps 0", "eps > 1", "target", "candidates", "floor",
-              "no-train without a model")
+              "no-train without a model", "sigmoid head", "untrained model", "lambda layer")
 
 
 @pytest.mark.parametrize("case", BAD_INPUTS)
@@ -181,3 +197,28 @@ def test_export_writes_the_file_and_remeasures_it(tiny_case, tmp_path, capsys):
     assert cli.main(["export", "--model", str(model), "--target", "onnx", "--output", str(tmp_path / "x.tflite"),
                      "--dataset", str(data)]) == 2
     assert "needs a .onnx file name" in capsys.readouterr().err
+
+
+def test_force_goes_on_with_a_model_near_chance(tiny_case, tmp_path, capsys):
+    _, data = tiny_case
+    model = _saved(tmp_path / "untrained.keras", 10, None)
+    args = ["attack", "--model", str(model), "--dataset", str(data), "--attack", "fgsm", "--test-samples", "20"]
+    assert cli.main(args) == 2
+    assert "pass --force to go on" in capsys.readouterr().err
+    assert cli.main([*args, "--force"]) == 0
+    assert "warning: --model is near chance" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command, message", [
+    (["attack", "--test-samples", "-60"], "--test-samples must be >= 1, got -60"),
+    (["export", "--target", "onnx", "--output", "{tmp}/m.onnx", "--representative-samples", "0"],
+     "--representative-samples must be >= 1, got 0"),
+    (["evaluate", "--model", "{model}", "--out", "{tmp}/report"], "two --model files are named tiny"),
+])
+def test_subcommand_bad_counts_and_names_are_one_line(command, message, tiny_case, tmp_path, capsys):
+    model, data = tiny_case
+    args = [part.format(tmp=tmp_path, model=model) for part in command]
+    assert cli.main([args[0], "--model", str(model), "--dataset", str(data), *args[1:]]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err, err
+    assert not any(tmp_path.iterdir())

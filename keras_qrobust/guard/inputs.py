@@ -18,7 +18,13 @@ import numpy as np
 
 from .config import GuardInputError
 
-__all__ = ["Data", "load_model_file", "load_data", "check_data_fits", "fingerprint", "keras3_version_of"]
+__all__ = ["Data", "load_model_file", "load_data", "check_data_fits", "check_model_output", "check_above_chance",
+           "fingerprint", "keras3_version_of"]
+
+#: a model whose clean accuracy is within this of the most frequent class's rate is near chance
+CHANCE_MARGIN = 0.10
+#: test inputs the chance check scores (the first ones)
+CHANCE_INPUTS = 1000
 
 _SAVE_HINT = "save it with tf_keras: `import keras_qrobust as kq; model.save('model.keras')`"
 
@@ -78,9 +84,11 @@ def load_model_file(path: str, argument: str = "--model", trust: bool = False):
         raise GuardInputError(f"{argument} {path} could not be loaded as a tf_keras model ({first}); check the file "
                               f"is complete, or {_SAVE_HINT}") from None
     try:
-        return check_model(model, argument)
+        model = check_model(model, argument)
     except TypeError as error:
         raise GuardInputError(str(error)) from None
+    check_model_output(model, argument)
+    return model
 
 
 @dataclass
@@ -187,6 +195,49 @@ def check_data_fits(data: Data, model=None) -> None:
     if top >= classes:
         raise GuardInputError(f"--dataset {data.name} has labels up to {top} but --model scores {classes} classes; "
                               f"labels must be in 0..{classes - 1} (pass the matching dataset or model)")
+
+
+def _output_activation(model) -> str:
+    """The last layer's activation name ("linear" for logits)."""
+    last = model.layers[-1]
+    if type(last).__name__ == "Softmax":
+        return "softmax"
+    activation = getattr(last, "activation", None)
+    return getattr(activation, "__name__", str(activation)) if activation is not None else "linear"
+
+
+def check_model_output(model, argument: str = "--model") -> None:
+    """The model ends in one score per class (logits or softmax): a sigmoid or a one-unit head
+    (a binary or multi-label classifier) would be read as class scores and give wrong numbers."""
+    width = model.output_shape[-1] if not isinstance(model.output_shape, list) else None
+    if width is None:
+        raise GuardInputError(f"{argument} has {len(model.outputs)} outputs; keras_qrobust scores one classification "
+                              "output: pass a model with a single output (e.g. keras.Model(m.input, m.outputs[0]))")
+    activation = _output_activation(model)
+    if width == 1 or activation in ("sigmoid", "hard_sigmoid"):
+        raise GuardInputError(f"{argument} ends in {width} unit(s) with activation {activation} (a binary or "
+                              "multi-label head); keras_qrobust needs one score per class: end the model in "
+                              "Dense(num_classes) (logits) or with softmax (for a binary task, 2 classes)")
+
+
+def check_above_chance(model, data: Data, argument: str = "--model", force: bool = False) -> Optional[str]:
+    """Stop (unless ``force``) when ``model``'s clean accuracy on the first test inputs is within
+    ``CHANCE_MARGIN`` of what always answering the most frequent class scores: an untrained
+    model, or inputs preprocessed differently from training, would make every robustness
+    number meaningless. Returns the warning when ``force`` let it pass."""
+    from ..metrics import predict_labels
+
+    x, y = data.x_test[:CHANCE_INPUTS], data.y_test[:CHANCE_INPUTS]
+    accuracy = float(np.mean(predict_labels(model, x) == y))
+    majority = float(np.bincount(y).max() / len(y))
+    if accuracy > majority + CHANCE_MARGIN:
+        return None
+    message = (f"{argument} is near chance on --dataset {data.name}: {100 * accuracy:.1f}% clean on the first {len(y)} "
+               f"test inputs, where always answering the most frequent class scores {100 * majority:.1f}%; the model "
+               "is untrained or its inputs are preprocessed differently (keras_qrobust feeds [0, 1] images as given)")
+    if not force:
+        raise GuardInputError(f"{message}: fix that, or pass --force to go on")
+    return message
 
 
 def fingerprint(path: Optional[str]) -> Optional[str]:

@@ -19,7 +19,7 @@ from typing import Callable
 from .attacking import attack_stage
 from .config import AGREEMENT_FLOOR, GuardConfig, GuardInputError
 from .context import Context, say
-from .inputs import check_data_fits, fingerprint, load_data, load_model_file
+from .inputs import check_above_chance, check_data_fits, fingerprint, load_data, load_model_file
 from .reporting import report_stage
 from .stages import choose_stage, export_stage, quantize_stage, remeasure_stage
 from .lock import RunLock
@@ -106,13 +106,15 @@ def _damage_check(state: RunState | None) -> dict:
     return {"stage": broken[0], "output": broken[1], "rerun": dropped}
 
 
-def run(config: GuardConfig, out: str | os.PathLike, allow_mismatch: bool = False, trust_model: bool = False) -> int:
+def run(config: GuardConfig, out: str | os.PathLike, allow_mismatch: bool = False, trust_model: bool = False,
+        force: bool = False) -> int:
     """Run (or resume) guard into the folder ``out``; returns the exit code.
 
     ``allow_mismatch`` only changes the exit code of a run whose exported file disagrees
     with the attacked model (the report says so either way), so it is no argument of the run.
     ``trust_model`` loads a ``--model`` that names code outside Keras, tfmot and keras_qrobust
-    (and the run's own models saved from it); it changes no result. One run at a time holds
+    (and the run's own models saved from it); ``force`` goes on with a ``--model`` near chance on
+    the data; neither changes a result. One run at a time holds
     the folder (:class:`~keras_qrobust.guard.lock.RunLock`).
     """
     folder = Path(out)
@@ -123,6 +125,10 @@ def run(config: GuardConfig, out: str | os.PathLike, allow_mismatch: bool = Fals
     model = load_model_file(config.model, trust=trust_model) if config.model else None
     data = load_data(config.dataset, config.train_samples, config.test_samples)
     check_data_fits(data, model)
+    if model is not None:
+        warning = check_above_chance(model, data, force=force)
+        if warning:
+            say(f"warning: {warning} (--force)")
     _check_target(config, model)
     folder.mkdir(parents=True, exist_ok=True)
     with RunLock(folder):
