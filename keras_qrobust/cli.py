@@ -120,6 +120,7 @@ def _add_attack(commands) -> None:
                    "APGD-T with 3 targets) (default: standard)")
     _add_data_arguments(a, test_default=1000)
     a.add_argument("--json", help="also write the results as JSON to this (new) file")
+    a.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
 
 
 def _add_evaluate(commands) -> None:
@@ -136,6 +137,7 @@ def _add_evaluate(commands) -> None:
     e.add_argument("--autoattack-version", default="standard", choices=("standard", "fast"),
                    help="the autoattack version when --attacks names it (default: standard)")
     e.add_argument("--out", required=True, help="a new (or empty) folder for the report")
+    e.add_argument("--overwrite", action="store_true", help="write into a non-empty --out, replacing the report files")
     _add_data_arguments(e, test_default=1000)
 
 
@@ -164,6 +166,7 @@ def _add_report(commands) -> None:
                             "--out write report.{html,md,json} and plots/ there.")
     r.add_argument("report", help="a report.json written by guard or evaluate")
     r.add_argument("--out", help="a new (or empty) folder for the re-rendered report")
+    r.add_argument("--overwrite", action="store_true", help="write into a non-empty --out, replacing the report files")
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -193,7 +196,7 @@ def _build_parser() -> argparse.ArgumentParser:
     q.add_argument("--test-samples", type=int, default=None, help="score on the first N test images")
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--save-dir", help="save the float and quantized models (.keras) here")
-    q.add_argument("--overwrite", action="store_true", help="replace existing files in --save-dir")
+    q.add_argument("--overwrite", action="store_true", help="replace existing files in --save-dir and --json")
     q.add_argument("--json", help="also write the results as JSON to this file")
     _add_attack(commands)
     _add_evaluate(commands)
@@ -226,7 +229,9 @@ def _quantize(args) -> int:
                                                    calibration=args.calibration) for setting in settings]
     except (ValueError, TypeError) as error:
         raise SystemExit(f"keras-qrobust: {error}") from None
-    save_dir = Path(args.save_dir) if args.save_dir else None
+    save_dir = _new_folder(args.save_dir, overwrite=True, argument="--save-dir") if args.save_dir else None
+    if args.json:
+        _output_file(args.json, ".json", args.overwrite, "--json")
 
     data = load_data(args.dataset, args.train_samples, args.test_samples)
     x_train, y_train, x_test, y_test = data.x_train, data.y_train, data.x_test, data.y_test
@@ -246,7 +251,8 @@ def _quantize(args) -> int:
         targets = {name: save_dir / f"{name}.keras" for name in names}
         existing = [str(p) for p in targets.values() if p.exists()]
         if existing and not args.overwrite:  # refuse before training or writing anything
-            raise FileExistsError(f"{', '.join(existing)} exists; pass overwrite=True (--overwrite) to replace it")
+            raise UsageError(f"--save-dir: {', '.join(existing)} exists; pass --overwrite to replace it, or another "
+                             "--save-dir")
     if not args.model:
         _log(f"training {args.zoo} on {len(x_train)} {args.dataset} images for {args.epochs} epochs ...")
         start = time.perf_counter()
@@ -285,7 +291,8 @@ def _quantize(args) -> int:
     if targets:
         _log(f"models saved in {save_dir}")
     if args.json:
-        write_json(args.json, {"dataset": args.dataset, "model": trained, "results": results})
+        write_json(args.json, {"dataset": args.dataset, "model": trained, "results": results},
+                   overwrite=args.overwrite)
     return 0
 
 
@@ -353,12 +360,7 @@ def _attack(args) -> int:
     spec = _attack_spec(args.attack)
     eps = sorted(_check_eps_values(args.eps, allow_zero=False))
     if args.json:
-        from ._io import check_new_file
-
-        try:
-            check_new_file(args.json, ".json", False, "--json")
-        except ValueError as error:
-            raise UsageError(str(error)) from None
+        _output_file(args.json, ".json", args.overwrite, "--json")
     model = load_model_file(args.model, trust=args.trust_model)
     data = _test_data(args, model)
     if spec.kind == "suite":
@@ -376,7 +378,7 @@ def _attack(args) -> int:
     if args.json:
         from ._io import write_json
 
-        write_json(args.json, {"model": args.model, "attack": spec.name, "results": results}, overwrite=False)
+        write_json(args.json, {"model": args.model, "attack": spec.name, "results": results}, overwrite=args.overwrite)
     return 0
 
 
@@ -402,22 +404,53 @@ def _autoattack(args, model, data, eps: list[float]) -> int:
     if args.json:
         from ._io import write_json
 
-        write_json(args.json, {"model": args.model, "attack": "autoattack", "results": results}, overwrite=False)
+        write_json(args.json, {"model": args.model, "attack": "autoattack", "results": results},
+                   overwrite=args.overwrite)
     return 0
 
 
-def _new_folder(path: str) -> Path:
+def _check_writable(path: Path, argument: str) -> None:
+    """The nearest existing folder above ``path`` lets us write (checked before any work)."""
+    import os
+
+    parent = path.parent if not path.is_dir() else path
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise UsageError(f"{argument} {path}: cannot write in {parent}; pass a path in a folder you can write")
+
+
+def _output_file(path: str, suffix: str, overwrite: bool, argument: str) -> Path:
+    """``path`` checked before any work: its suffix, that it is new (or ``--overwrite``), writable."""
+    file = Path(path)
+    if file.suffix.lower() != suffix:
+        raise UsageError(f"{argument} {path} needs a {suffix} file name")
+    if file.is_dir():
+        raise UsageError(f"{argument} {path} is a folder; pass a file name ending in {suffix}")
+    if file.exists() and not overwrite:
+        raise UsageError(f"{argument} {path} exists; pass --overwrite to replace it, or another file name")
+    _check_writable(file, argument)
+    return file
+
+
+def _new_folder(path: str, overwrite: bool = False, argument: str = "--out") -> Path:
+    """An output folder checked before any work: new or empty (or any folder with ``--overwrite``:
+    the files of the same names are replaced), writable."""
     folder = Path(path)
-    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
-        raise UsageError(f"--out {path} exists and is not an empty folder; pass a new or empty folder")
+    if folder.exists() and not folder.is_dir():
+        raise UsageError(f"{argument} {path} is a file; pass a folder")
+    if folder.exists() and any(folder.iterdir()) and not overwrite:
+        raise UsageError(f"{argument} {path} is not empty; pass --overwrite to replace the files of the same names in "
+                         "it, or a new or empty folder")
+    _check_writable(folder, argument)
     return folder
 
 
-def _save_report(report, folder: Path) -> None:
+def _save_report(report, folder: Path, overwrite: bool = False) -> None:
     """report.{json,md,html} and plots/*.png in ``folder`` (the plots drawn once)."""
     figures = report.figures()
-    paths = report.save(folder, figures=figures)
-    report.save_plots(folder / "plots", figures=figures)
+    paths = report.save(folder, overwrite=overwrite, figures=figures)
+    report.save_plots(folder / "plots", overwrite=overwrite, figures=figures)
     _log(f"report written to {paths['html']}")
 
 
@@ -431,7 +464,7 @@ def _evaluate(args) -> int:
     eps = _check_eps_values(args.eps, allow_zero=True)
     if eps != sorted(eps):
         raise UsageError(f"--eps {args.eps} must be ascending, e.g. --eps 0,0.05,0.1")
-    folder = _new_folder(args.out)
+    folder = _new_folder(args.out, args.overwrite)
     names = [Path(p).stem for p in args.model]
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:
@@ -444,22 +477,18 @@ def _evaluate(args) -> int:
     report = evaluate(models, (data.x_test, data.y_test), attacks=attacks, eps=eps, pgd_steps=args.pgd_steps,
                       seed=args.seed, options={"autoattack": {"version": args.autoattack_version}})
     report.provenance.pop("seconds", None)  # keep the report deterministic
-    _save_report(report, folder)
+    _save_report(report, folder, args.overwrite)
     print(report.to_markdown())
     return 0
 
 
 def _export(args) -> int:
     from . import export, metrics
-    from ._io import check_new_file
     from .guard.inputs import load_data, load_model_file
 
     if args.target not in TARGETS:
         raise UsageError(f"unknown --target {args.target!r}; choose one of {', '.join(TARGETS)}")
-    try:
-        output = check_new_file(args.output, TARGETS[args.target], args.overwrite, f"--target {args.target}")
-    except ValueError as error:
-        raise UsageError(f"--output {error}") from None
+    output = _output_file(args.output, TARGETS[args.target], args.overwrite, "--output")
     model = load_model_file(args.model, trust=args.trust_model)
     for name in ("representative_samples", "test_samples"):
         _positive(getattr(args, name), f"--{name.replace('_', '-')}")
@@ -495,10 +524,10 @@ def _report(args) -> int:
         first = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise UsageError(f"{args.report} is not a keras_qrobust report.json ({first}); pass the report.json a guard "
                          "or evaluate run wrote") from None
-    folder = _new_folder(args.out) if args.out else None
+    folder = _new_folder(args.out, args.overwrite) if args.out else None
     print(report.to_markdown())
     if folder is not None:
-        _save_report(report, folder)
+        _save_report(report, folder, args.overwrite)
     return 0
 
 

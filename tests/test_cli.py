@@ -29,7 +29,7 @@ def test_quantize_command_prints_the_accuracy_table(tmp_path, capsys):
     code = cli.main(["quantize", "--epochs", "1", "--train-samples", "200", "--test-samples", "50",
                      "--settings", "w8a8", "--save-dir", str(tmp_path / "models")])
     assert code == 2
-    assert "exists; pass overwrite=True" in capsys.readouterr().err
+    assert "exists; pass --overwrite to replace it" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("args, message", [
@@ -222,3 +222,50 @@ def test_subcommand_bad_counts_and_names_are_one_line(command, message, tiny_cas
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and message in err, err
     assert not any(tmp_path.iterdir())
+
+
+_OUTPUTS = {  # subcommand -> (arguments with {out}, what --out is)
+    "quantize": (["quantize", "--epochs", "1", "--json", "{out}"], "file"),
+    "attack": (["attack", "--model", "{model}", "--dataset", "{data}", "--json", "{out}"], "file"),
+    "evaluate": (["evaluate", "--model", "{model}", "--dataset", "{data}", "--out", "{out}"], "folder"),
+    "export": (["export", "--model", "{model}", "--dataset", "{data}", "--target", "onnx", "--output", "{out}"],
+               "file"),
+    "report": (["report", "{report}", "--out", "{out}"], "folder"),
+}
+
+
+@pytest.mark.parametrize("command", sorted(_OUTPUTS))
+@pytest.mark.parametrize("case", ["exists", "unwritable"])
+def test_every_subcommand_checks_its_output_before_any_work(command, case, tiny_case, tmp_path, capsys):
+    model, data = tiny_case
+    template, kind = _OUTPUTS[command]
+    suffix = ".onnx" if command == "export" else ".json" if kind == "file" else ""
+    report = tmp_path / "given.json"
+    report.write_text("{}")
+    if case == "exists":
+        out = tmp_path / f"mine{suffix}"
+        if kind == "folder":
+            out.mkdir()
+            (out / "report.html").write_text("mine")
+        else:
+            out.write_text("mine")
+        expected = "pass --overwrite"
+    else:
+        blocker = tmp_path / "a_file"
+        blocker.write_text("x")
+        out = blocker / f"inside{suffix}"  # a path under a file cannot be written
+        expected = "cannot write in"
+    before = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
+    args = [a.format(model=model, data=data, out=out, report=report) for a in template]
+    if command == "report":  # a valid report.json to re-render
+        from keras_qrobust.report import RobustnessReport
+
+        RobustnessReport.build(accuracy={"m": {"pgd": [0.9, 0.5]}}, eps=[0.0, 0.1], attacks=["pgd"],
+                               provenance={"attacks": {}, "eps": [0.0, 0.1], "samples": 1, "seed": 0}).save(
+            tmp_path / "r", overwrite=False)
+        args[1] = str(tmp_path / "r" / "report.json")
+        before = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and expected in err, err
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == before
