@@ -8,6 +8,7 @@ is written. See docs/guard.md.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
 from pathlib import Path
@@ -202,6 +203,9 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_evaluate(commands)
     _add_export(commands)
     _add_report(commands)
+    for command in commands.choices.values():
+        command.add_argument("--verbose", action="store_true",
+                             help="also show TensorFlow's, the converters' and runtimes' own log lines and warnings")
     return parser
 
 
@@ -535,6 +539,48 @@ _COMMANDS = {"guard": _guard, "quantize": _quantize, "attack": _attack, "evaluat
              "report": _report}
 
 
+@contextlib.contextmanager
+def _quiet(verbose: bool):
+    """Without ``--verbose``: TensorFlow's, the TFLite converter's and LiteRT's native log lines
+    (written straight to file descriptor 2) and Python warnings are dropped; our own messages
+    and progress bars (Python's ``sys.stderr``) still show. Only when ``sys.stderr`` is the
+    process's real stderr (not, e.g., a test's capture)."""
+    import io
+    import logging
+    import os
+    import warnings
+
+    try:
+        real = not verbose and sys.stderr.fileno() == 2
+    except (AttributeError, OSError, io.UnsupportedOperation):
+        real = False
+    with warnings.catch_warnings():
+        if not verbose:
+            warnings.simplefilter("ignore")
+        if not real:
+            yield
+            return
+        levels = {name: logging.getLogger(name).level for name in ("tensorflow", "absl")}
+        for name in levels:
+            logging.getLogger(name).setLevel(logging.ERROR)
+        sys.stderr.flush()
+        saved, original = os.dup(2), sys.stderr
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, 2)
+        os.close(null)
+        sys.stderr = os.fdopen(os.dup(saved), "w", buffering=1, encoding=original.encoding, errors="backslashreplace")
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            sys.stderr.close()
+            sys.stderr = original
+            os.dup2(saved, 2)
+            os.close(saved)
+            for name, level in levels.items():
+                logging.getLogger(name).setLevel(level)
+
+
 def main(argv=None) -> int:
     """Run one subcommand; returns its exit code (0 ok, 1 failed, 2 bad usage or input)."""
     parser = _build_parser()
@@ -547,7 +593,8 @@ def main(argv=None) -> int:
     from .transforms import UnsupportedModelError
 
     try:
-        return _COMMANDS[args.command](args)
+        with _quiet(args.verbose):
+            return _COMMANDS[args.command](args)
     except (UsageError, GuardInputError, FileExistsError, DatasetError) as error:
         _log(f"keras-qrobust {args.command}: {error}")  # the user's input: one line, not a traceback
         return 2

@@ -269,3 +269,19 @@ def test_every_subcommand_checks_its_output_before_any_work(command, case, tiny_
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and expected in err, err
     assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == before
+
+
+def test_the_terminal_shows_no_native_log_lines(tiny_case, tmp_path):
+    """TFLite conversion and LiteRT print to file descriptor 2 directly (absl W/I lines,
+    "fully_quantize: ...", "INFO: Created TensorFlow Lite XNNPACK delegate"): hidden unless
+    --verbose."""
+    model, data = tiny_case
+    command = [sys.executable, "-m", "keras_qrobust.cli", "export", "--model", str(model), "--dataset", str(data),
+               "--target", "tflite-int8", "--representative-samples", "32"]
+    quiet = subprocess.run([*command, "--output", str(tmp_path / "a.tflite")], capture_output=True, text=True,
+                           timeout=600)
+    assert quiet.returncode == 0, quiet.stderr[-2000:]
+    assert quiet.stderr == "" and "top-1 agreement" in quiet.stdout
+    verbose = subprocess.run([*command, "--output", str(tmp_path / "b.tflite"), "--verbose"], capture_output=True,
+                             text=True, timeout=600)
+    assert verbose.returncode == 0 and "XNNPACK" in verbose.stderr  # the lines exist; quiet hid them
