@@ -59,6 +59,7 @@ SCHEMA = {
         "lipschitz": {"type": "object"},
         "transfer": {"type": ["object", "null"]},
         "sections": {"type": "array", "items": {"type": "object", "required": ["title", "markdown"]}},
+        "tradeoff": {"type": ["array", "null"], "items": {"type": "object", "required": ["name", "bytes", "robust"]}},
     },
 }
 
@@ -114,8 +115,12 @@ class RobustnessReport:
     transfer: Optional[dict] = None
     suspect: list = field(default_factory=list)
     critical: Optional[dict] = None
-    #: extra Markdown sections ``{"title", "markdown"}`` shown after the header (e.g. guard's stages)
+    #: extra Markdown sections ``{"title", "markdown"}`` shown after the header (e.g. guard's stages);
+    #: one with ``"lead": True`` opens the report, above the plots (e.g. guard's decision)
     sections: list = field(default_factory=list)
+    #: size against robustness per model: ``{"name", "bytes", "robust", "low", "high", "chosen"}``
+    #: (robust accuracy with its 95% interval), drawn as the first plot
+    tradeoff: Optional[list] = None
 
     @classmethod
     def build(cls, **kwargs) -> "RobustnessReport":
@@ -132,7 +137,7 @@ class RobustnessReport:
                    bits=data.get("bits") or {}, lipschitz=data.get("lipschitz") or {},
                    lipschitz_bits=data.get("lipschitz_bits"), transfer=data.get("transfer"),
                    suspect=list(data["suspect"]), critical=data.get("critical"),
-                   sections=list(data.get("sections") or []))
+                   sections=list(data.get("sections") or []), tradeoff=data.get("tradeoff"))
 
     @classmethod
     def load(cls, path) -> "RobustnessReport":
@@ -163,33 +168,51 @@ class RobustnessReport:
                 "attacks": self.attacks, "accuracy": self.accuracy, "provenance": self.provenance,
                 "warnings": list(WARNINGS), "suspect": self.suspect, "bits": self.bits, "critical": self.critical,
                 "lipschitz": self.lipschitz, "lipschitz_bits": self.lipschitz_bits, "transfer": self.transfer,
-                **({"sections": self.sections} if self.sections else {})}
+                **({"sections": self.sections} if self.sections else {}),
+                **({"tradeoff": self.tradeoff} if self.tradeoff else {})}
 
     def to_json(self) -> str:
         data = self.to_dict()
         validate(data)
         return json.dumps(data, indent=2) + "\n"
 
-    def to_markdown(self) -> str:
+    def _lead_markdown(self) -> str:
+        """The title and the lead sections: what the report opens with, above the plots."""
+        lines = ["# Robustness report", ""]
+        for section in self.sections:
+            if section.get("lead"):
+                lines += [f"## {section['title']}", "", section["markdown"].rstrip("\n"), ""]
+        return "\n".join(lines) + "\n"
+
+    def _body_markdown(self) -> str:
+        """Everything after the lead: how the numbers were made, the other sections, the tables."""
         p = self.provenance
-        lines = ["# Robustness report", "", f"{p['samples']} inputs, seed {p['seed']}, L{p.get('norm', 'inf')} budgets "
+        lines = [f"{p['samples']} inputs, seed {p['seed']}, L{p.get('norm', 'inf')} budgets "
                  f"ε ∈ {{{', '.join(f'{e:g}' for e in self.eps)}}}. Attacks: "
                  + "; ".join(f"{k}: {v}" for k, v in p["attacks"].items()) + ".", ""]
         for section in self.sections:
-            lines += [f"## {section['title']}", "", section["markdown"].rstrip("\n"), ""]
+            if not section.get("lead"):
+                lines += [f"## {section['title']}", "", section["markdown"].rstrip("\n"), ""]
         for attack in self.attacks:
             lines += [f"## {attack} — accuracy %", "", "| model | " + " | ".join(f"ε = {e:g}" for e in self.eps) + " |",
                       "|---|" + "---|" * len(self.eps)]
             for name, rows in self.accuracy.items():
                 lines.append(f"| {name} | " + " | ".join(f"{100 * v:.2f}" for v in rows[attack]) + " |")
             lines.append("")
-        if self.critical:
+        if self.critical and self.critical["eps"] > 0:
             over = ", ".join(str(self.bits[n]) for n in self._bits_models())
             lines += [f"Critical attack strength ({self.critical['attack']}, over weight bits {over}): "
                       f"ε* = {self.critical['eps']:g}", ""]
+        elif self.critical:
+            lines += [f"Critical attack strength ({self.critical['attack']}): not reported — the accuracy over the "
+                      "weight bit widths varies least without any attack (ε* = 0), which says nothing about an "
+                      "attack strength.", ""]
         lines += ["## Suspect curves", ""] + ([f"- {s}" for s in self.suspect] or ["none"]) + [""]
         lines += ["## How to read these numbers", ""] + [f"- {w}" for w in WARNINGS]
         return "\n".join(lines) + "\n"
+
+    def to_markdown(self) -> str:
+        return self._lead_markdown() + "\n" + self._body_markdown()
 
     def figures(self) -> dict[str, bytes]:
         """PNG bytes of every plot the data allows, by title."""
@@ -205,6 +228,9 @@ class RobustnessReport:
             fig.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
             plt.close(fig)
             return buffer.getvalue()
+
+        if self.tradeoff:
+            figures["Size vs robust accuracy"] = self._tradeoff_figure(plt, png)
 
         fig, axes = plt.subplots(1, len(self.attacks), figsize=(4.2 * len(self.attacks), 3.4), squeeze=False)
         for ax, attack in zip(axes[0], self.attacks):
@@ -254,6 +280,21 @@ class RobustnessReport:
             figures["UAP transfer matrix"] = png(fig)
         return figures
 
+    def _tradeoff_figure(self, plt, png) -> bytes:
+        fig, ax = plt.subplots(figsize=(5.5, 3.6))
+        for point in self.tradeoff:
+            robust = 100 * point["robust"]
+            low, high = 100 * point.get("low", point["robust"]), 100 * point.get("high", point["robust"])
+            chosen = point.get("chosen", False)
+            ax.errorbar(point["bytes"], robust, yerr=[[robust - low], [high - robust]], fmt="*" if chosen else "o",
+                        markersize=14 if chosen else 6, capsize=3, color="crimson" if chosen else "steelblue")
+            ax.annotate(point["name"] + (" (chosen)" if chosen else ""), (point["bytes"], robust),
+                        textcoords="offset points", xytext=(6, 4), fontsize=8)
+        ax.set_xscale("log")
+        ax.set(title="weights size vs robust accuracy (95% CI)", xlabel="weights, bytes at their bit width",
+               ylabel="robust accuracy %")
+        return png(fig)
+
     def _bound_figure(self, plt, png, names, attack) -> bytes:
         from .geometric import fit_geometric_bound, geometric_lower_bound
 
@@ -279,11 +320,14 @@ class RobustnessReport:
             uri = "data:image/png;base64," + base64.b64encode(data).decode()
             sections.append(f'<figure><img alt="{html.escape(title)}" src="{uri}"><figcaption>{html.escape(title)}'
                             "</figcaption></figure>")
-        body = _markdown_tables_to_html(self.to_markdown())
+        lead = _markdown_tables_to_html(self._lead_markdown())
+        body = _markdown_tables_to_html(self._body_markdown())
+        wrapped = f"<div id='decision'>{lead}</div>" if any(s.get("lead") for s in self.sections) else lead
         return ("<!DOCTYPE html><html><head><meta charset='utf-8'><title>keras_qrobust robustness report</title>"
                 "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}table{border-collapse:collapse}"
-                "td,th{border:1px solid #ccc;padding:3px 8px}figure{display:inline-block;margin:8px}</style>"
-                f"</head><body>{body}<h2>Plots</h2>{''.join(sections)}</body></html>\n")
+                "td,th{border:1px solid #ccc;padding:3px 8px}figure{display:inline-block;margin:8px}"
+                "#decision{background:#f4f8fb;border:1px solid #9bc;padding:4px 14px}</style>"
+                f"</head><body>{wrapped}<h2>Plots</h2>{''.join(sections)}{body}</body></html>\n")
 
     def save_plots(self, folder, overwrite: bool = False, figures: Optional[dict] = None) -> list[Path]:
         """Write every plot of :meth:`figures` as ``folder/<title>.png`` (atomically)."""
@@ -317,14 +361,23 @@ def _legend_indices(count: int, keep=(), most: int = 12) -> set[int]:
     return {int(round(i)) for i in np.linspace(0, count - 1, most)} | set(keep)
 
 
+def _inline(text: str) -> str:
+    """Escaped text with Markdown's ``**bold**`` and ```code``` spans as HTML."""
+    import re
+
+    escaped = html.escape(text)
+    escaped = re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", escaped)
+    return re.sub(r"`([^`]+)`", r"<code>\1</code>", escaped)
+
+
 def _markdown_tables_to_html(markdown: str) -> str:
-    """The report's own Markdown (headings, tables, bullets, paragraphs) as HTML."""
+    """The report's own Markdown (headings, tables, bullets, paragraphs; bold and code spans) as HTML."""
     out, table = [], []
 
     def flush():
         if table:
             rows = [r for r in table if not set(r.replace("|", "").strip()) <= {"-"}]
-            cells = [[html.escape(c.strip()) for c in r.strip().strip("|").split("|")] for r in rows]
+            cells = [[_inline(c.strip()) for c in r.strip().strip("|").split("|")] for r in rows]
             head = "".join(f"<th>{c}</th>" for c in cells[0])
             body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in cells[1:])
             out.append(f"<table><tr>{head}</tr>{body}</table>")
@@ -340,8 +393,8 @@ def _markdown_tables_to_html(markdown: str) -> str:
         elif line.startswith("# "):
             out.append(f"<h1>{html.escape(line[2:])}</h1>")
         elif line.startswith("- "):
-            out.append(f"<p>• {html.escape(line[2:])}</p>")
+            out.append(f"<p>• {_inline(line[2:])}</p>")
         elif line.strip():
-            out.append(f"<p>{html.escape(line)}</p>")
+            out.append(f"<p>{_inline(line)}</p>")
     flush()
     return "\n".join(out)

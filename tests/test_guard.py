@@ -56,11 +56,18 @@ def test_the_output_folder_holds_the_chosen_and_exported_models_and_the_report(g
     assert (folder / f"chosen_{chosen}.keras").is_file() and (folder / f"chosen_{chosen}.tflite").is_file()
     assert set(report["accuracy"]) == {"fp32", "w8a8", "w4a4", f"{chosen} exported (tflite-int8)"}
     assert report["attacks"] == ["pgd", "uap", "ensemble_uap", "transfer"]
-    assert [s["title"] for s in report["sections"]][:3] == ["Deployed file vs attacked model", "Guard run",
+    assert [s["title"] for s in report["sections"]][:4] == ["Decision", "Deployed file vs attacked model", "Guard run",
                                                             "Choice (Zhou 2022, Algorithm 1)"]
+    decision = report["sections"][0]
+    assert decision["lead"] and decision["markdown"].startswith(f"**Chosen: {chosen}**")
+    assert [p["name"] for p in report["tradeoff"]] == ["fp32", "w8a8", "w4a4"]
+    sizes = {p["name"]: p["bytes"] for p in report["tradeoff"]}
+    assert sizes["fp32"] > sizes["w8a8"] > sizes["w4a4"]  # weights at their bit width
+    html = (folder / "report.html").read_text()
+    assert html.index("<div id='decision'>") < html.index("<h2>Plots</h2>") < html.index("pgd — accuracy %")
     remeasure = json.loads((folder / "guard_state.json").read_text())["stages"]["remeasure"]["summary"]
     assert remeasure["agreement"] >= 0.995 and remeasure["max_score_difference"] >= 0.0
-    assert report["sections"][0]["markdown"].startswith("The exported file computes the attacked model: top-1 "
+    assert report["sections"][1]["markdown"].startswith("The exported file computes the attacked model: top-1 "
                                                         f"agreement of the exported file with the attacked Keras "
                                                         f"model: {100 * remeasure['agreement']:.2f}%")
     assert "seconds" not in json.dumps(report["provenance"])

@@ -95,3 +95,30 @@ def test_a_long_eps_sweep_keeps_the_bits_legend_short_and_names_the_critical_str
                                     provenance={"attacks": {"fgsm": "FGSM"}, "eps": eps, "samples": 10, "seed": 0},
                                     bits={"m w1": 1, "m w4": 4, "m w8": 8})
     assert "Accuracy vs weight bits (Gorsline 2021, Fig. 3)" in report.figures()
+
+
+@pytest.mark.parametrize("w4, shown", [([0.9, 0.2, 0.1], "not reported"), ([0.6, 0.5, 0.1], "ε* = 0.05")])
+def test_a_degenerate_critical_strength_is_omitted_with_its_reason(w4, shown):
+    accuracy = {"w8a8": {"fgsm": [0.9, 0.5, 0.1]}, "w4a4": {"fgsm": w4}}
+    report = RobustnessReport.build(accuracy=accuracy, eps=[0.0, 0.05, 0.1], attacks=["fgsm"], bits={"w8a8": 8,
+                                    "w4a4": 4}, provenance={"attacks": {}, "eps": [0.0, 0.05, 0.1], "samples": 10,
+                                                            "seed": 0})
+    markdown = report.to_markdown()
+    assert shown in markdown
+    assert ("ε* = 0\n" in markdown) is False
+
+
+def test_lead_sections_open_the_report_and_render_inline_markup():
+    report = RobustnessReport.build(accuracy={"m": {"pgd": [0.9, 0.5]}}, eps=[0.0, 0.1], attacks=["pgd"],
+                                    provenance={"attacks": {}, "eps": [0.0, 0.1], "samples": 1, "seed": 0},
+                                    sections=[{"title": "Detail", "markdown": "later"},
+                                              {"title": "Decision", "markdown": "**Chosen: m** `m.tflite`",
+                                               "lead": True}],
+                                    tradeoff=[{"name": "m", "bytes": 10, "robust": 0.5, "low": 0.4, "high": 0.6,
+                                               "chosen": True}])
+    markdown = report.to_markdown()
+    assert markdown.index("## Decision") < markdown.index("1 inputs, seed 0") < markdown.index("## Detail")
+    html = report.to_html()
+    assert html.index("<strong>Chosen: m</strong> <code>m.tflite</code>") < html.index("<h2>Plots</h2>")
+    assert list(report.figures())[0] == "Size vs robust accuracy"
+    assert RobustnessReport.from_dict(json.loads(report.to_json())).tradeoff == report.tradeoff

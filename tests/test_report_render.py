@@ -97,3 +97,33 @@ def test_every_plot_decodes_in_the_browser(report_folder, tmp_path):
     assert len(sizes) == html.count("<img ") == len(plots) >= 3
     for complete, width, height in sizes:
         assert complete and width > 100 and height > 100
+
+
+FOLD_PROBE = """<script>
+const box = document.getElementById('decision').getBoundingClientRect();
+const pre = document.createElement('pre'); pre.id = 'kq-fold';
+pre.textContent = JSON.stringify([box.top, box.bottom, window.innerHeight, box.height]);
+document.body.appendChild(pre);
+</script>"""
+
+
+def test_the_guard_report_opens_with_the_decision_above_the_fold(guard_runs, tmp_path):
+    """At a laptop's 1280x800 window the decision block (chosen setting, its table against float
+    and the other candidates) is on the first screen, and the screenshot shows it there."""
+    from PIL import Image
+
+    executable = chromium()
+    html = (guard_runs["straight"] / "report.html").read_text()
+    probed = tmp_path / "probed.html"
+    probed.write_text(html.replace("</body>", FOLD_PROBE + "</body>"))
+    result = run_chromium(executable, tmp_path / "profile", "--dump-dom", "--window-size=1280,800", probed.as_uri())
+    found = re.search(r'<pre id="kq-fold">(.*?)</pre>', result.stdout, re.S)
+    assert found, f"the probe did not run: {result.stderr[-1500:]}"
+    top, bottom, height, box_height = json.loads(found.group(1))
+    assert 0 <= top < bottom <= height and box_height > 100
+    shot = tmp_path / "shot.png"
+    run_chromium(executable, tmp_path / "profile2", f"--screenshot={shot}", "--window-size=1280,800",
+                 "--hide-scrollbars", (guard_runs["straight"] / "report.html").as_uri())
+    pixels = np.asarray(Image.open(io.BytesIO(shot.read_bytes())).convert("RGB"), dtype=np.int16)
+    tint = np.all(np.abs(pixels - np.array([0xF4, 0xF8, 0xFB])) <= 2, axis=-1)  # the block's background
+    assert tint[: int(bottom)].mean() > 0.2

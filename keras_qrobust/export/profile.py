@@ -44,6 +44,7 @@ __all__ = [
     "ProfileRow",
     "ProfileTable",
     "count_params",
+    "weight_bytes",
     "count_macs",
     "peak_memory",
     "memory_analysis",
@@ -120,6 +121,31 @@ def count_params(keras_model) -> int:
             continue
         seen.add(id(weight))
         total += int(np.prod(weight.shape.as_list(), dtype=np.int64))
+    return total
+
+
+def weight_bytes(keras_model) -> int:
+    """Bytes of the network's parameters stored at their bit width: a kernel a ``Quantized*``
+    layer quantizes to b bits takes ⌈n·b/8⌉ bytes (packed, as INT4 ONNX stores ≤ 4 bits; TFLite
+    keeps int8 containers, see docs/limits.md), every other parameter (biases on their int32
+    grid, float layers) its dtype's size. Quantizer state is not counted (as :func:`count_params`)."""
+    model = _check_graph_model(keras_model, "weight_bytes")
+    excluded = _quantizer_state_ids(model)
+    packed: dict[int, int] = {}
+    for layer in model.layers:
+        for attr, argument in getattr(layer, "kernel_quantizer_args", {}).items():
+            bits = getattr(layer.quantizers[argument], "bits", None)
+            if bits is not None:
+                packed[id(getattr(layer, attr))] = int(bits)
+    seen: set[int] = set()
+    total = 0
+    for weight in model.weights:
+        if id(weight) in seen or id(weight) in excluded:
+            continue
+        seen.add(id(weight))
+        count = int(np.prod(weight.shape.as_list(), dtype=np.int64))
+        bits = packed.get(id(weight))
+        total += -(-count * bits // 8) if bits else count * weight.dtype.size
     return total
 
 

@@ -131,13 +131,63 @@ def _at_eps() -> list[tuple[str, int]]:
     return [(a, -1) for a in ATTACKS]
 
 
+def _sizes(ctx: Context) -> dict[str, int]:
+    """Bytes of each model's weights at their bit width (``export.profile.weight_bytes``)."""
+    from ..export.profile import weight_bytes
+
+    sizes = {"fp32": weight_bytes(ctx.load_artifact("train", "float"))}
+    sizes.update({s: weight_bytes(ctx.load_artifact("quantize", s)) for s in ctx.config.candidates})
+    return sizes
+
+
+def _decision(ctx: Context, sizes: dict[str, int]) -> tuple[str, list]:
+    """The report's opening: the chosen setting against float and the other candidates, and the
+    size/robustness points of the trade-off plot."""
+    state, config = ctx.state, ctx.config
+    choose, attack = state.summary("choose"), state.summary("attack")
+    grid, robust = attack["grid"], attack.get("autoattack", {})
+    chosen = choose["chosen"]
+    eps = config.eps
+    if chosen:
+        row = next(r for r in choose["rows"] if r["setting"] == chosen)
+        remeasure = state.summary("remeasure")
+        lead = (f"**Chosen: {chosen}**, exported as `{state.summary('export')['file']}` "
+                f"({state.summary('export')['bytes']:,} bytes): clean {percent(row['natural'])}%, worst case over "
+                f"the attacks {percent(row['adversarial'])}% at ε = {eps:g}; the deployed file agrees with the "
+                f"attacked Keras model on {percent(remeasure['agreement'])}% of the test inputs. Why: of the "
+                f"candidates above the clean-accuracy floor {percent(choose['floor'])}%, it has the best worst-case "
+                "accuracy (ties go to fewer bits).")
+    else:
+        lead = (f"**No candidate chosen**: none has clean accuracy above the floor {percent(choose['floor'])}% "
+                f"({choose['floor_source']}); nothing was exported. Lower the floor (--floor) or try more bits.")
+    headers = ["model", "weights, bytes", "clean %", f"AutoAttack % at ε = {eps:g} (95% CI)",
+               f"worst of all attacks % at ε = {eps:g}", "deployed file agrees %"]
+    rows, points = [], []
+    for name in ["fp32", *config.candidates]:
+        attacked = [grid[name][a][-1] for a in ATTACKS]
+        worst = min(attacked + ([robust[name]["robust_accuracy"]] if name in robust else []))
+        agreement = percent(state.summary("remeasure")["agreement"]) if name == chosen else "—"
+        rows.append([name + (" (chosen)" if name == chosen else ""), f"{sizes[name]:,}", percent(grid[name]["pgd"][0]),
+                     _robust_cell(robust[name]) if name in robust else "—", percent(worst), agreement])
+        if name in robust:
+            low, high = robust[name]["robust_interval95"]
+            points.append({"name": name, "bytes": sizes[name], "robust": robust[name]["robust_accuracy"],
+                           "low": low, "high": high, "chosen": name == chosen})
+    note = ("Weights are counted at their bit width (⌈n·b/8⌉ bytes for b-bit kernels, biases int32); the exported "
+            "file's own size is above. Latency is not in the report (it would differ between two identical runs); "
+            "measure it with `kq.export.profile`.")
+    return lead + "\n\n" + markdown_table(headers, rows) + "\n\n" + note, points
+
+
 def build_report(ctx: Context) -> RobustnessReport:
     state, config = ctx.state, ctx.config
     attack = state.summary("attack")
     accuracy = {name: dict(rows) for name, rows in attack["grid"].items()}
     setting = state.summary("choose")["chosen"]
-    sections = [{"title": "Deployed file vs attacked model", "markdown": agreement_verdict(state.summary("remeasure"))}
-                ] if setting else []
+    decision, points = _decision(ctx, _sizes(ctx))
+    sections = [{"title": "Decision", "markdown": decision, "lead": True}]
+    sections += [{"title": "Deployed file vs attacked model", "markdown": agreement_verdict(state.summary("remeasure"))}
+                 ] if setting else []
     sections += [{"title": "Guard run", "markdown": _stages_section(ctx)},
                  {"title": "Choice (Zhou 2022, Algorithm 1)", "markdown": _choice_section(ctx)}]
     descriptions = dict(attack["descriptions"])
@@ -152,7 +202,7 @@ def build_report(ctx: Context) -> RobustnessReport:
     bits = {s: parse_setting(s)[0] for s in config.candidates}
     return RobustnessReport.build(accuracy=accuracy, eps=eps_grid(config.eps), attacks=list(ATTACKS),
                                   provenance=provenance, bits=bits, transfer=attack["transfer_matrix"],
-                                  sections=sections)
+                                  sections=sections, tradeoff=points or None)
 
 
 def report_stage(ctx: Context) -> tuple[dict, dict]:
