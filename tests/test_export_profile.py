@@ -192,3 +192,14 @@ def test_bad_artifacts(tmp_path):
         prof.peak_memory(tmp_path / "missing.onnx")
     with pytest.raises(ValueError, match="runs"):
         prof.profile([unknown], runs=0)
+
+
+def test_weight_bytes_counts_kernels_at_their_bit_width(rng):
+    from keras_qrobust.export.profile import weight_bytes
+
+    model = kq.zoo.cnn_small(dropout=0.0)
+    quantized = kq.RobustQuantizer(4, 4).quantize(model, rng.random((64, 28, 28, 1), dtype=np.float32))
+    # kernels: conv1 3·3·1·32 = 288 at 8 bits (the input layer's), conv2 3·3·32·64, fc1 1600·128 and logits
+    # 128·10 at 4 bits; biases 32 + 64 + 128 + 10 as int32
+    assert weight_bytes(quantized) == 288 + (18432 + 204800 + 1280) // 2 + 4 * (32 + 64 + 128 + 10)
+    assert weight_bytes(model) == 4 * model.count_params()

@@ -113,15 +113,17 @@ def count_params(keras_model) -> int:
     ranges and flags of ``Quantized*`` layers, tfmot wrapper min/max/step variables) is
     not a network parameter and is left out."""
     model = _check_graph_model(keras_model, "count_params")
+    return sum(int(np.prod(w.shape.as_list(), dtype=np.int64)) for w in _parameters(model))
+
+
+def _parameters(model):
+    """The model's weights, each once, without quantizer state."""
     excluded = _quantizer_state_ids(model)
     seen: set[int] = set()
-    total = 0
     for weight in model.weights:
-        if id(weight) in seen or id(weight) in excluded:
-            continue
-        seen.add(id(weight))
-        total += int(np.prod(weight.shape.as_list(), dtype=np.int64))
-    return total
+        if id(weight) not in seen and id(weight) not in excluded:
+            seen.add(id(weight))
+            yield weight
 
 
 def weight_bytes(keras_model) -> int:
@@ -130,19 +132,14 @@ def weight_bytes(keras_model) -> int:
     keeps int8 containers, see docs/limits.md), every other parameter (biases on their int32
     grid, float layers) its dtype's size. Quantizer state is not counted (as :func:`count_params`)."""
     model = _check_graph_model(keras_model, "weight_bytes")
-    excluded = _quantizer_state_ids(model)
     packed: dict[int, int] = {}
     for layer in model.layers:
         for attr, argument in getattr(layer, "kernel_quantizer_args", {}).items():
             bits = getattr(layer.quantizers[argument], "bits", None)
             if bits is not None:
                 packed[id(getattr(layer, attr))] = int(bits)
-    seen: set[int] = set()
     total = 0
-    for weight in model.weights:
-        if id(weight) in seen or id(weight) in excluded:
-            continue
-        seen.add(id(weight))
+    for weight in _parameters(model):
         count = int(np.prod(weight.shape.as_list(), dtype=np.int64))
         bits = packed.get(id(weight))
         total += -(-count * bits // 8) if bits else count * weight.dtype.size
