@@ -352,10 +352,13 @@ def _check_samples(samples, model) -> np.ndarray:
             f"{', '.join('?' if e is None else str(e) for e in expected)})"
         )
     if array.shape[0] == 0:
-        raise ValueError("samples is empty: pass at least one calibration input")
+        raise ValueError("samples is empty: pass a few hundred to a few thousand training inputs, e.g. "
+                         "samples=x_train[:1024]")
     if not np.issubdtype(array.dtype, np.number):
-        raise TypeError(f"samples must be numeric, got dtype {array.dtype}")
+        raise TypeError(f"samples must be numeric, got dtype {array.dtype}: pass the float model inputs "
+                        "(e.g. x_train[:1024].astype('float32'))")
     array = array.astype(np.float32, copy=False)
     if not np.all(np.isfinite(array)):
-        raise ValueError("samples contain NaN or infinite values")
+        raise ValueError("samples contain NaN or infinite values: drop or repair those inputs before calibrating "
+                         "(np.isfinite(samples).all(axis=...) finds them)")
     return array

@@ -52,9 +52,11 @@ def _representative_array(representative, model) -> np.ndarray:
     expected = tuple(model.input_shape[1:])
     if array.ndim < 2 or array.shape[1:] != expected or not len(array):
         raise ValueError(f"representative must be an array of model inputs shaped (n, "
-                         f"{', '.join(map(str, expected))}); got {array.shape}")
+                         f"{', '.join(map(str, expected))}); got {array.shape}: pass training inputs of the model's "
+                         "input shape, e.g. representative=x_train[:512]")
     if not np.all(np.isfinite(array)):
-        raise ValueError("representative contains NaN or inf")
+        raise ValueError("representative contains NaN or inf: pass finite model inputs (a few hundred training "
+                         "inputs, e.g. representative=x_train[:512])")
     return array
 
 

@@ -109,6 +109,8 @@ class GuardConfig:
         if args.floor is not None and not (0.0 <= args.floor < 1.0):
             raise GuardInputError(f"--floor {args.floor:g} is out of range: give the clean-accuracy floor as a "
                                   "fraction in [0, 1), e.g. --floor 0.8")
+        if not 0 <= args.seed < 2**32:
+            raise GuardInputError(f"--seed {args.seed} is out of range: give an integer in [0, 2**32), e.g. --seed 0")
         if args.no_train and not args.model:
             raise GuardInputError("--no-train needs --model: without a model guard trains cnn_small, so pass the "
                                   "saved model to keep (or drop --no-train)")
