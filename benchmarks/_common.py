@@ -398,9 +398,22 @@ class FinishedResults:
         write_json(self.path, self._results)
 
 
+def without_machine_paths(record):
+    """``record`` (nested dicts, lists, strings) with this checkout's folder cut from every path
+    (``/home/me/keras_qrobust/benchmarks/.cache/m.keras`` -> ``benchmarks/.cache/m.keras``) and
+    the home folder written ``~``: results files carry no path of the machine that made them."""
+    if isinstance(record, dict):
+        return {k: without_machine_paths(v) for k, v in record.items()}
+    if isinstance(record, list):
+        return [without_machine_paths(v) for v in record]
+    if isinstance(record, str):
+        return record.replace(f"{HERE.parent}/", "").replace(str(HERE.parent), ".").replace(str(Path.home()), "~")
+    return record
+
+
 def write_results(name: str, data: dict, markdown: str) -> tuple[Path, Path]:
-    json_path = write_json(RESULTS / f"{name}.json", data)
-    md_path = write_text(RESULTS / f"{name}.md", markdown)
+    json_path = write_json(RESULTS / f"{name}.json", without_machine_paths(data))
+    md_path = write_text(RESULTS / f"{name}.md", without_machine_paths(markdown))
     return json_path, md_path
 
 

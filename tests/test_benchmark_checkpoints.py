@@ -123,3 +123,17 @@ def test_results_records_name_a_resumed_backup_without_its_path():
               "stages": [{"resumed_from": "/tmp/x/s.backup"}], "note": "/kept/as/is"}
     assert _common.portable(record) == {"training": {"train_seconds": 1.0, "resumed_from": "m.backup"},
                                         "stages": [{"resumed_from": "s.backup"}], "note": "/kept/as/is"}
+
+
+def test_results_files_hold_no_path_of_the_machine(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    root = _common.HERE.parent
+    record = {"cached": f"{root}/benchmarks/.cache/m.keras", "runs": [f"ran in {root}"],
+              "home": f"{Path.home()}/data.npz", "count": 3}
+    assert _common.without_machine_paths(record) == {"cached": "benchmarks/.cache/m.keras", "runs": ["ran in ."],
+                                                     "home": "~/data.npz", "count": 3}
+    monkeypatch.setattr(_common, "RESULTS", tmp_path)
+    paths = _common.write_results("probe", record, f"model at {root}/benchmarks/.cache/m.keras")
+    for path in paths:
+        assert str(root) not in path.read_text()
