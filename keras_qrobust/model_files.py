@@ -97,8 +97,12 @@ def _h5_config(path: Path) -> dict:
 
 
 def _saved_model_configs(folder: Path) -> list:
-    from tf_keras.protobuf import saved_metadata_pb2
+    import importlib
 
+    from ._keras import keras
+
+    # tf_keras's own protobuf module, named through the one module that imports Keras
+    saved_metadata_pb2 = importlib.import_module(f"{keras.__name__}.protobuf.saved_metadata_pb2")
     metadata_file = folder / "keras_metadata.pb"
     if not metadata_file.is_file():
         raise ModelFileError(f"{folder} is not a tf_keras SavedModel (no keras_metadata.pb); {_save_hint()}")

@@ -93,16 +93,25 @@ def test_savedmodel_graph_operations_are_scanned(tmp_path):
         model_files.load_model(tmp_path / "sm")
 
 
+def _tf_op_model():
+    """What keras.applications' MobileNetV3 does: TFOpLambda entries (x + 3, tf.nn.relu6, * 1/6)."""
+    import tensorflow as tf
+
+    inputs = keras.Input((32, 32, 3))
+    x = keras.layers.Conv2D(4, 3)(inputs)
+    x = x * tf.nn.relu6(x + 3.0) * (1.0 / 6.0)
+    return keras.Model(inputs, keras.layers.Dense(10)(keras.layers.Flatten()(x)))
+
+
 @pytest.mark.parametrize("suffix", [".keras", ".h5", ""])
 def test_real_models_load_in_every_format(suffix, tmp_path, rng):
-    x = rng.random((16, 32, 32, 3), dtype=np.float32)
-    apps = keras.applications.MobileNetV3Small(input_shape=(32, 32, 3), weights=None, classes=10, alpha=0.75)
-    cnn = kq.zoo.cnn_small((32, 32, 3), dropout=0.0)
     import tensorflow_model_optimization as tfmot
 
+    x = rng.random((16, 32, 32, 3), dtype=np.float32)
+    cnn = kq.zoo.cnn_small((32, 32, 3), dropout=0.0)
     qat = tfmot.quantization.keras.quantize_apply(tfmot.quantization.keras.quantize_annotate_model(cnn),
                                                  kq.WXAYScheme(4, 4))
-    models = {"apps": apps, "w4a4": kq.RobustQuantizer(4, 4).quantize(cnn, x)}
+    models = {"tf_ops": _tf_op_model(), "w4a4": kq.RobustQuantizer(4, 4).quantize(cnn, x)}
     if suffix != ".keras":  # tf_keras itself cannot reload a tfmot QAT model from .keras (variable count)
         models["qat"] = qat
     for name, model in models.items():
@@ -110,6 +119,17 @@ def test_real_models_load_in_every_format(suffix, tmp_path, rng):
         model.save(path)
         loaded = model_files.load_model(path)
         np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-5)
+
+
+def test_keras_applications_configs_are_allowed():
+    """keras.applications MobileNetV2/V3 configs (the models users bring) pass the inspection."""
+    for build in (keras.applications.MobileNetV3Small, keras.applications.MobileNetV2):
+        model = build(input_shape=(32, 32, 3), weights=None, classes=10, alpha=0.35 if build is
+                      keras.applications.MobileNetV2 else 0.75)
+        config = json.loads(json.dumps({"class_name": "Functional", "config": model.get_config()}, default=str))
+        assert model_files.untrusted_entries(config) == []
+        assert any(layer["class_name"] == "TFOpLambda" for layer in config["config"]["layers"]) or \
+            build is keras.applications.MobileNetV2
 
 
 @pytest.mark.parametrize("case, error, match", [
