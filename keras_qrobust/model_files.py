@@ -214,9 +214,15 @@ def _entry_problems(entry: dict, known: frozenset, registered: dict) -> Iterator
     yield f"the class {kind!r}, whose code is not in Keras, tfmot or keras_qrobust"
 
 
-def untrusted_entries(config) -> list[str]:
+#: configuration keys that only ``compile=True`` deserializes (optimizer, loss, metrics)
+_TRAINING_KEYS = ("compile_config", "training_config")
+
+
+def untrusted_entries(config, training: bool = False) -> list[str]:
     """Why loading a model with this configuration (plain JSON data) could run foreign code:
-    one line per offending entry, in the order met; empty when every entry is allowed."""
+    one line per offending entry, in the order met; empty when every entry is allowed.
+    ``training``: also inspect the training configuration (loaded only with ``compile=True``;
+    a custom loss there is no reason to refuse an uncompiled load)."""
     known, registered = _known_names()
     problems: list[str] = []
 
@@ -227,21 +233,22 @@ def untrusted_entries(config) -> list[str]:
         elif isinstance(node, dict):
             if "class_name" in node:
                 problems.extend(p for p in _entry_problems(node, known, registered) if p not in problems)
-            for value in node.values():
-                walk(value)
+            for key, value in node.items():
+                if training or key not in _TRAINING_KEYS:
+                    walk(value)
 
     walk(config)
     return problems
 
 
-def check_model_file(path) -> None:
-    """Raise :class:`UntrustedModelError` (one line) if loading ``path`` could run code from it,
-    :class:`ModelFileError` if it is not a readable tf_keras model file."""
+def check_model_file(path, compile: bool = False) -> None:
+    """Raise :class:`UntrustedModelError` (one line) if loading ``path`` (with ``compile``)
+    could run code from it, :class:`ModelFileError` if it is not a readable tf_keras model file."""
     path = Path(path)
     if not path.exists():
         raise ModelFileError(f"{path} does not exist; pass the path of a saved tf_keras model (.keras, .h5 or "
                              "SavedModel folder)")
-    problems = untrusted_entries(read_model_config(path))
+    problems = untrusted_entries(read_model_config(path), training=compile)
     if path.is_dir():
         problems += [f"the graph operation {op}, which reads or writes files or runs Python"
                      for op in sorted(_saved_model_ops(path) & _DANGEROUS_OPS)]
@@ -266,6 +273,6 @@ def load_model(path, *, trust: bool = False, compile: bool = False, check: Optio
 
     path = Path(path)
     if check if check is not None else not trust:
-        check_model_file(path)
+        check_model_file(path, compile)
     kwargs = {"safe_mode": not trust} if path.suffix.lower() == ".keras" and path.is_file() else {}
     return keras.models.load_model(str(path), compile=compile, **kwargs)

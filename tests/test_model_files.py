@@ -161,3 +161,19 @@ def test_bad_files_get_one_line(case, error, match, tmp_path):
     assert "\n" not in str(raised.value)
     if path.is_dir():
         shutil.rmtree(path)
+
+
+@pytest.mark.parametrize("suffix", [".keras", ".h5"])
+def test_a_custom_loss_blocks_only_a_compiled_load(suffix, tmp_path):
+    def my_loss(y_true, y_pred):  # the user's own function: its code is not in the file's allow-list
+        return keras.losses.mean_squared_error(y_true, y_pred)
+
+    inputs = keras.Input((4,))
+    model = keras.Model(inputs, keras.layers.Dense(2)(inputs))
+    model.compile(optimizer="adam", loss=my_loss)
+    path = tmp_path / f"m{suffix}"
+    model.save(path)
+    assert model_files.load_model(path).output_shape == (None, 2)  # uncompiled: the loss is never loaded
+    if suffix == ".keras":  # .h5 keeps its training config outside model_config
+        with pytest.raises(UntrustedModelError, match="my_loss"):
+            model_files.load_model(path, compile=True)
