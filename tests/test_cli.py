@@ -105,7 +105,17 @@ def _bad_inputs(tmp_path, model, data, keras3):
                             "is near chance on --dataset data.npz"),
         "lambda layer": (["--model", str(_saved(tmp_path / "lambda.h5", 10, None, lambda_layer=True))],
                          "a Lambda layer"),
+        "unsupported layer": (["--model", str(_unsupported(tmp_path / "lstm.keras"))],
+                              "RobustQuantizer cannot quantize layer"),
     }
+
+
+def _unsupported(path):
+    keras = kq.keras
+    inputs = keras.Input((28, 28, 1))
+    x = keras.layers.LSTM(4)(keras.layers.Reshape((28, 28))(inputs))
+    keras.Model(inputs, keras.layers.Dense(10)(x)).save(path)
+    return path
 
 
 def _saved(path, units, activation, lambda_layer=False):
@@ -119,7 +129,8 @@ def _saved(path, units, activation, lambda_layer=False):
 
 BAD_INPUTS = ("missing model", "corrupt model", "keras 3 model", "input shape", "labels out of range",
               "negative label", "x/y length", "not [0, 1]", "eps 0", "eps > 1", "target", "candidates", "floor",
-              "no-train without a model", "sigmoid head", "untrained model", "lambda layer")
+              "no-train without a model", "sigmoid head", "untrained model", "lambda layer",
+              "unsupported layer")
 
 
 @pytest.mark.parametrize("case", BAD_INPUTS)

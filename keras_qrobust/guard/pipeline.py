@@ -60,6 +60,18 @@ def _check_target(config: GuardConfig, model) -> None:
         raise GuardInputError(f"--target akida: --model cannot be exported to Akida: {'; '.join(reasons)}")
 
 
+def _check_quantizable(config: GuardConfig, model, data) -> None:
+    """The model's layers are ones RobustQuantizer quantizes (a trial run on 32 inputs at the
+    first candidate), so an unsupported layer stops the run before training, not after it."""
+    from ..quantize import RobustQuantizer
+    from ..transforms import UnsupportedModelError
+
+    try:
+        RobustQuantizer.from_setting(config.candidates[0]).quantize(model, data.x_train[:32])
+    except UnsupportedModelError as error:
+        raise GuardInputError(f"--model: {str(error).splitlines()[0]}") from None
+
+
 def _finished_message(state: RunState, allow_mismatch: bool = False) -> int:
     """Print the outcome (stdout) and where the report is; the exit code of a finished run."""
     choose = state.summary("choose")
@@ -126,6 +138,7 @@ def run(config: GuardConfig, out: str | os.PathLike, allow_mismatch: bool = Fals
     data = load_data(config.dataset, config.train_samples, config.test_samples)
     check_data_fits(data, model)
     if model is not None:
+        _check_quantizable(config, model, data)
         warning = check_above_chance(model, data, force=force)
         if warning:
             say(f"warning: {warning} (--force)")
