@@ -142,8 +142,13 @@ class GuardConfig:
 
     @staticmethod
     def shown(argument: Optional[str]) -> Optional[str]:
-        """A file argument as outputs show it: the file name (a dataset name stays as is)."""
-        if argument is None or not ("/" in argument or "\\" in argument or argument.lower().endswith(".npz")):
+        """A file argument as outputs show it: the file name (a dataset name such as
+        ``cifar10/3.0.2`` stays as is)."""
+        import os
+
+        is_file = argument is not None and (os.path.exists(argument) or argument.lower().endswith(
+            (".npz", ".keras", ".h5", ".hdf5")))
+        if not is_file:
             return argument
         return PurePath(argument.replace("\\", "/")).name
 
