@@ -2,8 +2,9 @@
 # One entry point that sets up everything keras_qrobust needs (once) and runs a job.
 #
 #   ./run.sh demo [ARGS]         the main job on the embedded default: keras-qrobust guard --quick
-#                                (adversarially train cnn_small on Fashion-MNIST, quantize, attack,
-#                                choose, export to int8 TFLite, re-measure, report in results/guard)
+#                                on Fashion-MNIST, from the committed robust cnn_small (TRADES, trained
+#                                by benchmarks/demo_model.py): quantize, attack, choose, export to
+#                                int8 TFLite, re-measure, report in results/guard
 #   ./run.sh test [PYTEST ARGS]  run the test suite (it also builds the docs site, strict)
 #   ./run.sh bench NAME [ARGS]   run benchmarks/NAME.py (writes JSON + Markdown results)
 #   ./run.sh setup               only set up
@@ -18,6 +19,7 @@ ROOT=$(pwd)
 VENV=${KQ_VENV:-$ROOT/.venv}
 EXTRAS="test,akida,bench,docs"
 FMNIST=/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+DEMO_MODEL=benchmarks/checkpoints/fashion_mnist_cnn_small_e15_s0_fit_dropout0.0_attacktrades_beta3.0_eps0.1_steps7_lrdrop_ema0.999.keras
 
 say() { printf '[run.sh] %s\n' "$*" >&2; }
 
@@ -88,7 +90,7 @@ command=${1:-}
 [ $# -gt 0 ] && shift
 case "$command" in
   setup) setup ;;
-  demo)  setup; exec "$VENV/bin/keras-qrobust" guard --quick "$@" ;;
+  demo)  setup; exec "$VENV/bin/keras-qrobust" guard --quick --model "$DEMO_MODEL" "$@" ;;
   test)  setup; install_chromium; exec "$VENV/bin/python" -m pytest "$@" ;;
   bench)
     [ $# -ge 1 ] || { say "usage: ./run.sh bench NAME [ARGS]  (NAME: $(ls benchmarks/*.py | xargs -n1 basename | sed 's/\.py$//' | grep -v '^_' | tr '\n' ' '))"; exit 2; }
