@@ -145,9 +145,9 @@ FLOOR_PASSES = {"apgd-ce": ("gradient", ITERATIONS), "apgd-dlr": ("gradient", IT
                 "square": ("forward", 5000)}
 
 
-def floor_seconds(attack: str, unbroken: int, costs: dict, queries: int | None = None) -> float:
+def floor_seconds(attack: str, unbroken: int, costs: dict) -> float:
     kind, count = FLOOR_PASSES[attack]
-    return unbroken * (queries if queries is not None else count) * costs[kind]
+    return unbroken * count * costs[kind]
 
 
 def autoattack_floor(aa: dict, images: int, costs: dict) -> float:

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from .evaluate import EVALUATE_ATTACKS
-from .guard.config import TARGETS
+from .guard.config import TARGETS, check_seed
 
 DEFAULT_SETTINGS = "w8a8,w6a6,w4a4,w3a3,w2a2,w3"
 DEFAULT_GUARD_OUT = "results/guard"
@@ -227,7 +227,7 @@ def _quantize(args) -> int:
 
     for name in ("epochs", "calibration_samples", "train_samples", "test_samples"):
         _positive(getattr(args, name), f"--{name.replace('_', '-')}")
-    _check_seed(args.seed)
+    check_seed(args.seed)
     settings = [s.strip() for s in args.settings.split(",") if s.strip()]
     try:
         quantizers = [RobustQuantizer.from_setting(setting, input_weight_bits=args.input_weight_bits,
@@ -323,18 +323,12 @@ def _check_model_on(model, data, args, argument: str = "--model") -> None:
         _log(f"warning: {warning} (--force)")
 
 
-def _check_seed(seed: int) -> None:
-    if not 0 <= seed < 2**32:
-        raise UsageError(f"--seed {seed} is out of range: give an integer in [0, 2**32), e.g. --seed 0")
-
-
 def _test_data(args, model=None):
     """The first ``--test-samples`` test inputs of ``--dataset``, checked against ``model``."""
     from .guard.inputs import load_data
 
-    _check_seed(args.seed)
-    if args.test_samples is not None and args.test_samples < 1:
-        raise UsageError(f"--test-samples must be >= 1, got {args.test_samples}")
+    check_seed(args.seed)
+    _positive(args.test_samples, "--test-samples")
     data = load_data(args.dataset, test_samples=args.test_samples)
     if model is not None:
         _check_model_on(model, data, args)
@@ -481,7 +475,7 @@ def _evaluate(args) -> int:
     if twice:
         raise UsageError(f"two --model files are named {twice[0]} (the report names models by file name); rename or "
                          "copy one under another name")
-    models = {Path(p).stem: load_model_file(p, trust=args.trust_model) for p in args.model}
+    models = {name: load_model_file(p, trust=args.trust_model) for name, p in zip(names, args.model)}
     data = _test_data(args)
     for path, model in zip(args.model, models.values()):
         _check_model_on(model, data, args, f"--model {path}")
@@ -503,7 +497,7 @@ def _export(args) -> int:
     model = load_model_file(args.model, trust=args.trust_model)
     for name in ("representative_samples", "test_samples"):
         _positive(getattr(args, name), f"--{name.replace('_', '-')}")
-    _check_seed(args.seed)
+    check_seed(args.seed)
     data = load_data(args.dataset, train_samples=args.representative_samples, test_samples=args.test_samples)
     _check_model_on(model, data, args)
     if args.target == "tflite-int8":

@@ -245,9 +245,6 @@ def check_model_file(path, compile: bool = False) -> None:
     """Raise :class:`UntrustedModelError` (one line) if loading ``path`` (with ``compile``)
     could run code from it, :class:`ModelFileError` if it is not a readable tf_keras model file."""
     path = Path(path)
-    if not path.exists():
-        raise ModelFileError(f"{path} does not exist; pass the path of a saved tf_keras model (.keras, .h5 or "
-                             "SavedModel folder)")
     problems = untrusted_entries(read_model_config(path), training=compile)
     if path.is_dir():
         problems += [f"the graph operation {op}, which reads or writes files or runs Python"
@@ -272,6 +269,9 @@ def load_model(path, *, trust: bool = False, compile: bool = False, check: Optio
     from ._keras import keras
 
     path = Path(path)
+    if not path.exists():
+        raise ModelFileError(f"{path} does not exist; pass the path of a saved tf_keras model (.keras, .h5 or "
+                             "SavedModel folder)")
     if check if check is not None else not trust:
         check_model_file(path, compile)
     kwargs = {"safe_mode": not trust} if path.suffix.lower() == ".keras" and path.is_file() else {}

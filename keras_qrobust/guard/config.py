@@ -14,8 +14,8 @@ from typing import Optional
 
 from ..quantize import parse_setting
 
-__all__ = ["GuardConfig", "GuardInputError", "TARGETS", "TRAIN_ATTACKS", "DEFAULT_CANDIDATES", "QUICK", "FULL",
-           "parse_candidates"]
+__all__ = ["GuardConfig", "GuardInputError", "check_seed", "TARGETS", "TRAIN_ATTACKS", "DEFAULT_CANDIDATES", "QUICK",
+           "FULL", "parse_candidates"]
 
 #: --target -> file extension of the exported artifact
 TARGETS = {"tflite-int8": ".tflite", "onnx": ".onnx", "akida": ".fbz"}
@@ -67,6 +67,13 @@ def parse_candidates(text: str, target: str) -> tuple[str, ...]:
     return tuple(settings)
 
 
+def check_seed(seed: int) -> int:
+    """``--seed`` as numpy's generators take it: an integer in [0, 2**32)."""
+    if not 0 <= seed < 2**32:
+        raise GuardInputError(f"--seed {seed} is out of range: give an integer in [0, 2**32), e.g. --seed 0")
+    return seed
+
+
 def _count(value: Optional[int], name: str) -> Optional[int]:
     if value is not None and value < 1:
         raise GuardInputError(f"{name} must be >= 1, got {value}")
@@ -109,8 +116,7 @@ class GuardConfig:
         if args.floor is not None and not (0.0 <= args.floor < 1.0):
             raise GuardInputError(f"--floor {args.floor:g} is out of range: give the clean-accuracy floor as a "
                                   "fraction in [0, 1), e.g. --floor 0.8")
-        if not 0 <= args.seed < 2**32:
-            raise GuardInputError(f"--seed {args.seed} is out of range: give an integer in [0, 2**32), e.g. --seed 0")
+        check_seed(args.seed)
         if args.no_train and not args.model:
             raise GuardInputError("--no-train needs --model: without a model guard trains cnn_small, so pass the "
                                   "saved model to keep (or drop --no-train)")

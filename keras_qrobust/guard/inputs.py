@@ -67,17 +67,11 @@ def load_model_file(path: str, argument: str = "--model", trust: bool = False):
     from ..model_files import ModelFileError, UntrustedModelError, load_model
 
     file = Path(path)
-    if not file.exists():
-        raise GuardInputError(f"{argument} {path} does not exist; pass the path of a saved tf_keras model "
-                              "(.keras, .h5 or SavedModel folder)")
     if file.is_file() and file.suffix.lower() == ".keras":
         _check_keras_zip(file, argument)
     try:
         model = load_model(file, trust=trust)
-    except UntrustedModelError as error:
-        raise GuardInputError(f"{argument} {error}".replace("trust=True (CLI: --trust-model)", "--trust-model")) \
-            from None
-    except ModelFileError as error:
+    except (UntrustedModelError, ModelFileError) as error:  # a missing file too: one line naming the fix
         raise GuardInputError(f"{argument} {error}") from None
     except Exception as error:  # noqa: BLE001 - every loader failure is the same user problem
         first = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__

@@ -147,18 +147,16 @@ def run(config: GuardConfig, out: str | os.PathLike, allow_mismatch: bool = Fals
     with RunLock(folder):
         state = open_state(folder, config, inputs)  # afresh: a run that held the lock may have moved on
         damage = _damage_check(state)
-        ctx = Context(config, data, state, model, trust_model=trust_model)
-        return _run_stages(config, folder, state, inputs, ctx, damage, allow_mismatch)
+        resumed = state is not None
+        ctx = Context(config, data, state if resumed else RunState(folder, config.to_dict(), inputs), model,
+                      trust_model=trust_model)
+        return _run_stages(ctx, resumed, damage, allow_mismatch)
 
 
-def _run_stages(config: GuardConfig, folder: Path, state: RunState | None, inputs: dict, ctx: Context,
-                damage: dict, allow_mismatch: bool) -> int:
+def _run_stages(ctx: Context, resumed: bool, damage: dict, allow_mismatch: bool) -> int:
     from ..training import set_seed
 
-    resumed = state is not None
-    if state is None:
-        state = RunState(folder, config.to_dict(), inputs)
-        ctx.state = state
+    config, state, folder = ctx.config, ctx.state, ctx.folder
     state.save()
     state.log("start", resumed=resumed, finished_stages=list(state.stages), **({"damaged": damage} if damage else {}))
     say(f"{'resuming' if resumed else 'starting'} in {folder}: {ctx.data.describe()}")

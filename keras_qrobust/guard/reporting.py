@@ -131,30 +131,23 @@ def _at_eps() -> list[tuple[str, int]]:
     return [(a, -1) for a in ATTACKS]
 
 
-def _sizes(ctx: Context) -> dict[str, int]:
-    """Bytes of each model's weights at their bit width (``export.profile.weight_bytes``)."""
-    from ..export.profile import weight_bytes
-
-    sizes = {"fp32": weight_bytes(ctx.load_artifact("train", "float"))}
-    sizes.update({s: weight_bytes(ctx.load_artifact("quantize", s)) for s in ctx.config.candidates})
-    return sizes
-
-
-def _decision(ctx: Context, sizes: dict[str, int]) -> tuple[str, list]:
-    """The report's opening: the chosen setting against float and the other candidates, and the
-    size/robustness points of the trade-off plot."""
+def _decision(ctx: Context) -> tuple[str, list]:
+    """The report's opening: the chosen setting against float and the other candidates (weights
+    in bytes at their bit width, from the quantize stage), and the size/robustness points of the
+    trade-off plot."""
     state, config = ctx.state, ctx.config
+    sizes = state.summary("quantize")["weight_bytes"]
     choose, attack = state.summary("choose"), state.summary("attack")
     grid, robust = attack["grid"], attack.get("autoattack", {})
     chosen = choose["chosen"]
     eps = config.eps
     if chosen:
         row = next(r for r in choose["rows"] if r["setting"] == chosen)
-        remeasure = state.summary("remeasure")
+        agreement = percent(state.summary("remeasure")["agreement"])
         lead = (f"**Chosen: {chosen}**, exported as `{state.summary('export')['file']}` "
                 f"({state.summary('export')['bytes']:,} bytes): clean {percent(row['natural'])}%, worst case over "
                 f"the attacks {percent(row['adversarial'])}% at ε = {eps:g}; the deployed file agrees with the "
-                f"attacked Keras model on {percent(remeasure['agreement'])}% of the test inputs. Why: of the "
+                f"attacked Keras model on {agreement}% of the test inputs. Why: of the "
                 f"candidates above the clean-accuracy floor {percent(choose['floor'])}%, it has the best worst-case "
                 "accuracy (ties go to fewer bits).")
     else:
@@ -166,9 +159,9 @@ def _decision(ctx: Context, sizes: dict[str, int]) -> tuple[str, list]:
     for name in ["fp32", *config.candidates]:
         attacked = [grid[name][a][-1] for a in ATTACKS]
         worst = min(attacked + ([robust[name]["robust_accuracy"]] if name in robust else []))
-        agreement = percent(state.summary("remeasure")["agreement"]) if name == chosen else "—"
         rows.append([name + (" (chosen)" if name == chosen else ""), f"{sizes[name]:,}", percent(grid[name]["pgd"][0]),
-                     _robust_cell(robust[name]) if name in robust else "—", percent(worst), agreement])
+                     _robust_cell(robust[name]) if name in robust else "—", percent(worst),
+                     agreement if name == chosen else "—"])
         if name in robust:
             low, high = robust[name]["robust_interval95"]
             points.append({"name": name, "bytes": sizes[name], "robust": robust[name]["robust_accuracy"],
@@ -184,7 +177,7 @@ def build_report(ctx: Context) -> RobustnessReport:
     attack = state.summary("attack")
     accuracy = {name: dict(rows) for name, rows in attack["grid"].items()}
     setting = state.summary("choose")["chosen"]
-    decision, points = _decision(ctx, _sizes(ctx))
+    decision, points = _decision(ctx)
     sections = [{"title": "Decision", "markdown": decision, "lead": True}]
     sections += [{"title": "Deployed file vs attacked model", "markdown": agreement_verdict(state.summary("remeasure"))}
                  ] if setting else []

@@ -9,6 +9,7 @@ import numpy as np
 from .. import metrics
 from .._io import atomic_path
 from ..export import runtime
+from ..export.profile import weight_bytes
 from ..layers import TensorQuantizer
 from ..quantize import RobustQuantizer, parse_setting
 from ..search import SettingResult, choose
@@ -30,12 +31,15 @@ def quantize_stage(ctx: Context) -> tuple[dict, dict]:
     config, data = ctx.config, ctx.data
     model = ctx.load_artifact("train", "float")
     samples = data.x_train[:CALIBRATION_SAMPLES]
-    artifacts, summary = {}, {"calibration_inputs": int(len(samples)), "quantizers": {}}
+    artifacts, summary = {}, {"calibration_inputs": int(len(samples)), "quantizers": {},
+                               "weight_bytes": {"fp32": weight_bytes(model)}}
     for setting in config.candidates:
         quantizer = RobustQuantizer.from_setting(setting, input_weight_bits=8)
         say(f"quantizing: {quantizer}")
-        artifacts[setting] = save_model(quantizer.quantize(model, samples), ctx.folder, f"candidates/{setting}.keras")
+        quantized = quantizer.quantize(model, samples)
+        artifacts[setting] = save_model(quantized, ctx.folder, f"candidates/{setting}.keras")
         summary["quantizers"][setting] = str(quantizer)
+        summary["weight_bytes"][setting] = weight_bytes(quantized)  # at their bit width, for the report
     return artifacts, summary
 
 
