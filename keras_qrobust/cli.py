@@ -155,8 +155,10 @@ def _add_export(commands) -> None:
     x.add_argument("--int4-weights", action=argparse.BooleanOptionalAction, default=None,
                    help="ONNX: store ≤4-bit weights as packed INT4 (default: whenever a layer has ≤4-bit weights; "
                         "--no-int4-weights keeps int8)")
-    x.add_argument("--weight-bits", type=int, default=4, help="Akida: weight bits, 4 or 8 (default: 4)")
-    x.add_argument("--activation-bits", type=int, default=4, help="Akida: activation bits (default: 4)")
+    x.add_argument("--weight-bits", type=int, default=None,
+                   help="Akida, float model: weight bits, 4 or 8 (default: 4); a quantized model keeps its own")
+    x.add_argument("--activation-bits", type=int, default=None,
+                   help="Akida, float model: activation bits (default: 4); a quantized model keeps its own")
     x.add_argument("--overwrite", action="store_true", help="replace an existing --output")
     _add_data_arguments(x, test_default=1000)
 
@@ -489,6 +491,7 @@ def _evaluate(args) -> int:
 
 def _export(args) -> int:
     from . import export, metrics
+    from .export.akida_grids import is_robust_quantized
     from .guard.inputs import load_data, load_model_file
 
     if args.target not in TARGETS:
@@ -498,6 +501,11 @@ def _export(args) -> int:
     for name in ("representative_samples", "test_samples"):
         _positive(getattr(args, name), f"--{name.replace('_', '-')}")
     check_seed(args.seed)
+    if args.target == "akida" and is_robust_quantized(model):
+        given = [f"--{n.replace('_', '-')}" for n in ("weight_bits", "activation_bits") if getattr(args, n) is not None]
+        if given:
+            raise UsageError(f"{' and '.join(given)}: '{Path(args.model).name}' is already quantized and Akida export "
+                             "keeps its bits; leave them out, or pass the float model to requantize it")
     data = load_data(args.dataset, train_samples=args.representative_samples, test_samples=args.test_samples)
     _check_model_on(model, data, args)
     if args.target == "tflite-int8":

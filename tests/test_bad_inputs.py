@@ -23,7 +23,7 @@ CLI_CASES = {
     "guard candidates twice": (["guard", "--dataset", "{data}", "--candidates", "w4a4,w4a4", "--out", "{tmp}/o"],
                                "list each once"),
     "guard akida 3-bit weights": (["guard", "--dataset", "{data}", "--target", "akida", "--candidates", "w3a3",
-                                   "--out", "{tmp}/o"], "Akida 2 takes 4 or 8"),
+                                   "--out", "{tmp}/o"], "not a sub-grid of Akida"),
     "guard out is a file": (["guard", "--model", "{model}", "--dataset", "{data}", "--out", "{data}"],
                             "pass a folder"),
     "guard dataset missing": (["guard", "--dataset", "{tmp}/none.npz", "--out", "{tmp}/o"], "pass an .npz file"),

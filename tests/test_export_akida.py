@@ -1,5 +1,6 @@
 """Akida export: quantizeml + cnn2snn to .fbz, run in the Akida software backend."""
 
+import dataclasses
 import importlib
 import shutil
 
@@ -12,6 +13,7 @@ pytest.importorskip("akida", reason=REASON)
 
 import keras_qrobust as kq  # noqa: E402
 akida_export = importlib.import_module("keras_qrobust.export.akida")  # the module (export.akida is the function)
+akida_grids = importlib.import_module("keras_qrobust.export.akida_grids")
 from keras_qrobust.export.akida import AkidaModel, akida, check_akida_compatible, quantize_for_akida  # noqa: E402
 from keras_qrobust.export.runtime import load  # noqa: E402
 from keras_qrobust.transforms import UnsupportedModelError  # noqa: E402
@@ -111,12 +113,65 @@ def test_incompatible_model_lists_every_reason_before_any_work(tmp_path, no_quan
     assert not target.exists() and list(tmp_path.iterdir()) == []
 
 
-def test_quantized_and_keras3_models_are_rejected(fashion_slice, tmp_path, no_quantization):
+@pytest.fixture(scope="module")
+def robust_w4a4(trained_cnn, fashion_slice):
+    """trained_cnn quantized by RobustQuantizer at w4a4, as guard quantizes for --target akida."""
     (x, _), _ = fashion_slice
-    quantized = kq.RobustQuantizer(4, 4).quantize(kq.zoo.cnn_small(), x[:64])
-    with pytest.raises(UnsupportedModelError, match="already quantized.*pass the float model"):
-        akida(quantized, tmp_path / "q.fbz", x[:64])
+    return kq.RobustQuantizer.from_setting("w4a4", quantize_output=False).quantize(trained_cnn, x[:256])
 
+
+def test_robust_quantizer_model_keeps_its_grids(robust_w4a4, exported, fashion_slice, tmp_path):
+    (x, _), (x_test, _) = fashion_slice
+    path = akida(robust_w4a4, tmp_path / "carried.fbz", x[:256])
+    scores = load(path).predict(x_test)
+    keras_scores = robust_w4a4.predict(x_test, verbose=0)
+    carried = np.mean(scores.argmax(1) == keras_scores.argmax(1))
+    requantized = np.mean(load(exported[4]).predict(x_test).argmax(1) == keras_scores.argmax(1))
+    # measured on these 500 test images: 98.2% top-1 agreement carrying the grids, 94.0% when
+    # quantizeml requantizes the float model; the scores (up to 9.3) differ by 0.039 in the median,
+    # 0.31 at most, where Akida's integer arithmetic rounds a code the other way
+    assert carried >= 0.97 and carried > requantized
+    assert np.median(np.abs(scores - keras_scores)) < 0.08
+    np.testing.assert_allclose(quantize_for_akida(robust_w4a4, x[:256]).predict(np.round(x_test * 255), verbose=0),
+                               scores, rtol=1e-5, atol=1e-5)
+
+
+def test_carried_codes_are_checked(robust_w4a4, fashion_slice):
+    (x, _), _ = fashion_slice
+    grids = akida_grids.carried_grids(robust_w4a4)
+    assert (grids.weight_bits, grids.input_weight_bits, grids.activation_bits) == (4, 8, 4)
+    qmodel = akida_export._quantize(grids.model, x[:64], grids, 4, 4, 8)  # applies and checks the grids
+    for relu in grids.relus:  # calibration's ranges and cross-layer equalization undone
+        quantizer = qmodel.get_layer(relu).out_quantizer
+        assert np.all(quantizer.range_max.numpy() == 15.0) and np.all(quantizer.rescaling_rate.numpy() == 1.0)
+    for layer, kernel in grids.kernels.items():
+        np.testing.assert_array_equal(qmodel.get_layer(layer).get_weights()[0], kernel)
+    name = "fc1"
+    kernel = grids.kernels[name]
+    shifted = dataclasses.replace(grids, kernels={**grids.kernels, name: kernel + 0.3 * np.abs(kernel).max() / 7})
+    with pytest.raises(UnsupportedModelError, match=f"weights of '{name}' onto another grid"):
+        akida_grids.apply_grids(qmodel, shifted)
+
+
+def test_quantized_models_akida_cannot_compute_are_refused(fashion_slice, trained_cnn, tmp_path, no_quantization):
+    (x, _), _ = fashion_slice
+    cases = {
+        "3-bit weights": (kq.RobustQuantizer(3, 4), "'conv2' has 3-bit weights"),
+        "per-tensor": (kq.RobustQuantizer(4, 4, per_axis=False), "per-tensor weight steps"),
+        "mu-law": (kq.RobustQuantizer(4, 4, mu_law_last=1), "'logits' has mu_law(4"),
+    }
+    for name, (quantizer, expected) in cases.items():
+        (reason,) = check_akida_compatible(quantizer.quantize(trained_cnn, x[:64]))
+        assert expected in reason, name
+    residual = kq.RobustQuantizer(4, 4).quantize(kq.zoo.resnet_small(), x[:64])
+    (reason,) = check_akida_compatible(residual)
+    assert "'block1_conv2' feeds block1_conv2_quantizer" in reason and "Export the float model" in reason
+    with pytest.raises(ValueError, match="keeps its bits: weight_bits=8"):
+        akida(kq.RobustQuantizer(4, 4).quantize(trained_cnn, x[:64]), tmp_path / "q.fbz", x[:64], weight_bits=8)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_keras3_models_are_rejected(tmp_path, no_quantization):
     import keras as keras3
 
     model3 = keras3.Sequential([keras3.Input((28, 28, 1)), keras3.layers.Conv2D(2, 3)])
@@ -183,3 +238,23 @@ def test_truncated_file_is_a_clear_error(exported, tmp_path):
     broken.write_bytes(exported[4].read_bytes()[:100])  # akida itself segfaults on this
     with pytest.raises(ValueError, match="could not be loaded by the akida runtime"):
         load(broken)
+
+
+def test_cli_exports_a_quantized_model_with_its_grids(tiny_case, tmp_path, capsys):
+    from keras_qrobust import cli
+
+    model_file, data_file = tiny_case
+    model = kq.keras.models.load_model(model_file)
+    quantizer = kq.RobustQuantizer.from_setting("w4a4", quantize_output=False)
+    quantized = quantizer.quantize(model, np.load(data_file)["x_train"])
+    quantized.save(tmp_path / "tiny_w4a4.keras")
+    code = cli.main(["export", "--model", str(tmp_path / "tiny_w4a4.keras"), "--dataset", str(data_file),
+                     "--target", "akida", "--output", str(tmp_path / "tiny.fbz")])
+    out = capsys.readouterr().out
+    assert code == 0 and (tmp_path / "tiny.fbz").exists()
+    agreement = float(out.split("top-1 agreement ")[1].split("%")[0])
+    assert agreement >= 97.5, out  # 80 test inputs
+    code = cli.main(["export", "--model", str(tmp_path / "tiny_w4a4.keras"), "--dataset", str(data_file),
+                     "--target", "akida", "--weight-bits", "8", "--output", str(tmp_path / "other.fbz")])
+    assert code == 2 and "--weight-bits: 'tiny_w4a4.keras' is already quantized" in capsys.readouterr().err
+    assert not (tmp_path / "other.fbz").exists()

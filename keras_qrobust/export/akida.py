@@ -1,18 +1,25 @@
-"""Export a float Keras model to BrainChip Akida (``.fbz``) and run it in the Akida runtime.
+"""Export a Keras model to BrainChip Akida (``.fbz``) and run it in the Akida runtime.
 
 Flow of :func:`akida` (needs the ``akida`` extra: ``pip install 'keras-qrobust[akida]'``):
 
 1. :func:`check_akida_compatible` lists everything that cannot be converted (layer types,
-   activations, input shape, an already quantized model, ...) before any slow work.
-2. The float model is rebuilt as a functional model with a leading
+   activations, input shape, a grid Akida cannot hold, ...) before any slow work.
+2. A **RobustQuantizer model** becomes the float model whose quantizeml quantization has its
+   weight codes and activation ranges (:mod:`keras_qrobust.export.akida_grids`: each layer
+   rescaled so its ReLU codes are Akida's fixed-point values); its bits are the model's own.
+   A **float model** is used as it is, at ``weight_bits``/``activation_bits`` (default w4a4,
+   ``input_weight_bits`` 8): quantizeml then chooses the grids, another function than any
+   RobustQuantizer model. Either is rebuilt as a functional model with a leading
    ``Rescaling(1/255)`` layer (and any Lipschitz layer turned back into the plain layer it
-   computes, :func:`keras_qrobust.transforms.strip_lipschitz`). The Keras model takes floats in
-   [0, 1]; Akida takes uint8 pixels 0..255, so the rebuilt model takes what Akida takes.
+   computes, :func:`keras_qrobust.transforms.strip_lipschitz`). The Keras model takes floats
+   in [0, 1]; Akida takes uint8 pixels 0..255, so the rebuilt model takes what Akida takes.
 3. ``quantizeml.models.quantize`` quantizes it (``weight_bits``, ``activation_bits``,
    ``input_weight_bits`` for the first layer, uint8 input) and calibrates the activation
    ranges on ``samples`` (as 0..255 pixels). quantizeml's InputQuantizer range is then pinned
    to [0, 255]: calibrated with momentum it could end below 127.5 on dark images, which would
-   halve the input step and saturate bright pixels; pinned, it is the identity on 0..255.
+   halve the input step and saturate bright pixels; pinned, it is the identity on 0..255. For
+   a RobustQuantizer model the carried ranges and weights are then set back
+   (:func:`~keras_qrobust.export.akida_grids.apply_grids`, which checks every weight code).
 4. ``cnn2snn.convert`` turns the quantized model into an Akida model (the Rescaling is folded
    into the first layer), saved atomically to ``path``.
 
@@ -25,8 +32,10 @@ The ``.fbz`` model computes the integer inference of the quantizeml model: a uin
 quantizer, integer convolution/dense layers with ``weight_bits`` weights and
 ``activation_bits`` activations (the first layer with ``input_weight_bits`` weights), and a
 final dequantizer that returns float scores (the quantized logits). Its outputs match the
-quantizeml Keras model (:func:`quantize_for_akida`) exactly in our tests; against the float
-model only the top-1 class mostly agrees (quantization error).
+quantizeml Keras model (:func:`quantize_for_akida`) exactly in our tests. Against a
+RobustQuantizer model whose grids it carries, top-1 agrees on 98-99.7% of inputs (Akida's
+integer arithmetic rounds a few codes the other way; benchmarks/akida_fidelity.py); against
+a float model only the top-1 class mostly agrees (quantization error).
 
 :class:`AkidaModel` loads a ``.fbz`` (also via :func:`keras_qrobust.export.runtime.load`) and
 takes the float [0, 1] inputs of the Keras model: they become ``round(clip(x, 0, 1) * 255)``.
@@ -49,6 +58,7 @@ from .._io import atomic_path, check_new_file
 from .._keras import is_keras3_object, keras
 from ..transforms._graph import Graph, UnsupportedModelError
 from ..transforms.lipschitz import strip_lipschitz
+from .akida_grids import CarriedGrids, apply_grids, carried_grids, is_robust_quantized
 from .runtime import DeployedModel
 
 __all__ = ["akida", "check_akida_compatible", "quantize_for_akida", "AkidaModel", "SUPPORTED_LAYERS"]
@@ -118,17 +128,22 @@ def check_akida_compatible(model) -> list[str]:
     if not isinstance(model, keras.Model):
         return [f"expected a tf_keras Model, got {type(model).__module__}.{type(model).__name__}"]
 
+    if is_robust_quantized(model):
+        try:
+            model = carried_grids(model).model
+        except UnsupportedModelError as error:
+            return [str(error)]
     reasons: list[str] = []
     quantized = [
         layer.name for layer in model.layers
         if type(layer).__name__.startswith(("Quantized", "MuLaw"))
-        and type(layer).__module__.split(".")[0] in ("keras_qrobust", "quantizeml", "cnn2snn")
+        and type(layer).__module__.split(".")[0] in ("quantizeml", "cnn2snn")
     ]
     if quantized:
         reasons.append(
-            f"the model is already quantized (layers {', '.join(map(repr, quantized[:5]))}"
+            f"the model is already quantized by quantizeml (layers {', '.join(map(repr, quantized[:5]))}"
             f"{', ...' if len(quantized) > 5 else ''}); Akida export quantizes with quantizeml itself: "
-            "pass the float model you gave RobustQuantizer.quantize (or quantizeml), not its output."
+            "pass the float model or the RobustQuantizer model, not quantizeml's output."
         )
         return reasons  # the layer checks below would only repeat this
 
@@ -266,6 +281,31 @@ def _check_bits(weight_bits, activation_bits, input_weight_bits) -> None:
             raise ValueError(f"{name} must be one of {', '.join(map(str, allowed))} for Akida 2, got {value!r}")
 
 
+_FLOAT_DEFAULTS = {"weight_bits": 4, "activation_bits": 4, "input_weight_bits": 8}
+
+
+def _settings(model, **given) -> tuple[Any, CarriedGrids | None, dict]:
+    """The model quantizeml quantizes, the grids it must carry (RobustQuantizer models) and the bits.
+
+    A float model takes the bits given (defaults w4a4, first layer 8 bits); a RobustQuantizer
+    model brings its own, and a bit width given that differs from them is an error.
+    """
+    _raise_if_incompatible(model)
+    if not is_robust_quantized(model):
+        bits = {k: _FLOAT_DEFAULTS[k] if v is None else v for k, v in given.items()}
+        _check_bits(**bits)
+        return model, None, bits
+    grids = carried_grids(model)
+    bits = {"weight_bits": grids.weight_bits, "activation_bits": grids.activation_bits,
+            "input_weight_bits": grids.input_weight_bits}
+    differing = [f"{k}={v} (the model has {bits[k]})" for k, v in given.items() if v is not None and v != bits[k]]
+    if differing:
+        raise ValueError(f"'{model.name}' is already quantized, so Akida export keeps its bits: "
+                         f"{', '.join(differing)}. Leave the bit arguments out, or pass the float model to requantize.")
+    _check_bits(**bits)
+    return grids.model, grids, bits
+
+
 def _calibration_pixels(model, samples) -> np.ndarray:
     """``samples`` (floats in [0, 1]) as the 0..255 pixel values Akida will see."""
     shape = tuple(model.inputs[0].shape[1:])
@@ -297,18 +337,19 @@ def _with_input_rescaling(model):
     return graph.to_model()
 
 
-def quantize_for_akida(model, samples=None, *, weight_bits: int = 4, activation_bits: int = 4,
-                       input_weight_bits: int = 8):
+def quantize_for_akida(model, samples=None, *, weight_bits: int | None = None, activation_bits: int | None = None,
+                       input_weight_bits: int | None = None):
     """The quantizeml model :func:`akida` converts. NOTE: it takes pixels 0..255 (``x * 255``), not [0, 1].
 
     Useful to compare the Akida model with the Keras integer simulation it came from.
     """
-    _check_bits(weight_bits, activation_bits, input_weight_bits)
-    _raise_if_incompatible(model)
-    return _quantize(model, samples, weight_bits, activation_bits, input_weight_bits)
+    source, grids, bits = _settings(model, weight_bits=weight_bits, activation_bits=activation_bits,
+                                    input_weight_bits=input_weight_bits)
+    return _quantize(source, samples, grids, **bits)
 
 
-def _quantize(model, samples, weight_bits: int, activation_bits: int, input_weight_bits: int):
+def _quantize(model, samples, grids: CarriedGrids | None, weight_bits: int, activation_bits: int,
+              input_weight_bits: int):
     _, _, qml_models = _import_akida()
     pixels = _calibration_pixels(model, samples)
     rescaled = _with_input_rescaling(model)
@@ -324,6 +365,8 @@ def _quantize(model, samples, weight_bits: int, activation_bits: int, input_weig
     except Exception as error:
         raise UnsupportedModelError(f"quantizeml could not quantize '{model.name}' for Akida: {error}") from error
     _pin_input_range(qmodel)
+    if grids is not None:
+        apply_grids(qmodel, grids)
     return qmodel
 
 
@@ -336,21 +379,25 @@ def _pin_input_range(qmodel) -> None:
             layer.range_max.assign(np.full(layer.range_max.shape, 255.0, np.float32))
 
 
-def akida(model, path: str | os.PathLike, samples=None, *, weight_bits: int = 4, activation_bits: int = 4,
-          input_weight_bits: int = 8, overwrite: bool = False) -> Path:
-    """Quantize the float ``model`` with quantizeml, convert it with cnn2snn and save it to ``path`` (.fbz).
+def akida(model, path: str | os.PathLike, samples=None, *, weight_bits: int | None = None,
+          activation_bits: int | None = None, input_weight_bits: int | None = None, overwrite: bool = False) -> Path:
+    """Export ``model`` to Akida (.fbz): quantized by quantizeml, converted by cnn2snn, saved to ``path``.
 
-    ``model`` takes floats in [0, 1]; the saved model takes uint8 pixels (``x * 255``), which
-    :class:`AkidaModel` produces from [0, 1] floats. ``samples`` (a few hundred training
-    inputs in [0, 1]) calibrate the activation ranges. An existing ``path`` is replaced only
-    with ``overwrite=True`` (FileExistsError otherwise, before any work). Raises
+    ``model`` is either a RobustQuantizer model — its weight codes and activation ranges are
+    carried over (:mod:`keras_qrobust.export.akida_grids`), so the file computes the integer
+    function that was attacked, and its bits are used — or a float model, which quantizeml
+    quantizes itself at ``weight_bits``/``activation_bits`` (default w4a4, ``input_weight_bits``
+    8 for the first layer). It takes floats in [0, 1]; the saved model takes uint8 pixels
+    (``x * 255``), which :class:`AkidaModel` produces from [0, 1] floats. ``samples`` (a few
+    hundred training inputs in [0, 1]) calibrate quantizeml. An existing ``path`` is replaced
+    only with ``overwrite=True`` (FileExistsError otherwise, before any work). Raises
     UnsupportedModelError listing every problem found (or cnn2snn's message).
     """
     path = check_new_file(path, ".fbz", overwrite, "an Akida export")
-    _check_bits(weight_bits, activation_bits, input_weight_bits)
-    _raise_if_incompatible(model)
+    source, grids, bits = _settings(model, weight_bits=weight_bits, activation_bits=activation_bits,
+                                    input_weight_bits=input_weight_bits)
     _, cnn2snn, _ = _import_akida()
-    qmodel = _quantize(model, samples, weight_bits, activation_bits, input_weight_bits)
+    qmodel = _quantize(source, samples, grids, **bits)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

@@ -43,6 +43,12 @@ class GuardInputError(ValueError):
     """Bad usage or bad input: the message names the problem and the fix (exit code 2)."""
 
 
+def _akida_weight_bits() -> tuple[int, ...]:
+    from ..export.akida_grids import CARRIED_WEIGHT_BITS  # the export package is heavy: only for --target akida
+
+    return CARRIED_WEIGHT_BITS
+
+
 def parse_candidates(text: str, target: str) -> tuple[str, ...]:
     """``"w8a8,w4a4"`` -> ``("w8a8", "w4a4")``, each a wXaY setting the target can take."""
     settings = [s.strip().lower() for s in text.split(",") if s.strip()]
@@ -59,9 +65,9 @@ def parse_candidates(text: str, target: str) -> tuple[str, ...]:
         if not (1 <= weight_bits <= 8 and 1 <= activation_bits <= 8):
             raise GuardInputError(f"--candidates: {setting!r} is outside the 1-8 bits the exported int8 model "
                                   "holds; use settings from w8a8 down to w1a1")
-        if target == "akida" and weight_bits not in (4, 8):
-            raise GuardInputError(f"--candidates: {setting!r} has {weight_bits}-bit weights but Akida 2 takes 4 or 8; "
-                                  "use e.g. --candidates w8a8,w4a4 with --target akida")
+        if target == "akida" and weight_bits not in _akida_weight_bits():
+            raise GuardInputError(f"--candidates: {setting!r} has {weight_bits}-bit weights, not a sub-grid of Akida "
+                                  "2's 4- or 8-bit weights; use e.g. --candidates w8a8,w4a4,w2a2 with --target akida")
     if len(set(settings)) != len(settings):
         raise GuardInputError(f"--candidates lists a setting twice ({text!r}); list each once")
     return tuple(settings)

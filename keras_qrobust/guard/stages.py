@@ -34,7 +34,9 @@ def quantize_stage(ctx: Context) -> tuple[dict, dict]:
     artifacts, summary = {}, {"calibration_inputs": int(len(samples)), "quantizers": {},
                                "weight_bytes": {"fp32": weight_bytes(model)}}
     for setting in config.candidates:
-        quantizer = RobustQuantizer.from_setting(setting, input_weight_bits=8)
+        # an Akida file returns its scores at accumulator precision: no 8-bit output grid on its twin
+        quantizer = RobustQuantizer.from_setting(setting, input_weight_bits=8,
+                                                 quantize_output=config.target != "akida")
         say(f"quantizing: {quantizer}")
         quantized = quantizer.quantize(model, samples)
         artifacts[setting] = save_model(quantized, ctx.folder, f"candidates/{setting}.keras")
@@ -86,7 +88,7 @@ def export_stage(ctx: Context) -> tuple[dict, dict]:
     setting = state.summary("choose")["chosen"]
     representative = ctx.data.x_train[:REPRESENTATIVE_SAMPLES]
     path = ctx.folder / exported_name(setting, config.target)
-    weight_bits, activation_bits = parse_setting(setting)
+    weight_bits, _ = parse_setting(setting)
     if config.target == "tflite-int8":
         how = "kq.export.tflite: full-integer int8 TFLite, sub-8-bit grids lowered exactly"
         export.tflite(ctx.load_artifact("choose", "model"), path, representative=representative,
@@ -96,10 +98,9 @@ def export_stage(ctx: Context) -> tuple[dict, dict]:
         export.onnx(ctx.load_artifact("choose", "model"), path, representative=representative,
                     overwrite=True)
     else:
-        how = (f"kq.export.akida: the float model quantized by quantizeml at {setting} (first layer 8 bits) and "
-               "converted by cnn2snn")
-        export.akida(ctx.load_artifact("train", "float"), path, samples=representative,
-                     weight_bits=weight_bits, activation_bits=activation_bits, input_weight_bits=8, overwrite=True)
+        how = (f"kq.export.akida: the chosen {setting} model's weight codes and activation ranges carried into "
+               "quantizeml, converted by cnn2snn")
+        export.akida(ctx.load_artifact("choose", "model"), path, samples=representative, overwrite=True)
     say(f"exported {setting} to {path.name} ({how})")
     return {"exported": path.name}, {"how": how, "bytes": path.stat().st_size, "file": path.name}
 
