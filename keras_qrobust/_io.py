@@ -41,13 +41,20 @@ def atomic_path(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Pa
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def check_new_file(path: str | os.PathLike, suffix: str, overwrite: bool, what: str) -> Path:
-    """``path`` as a Path, after checking its suffix and that it may be written (before any work)."""
+def check_new_file(path: str | os.PathLike, suffix: str, overwrite: bool, what: str,
+                   overwrite_flag: str = "overwrite=True") -> Path:
+    """``path`` as a Path, after checking its suffix and that it may be written (before any work).
+
+    ``what`` names the output in the messages (``"a TFLite export"``, ``"--output"``);
+    ``overwrite_flag`` is how the caller allows replacing a file (``"--overwrite"`` on the CLI).
+    """
     path = Path(path)
     if path.suffix.lower() != suffix:
         raise ValueError(f"{path}: {what} needs a {suffix} file name")
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder; {what} needs a file name ending in {suffix}")
     if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
+        raise FileExistsError(f"{path} exists; pass {overwrite_flag} to replace it, or another file name")
     return path
 
 

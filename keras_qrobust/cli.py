@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+from ._io import check_new_file
 from .evaluate import EVALUATE_ATTACKS
 from .guard.config import TARGETS, check_seed
 
@@ -429,13 +430,10 @@ def _check_writable(path: Path, argument: str) -> None:
 
 def _output_file(path: str, suffix: str, overwrite: bool, argument: str) -> Path:
     """``path`` checked before any work: its suffix, that it is new (or ``--overwrite``), writable."""
-    file = Path(path)
-    if file.suffix.lower() != suffix:
-        raise UsageError(f"{argument} {path} needs a {suffix} file name")
-    if file.is_dir():
-        raise UsageError(f"{argument} {path} is a folder; pass a file name ending in {suffix}")
-    if file.exists() and not overwrite:
-        raise UsageError(f"{argument} {path} exists; pass --overwrite to replace it, or another file name")
+    try:
+        file = check_new_file(path, suffix, overwrite, argument, overwrite_flag="--overwrite")
+    except (ValueError, FileExistsError) as error:
+        raise UsageError(str(error)) from None
     _check_writable(file, argument)
     return file
 

@@ -67,16 +67,34 @@ class UntrustedModelError(ValueError):
     """The model file names code outside Keras, tfmot and keras_qrobust, which loading would run."""
 
 
+SAVE_HINT = "save it with tf_keras: `import keras_qrobust as kq; model.save('model.keras')`"
+
+
 def _save_hint() -> str:
-    return "save it with tf_keras: `import keras_qrobust as kq; model.save('model.keras')`"
+    return SAVE_HINT
 
 
 def _keras_zip_config(path: Path) -> dict:
+    """The config.json of a ``.keras`` file, after checking the archive is whole and not Keras 3."""
     try:
         with zipfile.ZipFile(path) as archive:
-            return json.loads(archive.read("config.json"))
-    except (zipfile.BadZipFile, KeyError, OSError, ValueError) as error:
-        raise ModelFileError(f"{path} is not a readable .keras file ({error}); {_save_hint()}") from None
+            names = set(archive.namelist())
+            damaged = archive.testzip()
+            members = {n: archive.read(n) for n in ("config.json", "metadata.json") if n in names and damaged is None}
+        metadata, config = (json.loads(members[n]) if n in members else None for n in ("metadata.json", "config.json"))
+    except (zipfile.BadZipFile, OSError, ValueError) as error:
+        raise ModelFileError(f"{path} is not a readable .keras file ({error}); the file is corrupt or truncated: "
+                             f"{SAVE_HINT}") from None
+    if damaged is not None or metadata is None or config is None:
+        what = f"member {damaged} is damaged" if damaged else "it has no config.json/metadata.json"
+        raise ModelFileError(f"{path} is not a valid .keras file ({what}): {SAVE_HINT}")
+    version = str(metadata.get("keras_version", "")) if isinstance(metadata, dict) else ""
+    if version.startswith("3"):
+        raise ModelFileError(
+            f"{path} is a Keras 3 model file (saved with Keras {version}). keras_qrobust works on Keras 2 (tf_keras) "
+            "models, which tfmot, quantizeml and cnn2snn require. Build the model with "
+            "`import keras_qrobust as kq; keras = kq.keras` (or `import tf_keras as keras`) and save it again.")
+    return config
 
 
 def _h5_config(path: Path) -> dict:
@@ -274,5 +292,7 @@ def load_model(path, *, trust: bool = False, compile: bool = False, check: Optio
                              "SavedModel folder)")
     if check if check is not None else not trust:
         check_model_file(path, compile)
+    elif path.is_file() and path.suffix.lower() == ".keras":
+        _keras_zip_config(path)  # whole and not Keras 3, also when trusted
     kwargs = {"safe_mode": not trust} if path.suffix.lower() == ".keras" and path.is_file() else {}
     return keras.models.load_model(str(path), compile=compile, **kwargs)

@@ -7,7 +7,6 @@ anything is written. Also used by the other ``keras-qrobust`` subcommands.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import zipfile
 from dataclasses import dataclass
@@ -19,44 +18,12 @@ import numpy as np
 from .config import GuardInputError
 
 __all__ = ["Data", "load_model_file", "load_data", "check_data_fits", "check_model_output", "check_above_chance",
-           "fingerprint", "keras3_version_of"]
+           "fingerprint"]
 
 #: a model whose clean accuracy is within this of the most frequent class's rate is near chance
 CHANCE_MARGIN = 0.10
 #: test inputs the chance check scores (the first ones)
 CHANCE_INPUTS = 1000
-
-_SAVE_HINT = "save it with tf_keras: `import keras_qrobust as kq; model.save('model.keras')`"
-
-
-def keras3_version_of(path: Path) -> Optional[str]:
-    """The Keras version a ``.keras`` file was saved with, when it is Keras 3 (else None)."""
-    try:
-        with zipfile.ZipFile(path) as archive:
-            metadata = json.loads(archive.read("metadata.json"))
-    except (zipfile.BadZipFile, KeyError, ValueError, OSError):
-        return None
-    version = str(metadata.get("keras_version", ""))
-    return version if version.startswith("3") else None
-
-
-def _check_keras_zip(path: Path, argument: str) -> None:
-    try:
-        with zipfile.ZipFile(path) as archive:
-            names = set(archive.namelist())
-            bad = archive.testzip()
-    except (zipfile.BadZipFile, OSError) as error:
-        raise GuardInputError(f"{argument} {path} is not a readable .keras file ({error}); the file is corrupt or "
-                              f"truncated: {_SAVE_HINT}") from None
-    if bad is not None or not {"config.json", "metadata.json"} <= names:
-        what = f"member {bad} is damaged" if bad else "it has no config.json/metadata.json"
-        raise GuardInputError(f"{argument} {path} is not a valid .keras file ({what}): {_SAVE_HINT}")
-    version = keras3_version_of(path)
-    if version is not None:
-        raise GuardInputError(
-            f"{argument} {path} is a Keras 3 model file (saved with Keras {version}). keras_qrobust works on Keras 2 "
-            "(tf_keras) models, which tfmot, quantizeml and cnn2snn require. Build the model with "
-            "`import keras_qrobust as kq; keras = kq.keras` (or `import tf_keras as keras`) and save it again.")
 
 
 def load_model_file(path: str, argument: str = "--model", trust: bool = False):
@@ -64,19 +31,16 @@ def load_model_file(path: str, argument: str = "--model", trust: bool = False):
     file naming code outside Keras, tfmot and keras_qrobust is refused unless ``trust``
     (see :mod:`keras_qrobust.model_files`)."""
     from .._keras import check_model
-    from ..model_files import ModelFileError, UntrustedModelError, load_model
+    from ..model_files import SAVE_HINT, ModelFileError, UntrustedModelError, load_model
 
-    file = Path(path)
-    if file.is_file() and file.suffix.lower() == ".keras":
-        _check_keras_zip(file, argument)
     try:
-        model = load_model(file, trust=trust)
+        model = load_model(Path(path), trust=trust)
     except (UntrustedModelError, ModelFileError) as error:  # a missing file too: one line naming the fix
         raise GuardInputError(f"{argument} {error}") from None
     except Exception as error:  # noqa: BLE001 - every loader failure is the same user problem
         first = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
         raise GuardInputError(f"{argument} {path} could not be loaded as a tf_keras model ({first}); check the file "
-                              f"is complete, or {_SAVE_HINT}") from None
+                              f"is complete, or {SAVE_HINT}") from None
     try:
         model = check_model(model, argument)
     except TypeError as error:
