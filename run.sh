@@ -17,7 +17,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 ROOT=$(pwd)
 VENV=${KQ_VENV:-$ROOT/.venv}
-EXTRAS="test,akida,bench,docs"
+EXTRAS="test,akida,bench,docs,ray"
 FMNIST=/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 DEMO_MODEL=benchmarks/checkpoints/fashion_mnist_cnn_small_e15_s0_fit_dropout0.0_attacktrades_beta3.0_eps0.1_steps7_lrdrop_ema0.999.keras
 

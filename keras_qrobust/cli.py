@@ -140,6 +140,9 @@ def _add_evaluate(commands) -> None:
                    help="the autoattack version when --attacks names it (default: standard)")
     e.add_argument("--out", required=True, help="a new (or empty) folder for the report")
     e.add_argument("--overwrite", action="store_true", help="write into a non-empty --out, replacing the report files")
+    e.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+                   help="run the grid's cells as Ray tasks: alone, on a Ray instance started on this machine; "
+                        "'auto' or host:port joins a running cluster (needs the ray extra; docs/cluster.md)")
     _add_data_arguments(e, test_default=1000)
 
 
@@ -461,6 +464,7 @@ def _save_report(report, folder: Path, overwrite: bool = False) -> None:
 
 def _evaluate(args) -> int:
     from .evaluate import evaluate
+    from .executor import INSTALL_HINT
     from .guard.inputs import load_model_file
 
     attacks = [_attack_spec(a.strip()).name for a in args.attacks.split(",") if a.strip()]
@@ -469,6 +473,11 @@ def _evaluate(args) -> int:
     eps = _check_eps_values(args.eps, allow_zero=True)
     if eps != sorted(eps):
         raise UsageError(f"--eps {args.eps} must be ascending, e.g. --eps 0,0.05,0.1")
+    if args.ray is not None:
+        try:
+            import ray  # noqa: F401
+        except ImportError:
+            raise UsageError(f"--ray needs Ray: {INSTALL_HINT}") from None
     folder = _new_folder(args.out, args.overwrite)
     names = [Path(p).stem for p in args.model]
     twice = sorted({n for n in names if names.count(n) > 1})
@@ -480,7 +489,9 @@ def _evaluate(args) -> int:
     for path, model in zip(args.model, models.values()):
         _check_model_on(model, data, args, f"--model {path}")
     report = evaluate(models, (data.x_test, data.y_test), attacks=attacks, eps=eps, pgd_steps=args.pgd_steps,
-                      seed=args.seed, options={"autoattack": {"version": args.autoattack_version}})
+                      seed=args.seed, options={"autoattack": {"version": args.autoattack_version}},
+                      executor="local" if args.ray is None else "ray",
+                      address=None if args.ray in (None, "local") else args.ray, trust=args.trust_model)
     report.provenance.pop("seconds", None)  # keep the report deterministic
     _save_report(report, folder, args.overwrite)
     print(report.to_markdown())

@@ -23,6 +23,7 @@ import numpy as np
 from . import metrics
 from .attacks.integrity import GRADIENT_OK, gradient_status
 from .attacks.registry import PER_MODEL_KINDS, attack_names, check_budget, get_attack
+from .executor import check_executor, fingerprint, run_tasks, ship, unship
 from .quantize import parse_setting
 from .report import RobustnessReport
 
@@ -50,6 +51,12 @@ def _score(model, x, y, spec, eps: float, seed: int, settings: dict, unusable: n
     return float(correct.mean())
 
 
+def _cell(shared: dict, name: str, attack: str, eps: float, seed: int, settings: dict) -> float:
+    """One cell of the grid, as a task of :func:`keras_qrobust.executor.run_tasks`."""
+    model = unship(shared["models"][name], shared["trust"])
+    return _score(model, shared["x"], shared["y"], get_attack(attack), eps, seed, settings, shared["unusable"][name])
+
+
 def _unusable_gradients(model, x, y) -> np.ndarray:
     """Inputs at which ``model`` gives no usable input gradient (all False for artifacts)."""
     if not hasattr(model, "layers"):
@@ -68,6 +75,7 @@ def _weight_bits(name: str, model) -> Optional[int]:
 def evaluate(models, data, attacks: Sequence[str] = ("fgsm", "pgd"), eps: Sequence[float] = (0.0, 0.05, 0.1), *,
              pgd_steps: int = 20, seed: int = 0, options: Optional[Mapping[str, dict]] = None,
              bits: Optional[Mapping[str, int]] = None, lipschitz_bits: Optional[int] = None, transfer_matrix=None,
+             executor: str = "local", address: Optional[str] = None, folder=None, trust: bool = False,
              verbose: int = 1) -> RobustnessReport:
     """Accuracy of every model under every attack at every ε (ε = 0: clean accuracy).
 
@@ -83,6 +91,12 @@ def evaluate(models, data, attacks: Sequence[str] = ("fgsm", "pgd"), eps: Sequen
             names ending in a wXaY setting, e.g. ``"cnn w4a4"``).
         lipschitz_bits: also record σ_max(Q_b(W) − W) per layer of each tf_keras model.
         transfer_matrix: a :class:`~keras_qrobust.attacks.TransferMatrix` to include.
+        executor: ``"local"`` (this process) or ``"ray"``: the attacked cells run as tasks of
+            :func:`keras_qrobust.executor.run_tasks` (models shipped as their saved bytes), with
+            the same seeds and the same numbers either way; ``address``: the Ray cluster
+            (``None`` starts one on this machine, ``"auto"`` joins a running one).
+        folder: keep each finished cell there (JSON) so a rerun skips it.
+        trust: load shipped models without the code check (models with Lambda layers).
     """
     models = dict(models) if isinstance(models, Mapping) else {getattr(models, "name", "model"): models}
     if not models:
@@ -103,6 +117,7 @@ def evaluate(models, data, attacks: Sequence[str] = ("fgsm", "pgd"), eps: Sequen
     eps = [check_budget(e) for e in eps]
     if not eps or eps != sorted(eps):
         raise ValueError(f"eps must be ascending values in [0, 1], got {eps}")
+    check_executor(executor)
     start = time.perf_counter()
     accuracy: dict = {}
     integrity: dict = {}
@@ -113,20 +128,27 @@ def evaluate(models, data, attacks: Sequence[str] = ("fgsm", "pgd"), eps: Sequen
 
         progress = tqdm(total=total, desc="evaluate", unit="cell")
     gradient_attacks = any(spec.needs_gradient for spec in specs)
+    clean, unusable = {}, {}
     for name, model in models.items():
-        clean = metrics.accuracy(model, x, y)
-        unusable = _unusable_gradients(model, x, y) if gradient_attacks and any(e > 0 for e in eps) else (
+        clean[name] = metrics.accuracy(model, x, y)
+        unusable[name] = _unusable_gradients(model, x, y) if gradient_attacks and any(e > 0 for e in eps) else (
             np.zeros(len(x), bool))
-        if unusable.any():
-            integrity[name] = {"unusable_gradient": int(unusable.sum())}
-        accuracy[name] = {}
-        for spec in specs:
-            row = []
-            for e in eps:
-                row.append(clean if e == 0.0 else _score(model, x, y, spec, e, seed, settings[spec.name], unusable))
-                if progress is not None:
-                    progress.update(1)
-            accuracy[name][spec.name] = row
+        if unusable[name].any():
+            integrity[name] = {"unusable_gradient": int(unusable[name].sum())}
+    # a kept result is reused only for the same model, data and settings
+    same = {name: fingerprint(model, x, y) if folder is not None else "" for name, model in models.items()}
+    key = {(name, spec.name, e): f"{name}|{spec.name}|{e!r}|{seed}|{same[name]}|{fingerprint(settings[spec.name])}"
+           for name in models for spec in specs for e in eps if e > 0}
+    tasks = {k: (name, attack, e, seed, settings[attack]) for (name, attack, e), k in key.items()}
+    shipped = {name: (model if executor == "local" else ship(model)) for name, model in models.items()}
+    shared = {"models": shipped, "x": x, "y": y, "unusable": unusable, "trust": trust}
+    if progress is not None:
+        progress.update(total - len(tasks))  # the clean cells
+    scores = run_tasks(_cell, tasks, shared=shared, executor=executor, address=address, folder=folder,
+                       on_result=None if progress is None else (lambda key, result: progress.update(1)))
+    for name in models:
+        accuracy[name] = {spec.name: [clean[name] if e == 0.0 else scores[key[name, spec.name, e]] for e in eps]
+                          for spec in specs}
     if progress is not None:
         progress.close()
     bits = dict(bits) if bits is not None else {n: b for n, m in models.items() if (b := _weight_bits(n, m))}

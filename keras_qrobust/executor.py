@@ -1,0 +1,194 @@
+"""One execution interface for embarrassingly parallel grids: in this process, or on Ray.
+
+``run_tasks(function, tasks, shared=..., executor="local" | "ray")`` calls
+``function(shared, *args)`` for every ``key -> args`` of ``tasks`` and returns ``{key: result}``.
+The same function runs on both paths, so a Ray run gives the local run's numbers:
+
+* tasks receive data, not live objects: Keras models travel as the bytes of their ``.keras``
+  file (:func:`model_to_bytes`), loaded in the worker with the safe loader
+  (:func:`keras_qrobust.model_files.load_model`, no code from the file runs) and kept per
+  process, so a worker loads each model once;
+* ``shared`` (models, inputs, labels) goes to Ray's object store once, not with every task;
+* a task's randomness comes from its arguments (the caller passes the seed it would use
+  locally), never from the worker it lands on;
+* with ``folder``, each finished result is written atomically as JSON (``<sha256(key)>.json``,
+  data only: nothing in the folder is executed), and a resumed run skips finished keys; on
+  Ray a task whose worker dies is retried (``max_retries``) before the run fails.
+
+Ray is an extra (``pip install 'keras-qrobust[ray]'``); ``executor="ray"`` without it raises
+an ImportError naming that command. ``address``: ``None`` starts a Ray instance on this machine,
+``"auto"`` or ``"ray://host:10001"`` / ``"host:6379"`` joins a running cluster (see
+docs/cluster.md).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Mapping, Optional
+
+import numpy as np
+
+from ._io import write_json
+
+__all__ = ["run_tasks", "ship", "unship", "fingerprint", "model_to_bytes", "model_from_bytes", "EXECUTORS",
+           "INSTALL_HINT", "check_executor"]
+
+EXECUTORS = ("local", "ray")
+INSTALL_HINT = "pip install 'keras-qrobust[ray]'"
+_LOADED: dict[str, Any] = {}  # model digest -> model, per process
+
+
+def check_executor(executor: str) -> str:
+    if executor not in EXECUTORS:
+        raise ValueError(f"executor must be one of {', '.join(EXECUTORS)}, got {executor!r}")
+    return executor
+
+
+def model_to_bytes(model) -> bytes:
+    """The bytes of ``model`` saved as a ``.keras`` file (what a task receives)."""
+    handle, name = tempfile.mkstemp(suffix=".keras")
+    os.close(handle)
+    try:
+        model.save(name)
+        return Path(name).read_bytes()
+    finally:
+        os.unlink(name)
+
+
+def model_from_bytes(blob: bytes, trust: bool = False):
+    """The model of :func:`model_to_bytes`, loaded once per process (keyed by its SHA-256)."""
+    return _load_once(blob, ".keras", trust)
+
+
+def ship(model) -> tuple:
+    """What a task receives for ``model``: ``("keras", bytes)`` for a tf_keras model, ``(suffix,
+    bytes)`` for an exported artifact (:func:`keras_qrobust.export.load`)."""
+    if hasattr(model, "layers") and hasattr(model, "save"):
+        return (".keras", model_to_bytes(model))
+    path = getattr(model, "path", None)
+    if path is not None and Path(path).is_file():
+        return (Path(path).suffix.lower(), Path(path).read_bytes())
+    raise TypeError(f"{type(model).__name__} cannot be sent to a worker: pass a tf_keras model or an artifact loaded "
+                    "with keras_qrobust.export.load")
+
+
+def unship(payload, trust: bool = False):
+    """The model a task was sent (:func:`ship`), loaded once per process; a live model as is."""
+    if not isinstance(payload, tuple):
+        return payload
+    suffix, blob = payload
+    return _load_once(blob, suffix, trust)
+
+
+def _load_once(blob: bytes, suffix: str, trust: bool):
+    digest = hashlib.sha256(blob).hexdigest()
+    if digest not in _LOADED:
+        folder = Path(tempfile.mkdtemp(prefix="kq_task_"))  # artifacts stay readable while loaded
+        path = folder / f"model{suffix}"
+        path.write_bytes(blob)
+        if suffix == ".keras":
+            from .model_files import load_model
+
+            _LOADED[digest] = load_model(path, trust=trust)
+            path.unlink()
+        else:
+            from .export.runtime import load
+
+            _LOADED[digest] = load(path)
+    return _LOADED[digest]
+
+
+def fingerprint(*parts) -> str:
+    """A short SHA-256 of models (weights and config, or an artifact's bytes), arrays and JSON
+    data: results kept in a ``folder`` are reused only for the same inputs."""
+    digest = hashlib.sha256()
+    for part in parts:
+        if hasattr(part, "get_weights") and hasattr(part, "to_json"):
+            digest.update(part.to_json().encode())
+            for weight in part.get_weights():
+                digest.update(np.ascontiguousarray(weight).tobytes())
+        elif getattr(part, "path", None) is not None and Path(part.path).is_file():
+            digest.update(Path(part.path).read_bytes())
+        elif isinstance(part, np.ndarray):
+            digest.update(str((part.dtype, part.shape)).encode() + np.ascontiguousarray(part).tobytes())
+        else:
+            digest.update(json.dumps(part, sort_keys=True, default=str).encode())
+    return digest.hexdigest()[:16]
+
+
+def _result_file(folder: Path, key: str) -> Path:
+    return folder / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.json"
+
+
+def _finished(folder: Optional[Path], keys) -> dict:
+    if folder is None:
+        return {}
+    found = {}
+    for key in keys:
+        path = _result_file(folder, key)
+        if path.is_file():
+            record = json.loads(path.read_text())
+            if record.get("key") == key:
+                found[key] = record["result"]
+    return found
+
+
+def _import_ray():
+    try:
+        import ray
+    except ImportError as error:
+        raise ImportError(f"executor='ray' needs Ray ({error}); install it with {INSTALL_HINT}") from None
+    return ray
+
+
+def run_tasks(function: Callable, tasks: Mapping[str, tuple], *, shared: Any = None, executor: str = "local",
+              address: Optional[str] = None, folder: Optional[os.PathLike] = None, max_retries: int = 3,
+              on_result: Optional[Callable[[str, Any], None]] = None) -> dict:
+    """``{key: function(shared, *args)}`` for every ``key -> args`` of ``tasks`` (module docstring).
+
+    ``function`` must be importable by name (a module-level function) for Ray to ship it;
+    results must be JSON data when ``folder`` is given. ``on_result(key, result)`` is called
+    as each result arrives (also for results found in ``folder``).
+    """
+    check_executor(executor)
+    folder = None if folder is None else Path(folder)
+    if folder is not None:
+        folder.mkdir(parents=True, exist_ok=True)
+    results = _finished(folder, tasks)
+    for key, result in results.items():
+        if on_result is not None:
+            on_result(key, result)
+    todo = {key: args for key, args in tasks.items() if key not in results}
+
+    def keep(key, result):
+        if folder is not None:
+            write_json(_result_file(folder, key), {"key": key, "result": result})
+        results[key] = result
+        if on_result is not None:
+            on_result(key, result)
+
+    if executor == "local":
+        for key, args in todo.items():
+            keep(key, function(shared, *args))
+    elif todo:
+        ray = _import_ray()
+        started_here = not ray.is_initialized()
+        if started_here:
+            ray.init(address=address, include_dashboard=False, log_to_driver=False,
+                     runtime_env={"env_vars": {"TF_CPP_MIN_LOG_LEVEL": "2"}})
+        try:
+            remote = ray.remote(max_retries=max_retries)(function)
+            shared_ref = ray.put(shared)
+            pending = {remote.remote(shared_ref, *args): key for key, args in todo.items()}
+            while pending:
+                done, _ = ray.wait(list(pending), num_returns=1)
+                for ref in done:
+                    keep(pending.pop(ref), ray.get(ref))
+        finally:
+            if started_here:
+                ray.shutdown()
+    return {key: results[key] for key in tasks}
