@@ -64,6 +64,25 @@ def _add_force(p) -> None:
                    "preprocessed differently from training)")
 
 
+def _add_ray(parser, what: str) -> None:
+    parser.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+                        help=f"run {what} as Ray tasks: alone, on a Ray instance started on this machine; 'auto' or "
+                             "host:port joins a running cluster (needs the ray extra; docs/cluster.md)")
+
+
+def _executor(args) -> tuple[str, str | None]:
+    """``(executor, address)`` of ``--ray``, after checking Ray is installed."""
+    if args.ray is None:
+        return "local", None
+    from .executor import INSTALL_HINT
+
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        raise UsageError(f"--ray needs Ray: {INSTALL_HINT}") from None
+    return "ray", None if args.ray == "local" else args.ray
+
+
 def _add_guard(commands) -> None:
     g = commands.add_parser(
         "guard", help="make a model robust, quantize, attack, choose, export, re-measure and report",
@@ -87,6 +106,7 @@ def _add_guard(commands) -> None:
     g.add_argument("--no-train", action="store_true", help="never adversarially train (needs --model)")
     _add_trust(g)
     _add_force(g)
+    _add_ray(g, "each model's attacks (PGD, UAP, AutoAttack)")
     g.add_argument("--allow-mismatch", action="store_true",
                    help="exit 0 even when the exported file agrees with the attacked Keras model on fewer than 99.5%% "
                         "of the test inputs (the report says so either way)")
@@ -140,9 +160,7 @@ def _add_evaluate(commands) -> None:
                    help="the autoattack version when --attacks names it (default: standard)")
     e.add_argument("--out", required=True, help="a new (or empty) folder for the report")
     e.add_argument("--overwrite", action="store_true", help="write into a non-empty --out, replacing the report files")
-    e.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
-                   help="run the grid's cells as Ray tasks: alone, on a Ray instance started on this machine; "
-                        "'auto' or host:port joins a running cluster (needs the ray extra; docs/cluster.md)")
+    _add_ray(e, "the grid's cells")
     _add_data_arguments(e, test_default=1000)
 
 
@@ -311,9 +329,10 @@ def _guard(args) -> int:
     from . import guard
 
     config = guard.GuardConfig.from_args(args)
+    executor, address = _executor(args)
     start = time.perf_counter()
     code = guard.run(config, args.out, allow_mismatch=args.allow_mismatch, trust_model=args.trust_model,
-                     force=args.force)
+                     force=args.force, executor=executor, address=address)
     _log(f"keras-qrobust guard: {'done' if code == 0 else 'ended with exit code ' + str(code)} in "
          f"{time.perf_counter() - start:.0f} s")
     return code
@@ -464,7 +483,6 @@ def _save_report(report, folder: Path, overwrite: bool = False) -> None:
 
 def _evaluate(args) -> int:
     from .evaluate import evaluate
-    from .executor import INSTALL_HINT
     from .guard.inputs import load_model_file
 
     attacks = [_attack_spec(a.strip()).name for a in args.attacks.split(",") if a.strip()]
@@ -473,11 +491,7 @@ def _evaluate(args) -> int:
     eps = _check_eps_values(args.eps, allow_zero=True)
     if eps != sorted(eps):
         raise UsageError(f"--eps {args.eps} must be ascending, e.g. --eps 0,0.05,0.1")
-    if args.ray is not None:
-        try:
-            import ray  # noqa: F401
-        except ImportError:
-            raise UsageError(f"--ray needs Ray: {INSTALL_HINT}") from None
+    executor, address = _executor(args)
     folder = _new_folder(args.out, args.overwrite)
     names = [Path(p).stem for p in args.model]
     twice = sorted({n for n in names if names.count(n) > 1})
@@ -490,8 +504,7 @@ def _evaluate(args) -> int:
         _check_model_on(model, data, args, f"--model {path}")
     report = evaluate(models, (data.x_test, data.y_test), attacks=attacks, eps=eps, pgd_steps=args.pgd_steps,
                       seed=args.seed, options={"autoattack": {"version": args.autoattack_version}},
-                      executor="local" if args.ray is None else "ray",
-                      address=None if args.ray in (None, "local") else args.ray, trust=args.trust_model)
+                      executor=executor, address=address, trust=args.trust_model)
     report.provenance.pop("seconds", None)  # keep the report deterministic
     _save_report(report, folder, args.overwrite)
     print(report.to_markdown())

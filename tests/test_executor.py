@@ -98,3 +98,15 @@ def test_cli_evaluate_on_ray(local_ray, tiny_case, tmp_path, monkeypatch, capsys
     assert cli.main([*base, "--ray", "auto", "--out", str(tmp_path / "none")]) == 2
     assert "--ray needs Ray: pip install 'keras-qrobust[ray]'" in capsys.readouterr().err
     assert not (tmp_path / "none").exists()
+
+
+def test_guard_on_ray_writes_the_local_report(guard_runs, tmp_path):
+    """The same guard command with --ray (each model's PGD, UAP and AutoAttack as Ray tasks, in a
+    Ray instance the run starts) writes the uninterrupted local run's report byte for byte."""
+    from _guard_runs import finish, guard_args, start_guard
+
+    folder = tmp_path / "ray"
+    run = finish(start_guard(guard_args(guard_runs["model"], guard_runs["data"], folder, "--ray")))
+    assert run.returncode == 0, run.stderr[-2000:]
+    for name in ("report.json", "report.md"):
+        assert (folder / name).read_bytes() == (guard_runs["straight"] / name).read_bytes(), name

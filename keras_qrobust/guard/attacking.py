@@ -13,6 +13,7 @@ import numpy as np
 
 from .. import attacks, metrics
 from .._io import atomic_path
+from ..executor import run_tasks, ship, unship
 from .context import Context, say
 
 __all__ = ["attack_stage", "ATTACKS", "eps_grid", "descriptions", "pgd_inputs", "UAP_PASSES", "autoattack_inputs",
@@ -70,6 +71,24 @@ def _with(x: np.ndarray, v: np.ndarray) -> np.ndarray:
     return np.clip(x + v, 0.0, 1.0)
 
 
+def _model_cells(shared: dict, name: str) -> dict:
+    """The cells of one model (a task of :func:`keras_qrobust.executor.run_tasks`): PGD and its own
+    UAP at every ε of the grid, then AutoAttack at ε."""
+    model = unship(shared["models"][name], shared["trust"])
+    x, y, seed = shared["x"], shared["y"], shared["seed"]
+    out = {"pgd": [], "uap": [], "uap_perturbations": []}
+    for eps in shared["columns"]:
+        found = attacks.pgd(model, x, y, eps=eps, steps=shared["pgd_steps"], seed=seed, verbose=0)
+        out["pgd"].append(metrics.accuracy(model, found, y))
+        v = _uap(model, shared["x_craft"], eps, seed)
+        out["uap_perturbations"].append(v)
+        out["uap"].append(metrics.accuracy(model, _with(x, v), y))
+    result = attacks.autoattack(model, shared["x_aa"], shared["y_aa"], eps=shared["eps"], version=shared["version"],
+                                seed=seed, verbose=0)
+    out["autoattack"] = autoattack_summary(result)
+    return out
+
+
 def attack_stage(ctx: Context) -> tuple[dict, dict]:
     from tqdm.auto import tqdm
 
@@ -86,17 +105,25 @@ def attack_stage(ctx: Context) -> tuple[dict, dict]:
     columns = eps_grid(config.eps)[1:]
     say(f"attacking {', '.join(names)} with {', '.join(ATTACKS)} at ε = {', '.join(f'{e:g}' for e in columns)} on "
         f"{len(x)} test inputs")
-    progress = tqdm(total=len(columns) * (3 * len(names) + 2) + len(names), desc="attacks", unit="step")
-    for column, eps in enumerate(columns):
-        for name, model in models.items():
-            grid[name]["pgd"].append(metrics.accuracy(model, pgd_inputs(model, ctx, eps), y))
-            progress.update(1)
-            v = _uap(model, x_craft, eps, config.seed)
+    x_aa, y_aa = autoattack_inputs(ctx)
+    progress = tqdm(total=len(names) + len(columns) * 2, desc=f"attacks and AutoAttack {config.autoattack}",
+                    unit="step")
+    shared = {"models": {n: (m if ctx.executor == "local" else ship(m)) for n, m in models.items()},
+              "trust": ctx.trust_model, "x": x, "y": y, "x_craft": x_craft, "columns": columns, "seed": config.seed,
+              "pgd_steps": config.pgd_steps, "x_aa": x_aa, "y_aa": y_aa, "eps": config.eps,
+              "version": config.autoattack}
+    # each model's PGD, UAP and AutoAttack: independent tasks (here, or on Ray with the same numbers)
+    cells = run_tasks(_model_cells, {name: (name,) for name in names}, shared=shared, executor=ctx.executor,
+                      address=ctx.address, on_result=lambda key, result: progress.update(1))
+    robust = {}
+    for name in names:
+        grid[name]["pgd"] += cells[name]["pgd"]
+        grid[name]["uap"] += cells[name]["uap"]
+        for column, v in enumerate(cells[name]["uap_perturbations"]):
             saved[f"uap/{name}/{column}"] = v
-            if column == len(columns) - 1:
-                uaps_at_eps[name] = v
-            grid[name]["uap"].append(metrics.accuracy(model, _with(x, v), y))
-            progress.update(1)
+        uaps_at_eps[name] = cells[name]["uap_perturbations"][-1]
+        robust[name] = cells[name]["autoattack"]
+    for column, eps in enumerate(columns):
         ensemble = attacks.ensemble_uap(list(models.values()), x_craft, eps=eps, max_passes=UAP_PASSES,
                                         seed=config.seed, verbose=0).perturbation
         saved[f"ensemble_uap/{column}"] = ensemble
@@ -107,15 +134,6 @@ def attack_stage(ctx: Context) -> tuple[dict, dict]:
         for name, model in models.items():
             grid[name]["ensemble_uap"].append(metrics.accuracy(model, _with(x, ensemble), y))
             grid[name]["transfer"].append(metrics.accuracy(model, transferred, y))
-            progress.update(1)
-    x_aa, y_aa = autoattack_inputs(ctx)
-    progress.set_description(f"AutoAttack {config.autoattack}")
-    robust = {}
-    for name, model in models.items():
-        result = attacks.autoattack(model, x_aa, y_aa, eps=config.eps, version=config.autoattack, seed=config.seed,
-                                    verbose=0)
-        robust[name] = autoattack_summary(result)
-        progress.update(1)
     progress.close()
     # UAP crafted on model i (rows), accuracy of model j (columns), at ε
     matrix = [[metrics.accuracy(models[j], _with(x, uaps_at_eps[i]), y) for j in names] for i in names]

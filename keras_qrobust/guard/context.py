@@ -37,6 +37,8 @@ class Context:
     state: RunState
     model: Optional[Any] = None  # the loaded --model (None: guard builds cnn_small)
     trust_model: bool = False  # --trust-model: the run's saved models may hold the user's Lambda layers
+    executor: str = "local"  # where the per-model attack cells run (keras_qrobust.executor); no result depends on it
+    address: Optional[str] = None  # the Ray cluster (None: one started on this machine)
 
     def load_artifact(self, stage: str, name: str):
         """Load a model an earlier stage saved in the folder, inspected like the user's file (the

@@ -119,14 +119,15 @@ def _damage_check(state: RunState | None) -> dict:
 
 
 def run(config: GuardConfig, out: str | os.PathLike, allow_mismatch: bool = False, trust_model: bool = False,
-        force: bool = False) -> int:
+        force: bool = False, executor: str = "local", address: str | None = None) -> int:
     """Run (or resume) guard into the folder ``out``; returns the exit code.
 
     ``allow_mismatch`` only changes the exit code of a run whose exported file disagrees
     with the attacked model (the report says so either way), so it is no argument of the run.
     ``trust_model`` loads a ``--model`` that names code outside Keras, tfmot and keras_qrobust
     (and the run's own models saved from it); ``force`` goes on with a ``--model`` near chance on
-    the data; neither changes a result. One run at a time holds
+    the data; neither changes a result, nor does ``executor``/``address`` (the per-model attack
+    cells as Ray tasks, :mod:`keras_qrobust.executor`). One run at a time holds
     the folder (:class:`~keras_qrobust.guard.lock.RunLock`).
     """
     folder = Path(out)
@@ -149,7 +150,7 @@ def run(config: GuardConfig, out: str | os.PathLike, allow_mismatch: bool = Fals
         damage = _damage_check(state)
         resumed = state is not None
         ctx = Context(config, data, state if resumed else RunState(folder, config.to_dict(), inputs), model,
-                      trust_model=trust_model)
+                      trust_model=trust_model, executor=executor, address=address)
         return _run_stages(ctx, resumed, damage, allow_mismatch)
 
 
