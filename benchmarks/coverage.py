@@ -6,8 +6,10 @@ Architectures: the zoo's ``cnn_small``, ``ds_cnn``, ``resnet_small``, ``mobilene
 preprocessing layer) on a 32×32×3 version of Fashion-MNIST (zero-padded to 32×32, the gray channel
 repeated: the data this machine has). Each is trained normally (fidelity, not robustness,
 is measured here), quantized by RobustQuantizer at w8a8, w6a6, w4a4 and w2a2, exported to
-full-integer TFLite (LiteRT with XNNPACK) and QDQ ONNX (onnxruntime; ≤ 4-bit weights as
-INT4, the default), and each file is scored in its own runtime against the Keras model:
+full-integer TFLite (LiteRT with XNNPACK), QDQ ONNX (onnxruntime; ≤ 4-bit weights as
+INT4, the default) and, where the model's grids can be carried (the ``akida`` extra installed),
+Akida (``.fbz``, its software backend; otherwise the reason is listed), and each file is scored
+in its own runtime against the Keras model:
 
 * top-1 agreement on the test images, and how many scores lie within one output step;
   top-1 agreement on the test images with every pixel moved by ±ε (between two input
@@ -64,6 +66,7 @@ APPLICATIONS = {  # what users bring: the name in the results -> (cache stem, bu
 AGREEMENT_TARGET = {"w2a2": 0.995}  # else 0.999
 QUANTIZE_TARGET_SECONDS = 5.0
 SQUARE_P_INIT = 0.8
+RUNTIMES = ("tflite", "onnx", "akida")  # Akida where the model converts with its grids carried
 
 
 def rgb32(x: np.ndarray) -> np.ndarray:
@@ -114,6 +117,18 @@ def square_pair(deployed, keras_model, x, y, queries: int, seed: int) -> dict:
     return out
 
 
+def akida_file(qmodel, path: Path, samples) -> tuple[Path | None, str | None]:
+    """The model's .fbz with its grids carried, or why there is none (no akida extra, or a
+    model Akida cannot compute exactly: the first reason, shortened)."""
+    try:
+        reasons = kq.export.check_akida_compatible(qmodel)
+        if not reasons:
+            return kq.export.akida(qmodel, path, samples[:512]), None
+    except ImportError as error:
+        return None, f"not installed ({error})"
+    return None, reasons[0][:160] + ("…" if len(reasons[0]) > 160 else "")
+
+
 def score_architecture(name: str, model, data, args, folder: Path) -> dict:
     x_train, x_test, y_test = data
     samples = x_train[:1024]
@@ -134,8 +149,15 @@ def score_architecture(name: str, model, data, args, folder: Path) -> dict:
         step = float(qmodel.get_layer("output_quantizer").step)
         entry = {"quantize_seconds": round(quantize_seconds, 2), "exact": bool(kq.export.lower(qmodel).exact),
                  "keras_accuracy": float(np.mean(scores.argmax(1) == y_test)), "runtimes": {}}
-        for runtime in ("tflite", "onnx"):
-            path = getattr(kq.export, runtime)(qmodel, folder / f"{name}_{setting}.{runtime}")
+        for runtime in RUNTIMES:
+            if runtime == "akida":
+                path, skipped = akida_file(qmodel, folder / f"{name}_{setting}.fbz", samples)
+                if skipped:
+                    entry["runtimes"][runtime] = {"skipped": skipped}
+                    log(f"{name} {setting} akida: {skipped}")
+                    continue
+            else:
+                path = getattr(kq.export, runtime)(qmodel, folder / f"{name}_{setting}.{runtime}")
             deployed = kq.export.load(path)
             found = deployed.predict(x_test)
             difference = np.abs(found - scores) / step
@@ -163,6 +185,8 @@ def checks(rows: list[dict]) -> list[dict]:
         for setting, entry in row["settings"].items():
             target = AGREEMENT_TARGET.get(setting, 0.999)
             for runtime, found in entry["runtimes"].items():
+                if "skipped" in found:
+                    continue
                 out.append({"check": f"{row['architecture']} {setting} {runtime}: top-1 agreement ≥ {100 * target:g}%",
                             "value": f"{100 * found['agreement']:.2f}%", "passed": found["agreement"] >= target})
                 out.append({"check": f"{row['architecture']} {setting} {runtime}: top-1 agreement at ±ε-perturbed "
@@ -192,6 +216,10 @@ def markdown(data: dict) -> str:
         fl = row["float_tflite_ms"]
         for setting, entry in row["settings"].items():
             for runtime, f in entry["runtimes"].items():
+                if "skipped" in f:
+                    lines.append(f"| {row['architecture']} | {setting} | {runtime} | not exported: "
+                                 f"{f['skipped'].replace('|', '/')} ||||||| ")
+                    continue
                 sq = f["square"]
                 lines.append(
                     f"| {row['architecture']} | {setting} | {runtime} | {100 * f['agreement']:.2f} "
@@ -238,7 +266,8 @@ def main(argv=None) -> None:
         row["float_tflite_ms"] = {str(k): v for k, v in row["float_tflite_ms"].items()}
         for entry in row["settings"].values():
             for found in entry["runtimes"].values():
-                found["ms"] = {str(k): v for k, v in found["ms"].items()}
+                if "ms" in found:
+                    found["ms"] = {str(k): v for k, v in found["ms"].items()}
     command = "./run.sh bench coverage" + (" --quick" if args.quick else "")
     data = {"command": command, "machine": machine(), "epochs": args.epochs, "test_images": len(x_test),
             "square_images": args.square_images, "square_queries": args.square_queries, "seed": args.seed,
