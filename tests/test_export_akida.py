@@ -258,3 +258,14 @@ def test_cli_exports_a_quantized_model_with_its_grids(tiny_case, tmp_path, capsy
                      "--target", "akida", "--weight-bits", "8", "--output", str(tmp_path / "other.fbz")])
     assert code == 2 and "--weight-bits: 'tiny_w4a4.keras' is already quantized" in capsys.readouterr().err
     assert not (tmp_path / "other.fbz").exists()
+
+
+def test_a_relu_without_its_weight_layer_is_refused(fashion_slice, no_quantization):
+    (x, _), _ = fashion_slice
+    model = kq.keras.Sequential([kq.keras.Input((28, 28, 1)), layers.Conv2D(4, 3, activation="relu", name="conv"),
+                                 layers.ReLU(name="second_relu"), layers.Flatten(), layers.Dense(10, name="scores")])
+    quantized = kq.RobustQuantizer(4, 4).quantize(model, x[:64])
+    first, second = quantized.get_layer("conv_relu"), quantized.get_layer("second_relu")
+    second.set_range(0.5 * float(first.activation_max.numpy()))  # its own grid: a requantization Akida lacks
+    (reason,) = check_akida_compatible(quantized)
+    assert "'second_relu' does not follow a weight layer" in reason

@@ -170,6 +170,11 @@ def carried_grids(model) -> CarriedGrids:
             kernels[name] = weights[0].astype(np.float32)
             steps[name] = out_step
         elif isinstance(layer, QuantizedReLU):
+            if not np.isclose(source, _step(layer), rtol=1e-6):  # not the ReLU its weight layer was scaled for
+                raise UnsupportedModelError(
+                    f"the QuantizedReLU '{name}' does not follow a weight layer (only max pooling may stand between "
+                    "them); carrying the grids to Akida needs Conv2D/DepthwiseConv2D/Dense + ReLU blocks. Export the "
+                    "float model instead (kq.export.akida(float_model, ...)), which quantizeml requantizes.")
             bits = int(layer.activation_quantizer.bits)
             activation_bits.add(bits)
             graph.replace(name, "ReLU", {"max_value": float(2**bits - 1), "trainable": False,
