@@ -15,6 +15,11 @@ callbacks and ``save`` behave as usual; the fit logs carry the training objectiv
   ``α = 1.25ε``;
 * TRADES (Zhang et al. 2019): minimize ``CE(f(x), y) + β·KL(p(x) ‖ p(x'))`` with ``x'``
   maximizing the KL term by PGD from ``x + 0.001·N(0, I)``, ``β = 6``.
+
+Under a ``tf.distribute`` strategy (build the model, the wrapper and ``compile`` inside
+``strategy.scope()``) each replica attacks its own share of the batch against the mirrored
+weights; every loss term is a replica's sum of per-example losses divided by the global batch
+size, so the all-reduced gradient is the gradient of the global-batch mean, as on one device.
 """
 
 from __future__ import annotations
@@ -108,14 +113,25 @@ class AdversarialModel(keras.Model):
         x = tf.convert_to_tensor(x, tf.float32)
         if self.attack == "trades":
             return self._trades_examples(x)
-        start = tf.random.uniform(tf.shape(x), -self.eps, self.eps) if self.norm == "inf" else (
-            project(tf.random.normal(tf.shape(x)) * self.eps, self.eps, self.norm))
-        return iterate(self._attack_model, x, tf.cast(y, tf.int64), start, self.eps, self.step_size,
+        return iterate(self._attack_model, x, tf.cast(y, tf.int64), self._start(x), self.eps, self.step_size,
                        self.steps, norm=self.norm, clip=self.clip)
+
+    def _start(self, x: tf.Tensor) -> tf.Tensor:
+        """The attack's initial perturbation of ``x``: ``0.001·N(0, I)`` (TRADES), else
+        ``U(-ε, ε)`` (L∞) or ``Π_ε(ε·N(0, I))`` (L2).
+
+        Drawn by each replica for its own examples, so a distributed run's starts differ from
+        a single-device run's.
+        """
+        if self.attack == "trades":
+            return 0.001 * tf.random.normal(tf.shape(x))
+        if self.norm == "inf":
+            return tf.random.uniform(tf.shape(x), -self.eps, self.eps)
+        return project(tf.random.normal(tf.shape(x)) * self.eps, self.eps, self.norm)
 
     def _trades_examples(self, x: tf.Tensor) -> tf.Tensor:
         clean_logits = tf.stop_gradient(self._attack_model.logits(x))
-        adv = x + 0.001 * tf.random.normal(tf.shape(x))
+        adv = x + self._start(x)
 
         def step(i, adv):
             with tf.GradientTape() as tape:
@@ -130,23 +146,34 @@ class AdversarialModel(keras.Model):
 
     # -------------------------------------------------------------- train step
     def train_step(self, data):
+        """One optimizer step on the batch's training objective (runs once per replica).
+
+        With ``R`` replicas each replica sees ``n`` of the ``N = R·n`` examples of the global
+        batch. The compiled loss of Keras (default reduction) returns the replica's mean
+        divided by ``R`` (``compile_utils.LossesContainer``), the TRADES term is ``Σ KL / N``
+        (``tf.nn.compute_average_loss``), so the optimizer's sum of the replicas' gradients is
+        the gradient of the global-batch objective. The logged losses are the batch means
+        (``R`` times the replica's scaled values).
+        """
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
         x_adv = tf.stop_gradient(self.adversarial_examples(x, y))
         with tf.GradientTape() as tape:
             clean_pred = self.model(x, training=True)
             adv_pred = self.model(x_adv, training=True)
-            clean_loss = self.compute_loss(x, y, clean_pred, sample_weight)
+            clean_loss = self.compute_loss(x, y, clean_pred, sample_weight)  # already divided by R
             if self.attack == "trades":
-                adv_loss = tf.reduce_mean(_kl(clean_pred, adv_pred))
+                adv_loss = tf.nn.compute_average_loss(_kl(clean_pred, adv_pred))  # Σ KL / (n·R)
                 loss = clean_loss + self.beta * adv_loss
             else:
                 adv_loss = self.compute_loss(x_adv, y, adv_pred, sample_weight)
                 loss = self.clean_weight * clean_loss + (1.0 - self.clean_weight) * adv_loss
         self.optimizer.minimize(loss, self.model.trainable_variables, tape=tape)
-        self.loss_tracker.update_state(loss)
+        # the Mean trackers average the replicas' updates: log R × the scaled per-replica values
+        self.loss_tracker.update_state(loss * replicas)
         self.compiled_metrics.update_state(y, clean_pred, sample_weight)
-        self.clean_loss_tracker.update_state(clean_loss)
-        self.adv_loss_tracker.update_state(adv_loss)
+        self.clean_loss_tracker.update_state(clean_loss * replicas)
+        self.adv_loss_tracker.update_state(adv_loss * replicas)
         self.adv_accuracy.update_state(y, adv_pred, sample_weight)
         return {m.name: m.result() for m in self.metrics}
 
@@ -154,7 +181,8 @@ class AdversarialModel(keras.Model):
         """Clean evaluation (attack the model with keras_qrobust.attacks to score robustness)."""
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         pred = self.model(x, training=False)
-        self.loss_tracker.update_state(self.compute_loss(x, y, pred, sample_weight))
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync  # compute_loss divides by it
+        self.loss_tracker.update_state(self.compute_loss(x, y, pred, sample_weight) * replicas)
         self.compiled_metrics.update_state(y, pred, sample_weight)
         return {m.name: m.result() for m in [self.loss_tracker, *self.compiled_metrics.metrics]}
 
