@@ -1,6 +1,7 @@
 """The execution interface: local and Ray give the same numbers; lost workers are retried;
 finished results are kept and skipped; Ray missing is a one-line install hint."""
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -82,8 +83,6 @@ def test_ray_missing_is_an_install_hint(monkeypatch):
 
 
 def test_cli_evaluate_on_ray(local_ray, tiny_case, tmp_path, monkeypatch, capsys):
-    import json
-
     from keras_qrobust import cli
 
     model_file, data_file = tiny_case
@@ -100,13 +99,32 @@ def test_cli_evaluate_on_ray(local_ray, tiny_case, tmp_path, monkeypatch, capsys
     assert not (tmp_path / "none").exists()
 
 
-def test_guard_on_ray_writes_the_local_report(guard_runs, tmp_path):
-    """The same guard command with --ray (each model's PGD, UAP and AutoAttack as Ray tasks, in a
-    Ray instance the run starts) writes the uninterrupted local run's report byte for byte."""
-    from _guard_runs import finish, guard_args, start_guard
+def test_guard_attack_stage_on_ray_equals_the_local_run(local_ray, guard_runs, tmp_path):
+    """guard's attack stage with its per-model tasks on Ray (a copy of the uninterrupted local
+    run's folder, its trained and quantized models) gives that run's attack summary and
+    attacks.npz exactly."""
+    import shutil
 
-    folder = tmp_path / "ray"
-    run = finish(start_guard(guard_args(guard_runs["model"], guard_runs["data"], folder, "--ray")))
-    assert run.returncode == 0, run.stderr[-2000:]
-    for name in ("report.json", "report.md"):
-        assert (folder / name).read_bytes() == (guard_runs["straight"] / name).read_bytes(), name
+    from _guard_runs import guard_args
+
+    from keras_qrobust import cli
+    from keras_qrobust.guard import GuardConfig
+    from keras_qrobust.guard.attacking import attack_stage
+    from keras_qrobust.guard.context import Context
+    from keras_qrobust.guard.inputs import load_data
+    from keras_qrobust.guard.pipeline import _inputs
+    from keras_qrobust.guard.state import open_state
+
+    folder = tmp_path / "run"
+    shutil.copytree(guard_runs["straight"], folder)
+    local_attacks = dict(np.load(folder / "attacks.npz"))
+    args = cli._build_parser().parse_args(guard_args(guard_runs["model"], guard_runs["data"], folder))
+    config = GuardConfig.from_args(args)
+    state = open_state(folder, config, _inputs(config))
+    data = load_data(config.dataset, config.train_samples, config.test_samples)
+    artifacts, summary = attack_stage(Context(config, data, state, executor="ray"))
+    assert json.loads(json.dumps(summary)) == state.summary("attack")
+    distributed = dict(np.load(folder / artifacts["attacks"]))
+    assert distributed.keys() == local_attacks.keys()
+    for key, value in local_attacks.items():
+        np.testing.assert_array_equal(distributed[key], value, err_msg=key)
