@@ -69,7 +69,7 @@ def run_once(models: dict, shared: dict, executor: str, cpus: int | None) -> tup
     startup = 0.0
     if executor == "ray":
         started = time.perf_counter()
-        ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False,
+        ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=False,
                  runtime_env={"env_vars": {"TF_CPP_MIN_LOG_LEVEL": "2"}})
         ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # benchmarks/ is not a package
         startup = time.perf_counter() - started

@@ -16,9 +16,10 @@ The same function runs on both paths, so a Ray run gives the local run's numbers
   Ray a task whose worker dies is retried (``max_retries``) before the run fails.
 
 Ray is an extra (``pip install 'keras-qrobust[ray]'``); ``executor="ray"`` without it raises
-an ImportError naming that command. ``address``: ``None`` starts a Ray instance on this machine,
-``"auto"`` or ``"ray://host:10001"`` / ``"host:6379"`` joins a running cluster (see
-docs/cluster.md).
+an ImportError naming that command. ``address``: ``None`` starts a new Ray instance on this
+machine for the call (also when one runs already), ``"auto"`` or ``"host:6379"`` joins a running
+cluster (see docs/cluster.md). When Ray is already initialized in the process, that instance
+is used and left running.
 """
 
 from __future__ import annotations
@@ -178,7 +179,8 @@ def run_tasks(function: Callable, tasks: Mapping[str, tuple], *, shared: Any = N
         ray = _import_ray()
         started_here = not ray.is_initialized()
         if started_here:
-            ray.init(address=address, include_dashboard=False, log_to_driver=False,
+            # address None: a new instance here, even when `ray start` runs one (ray.init would join it)
+            ray.init(address=address or "local", include_dashboard=False, log_to_driver=False,
                      runtime_env={"env_vars": {"TF_CPP_MIN_LOG_LEVEL": "2"}})
         try:
             remote = ray.remote(max_retries=max_retries)(function)
