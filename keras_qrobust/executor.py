@@ -24,9 +24,11 @@ is used and left running.
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional
@@ -89,6 +91,7 @@ def _load_once(blob: bytes, suffix: str, trust: bool):
     digest = hashlib.sha256(blob).hexdigest()
     if digest not in _LOADED:
         folder = Path(tempfile.mkdtemp(prefix="kq_task_"))  # artifacts stay readable while loaded
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
         path = folder / f"model{suffix}"
         path.write_bytes(blob)
         if suffix == ".keras":
