@@ -34,7 +34,7 @@ import numpy as np
 
 from _common import CHECKPOINTS, kq, log, machine, publish, run_description, targets_table
 
-from keras_qrobust.executor import run_tasks, ship
+from keras_qrobust.executor import run_tasks, ship, ship_models
 from keras_qrobust.guard.attacking import _model_cells
 
 EPS = 0.1
@@ -73,7 +73,7 @@ def run_once(models: dict, shared: dict, executor: str, cpus: int | None) -> tup
                  runtime_env={"env_vars": {"TF_CPP_MIN_LOG_LEVEL": "2"}})
         ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # benchmarks/ is not a package
         startup = time.perf_counter() - started
-    shipped = {name: (model if executor == "local" else ship(model)) for name, model in models.items()}
+    shipped = ship_models(models, executor)
     started = time.perf_counter()
     try:
         results = run_tasks(timed_cells, {name: (name,) for name in models}, shared={**shared, "models": shipped},

@@ -23,7 +23,7 @@ import numpy as np
 from . import metrics
 from .attacks.integrity import GRADIENT_OK, gradient_status
 from .attacks.registry import PER_MODEL_KINDS, attack_names, check_budget, get_attack
-from .executor import check_executor, fingerprint, run_tasks, ship, unship
+from .executor import check_executor, fingerprint, run_tasks, ship_models, unship
 from .quantize import parse_setting
 from .report import RobustnessReport
 
@@ -140,8 +140,7 @@ def evaluate(models, data, attacks: Sequence[str] = ("fgsm", "pgd"), eps: Sequen
     key = {(name, spec.name, e): f"{name}|{spec.name}|{e!r}|{seed}|{same[name]}|{fingerprint(settings[spec.name])}"
            for name in models for spec in specs for e in eps if e > 0}
     tasks = {k: (name, attack, e, seed, settings[attack]) for (name, attack, e), k in key.items()}
-    shipped = {name: (model if executor == "local" else ship(model)) for name, model in models.items()}
-    shared = {"models": shipped, "x": x, "y": y, "unusable": unusable, "trust": trust}
+    shared = {"models": ship_models(models, executor), "x": x, "y": y, "unusable": unusable, "trust": trust}
     if progress is not None:
         progress.update(total - len(tasks))  # the clean cells
     scores = run_tasks(_cell, tasks, shared=shared, executor=executor, address=address, folder=folder,

@@ -37,7 +37,7 @@ import numpy as np
 
 from ._io import write_json
 
-__all__ = ["run_tasks", "ship", "unship", "fingerprint", "model_to_bytes", "model_from_bytes", "EXECUTORS",
+__all__ = ["run_tasks", "ship", "ship_models", "unship", "fingerprint", "model_to_bytes", "EXECUTORS",
            "INSTALL_HINT", "check_executor"]
 
 EXECUTORS = ("local", "ray")
@@ -62,13 +62,8 @@ def model_to_bytes(model) -> bytes:
         os.unlink(name)
 
 
-def model_from_bytes(blob: bytes, trust: bool = False):
-    """The model of :func:`model_to_bytes`, loaded once per process (keyed by its SHA-256)."""
-    return _load_once(blob, ".keras", trust)
-
-
 def ship(model) -> tuple:
-    """What a task receives for ``model``: ``("keras", bytes)`` for a tf_keras model, ``(suffix,
+    """What a task receives for ``model``: ``(".keras", bytes)`` for a tf_keras model, ``(suffix,
     bytes)`` for an exported artifact (:func:`keras_qrobust.export.load`)."""
     if hasattr(model, "layers") and hasattr(model, "save"):
         return (".keras", model_to_bytes(model))
@@ -77,6 +72,12 @@ def ship(model) -> tuple:
         return (Path(path).suffix.lower(), Path(path).read_bytes())
     raise TypeError(f"{type(model).__name__} cannot be sent to a worker: pass a tf_keras model or an artifact loaded "
                     "with keras_qrobust.export.load")
+
+
+def ship_models(models: Mapping[str, Any], executor: str) -> dict:
+    """``models`` as the tasks of ``executor`` receive them: as they are in this process, shipped
+    (:func:`ship`) for Ray."""
+    return dict(models) if check_executor(executor) == "local" else {name: ship(m) for name, m in models.items()}
 
 
 def unship(payload, trust: bool = False):

@@ -70,10 +70,6 @@ class UntrustedModelError(ValueError):
 SAVE_HINT = "save it with tf_keras: `import keras_qrobust as kq; model.save('model.keras')`"
 
 
-def _save_hint() -> str:
-    return SAVE_HINT
-
-
 def _keras_zip_config(path: Path) -> dict:
     """The config.json of a ``.keras`` file, after checking the archive is whole and not Keras 3."""
     try:
@@ -104,14 +100,14 @@ def _h5_config(path: Path) -> dict:
         with h5py.File(path, "r") as f:
             text = f.attrs.get("model_config")
     except OSError as error:
-        raise ModelFileError(f"{path} is not a readable HDF5 file ({error}); {_save_hint()}") from None
+        raise ModelFileError(f"{path} is not a readable HDF5 file ({error}); {SAVE_HINT}") from None
     if text is None:
         raise ModelFileError(f"{path} holds no model configuration (a weights-only file?); save the whole model "
-                             f"with model.save(path), not save_weights; {_save_hint()}")
+                             f"with model.save(path), not save_weights; {SAVE_HINT}")
     try:
         return json.loads(text.decode() if isinstance(text, bytes) else text)
     except ValueError as error:
-        raise ModelFileError(f"{path}: its model configuration is not JSON ({error}); {_save_hint()}") from None
+        raise ModelFileError(f"{path}: its model configuration is not JSON ({error}); {SAVE_HINT}") from None
 
 
 def _saved_model_configs(folder: Path) -> list:
@@ -123,13 +119,13 @@ def _saved_model_configs(folder: Path) -> list:
     saved_metadata_pb2 = importlib.import_module(f"{keras.__name__}.protobuf.saved_metadata_pb2")
     metadata_file = folder / "keras_metadata.pb"
     if not metadata_file.is_file():
-        raise ModelFileError(f"{folder} is not a tf_keras SavedModel (no keras_metadata.pb); {_save_hint()}")
+        raise ModelFileError(f"{folder} is not a tf_keras SavedModel (no keras_metadata.pb); {SAVE_HINT}")
     metadata = saved_metadata_pb2.SavedMetadata()
     try:
         metadata.ParseFromString(metadata_file.read_bytes())
         return [json.loads(node.metadata) for node in metadata.nodes if node.metadata]
     except Exception as error:  # noqa: BLE001 - protobuf raises its own DecodeError
-        raise ModelFileError(f"{folder}/keras_metadata.pb is damaged ({error}); {_save_hint()}") from None
+        raise ModelFileError(f"{folder}/keras_metadata.pb is damaged ({error}); {SAVE_HINT}") from None
 
 
 def _saved_model_ops(folder: Path) -> set:
@@ -139,7 +135,7 @@ def _saved_model_ops(folder: Path) -> set:
     try:
         proto.ParseFromString((folder / "saved_model.pb").read_bytes())
     except Exception as error:  # noqa: BLE001 - a missing or damaged graph is one user problem
-        raise ModelFileError(f"{folder}/saved_model.pb is missing or damaged ({error}); {_save_hint()}") from None
+        raise ModelFileError(f"{folder}/saved_model.pb is missing or damaged ({error}); {SAVE_HINT}") from None
     ops = set()
     for meta_graph in proto.meta_graphs:
         ops.update(node.op for node in meta_graph.graph_def.node)

@@ -119,20 +119,30 @@ def check_akida_compatible(model) -> list[str]:
     Checks only what is known before quantization; cnn2snn may still reject a layer
     pattern it cannot map (its message is then reported by :func:`akida`).
     """
+    return _problems(model)[0]
+
+
+def _problems(model) -> tuple[list[str], CarriedGrids | None]:
+    """:func:`check_akida_compatible`'s reasons, and the grids a RobustQuantizer model carries."""
     if is_keras3_object(model):
         return [
             f"'{getattr(model, 'name', type(model).__name__)}' is a Keras 3 model; quantizeml and cnn2snn "
             "need a Keras 2 (tf_keras) model. Build it with `keras_qrobust.keras` (tf_keras) or load it "
             "with `keras_qrobust.keras.models.load_model`."
-        ]
+        ], None
     if not isinstance(model, keras.Model):
-        return [f"expected a tf_keras Model, got {type(model).__module__}.{type(model).__name__}"]
+        return [f"expected a tf_keras Model, got {type(model).__module__}.{type(model).__name__}"], None
+    if not is_robust_quantized(model):
+        return _float_model_problems(model), None
+    try:
+        grids = carried_grids(model)
+    except UnsupportedModelError as error:
+        return [str(error)], None
+    return _float_model_problems(grids.model), grids
 
-    if is_robust_quantized(model):
-        try:
-            model = carried_grids(model).model
-        except UnsupportedModelError as error:
-            return [str(error)]
+
+def _float_model_problems(model) -> list[str]:
+    """Reasons the float (or carried) tf_keras ``model`` cannot be converted."""
     reasons: list[str] = []
     quantized = [
         layer.name for layer in model.layers
@@ -263,13 +273,15 @@ def _pooling_problems(model, graph: Graph) -> list[str]:
     return problems
 
 
-def _raise_if_incompatible(model) -> None:
-    reasons = check_akida_compatible(model)
+def _raise_if_incompatible(model) -> CarriedGrids | None:
+    """Raise UnsupportedModelError listing every problem; else the grids a RobustQuantizer model carries."""
+    reasons, grids = _problems(model)
     if reasons:
         raise UnsupportedModelError(
             f"The model cannot be exported to Akida ({len(reasons)} problem{'s' if len(reasons) > 1 else ''}):\n"
             + "\n".join(f"  - {reason}" for reason in reasons)
         )
+    return grids
 
 
 # ------------------------------------------------------------------------------ export
@@ -290,12 +302,11 @@ def _settings(model, **given) -> tuple[Any, CarriedGrids | None, dict]:
     A float model takes the bits given (defaults w4a4, first layer 8 bits); a RobustQuantizer
     model brings its own, and a bit width given that differs from them is an error.
     """
-    _raise_if_incompatible(model)
-    if not is_robust_quantized(model):
+    grids = _raise_if_incompatible(model)
+    if grids is None:
         bits = {k: _FLOAT_DEFAULTS[k] if v is None else v for k, v in given.items()}
         _check_bits(**bits)
         return model, None, bits
-    grids = carried_grids(model)
     bits = {"weight_bits": grids.weight_bits, "activation_bits": grids.activation_bits,
             "input_weight_bits": grids.input_weight_bits}
     differing = [f"{k}={v} (the model has {bits[k]})" for k, v in given.items() if v is not None and v != bits[k]]

@@ -13,7 +13,7 @@ import numpy as np
 
 from .. import attacks, metrics
 from .._io import atomic_path
-from ..executor import run_tasks, ship, unship
+from ..executor import run_tasks, ship_models, unship
 from .context import Context, say
 
 __all__ = ["attack_stage", "ATTACKS", "eps_grid", "descriptions", "pgd_inputs", "UAP_PASSES", "autoattack_inputs",
@@ -58,9 +58,12 @@ def autoattack_summary(result) -> dict:
 
 
 def pgd_inputs(model, ctx: Context, eps: float) -> np.ndarray:
-    config = ctx.config
-    return attacks.pgd(model, ctx.data.x_test, ctx.data.y_test, eps=eps, steps=config.pgd_steps, seed=config.seed,
-                       verbose=0)
+    """The attack stage's PGD examples of ``model`` at ``eps`` (the remeasure stage scores them again)."""
+    return _pgd(model, ctx.data.x_test, ctx.data.y_test, eps, ctx.config.pgd_steps, ctx.config.seed)
+
+
+def _pgd(model, x, y, eps: float, steps: int, seed: int) -> np.ndarray:
+    return attacks.pgd(model, x, y, eps=eps, steps=steps, seed=seed, verbose=0)
 
 
 def _uap(model, x_craft, eps: float, seed: int) -> np.ndarray:
@@ -78,8 +81,7 @@ def _model_cells(shared: dict, name: str) -> dict:
     x, y, seed = shared["x"], shared["y"], shared["seed"]
     out = {"pgd": [], "uap": [], "uap_perturbations": []}
     for eps in shared["columns"]:
-        found = attacks.pgd(model, x, y, eps=eps, steps=shared["pgd_steps"], seed=seed, verbose=0)
-        out["pgd"].append(metrics.accuracy(model, found, y))
+        out["pgd"].append(metrics.accuracy(model, _pgd(model, x, y, eps, shared["pgd_steps"], seed), y))
         v = _uap(model, shared["x_craft"], eps, seed)
         out["uap_perturbations"].append(v)
         out["uap"].append(metrics.accuracy(model, _with(x, v), y))
@@ -108,7 +110,7 @@ def attack_stage(ctx: Context) -> tuple[dict, dict]:
     x_aa, y_aa = autoattack_inputs(ctx)
     progress = tqdm(total=len(names) + len(columns) * 2, desc=f"attacks and AutoAttack {config.autoattack}",
                     unit="step")
-    shared = {"models": {n: (m if ctx.executor == "local" else ship(m)) for n, m in models.items()},
+    shared = {"models": ship_models(models, ctx.executor),
               "trust": ctx.trust_model, "x": x, "y": y, "x_craft": x_craft, "columns": columns, "seed": config.seed,
               "pgd_steps": config.pgd_steps, "x_aa": x_aa, "y_aa": y_aa, "eps": config.eps,
               "version": config.autoattack}
