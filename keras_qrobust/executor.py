@@ -11,6 +11,9 @@ The same function runs on both paths, so a Ray run gives the local run's numbers
 * ``shared`` (models, inputs, labels) goes to Ray's object store once, not with every task;
 * a task's randomness comes from its arguments (the caller passes the seed it would use
   locally), never from the worker it lands on;
+* on Ray a task reserves ``cpus_per_task`` CPUs and its worker's TensorFlow uses that many
+  threads (TensorFlow would otherwise use every core of the node in every worker, so that
+  workers on one node compete for the same cores);
 * with ``folder``, each finished result is written atomically as JSON (``<sha256(key)>.json``,
   data only: nothing in the folder is executed), and a resumed run skips finished keys; on
   Ray a task whose worker dies is retried (``max_retries``) before the run fails.
@@ -142,6 +145,30 @@ def _finished(folder: Optional[Path], keys) -> dict:
     return found
 
 
+def _pin_threads(ray) -> None:
+    """TensorFlow's thread pools in this Ray worker sized to the CPUs Ray gave the task (once
+    per worker: TensorFlow fixes them when it first runs an op)."""
+    cpus = ray.get_runtime_context().get_assigned_resources().get("CPU")
+    if not cpus:
+        return
+    from ._keras import tf
+
+    threads = max(1, int(cpus))
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
+    except RuntimeError:  # already running (a later task in the same worker): sized by the first
+        pass
+
+
+def _task(function: Callable, shared: Any, *args):
+    """What a Ray worker runs: ``function(shared, *args)`` on the task's share of the CPUs."""
+    import ray
+
+    _pin_threads(ray)
+    return function(shared, *args)
+
+
 def _import_ray():
     try:
         import ray
@@ -152,14 +179,18 @@ def _import_ray():
 
 def run_tasks(function: Callable, tasks: Mapping[str, tuple], *, shared: Any = None, executor: str = "local",
               address: Optional[str] = None, folder: Optional[os.PathLike] = None, max_retries: int = 3,
-              on_result: Optional[Callable[[str, Any], None]] = None) -> dict:
+              cpus_per_task: int = 1, on_result: Optional[Callable[[str, Any], None]] = None) -> dict:
     """``{key: function(shared, *args)}`` for every ``key -> args`` of ``tasks`` (module docstring).
 
     ``function`` must be importable by name (a module-level function) for Ray to ship it;
     results must be JSON data when ``folder`` is given. ``on_result(key, result)`` is called
-    as each result arrives (also for results found in ``folder``).
+    as each result arrives (also for results found in ``folder``). ``cpus_per_task``: the CPUs a
+    Ray task reserves and the threads its TensorFlow uses (ignored locally, where TensorFlow
+    uses every core).
     """
     check_executor(executor)
+    if not (isinstance(cpus_per_task, int) and cpus_per_task >= 1):
+        raise ValueError(f"cpus_per_task must be a positive integer, got {cpus_per_task!r}")
     folder = None if folder is None else Path(folder)
     if folder is not None:
         folder.mkdir(parents=True, exist_ok=True)
@@ -187,9 +218,9 @@ def run_tasks(function: Callable, tasks: Mapping[str, tuple], *, shared: Any = N
             ray.init(address=address or "local", include_dashboard=False, log_to_driver=False,
                      runtime_env={"env_vars": {"TF_CPP_MIN_LOG_LEVEL": "2"}})
         try:
-            remote = ray.remote(max_retries=max_retries)(function)
+            remote = ray.remote(max_retries=max_retries, num_cpus=cpus_per_task)(_task)
             shared_ref = ray.put(shared)
-            pending = {remote.remote(shared_ref, *args): key for key, args in todo.items()}
+            pending = {remote.remote(function, shared_ref, *args): key for key, args in todo.items()}
             while pending:
                 done, _ = ray.wait(list(pending), num_returns=1)
                 for ref in done:

@@ -74,6 +74,22 @@ def test_finished_results_are_kept_and_skipped(tmp_path):
     assert sorted(seen) == [("a", 4), ("b", 9), ("c", 16)]
 
 
+def _threads(shared, value: int) -> list:
+    from keras_qrobust._keras import tf
+
+    total = float(tf.reduce_sum(tf.ones((64, 64))))  # TensorFlow running in this worker
+    return [tf.config.threading.get_intra_op_parallelism_threads(),
+            tf.config.threading.get_inter_op_parallelism_threads(), total]
+
+
+def test_a_ray_task_uses_the_cpus_it_reserved(local_ray):
+    """Without pinning, TensorFlow in each worker would use every core of the node."""
+    results = run_tasks(_threads, {f"task {i}": (i,) for i in range(4)}, executor="ray")
+    assert all(r == [1, 1, 4096.0] for r in results.values()), results
+    with pytest.raises(ValueError, match="cpus_per_task must be a positive integer"):
+        run_tasks(_threads, {"a": (1,)}, executor="ray", cpus_per_task=0)
+
+
 def test_ray_missing_is_an_install_hint(monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # makes `import ray` fail
     with pytest.raises(ImportError, match=r"pip install 'keras-qrobust\[ray\]'"):
