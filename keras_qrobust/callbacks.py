@@ -52,6 +52,7 @@ from .training.feedback import (
     classifier_of,
     examples_from_distances,
     scaled_learning_rate,
+    warn_uneven_batches,
 )
 
 __all__ = ["FeedbackLearning", "UAPMonitor", "LipschitzMonitor"]
@@ -117,7 +118,9 @@ class FeedbackLearning(_EpochMonitor):
     the model's own ``train_step``, so an :class:`~keras_qrobust.training.AdversarialModel`
     fine-tunes adversarially. It runs after the epoch's logs (validation included) are
     computed, so its effect shows in the next epoch's metrics. The optimizer needs a
-    constant learning rate unless ``lr_scale=1``.
+    constant learning rate unless ``lr_scale=1``. Under a ``tf.distribute`` strategy (model
+    built and compiled inside its scope) each ``train_on_batch`` splits its batch over the
+    replicas, as ``fit`` does; a warning says when a batch does not split evenly.
 
     Logs ``margin_class_<c>`` for each class (NaN for a class the model gets wholly wrong),
     ``margin_mean`` (their mean), ``feedback_examples`` (examples generated) and
@@ -199,6 +202,7 @@ class FeedbackLearning(_EpochMonitor):
         x = np.concatenate([self.x, examples.x])
         y = np.concatenate([self.y, examples.y])
         rng = np.random.default_rng(np.random.SeedSequence(self.seed, spawn_key=(2, self.rounds_done)))
+        warn_uneven_batches(self.model, len(x), self.batch_size, "FeedbackLearning")
         losses = []
         with scaled_learning_rate(self.model.optimizer, self.lr_scale):
             for _ in range(self.epochs):

@@ -6,8 +6,9 @@
 
 Weights use :class:`~keras_qrobust.quantizers.SymmetricQuantizer` (per output channel by
 default); ReLU outputs use :class:`~keras_qrobust.quantizers.ActivationQuantizer` whose range
-is initialised from the first training batch and then tracked by an EMA. The layout
-transform folds BatchNormalization into the layer before it, as RobustQuantizer does.
+is initialised from the first training batch and then tracked by an EMA (of the global
+batch's maximum under a ``tf.distribute`` strategy, see :class:`GlobalBatchActivationQuantizer`).
+The layout transform folds BatchNormalization into the layer before it, as RobustQuantizer does.
 """
 
 from __future__ import annotations
@@ -17,11 +18,12 @@ from typing import Optional, Sequence
 import tensorflow_model_optimization as tfmot
 
 from . import quantizers as qz
-from ._keras import keras, register
+from ._keras import keras, register, tf
 from .transforms import Graph, fold_batchnorm, split_separable
 from .transforms._kinds import KERNELS, PASS_THROUGH
 
-__all__ = ["WXAYQuantizeConfig", "WXAYQuantizeRegistry", "WXAYLayoutTransform", "WXAYScheme", "WXScheme"]
+__all__ = ["GlobalBatchActivationQuantizer", "WXAYQuantizeConfig", "WXAYQuantizeRegistry", "WXAYLayoutTransform",
+           "WXAYScheme", "WXScheme"]
 
 _tfmot_q = tfmot.quantization.keras
 _WEIGHT_ATTRS = {getattr(keras.layers, name): kernels for name, kernels in KERNELS.items()}
@@ -30,6 +32,26 @@ _PASS_THROUGH = tuple(getattr(keras.layers, name) for name in (*PASS_THROUGH, "S
 
 def _is_relu(activation) -> bool:
     return getattr(activation, "__name__", None) == "relu"
+
+
+class GlobalBatchActivationQuantizer(qz.ActivationQuantizer):
+    """:class:`~keras_qrobust.quantizers.ActivationQuantizer` whose EMA tracks the maximum of
+    the global batch when a ``tf.distribute`` strategy splits it over replicas.
+
+    Each replica sees its share of the batch only, and its copy of the mirrored range variable
+    (aggregation NONE) takes whatever the replica assigns: with the plain quantizer every
+    replica would track the maximum of its own share and the copies would drift apart. Here
+    the replicas' maxima are all-gathered first, so every replica assigns the same value, the
+    one a single device computes from the whole batch. Outside a strategy it is the plain
+    quantizer. The quantizer is not serialized (``WXAYQuantizeConfig`` rebuilds it), so
+    saved QAT models are unchanged.
+    """
+
+    def _tracked_max(self, x, weights):
+        replica = tf.distribute.get_replica_context()
+        if replica is not None and replica.num_replicas_in_sync > 1:
+            x = replica.all_gather(tf.reshape(tf.stop_gradient(tf.reduce_max(x)), [1]), axis=0)
+        return super()._tracked_max(x, weights)
 
 
 @register
@@ -69,7 +91,7 @@ class WXAYQuantizeConfig(_tfmot_q.QuantizeConfig):
         return qz.SymmetricQuantizer(self.weight_bits, per_axis=self.per_axis, axis=axis)
 
     def _activation_quantizer(self):
-        return qz.ActivationQuantizer(self.activation_bits, ema_decay=self.ema_decay)
+        return GlobalBatchActivationQuantizer(self.activation_bits, ema_decay=self.ema_decay)
 
     def get_weights_and_quantizers(self, layer):
         return [(getattr(layer, attr), self._weight_quantizer(attr)) for attr in self.weight_attrs]

@@ -21,6 +21,7 @@ does it inside ``model.fit``.
 from __future__ import annotations
 
 import contextlib
+import warnings
 from dataclasses import dataclass, field
 from typing import Iterator, Optional, Sequence, Union
 
@@ -455,6 +456,25 @@ def scaled_learning_rate(optimizer, scale: float) -> Iterator[None]:
         optimizer.learning_rate = original
 
 
+def warn_uneven_batches(model, size: int, batch_size: int, who: str) -> None:
+    """Warn when ``size`` examples in batches of ``batch_size`` do not split evenly over the
+    replicas of the ``tf.distribute`` strategy ``model`` was built under.
+
+    Keras's compiled loss divides each replica's mean loss by the number of replicas, which is
+    the global-batch mean only when every replica gets as many examples: a batch of 33 on two
+    replicas (17 + 16) weighs the examples of the smaller share more.
+    """
+    replicas = model.distribute_strategy.num_replicas_in_sync
+    last = size % batch_size or batch_size
+    if replicas > 1 and (batch_size % replicas or last % replicas):
+        warnings.warn(
+            f"{who}: the fine-tune's {size} examples in batches of {batch_size} (the last of {last}) do not "
+            f"split evenly over the {replicas} replicas; Keras averages the replicas' mean losses with equal "
+            "weights, so an uneven batch's gradient is not exactly that of its mean loss. Choose batch_size and "
+            "the data size (plus round(fraction·N) generated examples) so that every batch is a multiple of "
+            "the replicas", stacklevel=3)
+
+
 def check_compiled(model, who: str) -> None:
     if getattr(model, "optimizer", None) is None or getattr(model, "compiled_loss", None) is None:
         raise ValueError(
@@ -499,6 +519,11 @@ def feedback_learning(model, data, *, t_max: float, rounds: int = 2, epochs: int
     paired; each round draws its own examples. Shuffling during ``fit`` follows TensorFlow's
     global seed (:func:`keras_qrobust.training.set_seed`).
 
+    Under a ``tf.distribute`` strategy (``model`` built and compiled inside its scope) the
+    margins are measured with the mirrored weights and ``fit`` splits each fine-tune batch
+    (``batch_size`` is the global batch) over the replicas; a warning says when a batch does not
+    split evenly (see :func:`warn_uneven_batches`).
+
     Returns:
         a :class:`FeedbackHistory` (margins before each round and after the last, counts,
         fit histories).
@@ -519,6 +544,7 @@ def feedback_learning(model, data, *, t_max: float, rounds: int = 2, epochs: int
         generated = examples_from_distances(result, x, gamma=gamma, fraction=fraction, clip=clip, stream=round_index)
         history.margins.append(result.class_margins())
         history.counts.append(generated.counts)
+        warn_uneven_batches(model, len(x) + len(generated.y), batch_size, "feedback_learning")
         with scaled_learning_rate(model.optimizer, lr_scale):
             fit = model.fit(np.concatenate([x, generated.x]), np.concatenate([y, generated.y]), epochs=epochs,
                             batch_size=batch_size, shuffle=True, validation_data=validation_data, verbose=verbose)
