@@ -225,16 +225,18 @@ class RobustQuantizer:
         return qmodel
 
     def search(self, model, data, candidates=None, attack="pgd", eps: float = 0.1, natural_floor: float = 0.0,
-               samples=None, seed: Optional[int] = 0, verbose: int = 1):
+               samples=None, seed: Optional[int] = 0, verbose: int = 1, *, executor: str = "local",
+               address: Optional[str] = None, folder=None):
         """Robustness-driven bit-width search (Zhou 2022 Algorithm 1) with these settings.
 
-        See :func:`keras_qrobust.search.search`; returns a ``SearchResult`` whose ``best``
+        See :func:`keras_qrobust.search.search` (``executor="ray"`` scores the candidates as
+        Ray tasks; ``folder`` keeps finished rows); returns a ``SearchResult`` whose ``best``
         is the chosen ``"wXaY"`` and whose ``rows`` hold every candidate's accuracies.
         """
         from .search import search
 
         return search(self, model, data, candidates, attack=attack, eps=eps, natural_floor=natural_floor,
-                      samples=samples, seed=seed, verbose=verbose)
+                      samples=samples, seed=seed, verbose=verbose, executor=executor, address=address, folder=folder)
 
     def _weight_quantizer(self, bits: int, part: str, mu_law: bool, clip_ratio: float = 1.0):
         if mu_law:

@@ -4,12 +4,14 @@ For every candidate ``(Wb, Ab)``: quantize the model, measure the natural accura
 ``data`` and the adversarial accuracy under ``attack``; among the settings whose natural
 accuracy is above ``natural_floor``, choose the one with the best adversarial accuracy
 (ties: fewer bits, then higher natural accuracy). Each setting is evaluated on its own
-(:func:`evaluate_setting`), so the loop can be spread over processes.
+(:func:`evaluate_setting`) as one task of :func:`keras_qrobust.executor.run_tasks`, in this
+process or on Ray (``executor="ray"``), with the same numbers either way.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import time
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence, Union
@@ -18,6 +20,7 @@ import numpy as np
 
 from . import metrics
 from .attacks.registry import PER_MODEL_KINDS, get_attack
+from .executor import check_executor, fingerprint, run_tasks, ship_models, unship
 from .quantize import parse_setting, setting_name
 
 __all__ = ["wxay_grid", "SettingResult", "SearchResult", "evaluate_setting", "choose", "search"]
@@ -99,6 +102,40 @@ def evaluate_setting(quantizer, model, data, samples, attack: Attack, eps: float
     return SettingResult(quantizer.setting, natural, adversarial, time.perf_counter() - start, natural > natural_floor)
 
 
+def _imported(reference: tuple[str, str]) -> Callable:
+    module, qualname = reference
+    found = importlib.import_module(module)
+    for part in qualname.split("."):
+        found = getattr(found, part)
+    return found
+
+
+def _by_reference(attack: Callable) -> tuple[str, str]:
+    """``(module, qualname)`` of a module-level function a worker can import, or a one-line
+    ValueError naming the fix."""
+    module, qualname = getattr(attack, "__module__", None), getattr(attack, "__qualname__", "")
+    try:
+        found = _imported((module, qualname)) if module and module != "__main__" and "<" not in qualname else None
+    except (ImportError, AttributeError):
+        found = None
+    if found is not attack:
+        raise ValueError(f"attack {qualname or type(attack).__name__} cannot be sent to Ray workers or named in a "
+                         "folder's keys: pass a registry name (e.g. 'pgd') or a function defined at module level of an "
+                         "importable module (not in __main__, not a lambda or a closure)")
+    return module, qualname
+
+
+def _setting_task(shared: dict, quantizer, attack, eps: float, seed: Optional[int]) -> dict:
+    """One candidate of the search (a task of :func:`keras_qrobust.executor.run_tasks`): its row
+    as JSON data; ``attack`` is a registry name, a ``(module, qualname)`` reference or (in this
+    process) a callable. Whether the row is above the floor is decided by :func:`search`."""
+    model = unship(shared["model"])
+    if isinstance(attack, tuple):
+        attack = _imported(attack)
+    row = evaluate_setting(quantizer, model, (shared["x"], shared["y"]), shared["samples"], attack, eps, 0.0, seed)
+    return {"setting": row.setting, "natural": row.natural, "adversarial": row.adversarial, "seconds": row.seconds}
+
+
 def _bits_sum(setting: str) -> int:
     return sum(b or 32 for b in parse_setting(setting))
 
@@ -111,7 +148,8 @@ def choose(rows: Sequence[SettingResult]) -> Optional[SettingResult]:
 
 
 def search(quantizer, model, data, candidates: Sequence[str] = None, attack: Attack = "pgd", eps: float = 0.1,
-           natural_floor: float = 0.0, samples=None, seed: Optional[int] = 0, verbose: int = 1) -> SearchResult:
+           natural_floor: float = 0.0, samples=None, seed: Optional[int] = 0, verbose: int = 1, *,
+           executor: str = "local", address: Optional[str] = None, folder=None) -> SearchResult:
     """Zhou 2022 Algorithm 1 with ``quantizer``'s other settings (calibration, input bits, ...).
 
     Args:
@@ -122,6 +160,19 @@ def search(quantizer, model, data, candidates: Sequence[str] = None, attack: Att
             :func:`keras_qrobust.attacks.attack_names`) or ``attack(model, x, y, eps=...) -> x_adv``.
         natural_floor: minimum natural accuracy (fraction) a chosen setting must exceed.
         samples: calibration inputs (default: the first 1,024 of ``x``).
+        executor: ``"local"`` (this process) or ``"ray"``: every candidate is one task of
+            :func:`keras_qrobust.executor.run_tasks` (the float model shipped as its saved
+            bytes, the quantizer pickled, the same seed), with the same rows either way
+            (except ``seconds``); ``address``: the Ray cluster (``None`` starts one on this
+            machine, ``"auto"`` joins a running one).
+        folder: keep each finished candidate's row there (JSON) so a rerun skips it; a row is
+            reused only for the same model weights, data, calibration inputs, quantizer
+            settings, attack, ε and seed.
+
+    A callable ``attack`` on Ray, or with ``folder``, must be a function defined at module level
+    of a module the workers can import (it is sent by reference, as ``module.qualname``, and
+    names the attack in the kept rows' keys); a lambda, a closure or a function of ``__main__``
+    raises a ValueError before anything runs. In this process any callable works.
     """
     x, y = data
     x = np.asarray(x, np.float32)
@@ -140,17 +191,32 @@ def search(quantizer, model, data, candidates: Sequence[str] = None, attack: Att
         raise ValueError("candidates is empty: pass settings such as kq.wxay_grid(2, 8)")
     for setting in candidates:
         parse_setting(setting)  # fails early with a clear message
+    check_executor(executor)
+    reference = _by_reference(attack) if callable(attack) and (executor != "local" or folder is not None) else None
+    sent = reference if executor != "local" and reference else attack
     samples = x[:1024] if samples is None else np.asarray(samples, np.float32)
-    rows = []
-    iterator = candidates
+    quantizers = {}
+    for setting in candidates:
+        weight_bits, activation_bits = parse_setting(setting)
+        quantizers[setting] = dataclasses.replace(quantizer, weight_bits=weight_bits, activation_bits=activation_bits)
+    # a kept row is reused only for the same model, data, quantizer settings, attack, ε and seed
+    same = fingerprint(model, x, y, samples) if folder is not None else ""
+    named = attack if isinstance(attack, str) else ":".join(reference or ("", ""))
+    key = {s: f"{s}|{named}|{eps!r}|{seed}|{same}|{fingerprint(type(q).__qualname__, dataclasses.asdict(q))}"
+           for s, q in quantizers.items()}
+    tasks = {key[setting]: (q, sent, eps, seed) for setting, q in quantizers.items()}
+    shared = {"model": ship_models({"model": model}, executor)["model"], "x": x, "y": y, "samples": samples}
+    progress = None
     if verbose:
         from tqdm.auto import tqdm
 
-        iterator = tqdm(candidates, desc="bit-width search", unit="setting")
-    for setting in iterator:
-        weight_bits, activation_bits = parse_setting(setting)
-        setting_quantizer = dataclasses.replace(quantizer, weight_bits=weight_bits, activation_bits=activation_bits)
-        rows.append(evaluate_setting(setting_quantizer, model, (x, y), samples, attack, eps, natural_floor, seed))
+        progress = tqdm(total=len(tasks), desc="bit-width search", unit="setting")
+    found = run_tasks(_setting_task, tasks, shared=shared, executor=executor, address=address, folder=folder,
+                      on_result=None if progress is None else (lambda _, row: progress.update(1)))
+    if progress is not None:
+        progress.close()
+    rows = [SettingResult(**found[key[setting]], above_floor=found[key[setting]]["natural"] > natural_floor)
+            for setting in candidates]
     best = choose(rows)
     name = attack if isinstance(attack, str) else getattr(attack, "__name__", "custom")
     return SearchResult(best.setting if best else None, tuple(rows), name, float(eps), float(natural_floor))

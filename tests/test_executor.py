@@ -15,16 +15,6 @@ from keras_qrobust.executor import INSTALL_HINT, run_tasks
 ray = pytest.importorskip("ray", reason=f"the Ray executor needs Ray: {INSTALL_HINT}")
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    """A Ray instance on this machine with 2 CPUs and no dashboard (no network)."""
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"TF_CPP_MIN_LOG_LEVEL": "2"}})
-    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # tests/ is not importable in workers
-    yield
-    ray.shutdown()
-
-
 def test_evaluate_on_ray_equals_local(local_ray, tiny_case):
     model_file, data_file = tiny_case
     model = kq.load_model(model_file)
