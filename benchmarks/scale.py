@@ -8,10 +8,11 @@ RobustQuantizer PTQ copies at w8a8, w6a6, w5a5, w4a4, w3a3 and w2a2 (7 tasks wit
 calibrated on 512 fit-split images; inputs are the first ``--images`` Fashion-MNIST test images
 (AutoAttack on the first ``--autoattack-images``), L∞ ε = 0.1.
 
-Measured: the wall time of the grid in one process (local), on a Ray instance with 1 worker
-CPU and with 2, the results of each compared with the local ones (they must be identical),
-each task's time inside its worker, and the bytes each task receives (its model's saved file;
-the inputs go to Ray's object store once per run). Ray's start-up is timed separately.
+Measured: the wall time of the grid in one process (local: TensorFlow uses every core), on a
+Ray instance with 1 worker CPU and with 2 (each task reserves one CPU and its TensorFlow uses one
+thread: ``executor.run_tasks(cpus_per_task=1)``), the results of each compared with the local
+ones (they must be identical), each task's time inside its worker, and the bytes each task
+receives (its model's saved file; the inputs go to Ray's object store once per run). Ray's start-up is timed separately.
 
 Projection (stated as one, not measured): the grid's wall time on W workers as the longest
 chain of tasks when the measured task times are dealt to W workers longest first, plus the
@@ -141,6 +142,8 @@ def markdown(data: dict) -> str:
              f"{run_description(data)} Code {data['machine'].get('code', 'unknown')}. {len(data['models'])} models "
              f"({', '.join(data['models'])}) of the demo's cnn_small; per model PGD-10 and UAP at ε/2 and ε on "
              f"{data['images']} test images, AutoAttack fast at ε = {data['eps']} on {data['autoattack_images']}.", "",
+             "Local: one process, TensorFlow on every core; Ray: each task reserves one CPU and runs "
+             "TensorFlow on one thread.", "",
              "| run | grid seconds | Ray start-up seconds | identical to local |", "|---|---|---|---|"]
     for label, row in data["runs"].items():
         lines.append(f"| {label} | {row['seconds']} | {row['ray_start_seconds']} | {row['identical_to_local']} |")
@@ -160,9 +163,9 @@ def markdown(data: dict) -> str:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--images", type=int, default=1000)
-    parser.add_argument("--autoattack-images", type=int, default=500)
-    parser.add_argument("--uap-images", type=int, default=500)
+    parser.add_argument("--images", type=int, default=500)
+    parser.add_argument("--autoattack-images", type=int, default=250)
+    parser.add_argument("--uap-images", type=int, default=250)
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
     if args.quick:
