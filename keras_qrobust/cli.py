@@ -161,6 +161,9 @@ def _add_evaluate(commands) -> None:
     e.add_argument("--out", required=True, help="a new (or empty) folder for the report")
     e.add_argument("--overwrite", action="store_true", help="write into a non-empty --out, replacing the report files")
     _add_ray(e, "the grid's cells")
+    e.add_argument("--shard-size", type=int, default=None, metavar="N",
+                   help="split each per-input cell (AutoAttack, PGD, ...) into tasks of N test inputs, so one long "
+                   "cell spreads over Ray workers (the numbers depend on N; default: whole cells)")
     _add_data_arguments(e, test_default=1000)
 
 
@@ -491,6 +494,7 @@ def _evaluate(args) -> int:
     eps = _check_eps_values(args.eps, allow_zero=True)
     if eps != sorted(eps):
         raise UsageError(f"--eps {args.eps} must be ascending, e.g. --eps 0,0.05,0.1")
+    _positive(args.shard_size, "--shard-size")
     executor, address = _executor(args)
     folder = _new_folder(args.out, args.overwrite)
     names = [Path(p).stem for p in args.model]
@@ -504,7 +508,7 @@ def _evaluate(args) -> int:
         _check_model_on(model, data, args, f"--model {path}")
     report = evaluate(models, (data.x_test, data.y_test), attacks=attacks, eps=eps, pgd_steps=args.pgd_steps,
                       seed=args.seed, options={"autoattack": {"version": args.autoattack_version}},
-                      executor=executor, address=address, trust=args.trust_model)
+                      executor=executor, address=address, shard_size=args.shard_size, trust=args.trust_model)
     report.provenance.pop("seconds", None)  # keep the report deterministic
     _save_report(report, folder, args.overwrite)
     print(report.to_markdown())

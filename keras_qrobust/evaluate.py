@@ -39,22 +39,33 @@ def _options(attack: str, pgd_steps: int, options: Mapping[str, dict]) -> dict:
     return spec.settings(**{**extra, **dict(options.get(spec.name, {}))})
 
 
-def _score(model, x, y, spec, eps: float, seed: int, settings: dict, unusable: np.ndarray) -> float:
-    """Accuracy under one attack cell; inputs without a usable gradient never count as robust
-    under a gradient attack."""
+def _correct(model, x, y, spec, eps: float, seed: int, settings: dict, unusable: np.ndarray) -> int:
+    """How many inputs stay correct under one attack cell; inputs without a usable gradient never
+    count as robust under a gradient attack."""
     found = spec(model, x, y, eps=eps, seed=seed, **settings)
     if hasattr(found, "robust_accuracy"):  # a suite (AutoAttack) scores itself
-        return float(found.robust_accuracy)
+        return int(np.sum(found.robust))
     correct = metrics.predict_labels(model, found) == y
     if spec.needs_gradient:
         correct &= ~unusable
-    return float(correct.mean())
+    return int(correct.sum())
 
 
-def _cell(shared: dict, name: str, attack: str, eps: float, seed: int, settings: dict) -> float:
-    """One cell of the grid, as a task of :func:`keras_qrobust.executor.run_tasks`."""
+def _cell(shared: dict, name: str, attack: str, eps: float, seed: int, settings: dict, start: int, stop: int) -> int:
+    """Correct inputs of one cell on inputs ``start:stop`` (a task of
+    :func:`keras_qrobust.executor.run_tasks`)."""
     model = unship(shared["models"][name], shared["trust"])
-    return _score(model, shared["x"], shared["y"], get_attack(attack), eps, seed, settings, shared["unusable"][name])
+    rows = slice(start, stop)
+    return _correct(model, shared["x"][rows], shared["y"][rows], get_attack(attack), eps, seed, settings,
+                    shared["unusable"][name][rows])
+
+
+def _shards(n: int, shard_size: Optional[int], kind: str) -> list[tuple[int, int]]:
+    """The input ranges of a cell's tasks: one per ``shard_size`` inputs for a per-input attack;
+    a universal perturbation is crafted on all inputs, so its cell stays whole."""
+    if shard_size is None or kind == "universal":
+        return [(0, n)]
+    return [(start, min(start + shard_size, n)) for start in range(0, n, shard_size)]
 
 
 def _unusable_gradients(model, x, y) -> np.ndarray:
@@ -75,8 +86,8 @@ def _weight_bits(name: str, model) -> Optional[int]:
 def evaluate(models, data, attacks: Sequence[str] = ("fgsm", "pgd"), eps: Sequence[float] = (0.0, 0.05, 0.1), *,
              pgd_steps: int = 20, seed: int = 0, options: Optional[Mapping[str, dict]] = None,
              bits: Optional[Mapping[str, int]] = None, lipschitz_bits: Optional[int] = None, transfer_matrix=None,
-             executor: str = "local", address: Optional[str] = None, folder=None, trust: bool = False,
-             verbose: int = 1) -> RobustnessReport:
+             executor: str = "local", address: Optional[str] = None, folder=None, shard_size: Optional[int] = None,
+             trust: bool = False, verbose: int = 1) -> RobustnessReport:
     """Accuracy of every model under every attack at every ε (ε = 0: clean accuracy).
 
     Args:
@@ -96,6 +107,12 @@ def evaluate(models, data, attacks: Sequence[str] = ("fgsm", "pgd"), eps: Sequen
             the same seeds and the same numbers either way; ``address``: the Ray cluster
             (``None`` starts one on this machine, ``"auto"`` joins a running one).
         folder: keep each finished cell there (JSON) so a rerun skips it.
+        shard_size: split every per-input cell (white-box, gradient-free, noise, AutoAttack)
+            into tasks of this many inputs, so that one long AutoAttack cell spreads over
+            workers; the cell's accuracy is the shards' correct inputs over all inputs. Each
+            shard runs the attack with the cell's seed on its own inputs, so the numbers depend
+            on ``shard_size`` (as on a batch size) and equal between executors for the same
+            ``shard_size``. UAP cells stay whole (the perturbation is crafted on all inputs).
         trust: load shipped models without the code check (models with Lambda layers).
     """
     models = dict(models) if isinstance(models, Mapping) else {getattr(models, "name", "model"): models}
@@ -118,6 +135,8 @@ def evaluate(models, data, attacks: Sequence[str] = ("fgsm", "pgd"), eps: Sequen
     if not eps or eps != sorted(eps):
         raise ValueError(f"eps must be ascending values in [0, 1], got {eps}")
     check_executor(executor)
+    if shard_size is not None and not (isinstance(shard_size, (int, np.integer)) and shard_size >= 1):
+        raise ValueError(f"shard_size must be a positive integer or None, got {shard_size!r}")
     start = time.perf_counter()
     accuracy: dict = {}
     integrity: dict = {}
@@ -137,16 +156,27 @@ def evaluate(models, data, attacks: Sequence[str] = ("fgsm", "pgd"), eps: Sequen
             integrity[name] = {"unusable_gradient": int(unusable[name].sum())}
     # a kept result is reused only for the same model, data and settings
     same = {name: fingerprint(model, x, y) if folder is not None else "" for name, model in models.items()}
-    key = {(name, spec.name, e): f"{name}|{spec.name}|{e!r}|{seed}|{same[name]}|{fingerprint(settings[spec.name])}"
-           for name in models for spec in specs for e in eps if e > 0}
-    tasks = {k: (name, attack, e, seed, settings[attack]) for (name, attack, e), k in key.items()}
+    cells = {(name, spec.name, e): _shards(len(x), shard_size, spec.kind)
+             for name in models for spec in specs for e in eps if e > 0}
+    key = {(cell, rows): f"{cell[0]}|{cell[1]}|{cell[2]!r}|{seed}|{same[cell[0]]}|{fingerprint(settings[cell[1]])}|"
+                         f"{rows[0]}:{rows[1]}" for cell, shards in cells.items() for rows in shards}
+    tasks = {k: (name, attack, e, seed, settings[attack], *rows) for ((name, attack, e), rows), k in key.items()}
     shared = {"models": ship_models(models, executor), "x": x, "y": y, "unusable": unusable, "trust": trust}
     if progress is not None:
-        progress.update(total - len(tasks))  # the clean cells
-    scores = run_tasks(_cell, tasks, shared=shared, executor=executor, address=address, folder=folder,
-                       on_result=None if progress is None else (lambda key, result: progress.update(1)))
+        progress.update(total - len(cells))  # the clean cells
+    cell_of = {k: cell for (cell, _), k in key.items()}
+    finished = {cell: 0 for cell in cells}
+
+    def count_cell(task_key, result):
+        finished[cell_of[task_key]] += 1
+        if progress is not None and finished[cell_of[task_key]] == len(cells[cell_of[task_key]]):
+            progress.update(1)
+
+    counts = run_tasks(_cell, tasks, shared=shared, executor=executor, address=address, folder=folder,
+                       on_result=count_cell)
+    correct = {cell: sum(counts[key[cell, rows]] for rows in shards) for cell, shards in cells.items()}
     for name in models:
-        accuracy[name] = {spec.name: [clean[name] if e == 0.0 else scores[key[name, spec.name, e]] for e in eps]
+        accuracy[name] = {spec.name: [clean[name] if e == 0.0 else correct[name, spec.name, e] / len(x) for e in eps]
                           for spec in specs}
     if progress is not None:
         progress.close()
@@ -160,7 +190,7 @@ def evaluate(models, data, attacks: Sequence[str] = ("fgsm", "pgd"), eps: Sequen
                 lipschitz[name] = [{k: row[k] for k in ("layer", "kernel", "sigma_max", "sigma_max_scaled")}
                                    for row in quantization_lipschitz(model, lipschitz_bits)]
     provenance = {"attacks": {spec.name: spec.description(**settings[spec.name]) for spec in specs}, "eps": eps,
-                  "norm": "inf", "samples": int(len(x)), "seed": seed, "pgd_steps": pgd_steps,
+                  "norm": "inf", "samples": int(len(x)), "seed": seed, "pgd_steps": pgd_steps, "shard_size": shard_size,
                   "settings": settings, "seconds": round(time.perf_counter() - start, 2)}
     if integrity:
         provenance["integrity"] = {

@@ -45,6 +45,8 @@ CLI_CASES = {
                                  "--out", "{tmp}/o"], "must be ascending"),
     "evaluate empty attacks": (["evaluate", "--model", "{model}", "--dataset", "{data}", "--attacks", ",",
                                 "--out", "{tmp}/o"], "choose from"),
+    "evaluate shard size 0": (["evaluate", "--model", "{model}", "--dataset", "{data}", "--shard-size", "0",
+                               "--out", "{tmp}/o"], "--shard-size must be >= 1"),
     "evaluate same model name": (["evaluate", "--model", "{model}", "--model", "{model}", "--dataset", "{data}",
                                   "--out", "{tmp}/o"], "rename or copy one"),
     "export unknown target": (["export", "--model", "{model}", "--dataset", "{data}", "--target", "tpu",

@@ -30,6 +30,26 @@ def test_evaluate_on_ray_equals_local(local_ray, tiny_case):
     assert pgd[0] > pgd[-1]  # the attacks did something (not an all-clean grid)
 
 
+def test_autoattack_shards_on_ray_equal_local(local_ray, tiny_case, tmp_path):
+    """AutoAttack over shards of the test inputs: one task per shard, the same numbers on Ray;
+    the UAP cell stays whole (its perturbation is crafted on all inputs)."""
+    model = kq.load_model(tiny_case[0])
+    data = np.load(tiny_case[1])
+    x, y = data["x_test"][:40], data["y_test"][:40]
+    grid = dict(attacks=["autoattack", "uap"], eps=[0.0, 0.1], seed=1, options={"autoattack": {"version": "fast"}},
+                verbose=0)
+    local = kq.evaluate({"tiny": model}, (x, y), shard_size=16, folder=tmp_path, **grid)
+    assert len(list(tmp_path.glob("*.json"))) == 3 + 1  # AutoAttack: 16 + 16 + 8 inputs; UAP: one task
+    distributed = kq.evaluate({"tiny": model}, (x, y), shard_size=16, executor="ray", **grid)
+    assert distributed.accuracy == local.accuracy
+    whole = kq.evaluate({"tiny": model}, (x, y), **grid)
+    assert whole.accuracy["tiny"]["uap"] == local.accuracy["tiny"]["uap"]
+    robust = local.accuracy["tiny"]["autoattack"]
+    assert robust[1] < robust[0] and (robust[1] * 40).is_integer()
+    with pytest.raises(ValueError, match="shard_size must be a positive integer"):
+        kq.evaluate({"tiny": model}, (x, y), shard_size=0, **grid)
+
+
 def _dies_once(shared, marker: str, value: int) -> int:
     """Kills its worker process the first time it runs for ``marker``, then succeeds."""
     path = Path(marker)
