@@ -36,7 +36,7 @@ import numpy as np
 
 from _common import CHECKPOINTS, kq, log, machine, publish, run_description, targets_table
 
-from keras_qrobust.executor import run_tasks, ship, ship_models
+from keras_qrobust.executor import run_tasks, ship, ship_models, start_ray
 from keras_qrobust.guard.attacking import _model_cells
 
 EPS = 0.1
@@ -71,8 +71,7 @@ def run_once(models: dict, shared: dict, executor: str, cpus: int | None) -> tup
     startup = 0.0
     if executor == "ray":
         started = time.perf_counter()
-        ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=False,
-                 runtime_env={"env_vars": {"TF_CPP_MIN_LOG_LEVEL": "2"}})
+        start_ray(num_cpus=cpus)
         ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # benchmarks/ is not a package
         startup = time.perf_counter() - started
     shipped = ship_models(models, executor)

@@ -40,7 +40,7 @@ import numpy as np
 
 from ._io import write_json
 
-__all__ = ["run_tasks", "ship", "ship_models", "unship", "fingerprint", "model_to_bytes", "EXECUTORS",
+__all__ = ["run_tasks", "start_ray", "ship", "ship_models", "unship", "fingerprint", "model_to_bytes", "EXECUTORS",
            "INSTALL_HINT", "check_executor"]
 
 EXECUTORS = ("local", "ray")
@@ -177,6 +177,17 @@ def _import_ray():
     return ray
 
 
+def start_ray(address: Optional[str] = None, num_cpus: Optional[int] = None):
+    """Initialize Ray in this process the way the executor does and return the module: no
+    dashboard, workers' output not copied to the driver, TensorFlow's native log quiet.
+    ``address`` None starts a new instance on this machine (with ``num_cpus``), even when
+    `ray start` runs one, which plain ``ray.init()`` would join."""
+    ray = _import_ray()
+    ray.init(address=address or "local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"TF_CPP_MIN_LOG_LEVEL": "2"}})
+    return ray
+
+
 def run_tasks(function: Callable, tasks: Mapping[str, tuple], *, shared: Any = None, executor: str = "local",
               address: Optional[str] = None, folder: Optional[os.PathLike] = None, max_retries: int = 3,
               cpus_per_task: int = 1, on_result: Optional[Callable[[str, Any], None]] = None) -> dict:
@@ -214,9 +225,7 @@ def run_tasks(function: Callable, tasks: Mapping[str, tuple], *, shared: Any = N
         ray = _import_ray()
         started_here = not ray.is_initialized()
         if started_here:
-            # address None: a new instance here, even when `ray start` runs one (ray.init would join it)
-            ray.init(address=address or "local", include_dashboard=False, log_to_driver=False,
-                     runtime_env={"env_vars": {"TF_CPP_MIN_LOG_LEVEL": "2"}})
+            start_ray(address)
         try:
             remote = ray.remote(max_retries=max_retries, num_cpus=cpus_per_task)(_task)
             shared_ref = ray.put(shared)

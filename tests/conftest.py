@@ -76,9 +76,10 @@ def local_ray(request):
     """A Ray instance on this machine with 2 CPUs and no dashboard (no network), for the tests
     of one module; that module's functions are sent to the workers by value (tests/ is not
     importable there)."""
-    ray = pytest.importorskip("ray")
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"TF_CPP_MIN_LOG_LEVEL": "2"}})
+    from keras_qrobust.executor import start_ray
+
+    pytest.importorskip("ray")
+    ray = start_ray(num_cpus=2)
     ray.cloudpickle.register_pickle_by_value(request.module)
     yield
     ray.shutdown()
