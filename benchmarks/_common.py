@@ -191,17 +191,6 @@ def resumable(path: Path):
     return kq.keras.callbacks.BackupAndRestore(str(backup)), info
 
 
-def portable(record):
-    """``record`` (nested dicts and lists) with every ``resumed_from`` path cut to its file
-    name: results files carry no path of the machine that made them."""
-    if isinstance(record, dict):
-        return {k: Path(v).name if k == "resumed_from" and isinstance(v, str) else portable(v)
-                for k, v in record.items()}
-    if isinstance(record, list):
-        return [portable(v) for v in record]
-    return record
-
-
 # The PGD-AT model of the defenses, export and reproduction scripts (Madry 2018, ε = 0.1,
 # 7 steps, α = 2.5ε/7): cnn_small without dropout, 30 epochs, learning rate 10x lower for the
 # last quarter. With dropout 0.25 and 20 epochs it reached 84.4% clean / 75.6% PGD-20.
@@ -407,9 +396,12 @@ class FinishedResults:
 def without_machine_paths(record):
     """``record`` (nested dicts, lists, strings) with this checkout's folder cut from every path
     (``/home/me/keras_qrobust/benchmarks/.cache/m.keras`` -> ``benchmarks/.cache/m.keras``) and
-    the home folder written ``~``: results files carry no path of the machine that made them."""
+    the home folder written ``~`` and every ``resumed_from`` path cut to its file name: results
+    files carry no path of the machine that made them."""
     if isinstance(record, dict):
-        return {k: without_machine_paths(v) for k, v in record.items()}
+        # a resumed training's backup may lie anywhere: its name is what identifies it
+        return {k: Path(v).name if k == "resumed_from" and isinstance(v, str) else without_machine_paths(v)
+                for k, v in record.items()}
     if isinstance(record, list):
         return [without_machine_paths(v) for v in record]
     if isinstance(record, str):

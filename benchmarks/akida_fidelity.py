@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import defense_fine_tuned, defense_model, kq, log, machine, portable, publish, run_description, \
+from _common import defense_fine_tuned, defense_model, kq, log, machine, publish, run_description, \
     targets_table
 
 EPS = 0.1
@@ -108,7 +108,7 @@ def run(args) -> dict:
     return {"command": command, "machine": machine(), "eps": EPS, "seed": args.seed, "images": int(len(x)),
             "attack_images": n, "square_images": args.square_images, "square_queries": args.square_queries,
             "keras": keras_row, "files": files, "checks": checks(keras_row, files["carried"]),
-            "training": {"Adv.": portable(adv_info), "AT-ft w4a4": portable(twin_info)}}
+            "training": {"Adv.": adv_info, "AT-ft w4a4": twin_info}}
 
 
 def checks(keras_row: dict, carried: dict) -> list[dict]:

@@ -37,7 +37,7 @@ def add(stem: str) -> None:
     model = kq.keras.models.load_model(model_file, compile=False)  # uncompiled: saved without optimizer state
     with kq._io.atomic_path(target) as tmp:
         model.save(tmp)
-    provenance = {**_common.portable(json.loads(record.read_text())), "sha256": file_sha256(target),
+    provenance = {**_common.without_machine_paths(json.loads(record.read_text())), "sha256": file_sha256(target),
                   "bytes": target.stat().st_size, "parameters": int(model.count_params())}
     write_json(target.with_suffix(".json"), provenance)
     log(f"wrote {target} ({provenance['bytes'] / 1e6:.1f} MB) and {target.with_suffix('.json').name}")

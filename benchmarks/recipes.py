@@ -28,7 +28,6 @@ from _common import (
     kq,
     log,
     machine,
-    portable,
     publish,
     source_digest,
     trained_model,
@@ -104,7 +103,7 @@ def main(argv=None) -> None:
                 finished.put(key, row)
         trained = info.get("trained", {}).get("training", info)
         rows[name] = {**row, "recipe": describe_recipe(recipe), "train_seconds": trained.get("train_seconds"),
-                      "train_resumed": bool(trained.get("resumed_from")), "training": portable(info)}
+                      "train_resumed": bool(trained.get("resumed_from")), "training": info}
         log(f"{name}: clean {row['clean_accuracy']:.2%}, AutoAttack {row['autoattack']['robust_accuracy']:.2%}")
     command = "./run.sh bench recipes" + (f" --version {args.version}" if args.version != "standard" else "") + (
         f" --candidates {','.join(names)}" if names != list(RECIPE_CANDIDATES) else "")

@@ -11,10 +11,14 @@ fine-tuned with the same objective through its fake quantizers (``_common.defens
 For each model, on the first ``--images`` test images (all 10,000 by default), L∞ ε = 0.1:
 clean accuracy and standard AutoAttack (APGD-CE, APGD-T, FAB-T, Square 5,000 iterations, each
 on the inputs still robust), robust accuracy with its 95 % Wilson interval. The run is split
-into chunks of ``--chunk`` images, each kept in benchmarks/.cache/robustness_cells.json (its
-points in benchmarks/.cache/robustness_points/) under a fingerprint of the model, the chunk and
-the source of the attacks and quantized layers, so an interrupted run resumes at its first
-unfinished chunk — also after changes elsewhere in the library. The file is scored afresh.
+into chunks of ``--chunk`` images. Each finished chunk is a committed record in
+benchmarks/results/robustness_chunks/ (per input: robust, clean-correct, the attack that broke
+it; for the model with a deployed file also the file's and the twin's labels at the chunk's
+AutoAttack points, under the file's SHA-256), named by a fingerprint of the model, the chunk,
+the seed and the source files standard AutoAttack and the quantized layers run. A run — on this
+machine or after a fresh clone — resumes at its first chunk without a record; the points
+themselves are kept only in benchmarks/.cache/robustness_points/ (untracked), and a chunk whose
+file labels are missing for the current file and whose points are gone is attacked again.
 
 For the deployed artifact (the w4a4 TFLite file, run by LiteRT): its agreement with the Keras
 twin on every clean test image and on every AutoAttack point (the breaking point where the twin
@@ -37,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import tempfile
 import time
 from pathlib import Path
@@ -45,68 +50,101 @@ import numpy as np
 
 from _common import (
     CACHE,
+    CODE_VERSION,
     DEFENSE_DESCRIPTION,
-    FinishedResults,
     defense_fine_tuned,
     defense_model,
+    files_digest,
     fingerprint,
     kq,
     log,
     machine,
-    portable,
     publish,
     run_description,
     targets_table,
+    write_text,
 )
 
 EPS = 0.1
 TARGET_CLEAN, TARGET_ROBUST, TARGET_GAP = 0.87, 0.76, 0.015
 TEST_IMAGES = 10_000
-# A chunk's AutoAttack result depends on the attacks and on how the Keras model computes, not
-# on the export code: its cell is keyed by those sources only, so a change elsewhere in the
-# library does not throw away hours of finished chunks. The file is evaluated afresh each run.
-_ATTACK_SOURCES = ("attacks", "layers.py", "quantizers.py", "metrics.py", "_keras.py")
+# A chunk's AutoAttack result depends on the code standard AutoAttack runs and on how the
+# Keras model computes, not on the rest of the library: its record is keyed by those sources
+# only, so other changes do not throw away hours of finished chunks. The file is scored afresh.
+_ATTACK_SOURCES = ("attacks/autoattack.py", "attacks/apgd.py", "attacks/fab.py", "attacks/square.py",
+                   "attacks/_common.py", "attacks/_queries.py", "attacks/integrity.py", "attacks/registry.py",
+                   "layers.py", "quantizers.py", "metrics.py", "_keras.py")
+CHUNKS = Path(__file__).resolve().parent / "results" / "robustness_chunks"
 POINTS = CACHE / "robustness_points"
 
 
 def attack_source_digest() -> bytes:
     package = Path(kq.__file__).resolve().parent
-    files = sorted(f for name in _ATTACK_SOURCES for f in ([package / name] if name.endswith(".py")
-                                                              else (package / name).rglob("*.py")))
-    digest = hashlib.sha256()
-    for source in [*files, Path(__file__).resolve()]:
-        digest.update(source.read_bytes())
-    return digest.digest()
+    return files_digest([*(package / name for name in _ATTACK_SOURCES), Path(__file__).resolve()])
 
 
 SOURCE = attack_source_digest()
 
 
-def chunked_autoattack(name: str, model, x, y, chunk: int, seed: int, finished) -> dict:
-    """Standard AutoAttack on ``(x, y)`` chunk by chunk (each chunk a kept cell, its points in
-    ``POINTS``). Returns per-input arrays (``robust``, ``clean_correct``, ``broken_by``,
-    ``x_adv``: the breaking point where broken, else the input) and the summed seconds."""
-    parts, points = [], []
+class ChunkRecords:
+    """Finished chunks, one JSON file each in ``folder`` (written to a temp file, then renamed)."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+
+    def get(self, key: str) -> dict | None:
+        path = self.folder / f"{key[:24]}.json"
+        if not path.exists():
+            return None
+        record = json.loads(path.read_text())
+        return record if record.get("key") == key else None
+
+    def put(self, key: str, record: dict) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        text = json.dumps({"key": key, **record}, separators=(",", ":")) + "\n"
+        write_text(self.folder / f"{key[:24]}.json", text)
+
+
+def file_labels(twin, artifact, points: np.ndarray) -> dict:
+    """The twin's and the file's labels at ``points`` and their largest score difference."""
+    twin_scores = twin.predict(points, batch_size=500, verbose=0)
+    file_scores = artifact.predict(points)
+    return {"twin_labels": twin_scores.argmax(axis=1).tolist(), "file_labels": file_scores.argmax(axis=1).tolist(),
+            "score_difference": [float(f"{d:.6g}") for d in np.abs(twin_scores - file_scores).max(axis=1)]}
+
+
+def chunked_autoattack(name: str, model, x, y, chunk: int, seed: int, records, deployed=None) -> dict:
+    """Standard AutoAttack on ``(x, y)`` chunk by chunk (each chunk a record in ``records``;
+    ``None``: nothing kept). ``deployed``: ``(artifact, sha256 of its file)``, whose labels at
+    each chunk's AutoAttack points are recorded too. Returns per-input arrays (``robust``,
+    ``clean_correct``, ``broken_by`` and with ``deployed`` ``twin_labels``, ``file_labels``,
+    ``score_difference`` at the points) and the summed seconds."""
+    parts = []
     for start in range(0, len(x), chunk):
         stop = min(start + chunk, len(x))
         key = fingerprint(model, source=SOURCE, extra=("autoattack-standard", start, stop, EPS, seed))
-        part = finished.get(key) if finished is not None else None
+        part = records.get(key) if records is not None else None
         point_file = POINTS / f"{key}.npy"
-        if part is None or not point_file.exists():
+        needs_file = deployed is not None and deployed[1] not in (part or {}).get("deployed", {})
+        points = None
+        if part is None or (needs_file and not point_file.exists()):
             result = kq.attacks.autoattack(model, x[start:stop], y[start:stop], eps=EPS, version="standard",
                                            seed=seed, verbose=0)
-            part = {"robust": result.robust.tolist(), "clean_correct": result.clean_correct.tolist(),
+            part = {"model": name, "images": [start, stop], "code": CODE_VERSION,
+                    "robust": result.robust.tolist(), "clean_correct": result.clean_correct.tolist(),
                     "broken_by": [str(b) for b in result.broken_by], "seconds": result.seconds,
-                    "findings": list(result.findings), "settings": result.settings}
-            if finished is not None:
+                    "findings": list(result.findings), "settings": result.settings, "deployed": {}}
+            points = result.x_adv.astype(np.float32)
+            if records is not None:
                 POINTS.mkdir(parents=True, exist_ok=True)
                 with kq._io.atomic_path(point_file, overwrite=True) as temporary:
                     with open(temporary, "wb") as handle:
-                        np.save(handle, result.x_adv.astype(np.float32))
-                finished.put(key, part)
-            points.append(result.x_adv.astype(np.float32))
-        else:
-            points.append(np.load(point_file))
+                        np.save(handle, points)
+        if needs_file:
+            points = np.load(point_file) if points is None else points
+            part["deployed"] = {**part.get("deployed", {}), deployed[1]: file_labels(model, deployed[0], points)}
+        if records is not None and (points is not None or needs_file):
+            records.put(key, part)
         parts.append(part)
         done = np.concatenate([p["robust"] for p in parts])
         log(f"{name}: images {start}–{stop - 1} done, robust so far {done.mean():.2%} of {len(done)}")
@@ -115,9 +153,11 @@ def chunked_autoattack(name: str, model, x, y, chunk: int, seed: int, finished) 
         for attack, value in part["seconds"].items():
             seconds[attack] = seconds.get(attack, 0.0) + value
     out = {key: np.concatenate([p[key] for p in parts]) for key in ("robust", "clean_correct", "broken_by")}
+    if deployed is not None:
+        for key in ("twin_labels", "file_labels", "score_difference"):
+            out[key] = np.concatenate([p["deployed"][deployed[1]][key] for p in parts])
     findings = sorted({f for p in parts for f in p["findings"]})
-    return {**out, "x_adv": np.concatenate(points), "seconds": seconds, "findings": findings,
-            "settings": parts[0]["settings"]}
+    return {**out, "seconds": seconds, "findings": findings, "settings": parts[0]["settings"]}
 
 
 def summary(robust: np.ndarray, clean_correct: np.ndarray, broken_by=None, seconds=None) -> dict:
@@ -138,10 +178,8 @@ def deployed_rows(twin, artifact, x, y, attacked: dict, args) -> dict:
     """The artifact's agreement with ``twin`` and its robust accuracy (module docstring)."""
     twin_clean = kq.metrics.predict_labels(twin, x)
     file_clean = kq.metrics.predict_labels(artifact, x)
-    twin_scores = twin.predict(attacked["x_adv"], batch_size=500, verbose=0)
-    file_scores = artifact.predict(attacked["x_adv"])
-    twin_labels, adv_labels = twin_scores.argmax(axis=1), file_scores.argmax(axis=1)
-    score_difference = np.abs(twin_scores - file_scores).max(axis=1)
+    twin_labels, adv_labels = attacked["twin_labels"], attacked["file_labels"]
+    score_difference = attacked["score_difference"]
     survived_points = adv_labels == y
     start = time.perf_counter()
     n_square = min(args.square_images, len(x))
@@ -174,26 +212,29 @@ def run(args) -> dict:
     x, y = x_test[:args.images], y_test[:args.images]
     adv, adv_info = defense_model(args.seed)
     w4a4, w4a4_info = defense_fine_tuned(adv, "w4a4", args.seed)
-    finished = None if args.rescore else FinishedResults("robustness_cells")
+    # only the full run's chunks are committed; a shorter run keeps its own in the cache
+    records = None if args.rescore else ChunkRecords(CHUNKS if args.images == TEST_IMAGES
+                                                     else CACHE / "robustness_chunks_quick")
     with tempfile.TemporaryDirectory() as folder:
         path = kq.export.tflite(w4a4, Path(folder) / "w4a4.tflite")
-        size = path.stat().st_size
+        size, file_sha = path.stat().st_size, hashlib.sha256(path.read_bytes()).hexdigest()
         artifact = kq.export.load(path)
         rows = {}
         for name, model, deployed in (("Adv.", adv, None), ("AT-ft w4a4", w4a4, artifact)):
-            attacked = chunked_autoattack(name, model, x, y, args.chunk, args.seed, finished)
+            attacked = chunked_autoattack(name, model, x, y, args.chunk, args.seed, records,
+                                          None if deployed is None else (deployed, file_sha))
             rows[name] = {"params": int(model.count_params()),
                           "autoattack": {**summary(attacked["robust"], attacked["clean_correct"],
                                                    attacked["broken_by"], attacked["seconds"]),
                                          "findings": attacked["findings"]},
                           "settings": attacked["settings"]}
             if deployed is not None:
-                rows[name]["deployed"] = {"file": "w4a4.tflite", "bytes": size,
+                rows[name]["deployed"] = {"file": "w4a4.tflite", "bytes": size, "sha256": file_sha,
                                           **deployed_rows(model, deployed, x, y, attacked, args)}
     command = "./run.sh bench robustness" + (f" --images {args.images}" if args.images != TEST_IMAGES else "")
     return {"command": command, "machine": machine(), "eps": EPS, "images": int(len(x)), "seed": args.seed,
             "chunk": args.chunk, "models": rows, "checks": checks(rows),
-            "training": {"Adv.": portable(adv_info), "AT-ft w4a4": portable(w4a4_info)}}
+            "training": {"Adv.": adv_info, "AT-ft w4a4": w4a4_info}}
 
 
 def checks(rows: dict) -> list[dict]:
@@ -270,7 +311,7 @@ def main(argv=None) -> None:
     parser.add_argument("--square-images", type=int, default=1000, help="images Square attacks on the file")
     parser.add_argument("--square-queries", type=int, default=1000, help="Square's queries on the file")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--rescore", action="store_true", help="score every chunk again")
+    parser.add_argument("--rescore", action="store_true", help="attack every chunk again (records untouched)")
     args = parser.parse_args(argv)
     for name in ("chunk", "square_images", "square_queries"):
         if getattr(args, name) < 1:

@@ -14,22 +14,61 @@ def predict_labels(model, x, batch_size: int = 512) -> np.ndarray:
 
     ``model``: a tf_keras model or an exported artifact loaded with ``export.load``.
     """
+    return _labels_of(_scores(model, x, batch_size))
+
+
+def accuracy(model, x, y, batch_size: int = 512) -> float:
+    """Top-1 accuracy of ``model`` on ``(x, y)`` in [0, 1].
+
+    ``y``: one integer class label per input, each in ``[0, classes)`` where ``classes`` is
+    the model's output width (2 for a single binary output). Anything else — one-hot rows,
+    fractional or non-finite labels, a label the model cannot output — is refused, since it
+    would silently count as a wrong prediction.
+    """
+    labels = check_labels(y, len(x))
+    scores = _scores(model, x, batch_size)
+    classes = 2 if scores.shape[-1] == 1 else scores.shape[-1]
+    if labels.min() < 0 or labels.max() >= classes:
+        raise ValueError(f"labels must be in [0, {classes}) for a model with {classes} classes, got values in "
+                         f"[{labels.min()}, {labels.max()}]: pass the labels of the data the model was trained for")
+    return float(np.mean(_labels_of(scores) == labels))
+
+
+def check_labels(y, n: int) -> np.ndarray:
+    """``y`` as one int64 class label per input (``n`` inputs), or a one-line ``ValueError``."""
+    labels = np.asarray(y)
+    if labels.ndim == 2 and labels.shape[1] > 1:
+        raise ValueError("y must be integer class labels, not one-hot rows: pass y.argmax(-1)")
+    labels = labels.reshape(-1)
+    if len(labels) != n:
+        raise ValueError(f"x has {n} inputs but y has {len(labels)} labels")
+    if n == 0:
+        raise ValueError("x and y are empty: pass at least one input")
+    if not (np.issubdtype(labels.dtype, np.integer) or np.issubdtype(labels.dtype, np.bool_)):
+        if not np.issubdtype(labels.dtype, np.number):
+            raise ValueError(f"y must hold integer class labels, got dtype {labels.dtype}")
+        if not np.all(np.isfinite(labels)):
+            raise ValueError("y holds NaN or infinite labels: drop those inputs or fix the labels")
+        if not np.all(np.mod(labels, 1) == 0):
+            raise ValueError("y holds fractional labels: pass integer class indices (e.g. y.argmax(-1) for one-hot)")
+    return labels.astype(np.int64)
+
+
+def _scores(model, x, batch_size: int) -> np.ndarray:
     from .export.runtime import DeployedModel
 
     if not isinstance(model, DeployedModel):  # exported artifacts predict like Keras models
         model = check_model(model)
-    outputs = model.predict(np.asarray(x, np.float32), batch_size=batch_size, verbose=0)
+    x = np.asarray(x, np.float32)
+    if x.size and not np.all(np.isfinite(x)):
+        raise ValueError("x holds NaN or infinite values: clean the inputs before scoring them")
+    return np.asarray(model.predict(x, batch_size=batch_size, verbose=0))
+
+
+def _labels_of(outputs: np.ndarray) -> np.ndarray:
     if outputs.ndim == 2 and outputs.shape[1] == 1:
         return (outputs[:, 0] > 0).astype(np.int64)
     return outputs.argmax(axis=-1).astype(np.int64)
-
-
-def accuracy(model, x, y, batch_size: int = 512) -> float:
-    """Top-1 accuracy of ``model`` on ``(x, y)`` in [0, 1]."""
-    y = np.asarray(y).reshape(-1)
-    if len(y) != len(x):
-        raise ValueError(f"x has {len(x)} inputs but y has {len(y)} labels")
-    return float(np.mean(predict_labels(model, x, batch_size) == y))
 
 
 def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float]:

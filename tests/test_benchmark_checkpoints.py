@@ -121,8 +121,8 @@ def test_the_defense_model_is_the_recipe_chosen_on_validation():
 def test_results_records_name_a_resumed_backup_without_its_path():
     record = {"training": {"train_seconds": 1.0, "resumed_from": "/home/someone/cache/m.backup"},
               "stages": [{"resumed_from": "/tmp/x/s.backup"}], "note": "/kept/as/is"}
-    assert _common.portable(record) == {"training": {"train_seconds": 1.0, "resumed_from": "m.backup"},
-                                        "stages": [{"resumed_from": "s.backup"}], "note": "/kept/as/is"}
+    assert _common.without_machine_paths(record) == {"training": {"train_seconds": 1.0, "resumed_from": "m.backup"},
+                                                      "stages": [{"resumed_from": "s.backup"}], "note": "/kept/as/is"}
 
 
 def test_results_files_hold_no_path_of_the_machine(tmp_path, monkeypatch):
