@@ -13,13 +13,15 @@ Each file is scored against the Keras w4a4 model it should reproduce (with its 8
 grid, as attacked in benchmarks/robustness.py): top-1 agreement and clean accuracy on the first
 ``--images`` test images; AutoAttack (``fast``: APGD-CE, APGD-T) crafted on the Keras model on
 the first ``--attack-images`` test images and fed to the file (transfer, as an attacker without
-the file would do); Square (gradient-free) with ``--square-queries`` on the file itself and on
-the Keras model with the same seed, on the first ``--square-images`` test images. L∞ ε = 0.1.
+the file would do); AutoAttack ``fast`` on the file itself through the Keras model's gradients
+(BPDA, ``kq.attacks.bpda(file, keras_model)``: every step decided by the file's own outputs) on
+the same images; Square (gradient-free) with ``--square-queries`` on the file itself and on the
+Keras model with the same seed, on the first ``--square-images`` test images. L∞ ε = 0.1.
 
 Targets (issue 20): clean accuracy of the file within 1 point of the Keras model; robust
 accuracy within 2 points — per input on the Square slice, the file is robust when neither the
-Keras model's AutoAttack point nor Square on the file fools it, the Keras model when neither
-AutoAttack nor Square on it does.
+Keras model's AutoAttack point, nor AutoAttack through BPDA, nor Square on the file fools it;
+the Keras model when neither AutoAttack nor Square on it does.
 
     ./run.sh bench akida_fidelity            # writes benchmarks/results/akida_fidelity.{json,md}
     ./run.sh bench akida_fidelity --quick    # 1,000 / 200 / 50 images, 200 queries: a smoke run
@@ -61,15 +63,23 @@ def score_file(path: Path, twin, x, y, points, y_points, twin_square, args) -> d
     square_correct, square_seconds = square(deployed, x[:n], y[:n], args)
     point_labels = kq.metrics.predict_labels(deployed, points)
     transferred = point_labels == y_points
+    bpda_started = time.perf_counter()
+    through = kq.attacks.autoattack(kq.attacks.bpda(deployed, twin), x[:len(points)], y_points, eps=EPS,
+                                    version="fast", seed=args.seed, verbose=0)
+    bpda_seconds = time.perf_counter() - bpda_started
     row = {"bytes": path.stat().st_size, "agreement": float(np.mean(labels == twin_labels)),
            "agreement_at_autoattack_points": float(np.mean(point_labels == kq.metrics.predict_labels(twin, points))),
            "clean": interval(labels == y), "transfer": interval(transferred),
+           "bpda_autoattack_fast": {**interval(through.robust), "seconds": round(bpda_seconds, 1),
+                                    "findings": list(through.findings)},
            "square": {**interval(square_correct), "seconds": round(square_seconds, 1)},
-           # per input, on the Square slice: not fooled by the Keras model's points nor by Square on the file
-           "robust": interval(transferred[:n] & square_correct),
+           # per input, on the Square slice: not fooled by the Keras model's points, by AutoAttack through
+           # BPDA, nor by Square on the file
+           "robust": interval(transferred[:n] & through.robust[:n] & square_correct),
            "seconds": round(time.perf_counter() - started, 1)}
     log(f"{path.name}: agreement {row['agreement']:.2%}, clean {row['clean']['accuracy']:.2%}, transfer "
-        f"{row['transfer']['accuracy']:.2%}, Square {row['square']['accuracy']:.2%}, "
+        f"{row['transfer']['accuracy']:.2%}, BPDA {row['bpda_autoattack_fast']['accuracy']:.2%}, "
+        f"Square {row['square']['accuracy']:.2%}, "
         f"both {row['robust']['accuracy']:.2%}")
     return row
 
@@ -114,7 +124,7 @@ def run(args) -> dict:
 def checks(keras_row: dict, carried: dict) -> list[dict]:
     out = []
     for key, target, what in (("clean", TARGET_CLEAN_GAP, "clean"),
-                              ("robust", TARGET_ROBUST_GAP, "robust (AutoAttack points ∪ Square)")):
+                              ("robust", TARGET_ROBUST_GAP, "robust (AutoAttack points ∪ BPDA AutoAttack ∪ Square)")):
         gap = keras_row[key]["accuracy"] - carried[key]["accuracy"]
         out.append({"check": f"carried .fbz {what} within {100 * target:g} point{'s' if target > 0.01 else ''} "
                              "of the Keras model",
@@ -136,20 +146,23 @@ def markdown(data: dict) -> str:
              "output grid). Accuracies in % with 95% Wilson intervals.", "",
              f"| model | bytes | top-1 agreement ({data['images']} images) | clean ({data['images']}) | "
              f"at the Keras model's AutoAttack-fast points ({data['attack_images']}): agreement, accuracy | "
+             f"AutoAttack fast on itself through the Keras model's gradients (BPDA, {data['attack_images']}) | "
              f"Square {data['square_queries']} queries on itself ({data['square_images']}) | "
-             f"robust: both ({data['square_images']}) |",
-             "|---|---|---|---|---|---|---|",
+             f"robust: all attacks ({data['square_images']}) |",
+             "|---|---|---|---|---|---|---|---|",
              f"| Keras w4a4 | — | — | {pct(k['clean'])} | —, {pct(k['transfer_points_correct'])} "
-             f"(AutoAttack fast on it) | {pct(k['square'])} | {pct(k['robust'])} |"]
+             f"(AutoAttack fast on it) | — | {pct(k['square'])} | {pct(k['robust'])} |"]
     for name, row in files.items():
         lines.append(f"| .fbz, {name} | {row['bytes']:,} | {100 * row['agreement']:.2f} | {pct(row['clean'])} | "
                      f"{100 * row['agreement_at_autoattack_points']:.1f}, {pct(row['transfer'])} | "
+                     f"{pct(row['bpda_autoattack_fast'])}, {row['bpda_autoattack_fast']['seconds']:.0f} s | "
                      f"{pct(row['square'])} | {pct(row['robust'])} |")
     lines += ["", "carried: the w4a4 model's weight codes and activation ranges carried into quantizeml "
               "(`kq.export.akida(w4a4_model)`); requantized: quantizeml's own w4a4 quantization of the float Adv. "
               "model (`kq.export.akida(float_model)`). The Keras model's AutoAttack-fast points are scored on "
-              "each file (transfer); Square runs on each file itself with the Keras model's seed and budget; robust: "
-              "per input, neither attack fooled it (for the Keras model: AutoAttack fast and Square on it). "
+              "each file (transfer); AutoAttack fast also runs on each file itself, its forward pass the file's, its "
+              "gradients the Keras model's (BPDA); Square runs on each file itself with the Keras model's seed and "
+              "budget; robust: per input, no attack fooled it (for the Keras model: AutoAttack fast and Square on it). "
               "AutoAttack's points lie on the Keras model's decision boundary, where a one-step difference decides "
               "the label: a file scoring higher there than the Keras model is not more robust.", "",
               *targets_table(data["checks"])]

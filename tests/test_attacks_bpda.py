@@ -68,3 +68,31 @@ def test_mismatched_approximation_is_an_error(trained_cnn):
     five = keras.Sequential([keras.Input((28, 28, 1)), keras.layers.Flatten(), keras.layers.Dense(5)])
     with pytest.raises(ValueError, match="classes"):
         attacks.bpda(trained_cnn, five)
+
+
+def test_bpda_attacks_a_deployed_file_through_its_twin(trained_cnn, fashion_slice, tmp_path):
+    """The file's own outputs forward, its Keras twin's gradients backward: the attack is decided
+    by the integer arithmetic of the file, so it is at least as strong on the file as the
+    twin's own adversarial points scored there."""
+    (x_train, _), (x, y) = fashion_slice
+    x, y = x[:96], y[:96]
+    twin = kq.RobustQuantizer.from_setting("w4a4").quantize(trained_cnn, x_train[:256])
+    deployed = kq.export.load(kq.export.tflite(twin, tmp_path / "w4a4.tflite"))
+    wrapped = attacks.bpda(deployed, twin)
+    np.testing.assert_allclose(wrapped.predict(x, verbose=0), deployed.predict(x), atol=1e-6)
+    xt = tf.constant(x)
+    jacobians = []
+    for model in (wrapped, twin):
+        with tf.GradientTape() as tape:
+            tape.watch(xt)
+            out = tf.reduce_sum(model(xt)[:, 3])
+        jacobians.append(tape.gradient(out, xt).numpy())
+    np.testing.assert_allclose(jacobians[0], jacobians[1], atol=1e-6)
+    assert np.abs(jacobians[0]).sum() > 0
+    through = attacks.pgd(wrapped, x, y, eps=0.1, steps=10, seed=0, verbose=0)
+    on_twin = attacks.pgd(twin, x, y, eps=0.1, steps=10, seed=0, verbose=0)
+    assert np.abs(through - x).max() <= 0.1 + 1e-6 and through.min() >= 0 and through.max() <= 1
+    clean = kq.metrics.accuracy(deployed, x, y)
+    adaptive, transferred = kq.metrics.accuracy(deployed, through, y), kq.metrics.accuracy(deployed, on_twin, y)
+    assert adaptive <= transferred < clean
+    assert wrapped.name == "bpda_w4a4_tflite"

@@ -50,6 +50,37 @@ def test_autoattack_shards_on_ray_equal_local(local_ray, tiny_case, tmp_path):
         kq.evaluate({"tiny": model}, (x, y), shard_size=0, **grid)
 
 
+def test_transfer_matrix_on_ray_equals_local_and_a_rerun_crafts_only_missing_rows(local_ray, tiny_case, tmp_path,
+                                                                                   monkeypatch):
+    """The UAP transfer matrix: one task per crafting model; Ray gives the local matrix and
+    perturbations exactly; with ``folder`` a rerun reuses the kept rows."""
+    model = kq.load_model(tiny_case[0])
+    data = np.load(tiny_case[1])
+    quantized = kq.RobustQuantizer.from_setting("w4a4").quantize(model, data["x_train"][:100])
+    models = {"tiny": model, "tiny w4a4": quantized}
+    args = (models, data["x_train"][:64], data["x_test"][:48], data["y_test"][:48])
+    settings = dict(eps=0.15, seed=2, verbose=0, max_passes=2)
+    local = kq.attacks.uap_transfer_matrix(*args, **settings)
+    distributed = kq.attacks.uap_transfer_matrix(*args, executor="ray", folder=tmp_path, **settings)
+    np.testing.assert_array_equal(distributed.accuracy, local.accuracy)
+    np.testing.assert_array_equal(distributed.fooling_rate, local.fooling_rate)
+    for name in models:
+        np.testing.assert_array_equal(distributed.perturbations[name], local.perturbations[name])
+    assert local.accuracy[0, 0] < local.clean_accuracy[0]  # the UAP did something
+    kept = sorted(tmp_path.glob("*.json"))
+    assert len(kept) == 2
+    kept[1].unlink()
+    uap_module = sys.modules["keras_qrobust.attacks.uap"]  # the package's `uap` is the function
+    crafted = []
+    original = uap_module.uap
+    monkeypatch.setattr(uap_module, "uap", lambda model, *a, **k: crafted.append(model) or original(model, *a, **k))
+    rerun = kq.attacks.uap_transfer_matrix(*args, folder=tmp_path, **settings)
+    np.testing.assert_array_equal(rerun.accuracy, local.accuracy)
+    assert len(crafted) == 1 and len(list(tmp_path.glob("*.json"))) == 2
+    with pytest.raises(ValueError, match="executor must be one of"):
+        kq.attacks.uap_transfer_matrix(*args, executor="spark", **settings)
+
+
 def _dies_once(shared, marker: str, value: int) -> int:
     """Kills its worker process the first time it runs for ``marker``, then succeeds."""
     path = Path(marker)

@@ -785,7 +785,9 @@ def _score(models: list, x: np.ndarray, y: np.ndarray, v: tf.Tensor, clean: list
 
 def uap_transfer_matrix(models: Union[Mapping, Sequence], x_craft, x_eval, y_eval, *, eps: float,
                         method: str = "uap", seed: Optional[int] = None, verbose: int = 1,
-                        clip: Clip = (0.0, 1.0), output: str = "auto", **kwargs) -> TransferMatrix:
+                        clip: Clip = (0.0, 1.0), output: str = "auto", executor: str = "local",
+                        address: Optional[str] = None, folder=None, trust: bool = False,
+                        **kwargs) -> TransferMatrix:
     """Craft a UAP on each model (on ``x_craft``) and score every model under it (on ``x_eval``).
 
     ``accuracy[i, j]`` is the accuracy of model j on ``clip(x_eval + v_i)`` against
@@ -794,24 +796,52 @@ def uap_transfer_matrix(models: Union[Mapping, Sequence], x_craft, x_eval, y_eva
     or a list (named by ``model.name``). ``method``: ``"uap"`` or ``"sgd_uap"``; ``kwargs``
     go to it (``norm``, ``step_size``, ``max_passes`` ...). Zhou 2022's indirect setting is
     ``x_craft`` = training data; the direct one is ``x_craft = x_eval``.
+
+    Each row (one crafting model) is a task of :func:`keras_qrobust.executor.run_tasks`:
+    ``executor="ray"`` (``address``: see there) crafts the rows in parallel, the models
+    shipped as their saved bytes and loaded safely (``trust`` as in
+    :func:`keras_qrobust.load_model`), with the local run's numbers; ``folder`` keeps each
+    finished row so that a rerun crafts only the missing ones.
     """
+    from ..executor import check_executor, fingerprint, run_tasks, ship_models
+
     names, raw = _model_names(models)
     attack_models = _attack_models(raw, output)
     method = _check_choice(method, METHODS, "method")
     eps = check_eps(eps)
+    check_executor(executor)
     x_craft, _ = check_inputs(attack_models[0], x_craft, None, clip)
     x_eval, y_eval = check_inputs(attack_models[0], x_eval, y_eval, clip, require_labels=True)
-    craft = uap if method == "uap" else sgd_uap
+    json.dumps(kwargs)  # tasks and kept rows carry the attack's settings as data
     key = clip_key(clip)
     clean = [_predict(am, x_eval, _zeros(am), key, _EVAL_BATCH) for am in attack_models]
-    accuracy, fooled, perturbations = [], [], {}
-    for name, am in zip(names, attack_models):
-        result = craft(am, x_craft, eps=eps, seed=seed, verbose=verbose, clip=clip, **kwargs)
-        perturbations[name] = result.perturbation
-        v = tf.constant(result.perturbation[None])
-        row_accuracy, row_fooled = _score(attack_models, x_eval, y_eval, v, clean, key)
-        accuracy.append(row_accuracy)
-        fooled.append(row_fooled)
+    keras_models = dict(zip(names, (am if executor == "local" else am.model for am in attack_models)))
+    shared = {"models": ship_models(keras_models, executor), "names": names, "output": output, "trust": trust,
+              "x_craft": x_craft, "x_eval": x_eval, "y_eval": y_eval, "clean": clean, "eps": eps,
+              "method": method, "seed": seed, "clip": clip, "kwargs": kwargs,
+              "verbose": verbose if executor == "local" else 0}
+    same = fingerprint(*(am.model for am in attack_models), x_craft, x_eval, y_eval,
+                       [names, method, eps, seed, clip, output, kwargs]) if folder is not None else ""
+    rows = run_tasks(_transfer_row, {f"{name}|{same}": (name,) for name in names}, shared=shared,
+                     executor=executor, address=address, folder=folder)
+    rows = [rows[f"{name}|{same}"] for name in names]
+    perturbations = {name: np.asarray(row["perturbation"], np.float32) for name, row in zip(names, rows)}
     clean_accuracy = np.array([np.mean(c == y_eval) for c in clean])
-    return TransferMatrix(names, np.array(accuracy), clean_accuracy, np.array(fooled), perturbations, eps,
-                          method)
+    return TransferMatrix(names, np.array([row["accuracy"] for row in rows]), clean_accuracy,
+                          np.array([row["fooling_rate"] for row in rows]), perturbations, eps, method)
+
+
+def _transfer_row(shared: dict, name: str) -> dict:
+    """Row ``name`` of :func:`uap_transfer_matrix`: the UAP crafted on that model and every
+    model's accuracy and fooling rate under it (JSON data, a task of ``run_tasks``)."""
+    from ..executor import unship
+
+    attack_models = [as_attack_model(unship(shared["models"][n], shared["trust"]), shared["output"])
+                     for n in shared["names"]]
+    craft = uap if shared["method"] == "uap" else sgd_uap
+    result = craft(attack_models[shared["names"].index(name)], shared["x_craft"], eps=shared["eps"],
+                   seed=shared["seed"], verbose=shared["verbose"], clip=shared["clip"], **shared["kwargs"])
+    v = tf.constant(result.perturbation[None])
+    accuracy, fooled = _score(attack_models, shared["x_eval"], shared["y_eval"], v, shared["clean"],
+                              clip_key(shared["clip"]))
+    return {"accuracy": accuracy, "fooling_rate": fooled, "perturbation": result.perturbation.tolist()}

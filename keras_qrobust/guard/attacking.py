@@ -17,7 +17,7 @@ from ..executor import run_tasks, ship_models, unship
 from .context import Context, say
 
 __all__ = ["attack_stage", "ATTACKS", "eps_grid", "descriptions", "pgd_inputs", "UAP_PASSES", "autoattack_inputs",
-           "autoattack_summary"]
+           "autoattack_summary", "attack_tasks", "attack_cell", "model_results"]
 
 ATTACKS = ("pgd", "uap", "ensemble_uap", "transfer")
 UAP_PASSES = 10
@@ -74,20 +74,44 @@ def _with(x: np.ndarray, v: np.ndarray) -> np.ndarray:
     return np.clip(x + v, 0.0, 1.0)
 
 
-def _model_cells(shared: dict, name: str) -> dict:
-    """The cells of one model (a task of :func:`keras_qrobust.executor.run_tasks`): PGD and its own
-    UAP at every ε of the grid, then AutoAttack at ε."""
+def attack_tasks(names: list[str], columns: list[float]) -> dict:
+    """The attack stage's tasks for :func:`keras_qrobust.executor.run_tasks`: per model its
+    AutoAttack at ε, and its PGD and its own UAP at each ε column, each a task of its own (every
+    attack draws from its own seed, so splitting a model's work changes no number). Listed
+    longest kind first — AutoAttack, UAP, PGD — so that workers are dealt the long tasks first."""
+    tasks = {f"{name}|autoattack": (name, "autoattack", -1) for name in names}
+    for kind in ("uap", "pgd"):
+        tasks.update({f"{name}|{kind}|{column}": (name, kind, column) for name in names
+                      for column in range(len(columns))})
+    return tasks
+
+
+def attack_cell(shared: dict, name: str, kind: str, column: int):
+    """One task of :func:`attack_tasks`: model ``name``'s PGD accuracy, its UAP (accuracy and
+    perturbation as a list) at ε column ``column``, or its AutoAttack summary at ε."""
     model = unship(shared["models"][name], shared["trust"])
     x, y, seed = shared["x"], shared["y"], shared["seed"]
-    out = {"pgd": [], "uap": [], "uap_perturbations": []}
-    for eps in shared["columns"]:
-        out["pgd"].append(metrics.accuracy(model, _pgd(model, x, y, eps, shared["pgd_steps"], seed), y))
-        v = _uap(model, shared["x_craft"], eps, seed)
-        out["uap_perturbations"].append(v)
-        out["uap"].append(metrics.accuracy(model, _with(x, v), y))
-    result = attacks.autoattack(model, shared["x_aa"], shared["y_aa"], eps=shared["eps"], version=shared["version"],
-                                seed=seed, verbose=0)
-    out["autoattack"] = autoattack_summary(result)
+    if kind == "autoattack":
+        result = attacks.autoattack(model, shared["x_aa"], shared["y_aa"], eps=shared["eps"],
+                                    version=shared["version"], seed=seed, verbose=0)
+        return autoattack_summary(result)
+    eps = shared["columns"][column]
+    if kind == "pgd":
+        return metrics.accuracy(model, _pgd(model, x, y, eps, shared["pgd_steps"], seed), y)
+    v = _uap(model, shared["x_craft"], eps, seed)
+    return {"accuracy": metrics.accuracy(model, _with(x, v), y), "perturbation": v.tolist()}
+
+
+def model_results(cells: dict, names: list[str], columns: list[float]) -> dict:
+    """Per model, the results of its :func:`attack_tasks`: ``pgd`` and ``uap`` accuracies and
+    ``uap_perturbations`` by ε column, and ``autoattack``."""
+    out = {}
+    for name in names:
+        uaps = [cells[f"{name}|uap|{c}"] for c in range(len(columns))]
+        out[name] = {"pgd": [cells[f"{name}|pgd|{c}"] for c in range(len(columns))],
+                     "uap": [u["accuracy"] for u in uaps],
+                     "uap_perturbations": [np.asarray(u["perturbation"], np.float32) for u in uaps],
+                     "autoattack": cells[f"{name}|autoattack"]}
     return out
 
 
@@ -108,15 +132,16 @@ def attack_stage(ctx: Context) -> tuple[dict, dict]:
     say(f"attacking {', '.join(names)} with {', '.join(ATTACKS)} at ε = {', '.join(f'{e:g}' for e in columns)} on "
         f"{len(x)} test inputs")
     x_aa, y_aa = autoattack_inputs(ctx)
-    progress = tqdm(total=len(names) + len(columns) * 2, desc=f"attacks and AutoAttack {config.autoattack}",
+    tasks = attack_tasks(names, columns)
+    progress = tqdm(total=len(tasks) + len(columns) * 2, desc=f"attacks and AutoAttack {config.autoattack}",
                     unit="step")
     shared = {"models": ship_models(models, ctx.executor),
               "trust": ctx.trust_model, "x": x, "y": y, "x_craft": x_craft, "columns": columns, "seed": config.seed,
               "pgd_steps": config.pgd_steps, "x_aa": x_aa, "y_aa": y_aa, "eps": config.eps,
               "version": config.autoattack}
     # each model's PGD, UAP and AutoAttack: independent tasks (here, or on Ray with the same numbers)
-    cells = run_tasks(_model_cells, {name: (name,) for name in names}, shared=shared, executor=ctx.executor,
-                      address=ctx.address, on_result=lambda key, result: progress.update(1))
+    cells = model_results(run_tasks(attack_cell, tasks, shared=shared, executor=ctx.executor, address=ctx.address,
+                                    on_result=lambda key, result: progress.update(1)), names, columns)
     robust = {}
     for name in names:
         grid[name]["pgd"] += cells[name]["pgd"]
