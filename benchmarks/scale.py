@@ -47,6 +47,7 @@ DEMO_CHECKPOINT = CHECKPOINTS / ("fashion_mnist_cnn_small_e15_s0_fit_dropout0.0_
                                  "lrdrop_ema0.999.keras")
 TARGET_SPEEDUP = 1.8
 PROJECTED_WORKERS = (1, 2, 4, 8, 32, 128)
+DEFAULTS = {"images": 500, "autoattack_images": 250, "uap_images": 250, "repeats": 2}
 
 
 def timed_cell(shared: dict, name: str, kind: str, column: int) -> dict:
@@ -130,7 +131,9 @@ def run(args) -> dict:
                                                         runs["ray, 2 workers"]["seconds"])]
     two = runs["ray, 2 workers"]["seconds"][-1]
     overhead = max(0.0, two - projection(list(task_seconds.values()), 0.0)["2"])  # start of workers, shipping
-    command = "./run.sh bench scale" + (" --quick" if args.quick else "")
+    command = "./run.sh bench scale" + (" --quick" if args.quick else "".join(
+        f" --{name.replace('_', '-')} {getattr(args, name)}" for name, default in DEFAULTS.items()
+        if getattr(args, name) != default))
     summary = {label: {"seconds": r["seconds"], "ray_start_seconds": r["ray_start_seconds"],
                        "identical_to_local": all(same_numbers(results, local) for results in r["results"])}
                for label, r in runs.items()}
@@ -185,10 +188,10 @@ def markdown(data: dict) -> str:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--images", type=int, default=500)
-    parser.add_argument("--autoattack-images", type=int, default=250)
-    parser.add_argument("--uap-images", type=int, default=250)
-    parser.add_argument("--repeats", type=int, default=2, help="Ray runs of each size (default: 2)")
+    parser.add_argument("--images", type=int, default=DEFAULTS["images"])
+    parser.add_argument("--autoattack-images", type=int, default=DEFAULTS["autoattack_images"])
+    parser.add_argument("--uap-images", type=int, default=DEFAULTS["uap_images"])
+    parser.add_argument("--repeats", type=int, default=DEFAULTS["repeats"], help="Ray runs of each size (default: 2)")
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
     if args.quick:
