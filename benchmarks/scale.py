@@ -119,6 +119,7 @@ def run(args) -> dict:
         row["results"].append(results)
         row["seconds"].append(round(seconds, 1))
         row["ray_start_seconds"].append(round(startup, 1))
+        row.setdefault("task_seconds_sum", []).append(round(sum(r["seconds"] for r in results.values()), 1))
         log(f"{label}: {seconds:.1f} s (+ {startup:.1f} s Ray start-up)")
     local = runs["local"]["results"][0]
     task_seconds = {key: round(r["seconds"], 1) for key, r in runs["ray, 2 workers"]["results"][-1].items()}
@@ -135,6 +136,7 @@ def run(args) -> dict:
         f" --{name.replace('_', '-')} {getattr(args, name)}" for name, default in DEFAULTS.items()
         if getattr(args, name) != default))
     summary = {label: {"seconds": r["seconds"], "ray_start_seconds": r["ray_start_seconds"],
+                       "task_seconds_sum": r["task_seconds_sum"],
                        "identical_to_local": all(same_numbers(results, local) for results in r["results"])}
                for label, r in runs.items()}
     return {"command": command, "machine": machine(), "eps": EPS, "images": args.images,
@@ -154,19 +156,25 @@ def run(args) -> dict:
 
 
 def markdown(data: dict) -> str:
+    one, two = data["runs"]["ray, 1 worker"]["task_seconds_sum"], data["runs"]["ray, 2 workers"]["task_seconds_sum"]
+    slowdown = round(sum(two) / sum(one), 3)
     lines = ["# Scale-out: guard's attack grid on Ray", "",
              f"{run_description(data)} Code {data['machine'].get('code', 'unknown')}. {len(data['models'])} models "
              f"({', '.join(data['models'])}) of the demo's cnn_small; per model PGD-10 and UAP at ε/2 and ε on "
              f"{data['images']} test images, AutoAttack fast at ε = {data['eps']} on {data['autoattack_images']}.", "",
              "Local: one process, TensorFlow on every core; Ray: each task reserves one CPU and runs "
              "TensorFlow on one thread.", "",
-             "| run | grid seconds (each repeat) | Ray start-up seconds | identical to local |", "|---|---|---|---|"]
+             "| run | grid seconds (each repeat) | sum of the tasks' seconds | Ray start-up seconds | "
+             "identical to local |", "|---|---|---|---|---|"]
     for label, row in data["runs"].items():
         lines.append(f"| {label} | {', '.join(map(str, row['seconds']))} | "
+                     f"{', '.join(map(str, row['task_seconds_sum']))} | "
                      f"{', '.join(map(str, row['ray_start_seconds']))} | {row['identical_to_local']} |")
     lines += ["", f"Speed-up on 2 workers over 1, per repeat (1- and 2-worker runs interleaved): "
-              f"{', '.join(f'{v}×' for v in data['speedup_2_workers'])}. Task seconds below: the last 2-worker "
-              "run.", "",
+              f"{', '.join(f'{v}×' for v in data['speedup_2_workers'])}. The same tasks take longer when two run "
+              "at once on this machine's two CPUs (shared caches, memory bandwidth): the sum of the tasks' seconds "
+              f"inside their workers is {slowdown} × that of the 1-worker run, which bounds the speed-up at "
+              f"2 / that = {2 / slowdown:.2f}× before any idle time. Task seconds below: the last 2-worker run.", "",
               "| model | AutoAttack task s | UAP tasks s (ε/2, ε) | PGD tasks s (ε/2, ε) | all its tasks s | "
               "bytes sent (its saved model) |", "|---|---|---|---|---|---|"]
     tasks = data["task_seconds"]
