@@ -40,7 +40,6 @@ within 1.5 points of the Adv. model.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import tempfile
 import time
@@ -54,6 +53,7 @@ from _common import (
     DEFENSE_DESCRIPTION,
     defense_fine_tuned,
     defense_model,
+    file_sha256,
     files_digest,
     fingerprint,
     kq,
@@ -217,7 +217,7 @@ def run(args) -> dict:
                                                      else CACHE / "robustness_chunks_quick")
     with tempfile.TemporaryDirectory() as folder:
         path = kq.export.tflite(w4a4, Path(folder) / "w4a4.tflite")
-        size, file_sha = path.stat().st_size, hashlib.sha256(path.read_bytes()).hexdigest()
+        size, file_sha = path.stat().st_size, file_sha256(path)
         artifact = kq.export.load(path)
         rows = {}
         for name, model, deployed in (("Adv.", adv, None), ("AT-ft w4a4", w4a4, artifact)):
