@@ -91,10 +91,14 @@ def test_files_agree_with_the_keras_model_where_attacks_put_inputs(setting, quan
     signs = np.random.default_rng(0).choice([-1.0, 1.0], size=x.shape)
     perturbed = np.clip(x + 0.1 * signs, 0.0, 1.0).astype(np.float32)
     scores = quantized[setting].predict(perturbed, verbose=0)
+    step = float(quantized[setting].get_layer("output_quantizer").step)
     for path in exported[setting]:
         deployed = export.load(path).predict(perturbed)
         assert np.array_equal(deployed.argmax(axis=1), scores.argmax(axis=1)), path.name
-        np.testing.assert_allclose(deployed, scores, atol=1e-5, err_msg=path.name)
+        # the same scores but where a value within float32 noise of a rounding boundary lands
+        # on the neighbouring level (1 of 500 inputs on an AVX2 host, in both files alike)
+        assert np.max(np.abs(deployed - scores)) <= step * 1.01, path.name
+        assert np.mean(np.max(np.abs(deployed - scores), axis=1) > 1e-5) <= 0.01, path.name
 
 
 def test_models_quantized_with_half_up_input_rounding_can_be_upgraded(trained_cnn, fashion_slice, tmp_path):
@@ -147,6 +151,59 @@ def test_layout_ops_move_above_a_per_tensor_quantize_only():
     onnx.checker.check_model(per_tensor)
     per_channel = graph([0.1, 0.2])  # a per-axis scale does not commute with a reshape
     assert hoist_layout_ops(per_channel) == 0
+
+
+def test_uint8_codes_compute_the_int8_graph_exactly():
+    """The rewrite that keeps onnxruntime off its saturating u8s8 kernels changes no value:
+    checked with onnx's reference evaluator (plain numpy, the same on every CPU)."""
+    import onnxruntime as ort
+    from onnx import helper, numpy_helper
+    from onnx.reference import ReferenceEvaluator
+
+    from keras_qrobust.export.onnx_unsigned import signed_codes, unsign_codes
+
+    rng = np.random.default_rng(0)
+    weight = rng.integers(-127, 128, size=(3, 2, 3, 3)).astype(np.int8)
+    weight[0, 0, 0, :2] = (127, 127)  # the pair a VPMADDUBSW kernel saturates on a 255 input
+    inits = [numpy_helper.from_array(np.float32(1 / 255), "sx"), numpy_helper.from_array(np.int8(-128), "zx"),
+             numpy_helper.from_array(weight, "w"), numpy_helper.from_array(np.float32(0.01), "sw"),
+             numpy_helper.from_array(np.int8(0), "zw"), numpy_helper.from_array(np.float32(0.05), "sy"),
+             numpy_helper.from_array(np.int8(3), "zy")]
+    nodes = [helper.make_node("QuantizeLinear", ["x", "sx", "zx"], ["xq"]),
+             helper.make_node("DequantizeLinear", ["xq", "sx", "zx"], ["xd"]),
+             helper.make_node("DequantizeLinear", ["w", "sw", "zw"], ["wd"]),
+             helper.make_node("Conv", ["xd", "wd"], ["c"]),
+             helper.make_node("QuantizeLinear", ["c", "sy", "zy"], ["cq"]),
+             helper.make_node("DequantizeLinear", ["cq", "sy", "zy"], ["y"])]
+    x = helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2, 2, 5, 5])
+    y = helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2, 3, 3, 3])
+    proto = helper.make_model(helper.make_graph(nodes, "g", [x], [y], inits),  # opset 19: the evaluator's Q/DQ
+                              opset_imports=[helper.make_opsetid("", 19)], ir_version=9)
+    inputs = {"x": np.concatenate([np.ones((1, 2, 5, 5)), rng.uniform(-0.2, 1.2, (1, 2, 5, 5))]).astype(np.float32)}
+    before = ReferenceEvaluator(proto).run(None, inputs)[0]
+    assert signed_codes(proto) == ["zx", "w", "zw", "zy"]
+    assert unsign_codes(proto) == 4
+    onnx.checker.check_model(proto, full_check=True)
+    assert signed_codes(proto) == []
+    after = ReferenceEvaluator(proto).run(None, inputs)[0]
+    np.testing.assert_array_equal(after, before)
+    assert np.ptp(before) > 1  # the codes reach both ends of the output grid's range, not one level
+    # onnxruntime's integer kernel on this CPU: within one output step of the reference (the
+    # saturated int8 sum was 23 steps off on an AVX2 CPU without VNNI)
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    assert np.max(np.abs(session.run(None, inputs)[0] - before)) <= 0.05 * 1.01
+
+
+def test_exported_onnx_files_hold_no_int8_codes(exported):
+    """Whatever CPU reads them: int8 activations with 8-bit weights saturate onnxruntime's
+    u8s8 kernels on x86 without AVX-VNNI (its own docs); uint8 codes run in exact u8u8 kernels."""
+    from keras_qrobust.export.onnx_unsigned import signed_codes
+
+    for setting, (_, path) in exported.items():
+        proto = onnx.load(str(path))
+        assert signed_codes(proto) == [], setting
+        uint8 = [init for init in proto.graph.initializer if init.data_type == onnx.TensorProto.UINT8]
+        assert len(uint8) >= 4, setting
 
 
 def test_int4_onnx_weights_are_packed_and_compute_the_same(quantized, exported, fashion_slice, tmp_path):

@@ -253,7 +253,14 @@ def test_cli_exports_a_quantized_model_with_its_grids(tiny_case, tmp_path, capsy
     out = capsys.readouterr().out
     assert code == 0 and (tmp_path / "tiny.fbz").exists()
     agreement = float(out.split("top-1 agreement ")[1].split("%")[0])
-    assert agreement >= 97.5, out  # 80 test inputs
+    x_test = np.load(data_file)["x_test"]
+    ours = np.mean(quantized.predict(x_test, verbose=0).argmax(1)
+                   == load(tmp_path / "tiny.fbz").predict(x_test).argmax(1))
+    assert agreement == pytest.approx(100 * ours, abs=0.01), out  # the CLI reports what the file computes
+    # ≤ 4 of 80: the model trains differently on each CPU (float summation order), and Akida
+    # rounds a few codes the other way (an AVX2 host: 3 near-ties, Keras margins 0.002-0.07
+    # against a median of 0.21); benchmarks/akida_fidelity.py measures it on 10,000 images
+    assert agreement >= 95.0, out
     code = cli.main(["export", "--model", str(tmp_path / "tiny_w4a4.keras"), "--dataset", str(data_file),
                      "--target", "akida", "--weight-bits", "8", "--output", str(tmp_path / "other.fbz")])
     assert code == 2 and "--weight-bits: 'tiny_w4a4.keras' is already quantized" in capsys.readouterr().err

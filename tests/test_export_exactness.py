@@ -124,7 +124,8 @@ def test_exported_file_computes_the_keras_model(build, setting, data, tmp_path):
     assert lowered.exact and lowered.calibrated == () and lowered.requantized_weights == ()
     scores = qmodel.predict(x, verbose=0)
     step = float(qmodel.get_layer("output_quantizer").step)
-    for path in (export.tflite(qmodel, tmp_path / "m.tflite"), export.onnx(qmodel, tmp_path / "m.onnx")):
+    onnx_file = export.onnx(qmodel, tmp_path / "m.onnx", int4_weights=False)  # INT4 runs in float: not exact
+    for path in (export.tflite(qmodel, tmp_path / "m.tflite"), onnx_file):
         deployed = export.load(path).predict(x)
         assert np.mean(deployed.argmax(1) == scores.argmax(1)) >= 0.998, path.suffix  # ≤ 1 of 500 near-ties
         # one step: a value within float32 noise of halfway between two levels may round either way
@@ -186,6 +187,39 @@ def _with_data_batchnorm(model, x):
     return model
 
 
+def _agreement_beyond_ties(deployed, scores, step: float) -> float:
+    """Share of inputs whose file class scores within one output step of the Keras model's
+    best: an untrained model's quantized scores tie often, and a tie may break either way."""
+    gap = scores.max(1) - scores[np.arange(len(scores)), deployed.argmax(1)]
+    return float(np.mean(gap <= step * 1.01))
+
+
+def _check_deep_model_files(qmodel, x, tmp_path) -> None:
+    """The int8 TFLite file and the 8-bit ONNX file compute ``qmodel`` on ``x`` and on ``x``
+    with every pixel ±0.1 (between two input levels, where an attack's points lie); the
+    INT4-weight ONNX file, which onnxruntime runs in float after dequantizing, comes close."""
+    step = float(qmodel.get_layer("output_quantizer").step)
+    perturbed = np.clip(x + 0.1 * np.random.default_rng(0).choice([-1.0, 1.0], size=x.shape), 0, 1).astype(np.float32)
+    references = [(inputs, qmodel.predict(inputs, verbose=0)) for inputs in (x, perturbed)]
+    int8_onnx = export.onnx(qmodel, tmp_path / "m.onnx", int4_weights=False)
+    for path in (export.tflite(qmodel, tmp_path / "m.tflite"), int8_onnx):
+        for inputs, scores in references:
+            deployed = export.load(path).predict(inputs)
+            assert _agreement_beyond_ties(deployed, scores, step) >= 299 / 300, path.suffix
+            assert np.mean(deployed.argmax(1) == scores.argmax(1)) >= 0.99, path.suffix
+        # many blocks deep: a value within float32 noise of a rounding boundary that lands on
+        # the neighbouring level early moves a few later scores by more than a step (on the
+        # perturbed inputs of mobilenet_v3_small 1.2% of scores on an AVX2 host, where the
+        # TFLite and ONNX files agree with each other)
+        clean = export.load(path).predict(x)
+        assert np.mean(np.abs(clean - references[0][1]) <= step * 1.01) >= 0.99, path.suffix
+    int4 = export.onnx(qmodel, tmp_path / "int4.onnx", int4_weights=True)
+    exact = export.load(int8_onnx).predict(x)
+    # float convolutions round some sums to the other side of a level (3 of 300 labels of the
+    # keras.applications MobileNetV2 on an AVX2 host): small, not exact; docs/export.md says so
+    assert np.mean(export.load(int4).predict(x).argmax(1) == exact.argmax(1)) >= 0.98
+
+
 def test_keras_applications_mobilenet_v2_exports_as_the_model_it_is(fashion_slice, tmp_path):
     """What users bring: keras.applications.MobileNetV2 at a tiny input, w4a4, to TFLite and ONNX."""
     (x_train, _), (x_test, _) = fashion_slice
@@ -196,19 +230,8 @@ def test_keras_applications_mobilenet_v2_exports_as_the_model_it_is(fashion_slic
         alpha=0.35, weights=None, input_shape=(32, 32, 3), classes=10, classifier_activation=None), samples)
     qmodel = kq.RobustQuantizer.from_setting("w4a4").quantize(model, samples)
     assert lower(qmodel).exact
-    scores = qmodel.predict(x, verbose=0)
-    assert len(set(scores.argmax(1))) >= 5  # a model whose classes differ from input to input
-    step = float(qmodel.get_layer("output_quantizer").step)
-    # every pixel ±0.1: between two input levels, where an attack's points lie
-    perturbed = np.clip(x + 0.1 * np.random.default_rng(0).choice([-1.0, 1.0], size=x.shape), 0, 1).astype(np.float32)
-    perturbed_labels = qmodel.predict(perturbed, verbose=0).argmax(1)
-    for path in (export.tflite(qmodel, tmp_path / "m.tflite"), export.onnx(qmodel, tmp_path / "m.onnx")):
-        deployed = export.load(path).predict(x)
-        assert np.mean(deployed.argmax(1) == scores.argmax(1)) >= 299 / 300, path.suffix
-        assert np.mean(export.load(path).predict(perturbed).argmax(1) == perturbed_labels) >= 299 / 300, path.suffix
-        # 17 blocks deep: a value within float32 noise of a rounding boundary that lands on the
-        # neighbouring level early moves a few later scores by more than a step
-        assert np.mean(np.abs(deployed - scores) <= step * 1.01) >= 0.99, path.suffix
+    assert len(set(qmodel.predict(x, verbose=0).argmax(1))) >= 5  # classes differ from input to input
+    _check_deep_model_files(qmodel, x, tmp_path)
 
 
 @pytest.mark.parametrize("name", ["ds_cnn", "resnet_small", "mobilenet_v2_small", "mobilenet_v3_small"])
@@ -221,15 +244,7 @@ def test_zoo_models_export_as_the_model_they_are(name, fashion_slice, tmp_path):
     x = x_test[:300]
     scores = qmodel.predict(x, verbose=0)
     assert len(set(scores.argmax(1))) >= 2 and np.std(scores) > 0  # untrained: few classes, but scores vary
-    step = float(qmodel.get_layer("output_quantizer").step)
-    # every pixel ±0.1: between two input levels, where an attack's points lie
-    perturbed = np.clip(x + 0.1 * np.random.default_rng(0).choice([-1.0, 1.0], size=x.shape), 0, 1).astype(np.float32)
-    perturbed_labels = qmodel.predict(perturbed, verbose=0).argmax(1)
-    for path in (export.tflite(qmodel, tmp_path / "m.tflite"), export.onnx(qmodel, tmp_path / "m.onnx")):
-        deployed = export.load(path).predict(x)
-        assert np.mean(deployed.argmax(1) == scores.argmax(1)) >= 299 / 300, path.suffix
-        assert np.mean(export.load(path).predict(perturbed).argmax(1) == perturbed_labels) >= 299 / 300, path.suffix
-        assert np.mean(np.abs(deployed - scores) <= step * 1.01) >= 0.99, path.suffix
+    _check_deep_model_files(qmodel, x, tmp_path)
 
 
 def test_xnnpack_runs_the_whole_file(fashion_slice, tmp_path):

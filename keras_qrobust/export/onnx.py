@@ -4,7 +4,9 @@ The ONNX graph is translated by tf2onnx from the int8 TFLite model of
 :func:`~keras_qrobust.export.tflite.convert_tflite` (with float input and output), so both
 artifacts carry the same integer weights, biases, scales and zero points:
 QuantizeLinear/DequantizeLinear pairs around float Conv/MaxPool/Min nodes, which
-onnxruntime fuses into integer kernels.
+onnxruntime fuses into integer kernels. The codes are then stored as uint8 (zero points
++128, the same values; :mod:`~keras_qrobust.export.onnx_unsigned`), because onnxruntime's
+u8·s8 kernels saturate on x86 CPUs without AVX-VNNI and its u8·u8 kernels cannot.
 
 INT4 weights: a ``b``-bit layer (``b ≤ 4``) stores its codes ``k`` as ``k·m`` in int8 (see
 :mod:`keras_qrobust.integer_bias`); with ``int4_weights=True`` they are stored back as ``k``
@@ -24,6 +26,7 @@ import numpy as np
 from .._io import atomic_path, check_new_file
 from ..integer_bias import int8_code_multiplier
 from .onnx_layout import hoist_layout_ops
+from .onnx_unsigned import unsign_codes
 from .tflite import convert_tflite
 
 __all__ = ["onnx", "convert_onnx", "dedicate_dequantize", "pack_int4_weights", "shorten_names", "INT4_OPSET"]
@@ -33,7 +36,7 @@ _INT4_IR_VERSION = 10
 
 
 def convert_onnx(model, representative=None, *, opset: int = 13):
-    """``model`` -> an ``onnx.ModelProto`` in QDQ int8 form (checked with ``onnx.checker``)."""
+    """``model`` -> an ``onnx.ModelProto`` in QDQ 8-bit form, uint8 codes (checked with ``onnx.checker``)."""
     import onnx as onnx_lib
     import tf2onnx
 
@@ -51,6 +54,7 @@ def convert_onnx(model, representative=None, *, opset: int = 13):
     hoist_layout_ops(proto)
     dedicate_dequantize(proto)
     shorten_names(proto)
+    unsign_codes(proto)
     onnx_lib.checker.check_model(proto)
     return proto, info
 
@@ -140,24 +144,32 @@ def _default_opset(proto) -> int:
 
 
 def pack_int4_weights(proto) -> list[str]:
-    """Store every int8 weight whose codes are ``k·m`` with ``|k| ≤ 7`` as INT4 ``k`` (in place).
+    """Store every 8-bit weight whose codes are ``k·m`` with ``|k| ≤ 7`` as INT4 ``k`` (in place).
+
+    The codes are read as int8 with zero point 0 or as uint8 with zero point 128 (after
+    :func:`~keras_qrobust.export.onnx_unsigned.unsign_codes`).
 
     Returns the names of the converted initializers; raises the opset to 21.
     """
     import onnx as onnx_lib
     from onnx import numpy_helper, version_converter
 
+    symmetric_zero = {onnx_lib.TensorProto.INT8: 0, onnx_lib.TensorProto.UINT8: 128}  # a symmetric grid's
+
     def packable(node, inits) -> tuple | None:
-        """(int8 weight, its codes, their multiplier) of a DequantizeLinear whose codes fit INT4."""
+        """(8-bit weight, its codes, their multiplier) of a DequantizeLinear whose codes fit INT4."""
         if node.op_type != "DequantizeLinear" or node.input[0] not in inits or len(node.input) < 2:
             return None
         weight = inits[node.input[0]]
-        if weight.data_type != onnx_lib.TensorProto.INT8 or len(weight.dims) < 2:
+        middle = symmetric_zero.get(weight.data_type)
+        if middle is None or len(weight.dims) < 2:
             return None
-        if len(node.input) > 2 and node.input[2] and (  # an asymmetric constant (e.g. the 3 of x + 3)
-                node.input[2] not in inits or numpy_helper.to_array(inits[node.input[2]]).any()):
+        zero = node.input[2] if len(node.input) > 2 else ""
+        if zero and zero not in inits or not zero and middle:
             return None
-        codes = numpy_helper.to_array(weight).astype(np.int32)
+        if zero and np.any(numpy_helper.to_array(inits[zero]).astype(np.int32) != middle):
+            return None  # an asymmetric constant (e.g. the 3 of x + 3)
+        codes = numpy_helper.to_array(weight).astype(np.int32) - middle
         multiplier = next((m for m in map(int8_code_multiplier, (4, 3, 2, 1))
                            if np.all(codes % m == 0) and np.abs(codes // m).max() <= 7), None)
         return None if multiplier is None else (weight, codes, multiplier)
@@ -206,7 +218,7 @@ def pack_int4_weights(proto) -> list[str]:
 
 def onnx(model, path: str | os.PathLike, representative=None, *, opset: int = 13,
          int4_weights: Optional[bool] = None, overwrite: bool = False) -> Path:
-    """Export ``model`` to a QDQ int8 ``.onnx`` file at ``path``.
+    """Export ``model`` to a QDQ 8-bit ``.onnx`` file at ``path`` (the int8 TFLite model's codes as uint8).
 
     Args:
         model: a RobustQuantizer model (sub-8-bit grids lowered exactly), a tfmot 8-bit

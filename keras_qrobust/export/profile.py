@@ -806,7 +806,7 @@ def profile(artifacts, *, keras_model=None, x=None, batch_size: int = 32, runs: 
     input shape without it). ``precisions`` (a list aligned with ``artifacts``, a mapping by
     name, or one string) overrides the inferred precision: tflite the weight dtype ("int8",
     "float32", "int8 weights, float32 activations" for dynamic range); onnx "int8 QDQ" /
-    "int4 QDQ" when DequantizeLinear nodes read int8 / int4 initializers, else the float
+    "uint8 QDQ" / "int4 QDQ" by the narrowest initializer a DequantizeLinear reads, else the float
     dtype; keras "float32 (fake-quant)" with quantized layers, else "float32".
     ``num_threads`` is passed to the runtimes. Latency is the wall time of one ``predict`` of
     the batch, ``runs`` timed runs after ``warmup`` untimed ones.
