@@ -60,8 +60,8 @@ def unsign_codes(proto) -> int:
             node.input[2] = unsigned(zero)
             if node.op_type == "DequantizeLinear" and node.input[0] in int8:
                 node.input[0] = unsigned(node.input[0])
-    used = {name for node in graph.node for name in node.input}
-    keep = [init for init in graph.initializer if init.name in used or init.name in _outputs(graph)]
+    used = {name for node in graph.node for name in node.input} | {value.name for value in graph.output}
+    keep = [init for init in graph.initializer if init.name in used]
     del graph.initializer[:]
     graph.initializer.extend(keep)
     # shapes stay, element types of the shifted tensors change: let the checker re-infer them
@@ -73,10 +73,6 @@ def unsign_codes(proto) -> int:
         raise ValueError(f"int8 tensors left after the uint8 rewrite: {', '.join(left[:5])}; they would run "
                          "in onnxruntime's saturating u8s8 kernels on CPUs without AVX-VNNI")
     return len(shifted)
-
-
-def _outputs(graph) -> set:
-    return {value.name for value in graph.output}
 
 
 def signed_codes(proto) -> list[str]:
