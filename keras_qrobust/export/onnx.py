@@ -25,6 +25,7 @@ import numpy as np
 
 from .._io import atomic_path, check_new_file
 from ..integer_bias import int8_code_multiplier
+from ._onnx_graph import drop_unused_initializers
 from .onnx_layout import hoist_layout_ops
 from .onnx_unsigned import unsign_codes
 from .tflite import convert_tflite
@@ -208,10 +209,7 @@ def pack_int4_weights(proto) -> list[str]:
         else:
             node.input.append(zero_name)
     if converted:
-        used = {name for node in proto.graph.node for name in node.input}
-        keep = [init for init in proto.graph.initializer if init.name in used]
-        del proto.graph.initializer[:]
-        proto.graph.initializer.extend(keep)
+        drop_unused_initializers(proto)
         proto.ir_version = max(proto.ir_version, _INT4_IR_VERSION)
     return converted
 

@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ._onnx_graph import drop_unused_initializers
+
 __all__ = ["unsign_codes", "signed_codes"]
 
 
@@ -60,10 +62,7 @@ def unsign_codes(proto) -> int:
             node.input[2] = unsigned(zero)
             if node.op_type == "DequantizeLinear" and node.input[0] in int8:
                 node.input[0] = unsigned(node.input[0])
-    used = {name for node in graph.node for name in node.input} | {value.name for value in graph.output}
-    keep = [init for init in graph.initializer if init.name in used]
-    del graph.initializer[:]
-    graph.initializer.extend(keep)
+    drop_unused_initializers(proto)
     # shapes stay, element types of the shifted tensors change: let the checker re-infer them
     stale = [value for value in graph.value_info if value.type.tensor_type.elem_type == TensorProto.INT8]
     for value in stale:
