@@ -8,8 +8,8 @@ no value any node computes — only which integer kernel onnxruntime picks for i
 - int8 activations with int8 weights: on x86 onnxruntime shifts the activations to uint8 and
   runs a u8·s8 kernel. Without AVX-VNNI that kernel is ``VPMADDUBSW``, which adds two
   products ``u·s`` into an int16 and saturates: ``2·255·127 = 64,770 > 32,767``. An 8-bit
-  input layer, or any 8-bit weight beyond ±64, then changes scores (78 output steps on a
-  small ResNet-style block on an AVX2 EPYC) on some machines and not on others.
+  input layer, or any 8-bit weight beyond ±64, then changes scores by many output steps on
+  some machines and not on others.
 - uint8 activations with uint8 weights: the u8·u8 kernels widen both operands to int16 and
   add pairs into int32 (``VPMADDWD``), which cannot overflow; ARM has u8·u8 dot products.
 
