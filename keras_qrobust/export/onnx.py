@@ -9,9 +9,10 @@ onnxruntime fuses into integer kernels. The codes are then stored as uint8 (zero
 u8·s8 kernels saturate on x86 CPUs without AVX-VNNI and its u8·u8 kernels cannot.
 
 INT4 weights: a ``b``-bit layer (``b ≤ 4``) stores its codes ``k`` as ``k·m`` in int8 (see
-:mod:`keras_qrobust.integer_bias`); with ``int4_weights=True`` they are stored back as ``k``
-in an INT4 initializer with scale ``m·Δ`` — the same values in half the bytes. Layers with
-more bits keep int8.
+:mod:`keras_qrobust.integer_bias`); by default they are stored back as ``k`` in an INT4
+initializer, half the bytes, with a constant chain that decodes them to the 8-bit container
+when onnxruntime loads the file (:func:`pack_int4_weights`), so the file computes what the
+8-bit file computes. Layers with more bits keep 8-bit codes.
 """
 
 from __future__ import annotations
@@ -148,12 +149,19 @@ def pack_int4_weights(proto) -> list[str]:
     """Store every 8-bit weight whose codes are ``k·m`` with ``|k| ≤ 7`` as INT4 ``k`` (in place).
 
     The codes are read as int8 with zero point 0 or as uint8 with zero point 128 (after
-    :func:`~keras_qrobust.export.onnx_unsigned.unsign_codes`).
+    :func:`~keras_qrobust.export.onnx_unsigned.unsign_codes`). The file stores ``k`` in half a
+    byte; a constant chain in front of the weight's DequantizeLinear decodes it back to the
+    8-bit container, ``cast(cast(k, int32)·m + z)`` with ``z`` the symmetric zero point (128
+    for uint8), which is exactly the tensor it replaces. onnxruntime folds that chain into an
+    initializer when it loads the file, so the DequantizeLinear → Conv/MatMul → QuantizeLinear
+    group is fused into the same integer kernel as in the 8-bit file and computes the same
+    outputs bit for bit. (A DequantizeLinear reading INT4 directly is not fused: onnxruntime
+    then runs a float convolution, which rounds some sums to the neighbouring output level.)
 
-    Returns the names of the converted initializers; raises the opset to 21.
+    Returns the names of the converted initializers; raises the opset to 21 (INT4, Cast from INT4).
     """
     import onnx as onnx_lib
-    from onnx import numpy_helper, version_converter
+    from onnx import helper, numpy_helper, version_converter
 
     symmetric_zero = {onnx_lib.TensorProto.INT8: 0, onnx_lib.TensorProto.UINT8: 128}  # a symmetric grid's
 
@@ -185,33 +193,46 @@ def pack_int4_weights(proto) -> list[str]:
         for i, node in enumerate(proto.graph.node):  # the nodes it adds may reuse existing names
             node.name = f"n{i}"
         inits = _initializers(proto)
-    converted = []
-    packed: dict[tuple[str, ...], tuple[str, str, str]] = {}  # (weight, scale) -> INT4 names
+    constants: dict[int, str] = {}  # an int32 scalar -> its initializer
+
+    def constant(value: int) -> str:
+        if value not in constants:
+            constants[value] = f"int4_decode_{value}"
+            proto.graph.initializer.append(numpy_helper.from_array(np.array(value, np.int32), constants[value]))
+        return constants[value]
+
+    decoders = []
+    decoded: dict[str, str] = {}  # 8-bit weight -> the decoded tensor (one chain for a shared weight)
     for node in proto.graph.node:
-        key = tuple(node.input[:2])
-        if not (node.op_type == "DequantizeLinear" and key in packed):  # a shared weight is packed once
+        if node.op_type != "DequantizeLinear":
+            continue
+        if node.input[0] not in decoded:
             found = packable(node, inits)
             if found is None:
                 continue
             weight, codes, multiplier = found
-            scale = numpy_helper.to_array(inits[node.input[1]]).astype(np.float32) * multiplier
-            suffix = f"_int4_{len(packed)}"  # one weight may be read with several scales
-            new_weight = _int4_tensor(weight.name + suffix, codes // multiplier)
-            new_scale = numpy_helper.from_array(scale, inits[node.input[1]].name + suffix)
-            new_zero = _int4_tensor(weight.name + "_zero" + suffix, np.zeros(scale.shape, np.int32))
-            proto.graph.initializer.extend([new_weight, new_scale, new_zero])
-            packed[key] = (new_weight.name, new_scale.name, new_zero.name)
-            converted.append(weight.name)
-        weight_name, scale_name, zero_name = packed[key]
-        node.input[0], node.input[1] = weight_name, scale_name
-        if len(node.input) > 2:
-            node.input[2] = zero_name
-        else:
-            node.input.append(zero_name)
-    if converted:
+            base = weight.name
+            proto.graph.initializer.append(_int4_tensor(f"{base}_int4", codes // multiplier))
+            steps = [("Cast", [f"{base}_int4"], {"to": onnx_lib.TensorProto.INT32}),
+                     ("Mul", [None, constant(multiplier)], {})]
+            if symmetric_zero[weight.data_type]:
+                steps.append(("Add", [None, constant(symmetric_zero[weight.data_type])], {}))
+            steps.append(("Cast", [None], {"to": weight.data_type}))
+            previous = None
+            for i, (op, inputs, attributes) in enumerate(steps):
+                output = f"{base}_decoded" if i == len(steps) - 1 else f"{base}_decode_{i}"
+                inputs = [previous if name is None else name for name in inputs]
+                decoders.append(helper.make_node(op, inputs, [output], name=f"{base}_decode_{op}_{i}", **attributes))
+                previous = output
+            decoded[weight.name] = previous
+        node.input[0] = decoded[node.input[0]]
+    if decoded:
+        nodes = decoders + list(proto.graph.node)  # the chains read initializers only: first is topological
+        del proto.graph.node[:]
+        proto.graph.node.extend(nodes)
         drop_unused_initializers(proto)
         proto.ir_version = max(proto.ir_version, _INT4_IR_VERSION)
-    return converted
+    return list(decoded)
 
 
 def onnx(model, path: str | os.PathLike, representative=None, *, opset: int = 13,
