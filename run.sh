@@ -4,7 +4,8 @@
 #   ./run.sh demo [ARGS]         the main job on the embedded default: keras-qrobust guard --quick
 #                                on Fashion-MNIST, from the committed robust cnn_small (TRADES, trained
 #                                by benchmarks/demo_model.py): quantize, attack, choose, export to
-#                                int8 TFLite, re-measure, report in results/guard
+#                                int8 TFLite, re-measure, report in results/guard (candidates w8a8
+#                                and w4a4; ARGS override, e.g. --candidates w8a8,w6a6,w4a4)
 #   ./run.sh test [PYTEST ARGS]  run the test suite (it also builds the docs site, strict)
 #   ./run.sh bench NAME [ARGS]   run benchmarks/NAME.py (writes JSON + Markdown results)
 #   ./run.sh setup               only set up
@@ -90,7 +91,7 @@ command=${1:-}
 [ $# -gt 0 ] && shift
 case "$command" in
   setup) setup ;;
-  demo)  setup; exec "$VENV/bin/keras-qrobust" guard --quick --model "$DEMO_MODEL" "$@" ;;
+  demo)  setup; exec "$VENV/bin/keras-qrobust" guard --quick --model "$DEMO_MODEL" --candidates w8a8,w4a4 "$@" ;;
   test)  setup; install_chromium; exec "$VENV/bin/python" -m pytest "$@" ;;
   bench)
     [ $# -ge 1 ] || { say "usage: ./run.sh bench NAME [ARGS]  (NAME: $(ls benchmarks/*.py | xargs -n1 basename | sed 's/\.py$//' | grep -v '^_' | tr '\n' ' '))"; exit 2; }
