@@ -47,6 +47,19 @@ def within_l2_budget(x_adv, x, budget: float = CW_L2_BUDGET):
     return np.where(mask, x_adv, x), norms
 
 
+def _cpu() -> dict:
+    """The CPU model and the vector extensions integer kernels depend on (Linux; else unknown):
+    latencies, and onnxruntime's u8s8 kernels, differ between CPUs with and without AVX-VNNI."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return {"model": platform.processor() or None, "flags": None}
+    model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), None)
+    flags = next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), [])
+    wanted = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8")
+    return {"model": model, "flags": [flag for flag in wanted if flag in flags]}
+
+
 def machine() -> dict:
     import importlib.metadata as md
 
@@ -60,6 +73,7 @@ def machine() -> dict:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "cpus": os.cpu_count(),
+        "cpu": _cpu(),
         "packages": versions,
         "keras_qrobust": kq.__version__,
         "code": CODE_VERSION,

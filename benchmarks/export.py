@@ -219,9 +219,10 @@ def markdown(data, table, single) -> str:
                   f"{pct(a['transfer'])}%, {a['bytes']} bytes."]
     lines += ["", "## Profile (Zhou et al. 2022, Table I columns)", "", table.to_markdown(), "",
               "## Latency at batch 1", "", single.to_markdown(), "",
-              "INT4 ONNX: onnxruntime 1.23 fuses QDQ groups into integer kernels only for int8 weights, so the "
-              "INT4 file (the smallest) runs its convolutions in float after dequantizing; export with "
-              "`int4_weights=False` for speed.", "",
+              "INT4 ONNX: each packed INT4 weight is decoded to its 8-bit container by a constant chain that "
+              "onnxruntime folds when it loads the file, so the INT4 file (the smallest) runs the int8 file's "
+              "fused integer kernels and computes its outputs. The latencies depend on the CPU: integer "
+              "kernels gain little over float on an x86 CPU without AVX-VNNI.", "",
               *targets_table(data["checks"])]
     return "\n".join(lines) + "\n"
 
