@@ -54,8 +54,12 @@ def _cpu() -> dict:
         info = Path("/proc/cpuinfo").read_text()
     except OSError:
         return {"model": platform.processor() or None, "flags": None}
-    model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), None)
-    flags = next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), [])
+    lines = info.splitlines()
+
+    def field(name: str) -> str:  # the first CPU's
+        return next((line.split(":", 1)[1] for line in lines if line.startswith(name)), "")
+
+    model, flags = field("model name").strip() or None, field("flags").split()
     wanted = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8")
     return {"model": model, "flags": [flag for flag in wanted if flag in flags]}
 

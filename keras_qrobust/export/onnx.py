@@ -211,20 +211,16 @@ def pack_int4_weights(proto) -> list[str]:
             if found is None:
                 continue
             weight, codes, multiplier = found
-            base = weight.name
-            proto.graph.initializer.append(_int4_tensor(f"{base}_int4", codes // multiplier))
-            steps = [("Cast", [f"{base}_int4"], {"to": onnx_lib.TensorProto.INT32}),
-                     ("Mul", [None, constant(multiplier)], {})]
-            if symmetric_zero[weight.data_type]:
-                steps.append(("Add", [None, constant(symmetric_zero[weight.data_type])], {}))
-            steps.append(("Cast", [None], {"to": weight.data_type}))
-            previous = None
-            for i, (op, inputs, attributes) in enumerate(steps):
-                output = f"{base}_decoded" if i == len(steps) - 1 else f"{base}_decode_{i}"
-                inputs = [previous if name is None else name for name in inputs]
-                decoders.append(helper.make_node(op, inputs, [output], name=f"{base}_decode_{op}_{i}", **attributes))
-                previous = output
-            decoded[weight.name] = previous
+            tensor = f"{weight.name}_int4"
+            proto.graph.initializer.append(_int4_tensor(tensor, codes // multiplier))
+            middle = symmetric_zero[weight.data_type]
+            chain = [("Cast", [], {"to": onnx_lib.TensorProto.INT32}), ("Mul", [constant(multiplier)], {}),
+                     *([("Add", [constant(middle)], {})] if middle else []), ("Cast", [], {"to": weight.data_type})]
+            for i, (op, operands, attributes) in enumerate(chain):  # each step reads the one before
+                output = f"{weight.name}_decode_{i}"
+                decoders.append(helper.make_node(op, [tensor, *operands], [output], name=output, **attributes))
+                tensor = output
+            decoded[weight.name] = tensor
         node.input[0] = decoded[node.input[0]]
     if decoded:
         nodes = decoders + list(proto.graph.node)  # the chains read initializers only: first is topological
