@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ._io import check_new_file
 from .evaluate import EVALUATE_ATTACKS
-from .guard.config import TARGETS, check_seed
+from .guard.config import FULL, QUICK, TARGETS, check_seed
 
 DEFAULT_SETTINGS = "w8a8,w6a6,w4a4,w3a3,w2a2,w3"
 DEFAULT_GUARD_OUT = "results/guard"
@@ -111,20 +111,22 @@ def _add_guard(commands) -> None:
                    help="exit 0 even when the exported file agrees with the attacked Keras model on fewer than 99.5%% "
                         "of the test inputs (the report says so either way)")
     g.add_argument("--quick", action="store_true",
-                   help="small slices and few epochs (10,000 training and 1,000 test inputs, FGSM-RS 3 epochs, PGD-10)")
-    g.add_argument("--epochs", type=int, help="adversarial training epochs (quick 3, else 10)")
-    g.add_argument("--train-samples", type=int, help="use the first N training inputs (quick 10000, else all)")
-    g.add_argument("--test-samples", type=int, help="score on the first N test inputs (quick 1000, else all)")
-    g.add_argument("--train-attack", help="adversarial training attack: pgd or fgsm_rs (quick fgsm_rs, else pgd)")
-    g.add_argument("--pgd-steps", type=int, help="PGD steps of the evaluation attacks (quick 10, else 20)")
-    g.add_argument("--surrogate-epochs", type=int, help="training epochs of the transfer surrogate (quick 2, else 5)")
-    g.add_argument("--uap-samples", type=int, help="training inputs the UAPs are crafted on (quick 1000, else 2000)")
-    g.add_argument("--autoattack", help="AutoAttack version of the robust accuracy: standard or fast (quick fast, "
-                   "else standard)")
-    g.add_argument("--autoattack-samples", type=int,
-                   help="test inputs AutoAttack and Square on the artifact run on (quick 500, else 1000)")
-    g.add_argument("--square-queries", type=int,
-                   help="Square queries per input on the exported artifact (quick 1000, else 5002)")
+                   help=f"small slices and few epochs ({QUICK['train_samples']:,} training and {QUICK['test_samples']:,} "
+                        f"test inputs, FGSM-RS {QUICK['epochs']} epochs, PGD-{QUICK['pgd_steps']})")
+    knobs = {"epochs": (int, "adversarial training epochs"),
+             "train-samples": (int, "use the first N training inputs"),
+             "test-samples": (int, "score on the first N test inputs"),
+             "train-attack": (None, "adversarial training attack: pgd or fgsm_rs"),
+             "pgd-steps": (int, "PGD steps of the evaluation attacks"),
+             "surrogate-epochs": (int, "training epochs of the transfer surrogate"),
+             "uap-samples": (int, "training inputs the UAPs are crafted on"),
+             "autoattack": (None, "AutoAttack version of the robust accuracy: standard or fast"),
+             "autoattack-samples": (int, "test inputs AutoAttack and Square on the artifact run on"),
+             "square-queries": (int, "Square queries per input on the exported artifact")}
+    for flag, (kind, what) in knobs.items():
+        key = flag.replace("-", "_")
+        full = "all" if FULL[key] is None else FULL[key]
+        g.add_argument(f"--{flag}", type=kind, help=f"{what} (quick {QUICK[key]}, else {full})")
 
 
 def _add_attack(commands) -> None:

@@ -23,7 +23,7 @@ TRAIN_ATTACKS = ("pgd", "fgsm_rs")
 DEFAULT_CANDIDATES = ("w8a8", "w6a6", "w4a4")
 
 #: knob -> value with --quick (sized so the default job finishes in minutes on 2 CPU cores)
-QUICK = {"epochs": 3, "train_samples": 10000, "test_samples": 1000, "train_attack": "fgsm_rs", "pgd_steps": 10,
+QUICK = {"epochs": 3, "train_samples": 10000, "test_samples": 500, "train_attack": "fgsm_rs", "pgd_steps": 10,
          "surrogate_epochs": 2, "uap_samples": 500, "autoattack": "fast", "autoattack_samples": 250,
          "square_queries": 500}
 #: knob -> value without --quick (None: the whole split)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 
 import numpy as np
@@ -126,7 +127,8 @@ def _square_both(ctx: Context, deployed, keras_model) -> dict:
 def remeasure_stage(ctx: Context) -> tuple[dict, dict]:
     """Score the exported file in its own runtime on the clean and the attacked test inputs."""
     config, data, state = ctx.config, ctx.data, ctx.state
-    deployed = runtime.load(state.artifact("export", "exported"))
+    # every core: LiteRT runs one thread unless told (integer kernels give the same labels either way)
+    deployed = runtime.load(state.artifact("export", "exported"), num_threads=os.cpu_count())
     keras_model = ctx.load_artifact("choose", "model")
     setting = state.summary("choose")["chosen"]
     keras_row = state.summary("attack")["grid"][setting]
