@@ -24,7 +24,7 @@ DEFAULT_CANDIDATES = ("w8a8", "w6a6", "w4a4")
 
 #: knob -> value with --quick (sized so the default job finishes in minutes on 2 CPU cores)
 QUICK = {"epochs": 3, "train_samples": 10000, "test_samples": 500, "train_attack": "fgsm_rs", "pgd_steps": 10,
-         "surrogate_epochs": 2, "uap_samples": 500, "autoattack": "fast", "autoattack_samples": 250,
+         "surrogate_epochs": 2, "uap_samples": 500, "autoattack": "fast", "autoattack_samples": 200,
          "square_queries": 500}
 #: knob -> value without --quick (None: the whole split)
 FULL = {"epochs": 10, "train_samples": None, "test_samples": None, "train_attack": "pgd", "pgd_steps": 20,
