@@ -150,3 +150,26 @@ def test_the_supported_layer_table_lists_exactly_what_quantize_accepts():
     from keras_qrobust.transforms import _kinds
 
     assert set(layer_support.LAYER_SUPPORT) == set(_kinds.SUPPORTED)
+
+
+def _knob_cell(value) -> str:
+    if value is None:
+        return "all"
+    return f"{value:,}" if isinstance(value, int) else f"`{value}`"
+
+
+def test_the_guard_knob_table_states_the_presets(capsys):
+    """docs/guard.md's `--quick` table and `guard --help` say what QUICK and FULL hold."""
+    from keras_qrobust import cli
+    from keras_qrobust.guard.config import FULL, QUICK
+
+    rows = dict(re.findall(r"^\| `--([a-z-]+)` \| (.+?) \|$", (DOCS / "guard.md").read_text(), re.M))
+    table = {flag: cells.split(" | ") for flag, cells in rows.items()}
+    assert set(table) == {key.replace("_", "-") for key in QUICK}
+    for key in QUICK:
+        assert table[key.replace("_", "-")] == [_knob_cell(QUICK[key]), _knob_cell(FULL[key])], key
+    assert cli.main(["guard", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    for key in QUICK:
+        full = "all" if FULL[key] is None else FULL[key]
+        assert f"(quick {QUICK[key]}, else {full})" in text, key
