@@ -25,6 +25,14 @@ in its own runtime against the Keras model:
 Targets (issue 20): agreement ≥ 99.9 % (w8a8, w6a6, w4a4) and ≥ 99.5 % (w2a2);
 ``quantize`` ≤ 5 s for every zoo model. Sizes and latencies are reported.
 
+The full run takes hours on 2 cores (Square on every file and twin dominates), so each
+finished architecture × setting is a committed record in benchmarks/results/coverage_rows/,
+named by a fingerprint of the trained model's weights, the run's settings and the sources it
+depends on (the quantizer, the export and runtime code, Square, and this script's scoring
+functions). A rerun — here or after a fresh clone, with the trained models committed by
+benchmarks/checkpoint.py — keeps every record whose fingerprint still matches and scores the
+rest; each record names the machine and commit that measured it, and so does the table.
+
     ./run.sh bench coverage            # writes benchmarks/results/coverage.{json,md}
     ./run.sh bench coverage --quick    # 1 epoch, 500 test images, a tiny Square: a smoke run
 """
@@ -32,6 +40,8 @@ Targets (issue 20): agreement ≥ 99.9 % (w8a8, w6a6, w4a4) and ≥ 99.5 % (w2a2
 from __future__ import annotations
 
 import argparse
+import inspect
+import json
 import tempfile
 import time
 from pathlib import Path
@@ -40,6 +50,9 @@ import numpy as np
 
 from _common import (
     CACHE,
+    CODE_VERSION,
+    files_digest,
+    fingerprint,
     kq,
     load_cached,
     log,
@@ -49,6 +62,8 @@ from _common import (
     save_cached,
     targets_table,
     trained_model,
+    without_machine_paths,
+    write_json,
 )
 
 EPS = 0.1
@@ -67,6 +82,12 @@ AGREEMENT_TARGET = {"w2a2": 0.995}  # else 0.999
 QUANTIZE_TARGET_SECONDS = 5.0
 SQUARE_P_INIT = 0.8
 RUNTIMES = ("tflite", "onnx", "akida")  # Akida where the model converts with its grids carried
+ROWS = Path(__file__).resolve().parent / "results" / "coverage_rows"
+_LIBRARY = Path(kq.__file__).resolve().parent
+# what a record's numbers depend on besides the model and the settings
+_SOURCES = ("quantize.py", "quantizers.py", "layers.py", "calibration.py", "integer_bias.py", "layer_support.py",
+            "metrics.py", "_keras.py", "transforms", "export", "attacks/square.py", "attacks/_queries.py",
+            "attacks/_common.py")
 
 
 def rgb32(x: np.ndarray) -> np.ndarray:
@@ -129,52 +150,83 @@ def akida_file(qmodel, path: Path, samples) -> tuple[Path | None, str | None]:
     return None, reasons[0][:160] + ("…" if len(reasons[0]) > 160 else "")
 
 
-def score_architecture(name: str, model, data, args, folder: Path) -> dict:
+def _sources_digest() -> bytes:
+    files = []
+    for name in _SOURCES:
+        path = _LIBRARY / name
+        files += sorted(path.rglob("*.py")) if path.is_dir() else [path]
+    scoring = "".join(inspect.getsource(f) for f in (score_setting, latency_ms, square_pair, akida_file))
+    return files_digest(files) + scoring.encode()
+
+
+def score_setting(model, setting: str, name: str, data, x_perturbed, float_ms: dict, args, folder: Path) -> dict:
+    """One architecture at one setting: quantize, export to every runtime, score each file."""
     x_train, x_test, y_test = data
     samples = x_train[:1024]
+    n_params = int(model.count_params())
+    start = time.perf_counter()
+    qmodel = kq.RobustQuantizer.from_setting(setting).quantize(model, samples)
+    quantize_seconds = time.perf_counter() - start
+    scores = qmodel.predict(x_test, verbose=0, batch_size=256)
+    perturbed_scores = qmodel.predict(x_perturbed, verbose=0, batch_size=256)
+    step = float(qmodel.get_layer("output_quantizer").step)
+    entry = {"quantize_seconds": round(quantize_seconds, 2), "exact": bool(kq.export.lower(qmodel).exact),
+             "keras_accuracy": float(np.mean(scores.argmax(1) == y_test)), "float_tflite_ms": float_ms,
+             "runtimes": {}}
+    for runtime in RUNTIMES:
+        if runtime == "akida":
+            path, skipped = akida_file(qmodel, folder / f"{name}_{setting}.fbz", samples)
+            if skipped:
+                entry["runtimes"][runtime] = {"skipped": skipped}
+                log(f"{name} {setting} akida: {skipped}")
+                continue
+        else:
+            path = getattr(kq.export, runtime)(qmodel, folder / f"{name}_{setting}.{runtime}")
+        deployed = kq.export.load(path)
+        found = deployed.predict(x_test)
+        difference = np.abs(found - scores) / step
+        entry["runtimes"][runtime] = {
+            "agreement": float(np.mean(found.argmax(1) == scores.argmax(1))),
+            "agreement_perturbed": float(np.mean(deployed.predict(x_perturbed).argmax(1)
+                                                 == perturbed_scores.argmax(1))),
+            "within_one_step": float(np.mean(difference <= 1.01)),
+            "max_steps": float(difference.max()),
+            "accuracy": float(np.mean(found.argmax(1) == y_test)),
+            "bytes_per_param": path.stat().st_size / n_params,
+            "ms": {str(b): latency_ms(deployed, x_test, b, args.repeats) for b in (1, 32)},
+            "square": square_pair(deployed, qmodel, x_test[:args.square_images], y_test[:args.square_images],
+                                  args.square_queries, args.seed),
+        }
+        log(f"{name} {setting} {runtime}: agreement {entry['runtimes'][runtime]['agreement']:.4%}, "
+            f"{entry['runtimes'][runtime]['bytes_per_param']:.3f} B/param")
+    return entry
+
+
+def score_architecture(name: str, model, data, args, folder: Path, rows: Path) -> dict:
+    """Every setting of one architecture: its kept record, or scored now and recorded."""
+    x_train, x_test, y_test = data
     # every pixel ±ε: inputs between two of the input's levels, where an attack's points lie
     signs = np.random.default_rng(args.seed).choice([-1.0, 1.0], size=x_test.shape)
     x_perturbed = np.clip(x_test + EPS * signs, 0.0, 1.0).astype(np.float32)
-    n_params = int(model.count_params())
-    float_path = kq.export.tflite(model, folder / f"{name}_float.tflite", precision="float32")
-    float_file = kq.export.load(float_path)
-    row = {"architecture": name, "params": n_params, "float_accuracy": kq.metrics.accuracy(model, x_test, y_test),
-           "float_tflite_ms": {b: latency_ms(float_file, x_test, b, args.repeats) for b in (1, 32)}, "settings": {}}
+    row = {"architecture": name, "params": int(model.count_params()),
+           "float_accuracy": kq.metrics.accuracy(model, x_test, y_test), "settings": {}}
+    source = _sources_digest()
+    float_ms = None  # measured once per run, only when a setting is scored in it
     for setting in SETTINGS:
-        start = time.perf_counter()
-        qmodel = kq.RobustQuantizer.from_setting(setting).quantize(model, samples)
-        quantize_seconds = time.perf_counter() - start
-        scores = qmodel.predict(x_test, verbose=0, batch_size=256)
-        perturbed_scores = qmodel.predict(x_perturbed, verbose=0, batch_size=256)
-        step = float(qmodel.get_layer("output_quantizer").step)
-        entry = {"quantize_seconds": round(quantize_seconds, 2), "exact": bool(kq.export.lower(qmodel).exact),
-                 "keras_accuracy": float(np.mean(scores.argmax(1) == y_test)), "runtimes": {}}
-        for runtime in RUNTIMES:
-            if runtime == "akida":
-                path, skipped = akida_file(qmodel, folder / f"{name}_{setting}.fbz", samples)
-                if skipped:
-                    entry["runtimes"][runtime] = {"skipped": skipped}
-                    log(f"{name} {setting} akida: {skipped}")
-                    continue
-            else:
-                path = getattr(kq.export, runtime)(qmodel, folder / f"{name}_{setting}.{runtime}")
-            deployed = kq.export.load(path)
-            found = deployed.predict(x_test)
-            difference = np.abs(found - scores) / step
-            entry["runtimes"][runtime] = {
-                "agreement": float(np.mean(found.argmax(1) == scores.argmax(1))),
-                "agreement_perturbed": float(np.mean(deployed.predict(x_perturbed).argmax(1)
-                                                     == perturbed_scores.argmax(1))),
-                "within_one_step": float(np.mean(difference <= 1.01)),
-                "max_steps": float(difference.max()),
-                "accuracy": float(np.mean(found.argmax(1) == y_test)),
-                "bytes_per_param": path.stat().st_size / n_params,
-                "ms": {b: latency_ms(deployed, x_test, b, args.repeats) for b in (1, 32)},
-                "square": square_pair(deployed, qmodel, x_test[:args.square_images], y_test[:args.square_images],
-                                      args.square_queries, args.seed),
-            }
-            log(f"{name} {setting} {runtime}: agreement {entry['runtimes'][runtime]['agreement']:.4%}, "
-                f"{entry['runtimes'][runtime]['bytes_per_param']:.3f} B/param")
+        key = fingerprint(model, source=source, extra=[name, setting, len(x_test), args.square_images,
+                                                       args.square_queries, args.repeats, args.seed])
+        record = rows / f"{key}.json"
+        if record.exists():
+            row["settings"][setting] = json.loads(record.read_text())["entry"]
+            log(f"{name} {setting}: kept {record.name[:12]}… (measured by {_short(row['settings'][setting]['code'])})")
+            continue
+        if float_ms is None:
+            float_file = kq.export.load(kq.export.tflite(model, folder / f"{name}_float.tflite", precision="float32"))
+            float_ms = {str(b): latency_ms(float_file, x_test, b, args.repeats) for b in (1, 32)}
+        entry = score_setting(model, setting, name, data, x_perturbed, float_ms, args, folder)
+        entry.update(machine=machine(), code=CODE_VERSION)
+        rows.mkdir(parents=True, exist_ok=True)
+        write_json(record, without_machine_paths({"architecture": name, "setting": setting, "entry": entry}))
         row["settings"][setting] = entry
     return row
 
@@ -200,6 +252,11 @@ def checks(rows: list[dict]) -> list[dict]:
     return out
 
 
+def _short(code: str) -> str:
+    commit, _, changes = code.partition("+")
+    return commit[:7] + ("+" + changes if changes else "")
+
+
 def markdown(data: dict) -> str:
     lines = ["# Coverage: real architectures, exported and re-measured in their runtimes", "",
              f"{run_description(data)} {data['test_images']} Fashion-MNIST test images (32×32×3 "
@@ -213,8 +270,8 @@ def markdown(data: dict) -> str:
              "| quantize s |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in data["architectures"]:
-        fl = row["float_tflite_ms"]
         for setting, entry in row["settings"].items():
+            fl = entry["float_tflite_ms"]
             for runtime, f in entry["runtimes"].items():
                 if "skipped" in f:
                     lines.append(f"| {row['architecture']} | {setting} | {runtime} | not exported: "
@@ -229,6 +286,11 @@ def markdown(data: dict) -> str:
                     f"{f['ms']['1']:.1f} / {f['ms']['32']:.1f} ({fl['1']:.1f} / {fl['32']:.1f}) | "
                     f"{100 * sq['artifact']['robust_accuracy']:.1f} ({100 * sq['keras']['robust_accuracy']:.1f}) | "
                     f"{entry['quantize_seconds']:.2f} |")
+    measured = sorted({(_short(e["code"]), e["machine"]["cpu"]["model"], e["machine"]["date"][:10])
+                       for row in data["architectures"] for e in row["settings"].values()})
+    lines += ["", "Each architecture × setting is a record of benchmarks/results/coverage_rows/ (a row's latencies, "
+              "the float TFLite file's included, come from one run). Measured by: "
+              + "; ".join(f"{code} on {cpu}, {date}" for code, cpu, date in measured) + "."]
     lines += ["", *targets_table(data["checks"]), "", "## Models", ""]
     lines += [f"- {row['architecture']}: {row['params']:,} parameters, float accuracy "
               f"{100 * row['float_accuracy']:.2f}%, `{row['training']}`" for row in data["architectures"]]
@@ -252,22 +314,17 @@ def main(argv=None) -> None:
     x_test, y_test = kq.datasets.load("fashion_mnist", "test")
     x_test, y_test = x_test[:args.images], y_test[:args.images]
     rows = []
+    records = CACHE / "coverage_rows_quick" if args.quick else ROWS  # a smoke run's records are not committed
     with tempfile.TemporaryDirectory() as scratch:
         folder = Path(scratch)
         for name in ZOO:
             model, info = trained_model(name, args.epochs, args.seed)
-            rows.append({**score_architecture(name, model, (x_train, x_test, y_test), args, folder),
+            rows.append({**score_architecture(name, model, (x_train, x_test, y_test), args, folder, records),
                          "training": info})
         for name in APPLICATIONS:
             model, info = applications_model(name, args.epochs, args.seed)
             rows.append({**score_architecture(name, model, (rgb32(x_train), rgb32(x_test), y_test), args,
-                                              folder), "training": info})
-    for row in rows:  # JSON keys
-        row["float_tflite_ms"] = {str(k): v for k, v in row["float_tflite_ms"].items()}
-        for entry in row["settings"].values():
-            for found in entry["runtimes"].values():
-                if "ms" in found:
-                    found["ms"] = {str(k): v for k, v in found["ms"].items()}
+                                              folder, records), "training": info})
     command = "./run.sh bench coverage" + (" --quick" if args.quick else "")
     data = {"command": command, "machine": machine(), "epochs": args.epochs, "test_images": len(x_test),
             "square_images": args.square_images, "square_queries": args.square_queries, "seed": args.seed,

@@ -111,8 +111,9 @@ def _add_guard(commands) -> None:
                    help="exit 0 even when the exported file agrees with the attacked Keras model on fewer than 99.5%% "
                         "of the test inputs (the report says so either way)")
     g.add_argument("--quick", action="store_true",
-                   help=f"small slices and few epochs ({QUICK['train_samples']:,} training and {QUICK['test_samples']:,} "
-                        f"test inputs, FGSM-RS {QUICK['epochs']} epochs, PGD-{QUICK['pgd_steps']})")
+                   help=f"small slices and few epochs ({QUICK['train_samples']:,} training and "
+                        f"{QUICK['test_samples']:,} test inputs, FGSM-RS {QUICK['epochs']} epochs, "
+                        f"PGD-{QUICK['pgd_steps']})")
     knobs = {"epochs": (int, "adversarial training epochs"),
              "train-samples": (int, "use the first N training inputs"),
              "test-samples": (int, "score on the first N test inputs"),
