@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import atexit
 import hashlib
+import importlib
 import json
 import os
 import shutil
@@ -41,7 +42,7 @@ import numpy as np
 from ._io import write_json
 
 __all__ = ["run_tasks", "start_ray", "ship", "ship_models", "unship", "fingerprint", "model_to_bytes", "EXECUTORS",
-           "INSTALL_HINT", "check_executor"]
+           "INSTALL_HINT", "check_executor", "function_reference", "imported"]
 
 EXECUTORS = ("local", "ray")
 INSTALL_HINT = "pip install 'keras-qrobust[ray]'"
@@ -89,6 +90,30 @@ def unship(payload, trust: bool = False):
         return payload
     suffix, blob = payload
     return _load_once(blob, suffix, trust)
+
+
+def imported(reference: tuple[str, str]) -> Callable:
+    """The function a :func:`function_reference` names, imported in this process."""
+    module, qualname = reference
+    found = importlib.import_module(module)
+    for part in qualname.split("."):
+        found = getattr(found, part)
+    return found
+
+
+def function_reference(function: Callable, what: str = "function") -> tuple[str, str]:
+    """``(module, qualname)`` of a module-level ``function``, which a worker imports by name
+    (functions are sent by reference, never pickled), or a one-line ValueError naming the fix."""
+    module, qualname = getattr(function, "__module__", None), getattr(function, "__qualname__", "")
+    try:
+        found = imported((module, qualname)) if module and module != "__main__" and "<" not in qualname else None
+    except (ImportError, AttributeError):
+        found = None
+    if found is not function:
+        raise ValueError(f"{what} {qualname or type(function).__name__} cannot be sent to Ray workers or named in a "
+                         "folder's keys: pass a registry name (e.g. 'pgd') or a function defined at module level of an "
+                         "importable module (not in __main__, not a lambda or a closure)")
+    return module, qualname
 
 
 def _load_once(blob: bytes, suffix: str, trust: bool):

@@ -11,7 +11,6 @@ process or on Ray (``executor="ray"``), with the same numbers either way.
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import time
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence, Union
@@ -20,7 +19,7 @@ import numpy as np
 
 from . import metrics
 from .attacks.registry import PER_MODEL_KINDS, get_attack
-from .executor import check_executor, fingerprint, run_tasks, ship_models, unship
+from .executor import check_executor, fingerprint, function_reference, imported, run_tasks, ship_models, unship
 from .quantize import parse_setting, setting_name
 
 __all__ = ["wxay_grid", "SettingResult", "SearchResult", "evaluate_setting", "choose", "search"]
@@ -102,36 +101,13 @@ def evaluate_setting(quantizer, model, data, samples, attack: Attack, eps: float
     return SettingResult(quantizer.setting, natural, adversarial, time.perf_counter() - start, natural > natural_floor)
 
 
-def _imported(reference: tuple[str, str]) -> Callable:
-    module, qualname = reference
-    found = importlib.import_module(module)
-    for part in qualname.split("."):
-        found = getattr(found, part)
-    return found
-
-
-def _by_reference(attack: Callable) -> tuple[str, str]:
-    """``(module, qualname)`` of a module-level function a worker can import, or a one-line
-    ValueError naming the fix."""
-    module, qualname = getattr(attack, "__module__", None), getattr(attack, "__qualname__", "")
-    try:
-        found = _imported((module, qualname)) if module and module != "__main__" and "<" not in qualname else None
-    except (ImportError, AttributeError):
-        found = None
-    if found is not attack:
-        raise ValueError(f"attack {qualname or type(attack).__name__} cannot be sent to Ray workers or named in a "
-                         "folder's keys: pass a registry name (e.g. 'pgd') or a function defined at module level of an "
-                         "importable module (not in __main__, not a lambda or a closure)")
-    return module, qualname
-
-
 def _setting_task(shared: dict, quantizer, attack, eps: float, seed: Optional[int]) -> dict:
     """One candidate of the search (a task of :func:`keras_qrobust.executor.run_tasks`): its row
     as JSON data; ``attack`` is a registry name, a ``(module, qualname)`` reference or (in this
     process) a callable. Whether the row is above the floor is decided by :func:`search`."""
     model = unship(shared["model"])
     if isinstance(attack, tuple):
-        attack = _imported(attack)
+        attack = imported(attack)
     row = evaluate_setting(quantizer, model, (shared["x"], shared["y"]), shared["samples"], attack, eps, 0.0, seed)
     return {"setting": row.setting, "natural": row.natural, "adversarial": row.adversarial, "seconds": row.seconds}
 
@@ -192,7 +168,8 @@ def search(quantizer, model, data, candidates: Sequence[str] = None, attack: Att
     for setting in candidates:
         parse_setting(setting)  # fails early with a clear message
     check_executor(executor)
-    reference = _by_reference(attack) if callable(attack) and (executor != "local" or folder is not None) else None
+    by_name = callable(attack) and (executor != "local" or folder is not None)  # what a worker or a key needs
+    reference = function_reference(attack, "attack") if by_name else None
     sent = reference if executor != "local" and reference else attack
     samples = x[:1024] if samples is None else np.asarray(samples, np.float32)
     quantizers = {}
