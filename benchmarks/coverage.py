@@ -202,6 +202,10 @@ def score_setting(model, setting: str, name: str, data, x_perturbed, float_ms: d
     return entry
 
 
+# taken once, at import: the source this process runs, even if the files are edited meanwhile
+_SOURCE = _sources_digest()
+
+
 def score_architecture(name: str, model, data, args, folder: Path, rows: Path) -> dict:
     """Every setting of one architecture: its kept record, or scored now and recorded."""
     x_train, x_test, y_test = data
@@ -210,10 +214,9 @@ def score_architecture(name: str, model, data, args, folder: Path, rows: Path) -
     x_perturbed = np.clip(x_test + EPS * signs, 0.0, 1.0).astype(np.float32)
     row = {"architecture": name, "params": int(model.count_params()),
            "float_accuracy": kq.metrics.accuracy(model, x_test, y_test), "settings": {}}
-    source = _sources_digest()
     float_ms = None  # measured once per run, only when a setting is scored in it
     for setting in SETTINGS:
-        key = fingerprint(model, source=source, extra=[name, setting, len(x_test), args.square_images,
+        key = fingerprint(model, source=_SOURCE, extra=[name, setting, len(x_test), args.square_images,
                                                        args.square_queries, args.repeats, args.seed])
         record = rows / f"{key}.json"
         if record.exists():
