@@ -299,7 +299,7 @@ def fine_tuned_copy(model, setting: str, x, y, x_cal, epochs: int, learning_rate
         # start from the σ_max-optimal clipping ratio per layer (Song 2021; the plain max grid
         # loses ~50 points here and fine-tuning recovers it slowly); the first weight layer reads
         # the input and keeps 8 bits (input_weight_bits), so it keeps the max grid
-        costs = kq.layerwise.layer_costs(model, bits_options=(3,))[1:]
+        costs = kq.analysis.layer_costs(model, bits_options=(3,))[1:]
         clip = {cost.layer: cost.clip[3] for cost in costs}
         copy = kq.RobustQuantizer(weight_bits=3, activation_bits=None, layer_clip=clip).quantize(model)
     else:

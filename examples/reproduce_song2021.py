@@ -9,7 +9,7 @@ of 3, 4 and 5 bits per weight (equal model size):
 
 * ``uniform wB`` — every layer at B bits, max scaling (cnn2snn's per-channel max quantizer);
 * ``uniform wB + clip`` — every layer at B bits with its σ_max-minimizing clipping ratio;
-* ``layer-wise B`` — ``keras_qrobust.layerwise.allocate_bits(model, budget=B)``: per-layer
+* ``layer-wise B`` — ``keras_qrobust.analysis.allocate_bits(model, budget=B)``: per-layer
   bits and clipping ratio minimizing ``σ_max(Q(W) − W)`` (Song 2020 eq. 2), lowered greedily
   where σ_max rises least per bit saved, until the average fits the budget.
 
@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import _reproduce as rp
 from _reproduce import kq
-from keras_qrobust.layerwise import allocate_bits, layer_costs
+from keras_qrobust.analysis import allocate_bits, layer_costs
 
 BUDGETS = (3, 4, 5)
 EPS = (0.0, 0.05, 0.1)  # the model was trained at ε = 0.1
@@ -54,7 +54,7 @@ def variants(model, costs, budget: int) -> dict:
 def sigma_sum(costs, layer_bits: dict, layer_clip: dict, model) -> float:
     """Σ over layers of σ_max(Q(W) − W) at the chosen bits and clip (the allocation's objective)."""
     from keras_qrobust.analysis import _weight_kernels
-    from keras_qrobust.layerwise import _sigma
+    from keras_qrobust.analysis.layerwise import _sigma
 
     total = 0.0
     for kernel in _weight_kernels(model):

@@ -11,7 +11,7 @@ on model i, accuracy of model j; indirect).
 
 Part ``robust`` (§III-A, §IV-C, Fig. 8-10): the shared PGD-AT ``cnn_small``
 (``benchmarks/_common.robust_model``) quantized at w8a8 … w4a4; Algorithm 1
-(``RobustQuantizer.search``, PGD-20 at ε = 0.1) chooses the setting on a held-out test
+(``kq.analysis.search``, PGD-20 at ε = 0.1) chooses the setting on a held-out test
 slice, with the natural floor at the fp32 clean accuracy minus 2 points; then every setting
 is scored under the same UAPs (direct, indirect, ensemble) and under PGD-20.
 
@@ -128,9 +128,9 @@ def run_robust(args, folder, data, search_data) -> tuple[dict, list[str]]:
     x_search, y_search = search_data
     clean = kq.metrics.accuracy(model, x_search, y_search)
     floor = max(clean - 0.02, 0.0)
-    search = kq.RobustQuantizer().search(model, (x_search, y_search), candidates=list(ROBUST_SETTINGS),
-                                         attack="pgd", eps=0.1, natural_floor=floor, samples=x_train[:1024],
-                                         seed=args.seed, verbose=0)
+    search = kq.analysis.search(kq.RobustQuantizer(), model, (x_search, y_search),
+                                candidates=list(ROBUST_SETTINGS), attack="pgd", eps=0.1, natural_floor=floor,
+                                samples=x_train[:1024], seed=args.seed, verbose=0)
     rp.log(search.to_markdown())
     models = quantized_family(model, ROBUST_SETTINGS, x_train[:1024])
     accuracy = uap_grid(models, x_train, x_test, y_test, args.seed)

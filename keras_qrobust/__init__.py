@@ -9,28 +9,30 @@ from . import (  # noqa: E402
     analysis,
     attacks,
     callbacks,
-    calibration,
-    configs,
     datasets,
     export,
-    integer_bias,
     layers,
-    layerwise,
     metrics,
     model_files,
+    quantization,
     quantizers,
     regularizers,
     report,
-    search,
     training,
     transforms,
     zoo,
 )
-from .analysis import quantization_lipschitz  # noqa: E402
-from .calibration import calibrate_tfmot  # noqa: E402
-from .configs import WXAYQuantizeConfig, WXAYScheme, WXScheme  # noqa: E402
-from .quantize import RobustQuantizer, parse_setting, setting_name  # noqa: E402
-from .search import wxay_grid  # noqa: E402
+from ._deprecated import moved_module  # noqa: E402
+from .analysis import quantization_lipschitz, wxay_grid  # noqa: E402
+from .quantization import (  # noqa: E402
+    RobustQuantizer,
+    WXAYQuantizeConfig,
+    WXAYScheme,
+    WXScheme,
+    calibrate_tfmot,
+    parse_setting,
+    setting_name,
+)
 from .evaluate import evaluate  # noqa: E402
 from .model_files import load_model  # noqa: E402
 from .transforms import apply_mu_law  # noqa: E402
@@ -42,20 +44,16 @@ __all__ = [
     "analysis",
     "attacks",
     "callbacks",
-    "calibration",
     "calibrate_tfmot",
-    "configs",
     "datasets",
     "export",
-    "integer_bias",
     "layers",
-    "layerwise",
     "metrics",
     "model_files",
+    "quantization",
     "quantizers",
     "regularizers",
     "report",
-    "search",
     "training",
     "transforms",
     "zoo",
@@ -72,3 +70,11 @@ __all__ = [
     "load_model",
     "__version__",
 ]
+
+
+def __getattr__(name: str):
+    # kq.calibration, kq.configs, kq.search, ...: modules that moved, with a DeprecationWarning
+    module = moved_module(name)
+    if module is None:
+        raise AttributeError(f"module 'keras_qrobust' has no attribute {name!r}")
+    return module

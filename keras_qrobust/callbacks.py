@@ -43,7 +43,7 @@ from .attacks._common import (
     check_positive,
 )
 from .attacks.uap import ensemble_uap, uap
-from .quantize import RobustQuantizer
+from .quantization import RobustQuantizer
 from .training.feedback import (
     boundary_distance,
     check_compiled,

@@ -252,7 +252,7 @@ def _quantize(args) -> int:
     from ._tables import markdown_table, percent
     from .guard.inputs import load_data, load_model_file
     from .metrics import accuracy
-    from .quantize import RobustQuantizer
+    from .quantization import RobustQuantizer
     from .training import set_seed, train_classifier
 
     for name in ("epochs", "calibration_samples", "train_samples", "test_samples"):

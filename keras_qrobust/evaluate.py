@@ -24,7 +24,7 @@ from . import metrics
 from .attacks.integrity import GRADIENT_OK, gradient_status
 from .attacks.registry import PER_MODEL_KINDS, attack_names, check_budget, get_attack
 from .executor import check_executor, fingerprint, run_tasks, ship_models, unship
-from .quantize import parse_setting
+from .quantizers.grid import parse_setting
 from .report import RobustnessReport
 
 __all__ = ["evaluate", "EVALUATE_ATTACKS"]

@@ -149,7 +149,7 @@ class RobustnessReport:
         return sorted((n for n in self.accuracy if n in self.bits), key=lambda n: self.bits[n])
 
     def _critical(self) -> Optional[dict]:
-        from .geometric import critical_attack_strength
+        from .analysis.geometric import critical_attack_strength
 
         names = self._bits_models()
         if len(names) < 2 or len(self.eps) < 2:
@@ -296,7 +296,7 @@ class RobustnessReport:
         return png(fig)
 
     def _bound_figure(self, plt, png, names, attack) -> bytes:
-        from .geometric import fit_geometric_bound, geometric_lower_bound
+        from .analysis.geometric import fit_geometric_bound, geometric_lower_bound
 
         fig, ax = plt.subplots(figsize=(5.5, 3.6))
         eps = np.asarray(self.eps)

@@ -132,11 +132,11 @@ def test_links_leaving_docs(caplog):
 
 
 def test_the_supported_layer_tables_are_the_ones_the_code_generates(tmp_path):
-    from keras_qrobust import layer_support
+    from keras_qrobust.quantization import layer_support
 
     assert layer_support.write_tables(ROOT, check=True) == [], (
         "README.md or docs/quantization.md holds a stale supported-layer table: run "
-        "python -m keras_qrobust.layer_support --write")
+        "python -m keras_qrobust.quantization.layer_support --write")
     stale = tmp_path / "README.md"
     stale.write_text("x\n<!-- layer-support:start -->\nold\n<!-- layer-support:end -->\n", encoding="utf-8")
     (tmp_path / "docs").mkdir()
@@ -146,7 +146,7 @@ def test_the_supported_layer_tables_are_the_ones_the_code_generates(tmp_path):
 
 
 def test_the_supported_layer_table_lists_exactly_what_quantize_accepts():
-    from keras_qrobust import layer_support
+    from keras_qrobust.quantization import layer_support
     from keras_qrobust.transforms import _kinds
 
     assert set(layer_support.LAYER_SUPPORT) == set(_kinds.SUPPORTED)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import keras_qrobust as kq
-from keras_qrobust import search as search_module
+from keras_qrobust.analysis import bit_width_search as search_module
 from keras_qrobust.executor import INSTALL_HINT
 
 pytest.importorskip("ray", reason=f"the Ray executor needs Ray: {INSTALL_HINT}")
@@ -29,8 +29,8 @@ def test_search_on_ray_equals_local_and_a_rerun_skips_kept_rows(local_ray, case,
     model, data, samples = case
     rq = kq.RobustQuantizer()
     grid = dict(candidates=CANDIDATES, attack="pgd", eps=0.1, natural_floor=0.3, samples=samples, seed=3, verbose=0)
-    local = rq.search(model, data, **grid)
-    distributed = rq.search(model, data, executor="ray", folder=tmp_path, **grid)
+    local = kq.analysis.search(rq, model, data, **grid)
+    distributed = kq.analysis.search(rq, model, data, executor="ray", folder=tmp_path, **grid)
     assert _table(distributed) == _table(local)  # bit for bit: same seed, CPU kernels
     assert any(r.adversarial < r.natural for r in local.rows)  # the attack did something
     kept = sorted(tmp_path.glob("*.json"))
@@ -40,14 +40,14 @@ def test_search_on_ray_equals_local_and_a_rerun_skips_kept_rows(local_ray, case,
     calls = []
     original = search_module.evaluate_setting
     monkeypatch.setattr(search_module, "evaluate_setting", lambda q, *a: calls.append(q.setting) or original(q, *a))
-    resumed = rq.search(model, data, folder=tmp_path, **grid)  # the rerun here, in this process
+    resumed = kq.analysis.search(rq, model, data, folder=tmp_path, **grid)  # the rerun here, in this process
     assert len(calls) == 1 and _table(resumed) == _table(local)
     assert {p: p.stat().st_mtime_ns for p in kept[1:]} == stamps  # the kept rows were only read
-    strict = rq.search(model, data, folder=tmp_path, **{**grid, "natural_floor": 0.99})
+    strict = kq.analysis.search(rq, model, data, folder=tmp_path, **{**grid, "natural_floor": 0.99})
     assert len(calls) == 1 and strict.best is None  # the floor is applied to the kept rows, not keyed
     assert [r.natural for r in strict.rows] == [r.natural for r in local.rows]
     calls.clear()
-    rq.search(model, data, folder=tmp_path, **{**grid, "candidates": CANDIDATES[:1], "seed": 4})
+    kq.analysis.search(rq, model, data, folder=tmp_path, **{**grid, "candidates": CANDIDATES[:1], "seed": 4})
     assert calls == CANDIDATES[:1]  # another seed is another key: the kept row is not reused
 
 
@@ -55,10 +55,10 @@ def test_a_module_level_attack_is_sent_by_reference_and_a_lambda_is_refused(loca
     model, data, samples = case
     rq = kq.RobustQuantizer()
     grid = dict(candidates=CANDIDATES[:2], eps=0.1, samples=samples, verbose=0)
-    local = rq.search(model, data, attack=kq.attacks.fgsm, **grid)
-    assert _table(rq.search(model, data, attack=kq.attacks.fgsm, executor="ray", **grid)) == _table(local)
+    local = kq.analysis.search(rq, model, data, attack=kq.attacks.fgsm, **grid)
+    assert _table(kq.analysis.search(rq, model, data, attack=kq.attacks.fgsm, executor="ray", **grid)) == _table(local)
     for where in (dict(executor="ray"), dict(folder=tmp_path)):
         with pytest.raises(ValueError, match="pass a registry name") as error:
-            rq.search(model, data, attack=lambda m, x, y, eps: x, **grid, **where)
+            kq.analysis.search(rq, model, data, attack=lambda m, x, y, eps: x, **grid, **where)
         assert "\n" not in str(error.value) and "<lambda>" in str(error.value)
     assert not list(tmp_path.iterdir())  # refused before anything ran

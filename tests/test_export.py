@@ -8,7 +8,8 @@ import tensorflow_model_optimization as tfmot
 import keras_qrobust as kq
 from keras_qrobust import export
 from keras_qrobust.export import lower
-from keras_qrobust.integer_bias import bias_step, int8_code_multiplier
+from keras_qrobust.quantization.integer_bias import bias_step
+from keras_qrobust.quantizers.grid import int8_code_multiplier
 
 SETTINGS = ("w8a8", "w4a4", "w2a2")
 

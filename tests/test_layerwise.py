@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import keras_qrobust as kq
-from keras_qrobust.layerwise import LayerCost, allocate_bits, layer_costs
+from keras_qrobust.analysis.layerwise import LayerCost, allocate_bits, layer_costs
 
 
 def test_costs_fall_with_bits_and_clipping_never_hurts(trained_cnn):

@@ -24,8 +24,8 @@ def test_search_picks_the_best_adversarial_setting_above_the_floor(fashion_slice
     (x_train, _), (x, y) = fashion_slice
     rq = kq.RobustQuantizer()
     candidates = ["w8a8", "w4a4", "w2a2"]
-    result = rq.search(trained_cnn, (x, y), candidates, attack=only_survives("w4a4"), eps=0.1,
-                       samples=x_train[:256], verbose=0)
+    result = kq.analysis.search(rq, trained_cnn, (x, y), candidates, attack=only_survives("w4a4"), eps=0.1,
+                                samples=x_train[:256], verbose=0)
     rows = {row.setting: row for row in result.rows}
     assert list(rows) == candidates
     assert rows["w4a4"].adversarial == pytest.approx(rows["w4a4"].natural)
@@ -33,22 +33,22 @@ def test_search_picks_the_best_adversarial_setting_above_the_floor(fashion_slice
     assert result.best == "w4a4" and result.best_bits == (4, 4)
     # a floor above w4a4's natural accuracy rules it out: the best of the rest wins
     floor = rows["w4a4"].natural + 1e-6
-    result = rq.search(trained_cnn, (x, y), candidates, attack=only_survives("w4a4"), natural_floor=floor,
+    result = kq.analysis.search(rq, trained_cnn, (x, y), candidates, attack=only_survives("w4a4"), natural_floor=floor,
                        samples=x_train[:256], verbose=0)
     eligible = [r for r in result.rows if r.natural > floor]
     assert result.best == (max(eligible, key=lambda r: r.adversarial).setting if eligible else None)
     assert "w4a4" != result.best
     # nothing above a floor of 99.99%
-    result = rq.search(trained_cnn, (x, y), candidates, attack="fgsm", natural_floor=0.9999, samples=x_train[:256],
-                       verbose=0)
+    result = kq.analysis.search(rq, trained_cnn, (x, y), candidates, attack="fgsm", natural_floor=0.9999,
+                                samples=x_train[:256], verbose=0)
     assert result.best is None and result.best_bits == (None, None)
     assert "none above the floor" in result.to_markdown()
 
 
 def test_search_with_a_real_attack_scores_below_natural(fashion_slice, trained_cnn):
     (x_train, _), (x, y) = fashion_slice
-    result = kq.RobustQuantizer().search(trained_cnn, (x[:200], y[:200]), ["w8a8", "w4a4"], attack="fgsm",
-                                         eps=0.1, samples=x_train[:256], verbose=0)
+    result = kq.analysis.search(kq.RobustQuantizer(), trained_cnn, (x[:200], y[:200]), ["w8a8", "w4a4"],
+                                attack="fgsm", eps=0.1, samples=x_train[:256], verbose=0)
     for row in result.rows:
         assert row.adversarial < row.natural
     assert result.best in ("w8a8", "w4a4")
@@ -59,12 +59,12 @@ def test_search_rejects_bad_input(fashion_slice, trained_cnn):
     _, (x, y) = fashion_slice
     rq = kq.RobustQuantizer()
     with pytest.raises(ValueError, match="attack"):
-        rq.search(trained_cnn, (x, y), ["w8a8"], attack="cw", verbose=0)
+        kq.analysis.search(rq, trained_cnn, (x, y), ["w8a8"], attack="cw", verbose=0)
     with pytest.raises(ValueError, match="wXaY"):
-        rq.search(trained_cnn, (x, y), ["8bit"], verbose=0)
+        kq.analysis.search(rq, trained_cnn, (x, y), ["8bit"], verbose=0)
     with pytest.raises(ValueError, match="natural_floor"):
-        rq.search(trained_cnn, (x, y), ["w8a8"], natural_floor=85, verbose=0)
+        kq.analysis.search(rq, trained_cnn, (x, y), ["w8a8"], natural_floor=85, verbose=0)
     with pytest.raises(ValueError, match="labels"):
-        rq.search(trained_cnn, (x, y[:10]), ["w8a8"], verbose=0)
+        kq.analysis.search(rq, trained_cnn, (x, y[:10]), ["w8a8"], verbose=0)
     with pytest.raises(ValueError, match="empty"):
-        rq.search(trained_cnn, (x, y), [], verbose=0)
+        kq.analysis.search(rq, trained_cnn, (x, y), [], verbose=0)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from .._keras import keras, register, tf
 from ..quantizers import nudged_range
+from ..quantizers.grid import activation_levels
 
 __all__ = ["FixedFakeQuant", "LoweredReLU", "LoweredDense", "LoweredConv2D", "LoweredDepthwiseConv2D",
            "nudged_range", "LOWERED_WEIGHT_LAYERS"]
@@ -74,7 +75,7 @@ class LoweredReLU(keras.layers.Layer):
 
     @property
     def top(self) -> tf.Tensor:
-        return self.step * float(2**self.bits - 1)
+        return self.step * float(activation_levels(self.bits))
 
     def call(self, inputs):
         high = self.step * float(INT8_LEVELS)

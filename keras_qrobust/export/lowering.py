@@ -19,11 +19,11 @@ from typing import Iterator
 import numpy as np
 
 from .._keras import check_model, keras
-from ..integer_bias import GRID_PRESERVING as GRID_PRESERVING_LAYERS
-from ..integer_bias import int8_code_multiplier
-from ..calibration import observed_ranges
 from ..layers import HardSigmoid
+from ..quantization.calibration import observed_ranges
+from ..quantization.integer_bias import GRID_PRESERVING as GRID_PRESERVING_LAYERS
 from ..quantizers import SymmetricQuantizer
+from ..quantizers.grid import int8_code_multiplier
 from ..transforms._graph import Graph, UnsupportedModelError
 from .layers import INT8_MAX_CODE, LOWERED_WEIGHT_LAYERS, FixedFakeQuant
 
@@ -112,7 +112,7 @@ def _split_separable(graph: Graph, entry: dict, layer) -> list[tuple[str, np.nda
     """QuantizedSeparableConv2D -> LoweredDepthwiseConv2D + 1x1 LoweredConv2D (same name)."""
     name, config = entry["name"], entry["config"]
     kernels = {k: np.asarray(v) for k, v in layer.quantized_kernels().items()}
-    quantizers = layer._kernel_quantizers
+    quantizers = layer.kernel_quantizers
     if config.get("depth_multiplier", 1) != 1:
         raise UnsupportedModelError(f"Layer '{name}': separable convolutions export with depth_multiplier=1 only")
     dw_name = graph.unique_name(f"{name}_depthwise")
@@ -158,7 +158,7 @@ def _lower_weights(graph: Graph, model):
                                             "only")
             kernel = np.asarray(layer.quantized_kernels()[attr]) if hasattr(layer, "quantized_kernels") \
                 else np.asarray(getattr(layer, attr))
-            quantizer = getattr(layer, "_kernel_quantizers", {}).get(attr)
+            quantizer = layer.kernel_quantizer(attr) if hasattr(layer, "kernel_quantizer") else None
             axes = (2, 3) if kind == "DepthwiseConv2D" else (kernel.ndim - 1,)
             step, bits, is_exact = _kernel_grid(kernel, quantizer, axes, np.asarray(getattr(layer, attr)))
             graph.replace(name, LOWERED_WEIGHT_LAYERS[kind].__name__,
@@ -181,7 +181,7 @@ def _lower_relus(graph: Graph, model) -> None:
         bits = layer.activation_quantizer.bits
         if bits > 8:
             continue  # stays float here; gets a calibrated 8-bit range below
-        step = float(layer.activation_max.numpy()) / (2**bits - 1)
+        step = layer.step
         graph.replace(entry["name"], "LoweredReLU", {**_shared(entry["config"]), "bits": bits})
         graph.weights[entry["name"]] = [np.float32(step)]
 

@@ -9,7 +9,7 @@ onnxruntime fuses into integer kernels. The codes are then stored as uint8 (zero
 u8·s8 kernels saturate on x86 CPUs without AVX-VNNI and its u8·u8 kernels cannot.
 
 INT4 weights: a ``b``-bit layer (``b ≤ 4``) stores its codes ``k`` as ``k·m`` in int8 (see
-:mod:`keras_qrobust.integer_bias`); by default they are stored back as ``k`` in an INT4
+:mod:`keras_qrobust.quantization.integer_bias`); by default they are stored back as ``k`` in an INT4
 initializer, half the bytes, with a constant chain that decodes them to the 8-bit container
 when onnxruntime loads the file (:func:`pack_int4_weights`), so the file computes what the
 8-bit file computes. Layers with more bits keep 8-bit codes.
@@ -25,7 +25,7 @@ from typing import Optional
 import numpy as np
 
 from .._io import atomic_path, check_new_file
-from ..integer_bias import int8_code_multiplier
+from ..quantizers.grid import int8_code_multiplier
 from ._onnx_graph import drop_unused_initializers
 from .onnx_layout import hoist_layout_ops
 from .onnx_unsigned import unsign_codes

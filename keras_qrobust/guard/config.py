@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import PurePath
 from typing import Optional
 
-from ..quantize import parse_setting
+from ..quantizers.grid import parse_setting
 
 __all__ = ["GuardConfig", "GuardInputError", "check_seed", "TARGETS", "TRAIN_ATTACKS", "DEFAULT_CANDIDATES", "QUICK",
            "FULL", "parse_candidates"]

@@ -63,7 +63,7 @@ def _check_target(config: GuardConfig, model) -> None:
 def _check_quantizable(config: GuardConfig, model, data) -> None:
     """The model's layers are ones RobustQuantizer quantizes (a trial run on 32 inputs at the
     first candidate), so an unsupported layer stops the run before training, not after it."""
-    from ..quantize import RobustQuantizer
+    from ..quantization import RobustQuantizer
     from ..transforms import UnsupportedModelError
 
     try:

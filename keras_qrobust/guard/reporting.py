@@ -7,7 +7,7 @@ absolute paths, so the same arguments and seed give byte-identical report files.
 from __future__ import annotations
 
 from .._tables import markdown_table, percent
-from ..quantize import parse_setting
+from ..quantizers.grid import parse_setting
 from ..report import RobustnessReport
 from ..version import code_commit
 from .attacking import ATTACKS, eps_grid

@@ -12,8 +12,9 @@ from .._io import atomic_path
 from ..export import runtime
 from ..export.profile import weight_bytes
 from ..layers import TensorQuantizer
-from ..quantize import RobustQuantizer, parse_setting
-from ..search import SettingResult, choose
+from ..analysis.bit_width_search import SettingResult, choose
+from ..quantization import RobustQuantizer
+from ..quantizers.grid import parse_setting
 from .attacking import ATTACKS, autoattack_inputs, eps_grid, pgd_inputs
 from .config import TARGETS
 from .context import Context, save_model, say

@@ -30,7 +30,7 @@ PASS_THROUGH = (
 )
 ACTIVATIONS = ("ReLU", "Activation", "Softmax", "HardSigmoid")
 
-# Every layer kind RobustQuantizer accepts (keras_qrobust.layer_support says what each becomes).
+# Every layer kind RobustQuantizer accepts (keras_qrobust.quantization.layer_support says what each becomes).
 SUPPORTED = (*WEIGHT_LAYERS, *PASS_THROUGH, *ACTIVATIONS, "BatchNormalization", "Multiply")
 
 # Layers whose output values are values of their input (int8 ops that keep the input scale).

@@ -1,5 +1,4 @@
-"""Analysis of quantized models: the Lipschitz constant of the weight quantization error
-(here) and Gorsline 2021's geometric bound and critical attack strength (:mod:`.geometric`).
+"""The Lipschitz constant of the weight quantization error (Song et al. 2020).
 
 Song et al. 2020 ("Improving the robustness of weight-quantized neural networks"), eq. (2):
 the quantization error of a kernel, ``ΔW = Q_b(W) − W``, is amplified by a layer at most by
@@ -19,25 +18,11 @@ from typing import Iterator
 
 import numpy as np
 
-from . import quantizers as qz
-from ._keras import check_model, keras, tf
-
-from .geometric import (  # noqa: E402  (the Gorsline 2021 analyses live in their own module)
-    CriticalStrength,
-    GeometricFit,
-    boundary_distance_cdf,
-    critical_attack_strength,
-    fit_geometric_bound,
-    geometric_lower_bound,
-    mean_boundary_distance,
-    mean_boundary_distance_approx,
-    simplex_height,
-)
+from .. import quantizers as qz
+from .._keras import check_model, keras, tf
 
 __all__ = [
     "quantization_lipschitz", "quantization_error", "spectral_norm", "parseval_scale", "SUPPORTED_LAYERS",
-    "critical_attack_strength", "CriticalStrength", "geometric_lower_bound", "boundary_distance_cdf",
-    "fit_geometric_bound", "GeometricFit", "mean_boundary_distance", "mean_boundary_distance_approx", "simplex_height",
 ]
 
 #: layer kinds that have rows, in the order they are matched (subclasses first)
