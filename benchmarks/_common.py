@@ -372,10 +372,12 @@ def source_digest(*scripts: Path) -> bytes:
 
 
 def files_digest(files) -> bytes:
-    """A SHA-256 over the contents of ``files``, in order."""
+    """A SHA-256 over the contents of ``files``, in order (a folder: its ``.py`` files, sorted)."""
     digest = hashlib.sha256()
     for source in files:
-        digest.update(Path(source).read_bytes())
+        source = Path(source)
+        for path in sorted(source.rglob("*.py")) if source.is_dir() else [source]:
+            digest.update(path.read_bytes())
     return digest.digest()
 
 

@@ -85,9 +85,8 @@ RUNTIMES = ("tflite", "onnx", "akida")  # Akida where the model converts with it
 ROWS = Path(__file__).resolve().parent / "results" / "coverage_rows"
 _LIBRARY = Path(kq.__file__).resolve().parent
 # what a record's numbers depend on besides the model and the settings
-_SOURCES = ("quantize.py", "quantizers.py", "layers.py", "calibration.py", "integer_bias.py", "layer_support.py",
-            "metrics.py", "_keras.py", "transforms", "export", "attacks/square.py", "attacks/_queries.py",
-            "attacks/_common.py")
+_SOURCES = ("quantization", "quantizers", "layers", "metrics.py", "_keras.py", "transforms", "export",
+            "attacks/square.py", "attacks/_queries.py", "attacks/_common.py")
 
 
 def rgb32(x: np.ndarray) -> np.ndarray:

@@ -84,7 +84,7 @@ def test_evaluate_rejects_bad_input(trained_cnn, fashion_slice):
 
 
 def test_a_long_eps_sweep_keeps_the_bits_legend_short_and_names_the_critical_strength():
-    from keras_qrobust.report import _legend_indices
+    from keras_qrobust.report.figures import _legend_indices
 
     assert _legend_indices(5) == {0, 1, 2, 3, 4}
     labelled = _legend_indices(101, keep=[55])
