@@ -1,0 +1,68 @@
+"""``.tflite`` files run by the LiteRT interpreter (``ai_edge_litert``), int8 I/O quantized here."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .base import DeployedModel
+
+__all__ = ["TFLiteModel"]
+
+
+def _quantize_input(x: np.ndarray, dtype, scale: float, zero_point: int) -> np.ndarray:
+    if not np.issubdtype(dtype, np.integer):
+        return x.astype(dtype)
+    info = np.iinfo(dtype)
+    # float32 division, round half to even: what onnxruntime's QuantizeLinear and the Keras
+    # model's input quantizer (TensorQuantizer(rounding="half_even")) compute
+    codes = np.round(np.asarray(x, np.float32) / np.float32(scale))
+    return np.clip(codes + zero_point, info.min, info.max).astype(dtype)
+
+
+def _dequantize(y: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
+    if not np.issubdtype(y.dtype, np.integer):
+        return y.astype(np.float32)
+    return ((y.astype(np.float32) - zero_point) * scale).astype(np.float32)
+
+
+class TFLiteModel(DeployedModel):
+    """A ``.tflite`` file run by the LiteRT interpreter (``ai_edge_litert``)."""
+
+    def __init__(self, path: Path, num_threads: int | None = None):
+        from ai_edge_litert.interpreter import Interpreter
+
+        self._interpreter = Interpreter(model_path=str(path), num_threads=num_threads)
+        self._interpreter.allocate_tensors()
+        self._input = self._interpreter.get_input_details()[0]
+        self._output = self._interpreter.get_output_details()[0]
+        if len(self._interpreter.get_input_details()) != 1 or len(self._interpreter.get_output_details()) != 1:
+            raise ValueError(f"{path} has several inputs or outputs; only single-input, single-output models run here")
+        self._batch = int(self._input["shape"][0])
+        super().__init__(Path(path), "tflite", tuple(int(d) for d in self._input["shape"][1:]))
+
+    @property
+    def input_details(self) -> dict:
+        return dict(self._input)
+
+    @property
+    def output_details(self) -> dict:
+        return dict(self._output)
+
+    def _resize(self, batch: int) -> None:
+        if batch != self._batch:
+            self._interpreter.resize_tensor_input(self._input["index"], [batch, *self.input_shape])
+            self._interpreter.allocate_tensors()
+            self._input = self._interpreter.get_input_details()[0]
+            self._output = self._interpreter.get_output_details()[0]
+            self._batch = batch
+
+    def _run(self, batch: np.ndarray) -> np.ndarray:
+        self._resize(len(batch))
+        scale, zero_point = self._input["quantization"]
+        self._interpreter.set_tensor(self._input["index"],
+                                     _quantize_input(batch, self._input["dtype"], scale, zero_point))
+        self._interpreter.invoke()
+        out = self._interpreter.get_tensor(self._output["index"])
+        return _dequantize(out, *self._output["quantization"])
