@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..layers import QuantizedReLU, TensorQuantizer
+from ..quantizers.grid import activation_levels
 from ..transforms._graph import Graph, UnsupportedModelError
 
 __all__ = ["CarriedGrids", "carried_grids", "is_robust_quantized", "apply_grids", "CARRIED_WEIGHT_BITS"]
@@ -106,11 +107,6 @@ def _kind(model, name: str) -> str:
     return type(model.get_layer(name)).__name__
 
 
-def _step(relu: QuantizedReLU) -> float:
-    """The step ``Δ = max/(2^a - 1)`` of a QuantizedReLU's outputs."""
-    return float(relu.activation_max.numpy()) / (2**relu.activation_quantizer.bits - 1)
-
-
 def _relu_after(graph: Graph, model, name: str):
     """The QuantizedReLU reading weight layer ``name``, or None when ``name`` gives the scores."""
     consumers = graph.consumers(name)
@@ -159,7 +155,7 @@ def carried_grids(model) -> CarriedGrids:
             reads_input = _kind(model, inbound[0]) in ("InputLayer", "TensorQuantizer")
             (input_bits if reads_input else other_bits).add((_container(bits, name), name))
             relu = _relu_after(graph, model, name)
-            out_step = 1.0 if relu is None else _step(relu)
+            out_step = 1.0 if relu is None else relu.step
             (kernel,) = (np.asarray(k) for k in layer.quantized_kernels().values())
             config = {k: v for k, v in entry["config"].items() if k not in _QUANTIZER_ARGS}
             weights = [kernel * (source / out_step)]
@@ -170,17 +166,17 @@ def carried_grids(model) -> CarriedGrids:
             kernels[name] = weights[0].astype(np.float32)
             steps[name] = out_step
         elif isinstance(layer, QuantizedReLU):
-            if not np.isclose(source, _step(layer), rtol=1e-6):  # not the ReLU its weight layer was scaled for
+            if not np.isclose(source, layer.step, rtol=1e-6):  # not the ReLU its weight layer was scaled for
                 raise UnsupportedModelError(
                     f"the QuantizedReLU '{name}' does not follow a weight layer (only max pooling may stand between "
                     "them); carrying the grids to Akida needs Conv2D/DepthwiseConv2D/Dense + ReLU blocks. Export the "
                     "float model instead (kq.export.akida(float_model, ...)), which quantizeml requantizes.")
             bits = int(layer.activation_quantizer.bits)
             activation_bits.add(bits)
-            graph.replace(name, "ReLU", {"max_value": float(2**bits - 1), "trainable": False,
+            graph.replace(name, "ReLU", {"max_value": float(activation_levels(bits)), "trainable": False,
                                          "dtype": entry["config"].get("dtype", "float32")})
             graph.weights[name] = []
-            steps[name] = _step(layer)  # codes n stand for n·Δ
+            steps[name] = layer.step  # codes n stand for n·Δ
             relus.append(name)
         else:
             raise UnsupportedModelError(
@@ -209,7 +205,7 @@ def apply_grids(qmodel, grids: CarriedGrids) -> None:
     quantizeml's weight quantizer reproduces every kernel (our codes): raises
     UnsupportedModelError naming the layer otherwise.
     """
-    top = float(2**grids.activation_bits - 1)
+    top = float(activation_levels(grids.activation_bits))
     for name in grids.relus:
         quantizer = qmodel.get_layer(name).out_quantizer
         quantizer.range_max.assign(np.full(quantizer.range_max.shape, top, np.float32))
