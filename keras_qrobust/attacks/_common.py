@@ -299,16 +299,15 @@ def gradient(attack_model: AttackModel, x: tf.Tensor, y: tf.Tensor, targeted: bo
     return zeros_if_none(tape.gradient(value, x), x, attack_model)
 
 
-def zeros_if_none(grad: Optional[tf.Tensor], like: tf.Tensor, attack_model: AttackModel) -> tf.Tensor:
-    """``grad``, or zeros and a warning when the model graph gives no input gradient."""
+def zeros_if_none(grad: Optional[tf.Tensor], like: tf.Tensor, attack_model: AttackModel,
+                  advice: str = "gradient attacks see zeros. Use a gradient-free attack (spsa, square) or a "
+                                "transfer attack.") -> tf.Tensor:
+    """``grad``, or zeros and a warning (ending in ``advice``) when the model graph gives no
+    input gradient."""
     if grad is not None:
         return grad
-    warnings.warn(
-        f"Model '{attack_model.model.name}' gives no gradient with respect to its input; "
-        "gradient attacks see zeros. Use a gradient-free attack (spsa, square) or a "
-        "transfer attack.",
-        stacklevel=3,
-    )
+    warnings.warn(f"Model '{attack_model.model.name}' gives no gradient with respect to its input; {advice}",
+                  stacklevel=3)
     return tf.zeros_like(like)
 
 
