@@ -238,15 +238,10 @@ def autoattack(model, x, y, *, eps: float, norm="inf", version: str = "standard"
                          f"({', '.join(gradient_attacks)}) need its Keras twin; run autoattack on the Keras model "
                          "and autoattack(artifact, x, y, eps=..., attacks=['square']) on the file")
     x = check_array(x, clip)
-    y = np.asarray(y).reshape(-1)
-    if len(y) != len(x):
-        raise ValueError(f"x has {len(x)} inputs but y has {len(y)} labels")
+    y = metrics.check_labels(y, len(x))
     findings: list[str] = []
     if deployed:
         num_classes = None
-        if not np.issubdtype(y.dtype, np.integer):
-            raise TypeError(f"y must hold integer class labels, got dtype {y.dtype}")
-        y = y.astype(np.int64)
     else:
         attack_model = as_attack_model(model)
         x, y = check_inputs(attack_model, x, y, clip, require_labels=True)
