@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 import numpy as np
 
 from ._keras import check_model
@@ -25,17 +27,19 @@ def accuracy(model, x, y, batch_size: int = 512) -> float:
     fractional or non-finite labels, a label the model cannot output — is refused, since it
     would silently count as a wrong prediction.
     """
-    labels = check_labels(y, len(x))
+    labels = check_labels(y, len(x))  # before predicting; the class range once the output width is known
     scores = _scores(model, x, batch_size)
-    classes = 2 if scores.shape[-1] == 1 else scores.shape[-1]
-    if labels.min() < 0 or labels.max() >= classes:
-        raise ValueError(f"labels must be in [0, {classes}) for a model with {classes} classes, got values in "
-                         f"[{labels.min()}, {labels.max()}]: pass the labels of the data the model was trained for")
+    check_labels(labels, len(labels), 2 if scores.shape[-1] == 1 else scores.shape[-1])
     return float(np.mean(_labels_of(scores) == labels))
 
 
-def check_labels(y, n: int) -> np.ndarray:
-    """``y`` as one int64 class label per input (``n`` inputs), or a one-line ``ValueError``."""
+def check_labels(y, n: int, classes: Optional[int] = None, model: Optional[str] = None) -> np.ndarray:
+    """``y`` as one int64 class label per input (``n`` inputs), each in ``[0, classes)`` when
+    ``classes`` is given, or a one-line ``ValueError`` naming the problem and the fix.
+
+    The one label validation: attacks (``attacks._common.check_inputs``) use it too, with
+    ``model`` (a model name) said in the out-of-range message.
+    """
     labels = np.asarray(y)
     if labels.ndim == 2 and labels.shape[1] > 1:
         raise ValueError("y must be integer class labels, not one-hot rows: pass y.argmax(-1)")
@@ -51,7 +55,12 @@ def check_labels(y, n: int) -> np.ndarray:
             raise ValueError("y holds NaN or infinite labels: drop those inputs or fix the labels")
         if not np.all(np.mod(labels, 1) == 0):
             raise ValueError("y holds fractional labels: pass integer class indices (e.g. y.argmax(-1) for one-hot)")
-    return labels.astype(np.int64)
+    labels = labels.astype(np.int64)
+    if classes is not None and (labels.min() < 0 or labels.max() >= classes):
+        owner = f"model '{model}'" if model else f"a model with {classes} classes"
+        raise ValueError(f"labels must be in [0, {classes}) for {owner}, got values in [{labels.min()}, "
+                         f"{labels.max()}]: pass the labels of the data the model was trained for")
+    return labels
 
 
 def _scores(model, x, batch_size: int) -> np.ndarray:

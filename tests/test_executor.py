@@ -70,7 +70,7 @@ def test_transfer_matrix_on_ray_equals_local_and_a_rerun_crafts_only_missing_row
     kept = sorted(tmp_path.glob("*.json"))
     assert len(kept) == 2
     kept[1].unlink()
-    uap_module = sys.modules["keras_qrobust.attacks.uap"]  # the package's `uap` is the function
+    uap_module = sys.modules["keras_qrobust.attacks.uap.transfer"]  # where the matrix rows call `uap`
     crafted = []
     original = uap_module.uap
     monkeypatch.setattr(uap_module, "uap", lambda model, *a, **k: crafted.append(model) or original(model, *a, **k))

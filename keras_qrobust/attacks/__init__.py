@@ -10,7 +10,8 @@ registry (:mod:`.registry`) holds every attack once, with its kind, norms and de
 from ._common import AttackModel, as_attack_model
 from .apgd import apgd, apgd_t
 from .autoattack import AUTOATTACK_VERSIONS, AutoAttackResult, autoattack
-from .integrity import MaskingReport, gradient_status, masking_checks
+from .gradient_check import gradient_status
+from .integrity import MaskingReport, masking_checks
 from .registry import AttackSpec, attack_names, check_budget, get_attack, register_attack
 from .bpda import bpda
 from .blackbox import TransferResult, spsa, square, transfer

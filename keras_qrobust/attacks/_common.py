@@ -18,6 +18,7 @@ from typing import Callable, Iterator, Optional, Sequence
 import numpy as np
 
 from .._keras import check_model, keras, tf
+from ..metrics import check_labels
 
 __all__ = [
     "AttackModel",
@@ -240,23 +241,9 @@ def check_inputs(
         )
     labels = None
     if y is not None:
-        labels = np.asarray(y)
-        if labels.ndim == 2 and labels.shape[1] > 1:
-            raise ValueError("y must be integer class labels, not one-hot: use y.argmax(-1)")
-        labels = labels.reshape(-1)
-        if len(labels) != len(array):
-            raise ValueError(f"x has {len(array)} inputs but y has {len(labels)} labels")
-        if not np.issubdtype(labels.dtype, np.integer):
-            if not np.all(np.equal(np.mod(labels, 1), 0)):
-                raise TypeError(f"y must hold integer class labels, got dtype {labels.dtype}")
-        labels = labels.astype(np.int64)
-        if labels.min() < 0 or labels.max() >= model.num_classes:
-            raise ValueError(
-                f"labels must be in [0, {model.num_classes}) for model '{model.model.name}', "
-                f"got values in [{labels.min()}, {labels.max()}]"
-            )
+        labels = check_labels(y, len(array), model.num_classes, model.model.name)
     elif require_labels:
-        raise ValueError("this attack needs labels y")
+        raise ValueError("this attack needs labels y: pass one integer class label per input")
     return array, labels
 
 
@@ -299,16 +286,15 @@ def gradient(attack_model: AttackModel, x: tf.Tensor, y: tf.Tensor, targeted: bo
     return zeros_if_none(tape.gradient(value, x), x, attack_model)
 
 
-def zeros_if_none(grad: Optional[tf.Tensor], like: tf.Tensor, attack_model: AttackModel) -> tf.Tensor:
-    """``grad``, or zeros and a warning when the model graph gives no input gradient."""
+def zeros_if_none(grad: Optional[tf.Tensor], like: tf.Tensor, attack_model: AttackModel,
+                  advice: str = "gradient attacks see zeros. Use a gradient-free attack (spsa, square) or a "
+                                "transfer attack.") -> tf.Tensor:
+    """``grad``, or zeros and a warning (ending in ``advice``) when the model graph gives no
+    input gradient."""
     if grad is not None:
         return grad
-    warnings.warn(
-        f"Model '{attack_model.model.name}' gives no gradient with respect to its input; "
-        "gradient attacks see zeros. Use a gradient-free attack (spsa, square) or a "
-        "transfer attack.",
-        stacklevel=3,
-    )
+    warnings.warn(f"Model '{attack_model.model.name}' gives no gradient with respect to its input; {advice}",
+                  stacklevel=3)
     return tf.zeros_like(like)
 
 

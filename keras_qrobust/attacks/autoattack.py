@@ -14,7 +14,7 @@ per-input worst case:
 
 An input counts as broken only when the returned point is misclassified *and* lies in the
 ε-ball and the box (checked here, not trusted). Inputs whose logit-margin gradient is zero
-or non-finite (:func:`~keras_qrobust.attacks.integrity.gradient_status`) and that survive
+or non-finite (:func:`~keras_qrobust.attacks.gradient_check.gradient_status`) and that survive
 every attack are reported as unverified, not robust — unless ``trust_flagged=True``.
 Robust accuracy comes with ``n`` and a 95 % Wilson interval.
 """
@@ -29,7 +29,7 @@ import numpy as np
 
 from .. import metrics
 from ._common import as_attack_model, check_array, check_count, check_eps, check_inputs, check_norm, clip_key
-from .integrity import GRADIENT_OK, gradient_status
+from .gradient_check import GRADIENT_OK, gradient_status
 
 __all__ = ["autoattack", "AutoAttackResult", "AUTOATTACK_VERSIONS", "AUTOATTACK_SETTINGS"]
 
@@ -238,15 +238,10 @@ def autoattack(model, x, y, *, eps: float, norm="inf", version: str = "standard"
                          f"({', '.join(gradient_attacks)}) need its Keras twin; run autoattack on the Keras model "
                          "and autoattack(artifact, x, y, eps=..., attacks=['square']) on the file")
     x = check_array(x, clip)
-    y = np.asarray(y).reshape(-1)
-    if len(y) != len(x):
-        raise ValueError(f"x has {len(x)} inputs but y has {len(y)} labels")
+    y = metrics.check_labels(y, len(x))
     findings: list[str] = []
     if deployed:
         num_classes = None
-        if not np.issubdtype(y.dtype, np.integer):
-            raise TypeError(f"y must hold integer class labels, got dtype {y.dtype}")
-        y = y.astype(np.int64)
     else:
         attack_model = as_attack_model(model)
         x, y = check_inputs(attack_model, x, y, clip, require_labels=True)
