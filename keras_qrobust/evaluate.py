@@ -8,7 +8,7 @@ up in the registry (:mod:`keras_qrobust.attacks.registry`).
 
 Evaluation integrity: for every tf_keras model scored by a gradient attack, the inputs whose
 logit-margin gradient is zero or non-finite are found first
-(:func:`~keras_qrobust.attacks.integrity.gradient_status`); under gradient attacks they are
+(:func:`~keras_qrobust.attacks.gradient_check.gradient_status`); under gradient attacks they are
 never counted as robust (a stalled attack proves nothing), and the report says how many there
 were.
 """
@@ -21,7 +21,7 @@ from typing import Mapping, Optional, Sequence
 import numpy as np
 
 from . import metrics
-from .attacks.integrity import GRADIENT_OK, gradient_status
+from .attacks.gradient_check import GRADIENT_OK, gradient_status
 from .attacks.registry import PER_MODEL_KINDS, attack_names, check_budget, get_attack
 from .executor import check_executor, fingerprint, run_tasks, ship_models, unship
 from .quantizers.grid import parse_setting
