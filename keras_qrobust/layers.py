@@ -16,7 +16,7 @@ import math
 
 from . import quantizers as quantizers_mod
 from ._keras import keras, register, tf
-from .regularizers import DEFAULT_BETA, OrthogonalityRegularizer, check_beta, kernel_matrix
+from .defenses.regularizers import DEFAULT_BETA, OrthogonalityRegularizer, check_beta, kernel_matrix
 
 __all__ = [
     "QuantizedDense",

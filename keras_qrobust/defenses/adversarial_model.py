@@ -39,7 +39,7 @@ from ..attacks._common import (
 )
 from ..attacks.gradient import iterate
 
-__all__ = ["AdversarialModel", "ATTACKS"]
+__all__ = ["AdversarialModel", "ATTACKS", "classifier_of"]
 
 ATTACKS = ("pgd", "fgsm_rs", "trades")
 
@@ -204,3 +204,9 @@ class AdversarialModel(keras.Model):
         config = dict(config)
         config["model"] = keras.layers.deserialize(config["model"], custom_objects=custom_objects)
         return cls(**config)
+
+
+def classifier_of(model) -> "keras.Model":
+    """The classifier a model stands for: the wrapped model of an AdversarialModel."""
+    model = check_model(model)
+    return model.model if isinstance(model, AdversarialModel) else model

@@ -1,7 +1,7 @@
 """Keras callbacks that measure (and improve) robustness while a model trains.
 
 * :class:`FeedbackLearning` — per-class boundary margins (Song et al. 2019) and feedback
-  fine-tuning between epochs;
+  fine-tuning between epochs (defined in :mod:`keras_qrobust.defenses.feedback.callback`);
 * :class:`UAPMonitor` — held-out fooling rate and accuracy under a universal perturbation
   crafted against the current model and its quantized copies (Zhou et al. 2022);
 * :class:`LipschitzMonitor` — ``σ_max(Q_b(W) − W)`` per layer (Song et al. 2020, eq. 2).
@@ -15,7 +15,7 @@ epochs that are not measured (``every > 1``) get NaN, so History's lists stay al
 the epochs and CSVLogger's columns (fixed at the first epoch) hold every key.
 
 Every callback works on a plain classifier and on an
-:class:`~keras_qrobust.training.AdversarialModel` (it measures the wrapped classifier), and
+:class:`~keras_qrobust.defenses.AdversarialModel` (it measures the wrapped classifier), and
 checks its inputs against the model in ``on_train_begin``, before the first batch.
 """
 
@@ -23,201 +23,29 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-import math
 import re
-import warnings
-from typing import Callable, Mapping, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Callable, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
-from . import quantizers as qz
-from ._keras import keras, register
-from .analysis import quantization_lipschitz
-from .attacks._common import (
-    as_attack_model,
-    batches,
-    check_count,
-    check_eps,
-    check_inputs,
-    check_norm,
-    check_positive,
-)
-from .attacks.uap import ensemble_uap, uap
-from .quantize import RobustQuantizer
-from .training.feedback import (
-    boundary_distance,
-    check_compiled,
-    check_data,
-    check_settable_learning_rate,
-    classifier_of,
-    examples_from_distances,
-    scaled_learning_rate,
-    warn_uneven_batches,
-)
+from .. import quantizers as qz
+from .._keras import register
+from ..analysis import quantization_lipschitz
+from ..attacks._common import as_attack_model, check_count, check_eps, check_inputs, check_norm
+from ..attacks.uap import ensemble_uap, uap
+from ._common import Clip, attack_model_of, check_data
+from ._monitor import EpochMonitor
+from .feedback.callback import FeedbackLearning
+
+if TYPE_CHECKING:
+    from ..quantize import RobustQuantizer
 
 __all__ = ["FeedbackLearning", "UAPMonitor", "LipschitzMonitor"]
-
-Clip = Optional[Sequence[float]]
 
 
 def _key(name: str) -> str:
     """A log key fragment: letters, digits and underscores."""
     return re.sub(r"\W+", "_", str(name)).strip("_")
-
-
-class _EpochMonitor(keras.callbacks.Callback):
-    """Measure at the end of epochs ``every``, ``2·every``, ... (1-based) and write the
-    values into ``logs``; the other epochs get NaN for the same keys.
-
-    Subclasses set ``self._keys`` in ``on_train_begin`` and implement ``_measure(epoch)``.
-    ``measurements`` keeps ``(epoch, values)`` of every measured epoch.
-    """
-
-    def __init__(self, every: int = 1):
-        super().__init__()
-        self.every = check_count(every, "every")
-        self._keys: list = []
-        self.measurements: list = []
-
-    def _due(self, epoch: int) -> bool:
-        return (epoch + 1) % self.every == 0
-
-    def _measure(self, epoch: int) -> dict:
-        raise NotImplementedError
-
-    def on_train_begin(self, logs=None):
-        self.measurements = []
-
-    def on_epoch_end(self, epoch, logs=None):
-        values = {}
-        if self._due(epoch):
-            values = self._measure(epoch)
-            self.measurements.append((epoch, values))
-        if logs is not None:
-            for key in self._keys:
-                logs[key] = values.get(key, math.nan)
-
-
-# ----------------------------------------------------------------------------- feedback learning
-@register
-class FeedbackLearning(_EpochMonitor):
-    """Feedback learning inside ``model.fit`` (Song et al. 2019; DESIGN.md §3).
-
-    At the end of every ``every``-th epoch, on ``data``:
-
-    1. measure the boundary distances ``r(x, d)`` along ``directions`` random unit
-       directions and log the per-class margins ``r̄_c``
-       (:func:`~keras_qrobust.training.feedback.boundary_distance`);
-    2. generate ``fraction·N`` examples ``x' = clip(x + min((1 + γ)·r, t_max)·d)`` labelled
-       ``y``, class ``c`` getting a share ``∝ 1/r̄_c``;
-    3. fine-tune on ``data`` plus them for ``epochs`` shuffled passes of ``train_on_batch``
-       at ``lr_scale`` × the optimizer's learning rate (restored afterwards).
-
-    The mechanism: Keras cannot change the dataset of a running ``fit``, so the callback
-    runs its own short fine-tune between epochs through ``self.model.train_on_batch`` —
-    the model's own ``train_step``, so an :class:`~keras_qrobust.training.AdversarialModel`
-    fine-tunes adversarially. It runs after the epoch's logs (validation included) are
-    computed, so its effect shows in the next epoch's metrics. The optimizer needs a
-    constant learning rate unless ``lr_scale=1``. Under a ``tf.distribute`` strategy (model
-    built and compiled inside its scope) each ``train_on_batch`` splits its batch over the
-    replicas, as ``fit`` does; a warning says when a batch does not split evenly.
-
-    Logs ``margin_class_<c>`` for each class (NaN for a class the model gets wholly wrong),
-    ``margin_mean`` (their mean), ``feedback_examples`` (examples generated) and
-    ``feedback_loss`` (mean fine-tune loss). The margins are those measured before the
-    fine-tune, i.e. of the model the epoch produced.
-
-    Args:
-        data: ``(x, y)`` numpy inputs in ``clip`` and integer labels, typically (a part of)
-            the training data.
-        t_max: the largest boundary distance searched (in ``norm`` units).
-        every: measure after every ``every``-th epoch.
-        rounds: fine-tune at most this many times per ``fit`` (None: at every measurement;
-            0: only log margins).
-        epochs: fine-tune passes per round.
-        seed: seeds the directions (the same ones at every measurement, so margins of
-            successive epochs are paired), the example draws and the fine-tune order.
-
-    The other arguments are those of
-    :func:`~keras_qrobust.training.feedback.generate_feedback_examples`.
-    """
-
-    def __init__(self, data, *, t_max: float, every: int = 1, rounds: Optional[int] = None, epochs: int = 1,
-                 lr_scale: float = 0.1, directions: int = 8, norm="inf", gamma: float = 0.1,
-                 fraction: float = 0.5, batch_size: int = 32, grid: int = 20, bisection: int = 10,
-                 clip: Clip = (0.0, 1.0), seed: Optional[int] = 0):
-        super().__init__(every)
-        self.clip = None if clip is None else (float(clip[0]), float(clip[1]))
-        self.x, self.y = check_data(data, "FeedbackLearning data", self.clip)
-        self.t_max = check_positive(t_max, "t_max")
-        self.rounds = None if rounds is None else check_count(rounds, "rounds", minimum=0)
-        self.epochs = check_count(epochs, "epochs")
-        self.lr_scale = check_positive(lr_scale, "lr_scale")
-        self.directions = check_count(directions, "directions")
-        self.norm = check_norm(norm)
-        self.gamma = check_eps(gamma, "gamma")
-        self.fraction = check_positive(fraction, "fraction")
-        self.batch_size = check_count(batch_size, "batch_size")
-        self.grid = check_count(grid, "grid")
-        self.bisection = check_count(bisection, "bisection", minimum=0)
-        self.seed = int(np.random.SeedSequence().entropy) if seed is None else check_count(seed, "seed", 0)
-        self.rounds_done = 0
-        self.last_examples = None
-
-    def _fine_tunes(self) -> bool:
-        return self.rounds is None or self.rounds_done < self.rounds
-
-    def on_train_begin(self, logs=None):
-        super().on_train_begin(logs)
-        self.rounds_done = 0  # rounds count per fit, as EarlyStopping's patience
-        self._attack_model = as_attack_model(classifier_of(self.model))
-        check_inputs(self._attack_model, self.x, self.y, self.clip, require_labels=True)
-        if self.rounds != 0:
-            check_compiled(self.model, "FeedbackLearning")
-            check_settable_learning_rate(self.model.optimizer, self.lr_scale)
-        classes = [f"margin_class_{c}" for c in range(self._attack_model.num_classes)]
-        self._keys = [*classes, "margin_mean", "feedback_examples", "feedback_loss"]
-
-    def _measure(self, epoch: int) -> dict:
-        result = boundary_distance(self._attack_model, self.x, self.y, t_max=self.t_max, directions=self.directions,
-                                   norm=self.norm, grid=self.grid, bisection=self.bisection, clip=self.clip,
-                                   seed=self.seed)
-        margins = result.class_margins()
-        values = {f"margin_class_{c}": float(m) for c, m in enumerate(margins)}
-        measured = np.isfinite(margins)
-        values["margin_mean"] = float(margins[measured].mean()) if measured.any() else math.nan
-        if not measured.any():
-            warnings.warn(f"FeedbackLearning: epoch {epoch + 1}: the model classifies none of its data correctly; "
-                          "no feedback examples this time", stacklevel=2)
-        elif self._fine_tunes():
-            examples = examples_from_distances(result, self.x, gamma=self.gamma, fraction=self.fraction, clip=self.clip,
-                                               stream=self.rounds_done)
-            values["feedback_loss"] = self._fine_tune(examples)
-            values["feedback_examples"] = len(examples.y)
-            self.last_examples = examples
-            self.rounds_done += 1
-        return values
-
-    def _fine_tune(self, examples) -> float:
-        x = np.concatenate([self.x, examples.x])
-        y = np.concatenate([self.y, examples.y])
-        rng = np.random.default_rng(np.random.SeedSequence(self.seed, spawn_key=(2, self.rounds_done)))
-        warn_uneven_batches(self.model, len(x), self.batch_size, "FeedbackLearning")
-        losses = []
-        with scaled_learning_rate(self.model.optimizer, self.lr_scale):
-            for _ in range(self.epochs):
-                order = rng.permutation(len(x))
-                for part in batches(len(x), self.batch_size):
-                    logs = self.model.train_on_batch(x[order[part]], y[order[part]], return_dict=True)
-                    losses.append(float(logs["loss"]))
-        return float(np.mean(losses))
-
-    def get_config(self) -> dict:
-        """The settings; the data are not part of it: ``FeedbackLearning(data, **config)``."""
-        return {"t_max": self.t_max, "every": self.every, "rounds": self.rounds, "epochs": self.epochs,
-                "lr_scale": self.lr_scale, "directions": self.directions, "norm": self.norm, "gamma": self.gamma,
-                "fraction": self.fraction, "batch_size": self.batch_size, "grid": self.grid,
-                "bisection": self.bisection, "clip": self.clip, "seed": self.seed}
 
 
 # ----------------------------------------------------------------------------- UAP monitor
@@ -238,6 +66,9 @@ def _check_options(options: Optional[Mapping], ensemble: bool) -> dict:
 
 def _quantizers(quantize) -> dict:
     """Setting strings, RobustQuantizer objects or their field dicts -> ``{name: RobustQuantizer}``."""
+    # imported here: quantize imports layers, which import defenses.regularizers (this package)
+    from ..quantize import RobustQuantizer
+
     if isinstance(quantize, (str, RobustQuantizer, Mapping)):
         quantize = [quantize]
     out = {}
@@ -260,11 +91,13 @@ def _quantizers(quantize) -> dict:
 
 def _quantizer_config(rq: RobustQuantizer) -> Union[str, dict]:
     """The setting name when it rebuilds ``rq``, else all its fields."""
+    from ..quantize import RobustQuantizer  # see _quantizers
+
     return rq.setting if RobustQuantizer.from_setting(rq.setting) == rq else dataclasses.asdict(rq)
 
 
 @register
-class UAPMonitor(_EpochMonitor):
+class UAPMonitor(EpochMonitor):
     """Fooling rate and accuracy under a universal perturbation, measured while training.
 
     At the end of every ``every``-th epoch: the validation data are split once (seeded) into
@@ -346,7 +179,7 @@ class UAPMonitor(_EpochMonitor):
 
     def on_train_begin(self, logs=None):
         super().on_train_begin(logs)
-        attack_model = as_attack_model(classifier_of(self.model))
+        attack_model = attack_model_of(self.model)
         check_inputs(attack_model, self.x_craft, self._y_craft, self.clip, require_labels=True)
         check_inputs(attack_model, self.x_eval, self.y_eval, self.clip, require_labels=True)
         names = [""]
@@ -387,7 +220,7 @@ class UAPMonitor(_EpochMonitor):
 
 # ----------------------------------------------------------------------------- Lipschitz monitor
 @register
-class LipschitzMonitor(_EpochMonitor):
+class LipschitzMonitor(EpochMonitor):
     """``σ_max(Q_b(W) − W)`` of every kernel while training (Song et al. 2020, eq. 2).
 
     Logs ``lipschitz_<layer>`` per Dense / Conv2D / DepthwiseConv2D / SeparableConv2D kernel

@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import numbers
 
-from ._keras import keras, register, tf
+from .._keras import keras, register, tf
 
 __all__ = ["OrthogonalityRegularizer", "kernel_matrix", "DEFAULT_BETA"]
 

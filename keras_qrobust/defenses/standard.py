@@ -1,4 +1,5 @@
-"""Standard (non-adversarial) training of the zoo classifiers."""
+"""Standard (non-adversarial) training of classifiers: the baseline the defenses are compared
+with, and the compile step an :class:`~keras_qrobust.defenses.AdversarialModel` shares."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from typing import Optional
 import numpy as np
 
 from .._keras import check_model, keras, tf
+from .adversarial_model import classifier_of
 
 __all__ = ["compile_classifier", "train_classifier", "set_seed"]
 
@@ -28,10 +30,7 @@ def compile_classifier(model, learning_rate: float = 1e-3, ema_momentum: Optiona
     Gowal et al. 2020 §4.4), which ``fit`` writes into the model when it ends.
     """
     model = check_model(model)
-    from .adversarial import AdversarialModel  # its output is the wrapped model's
-
-    classifier = model.model if isinstance(model, AdversarialModel) else model
-    if classifier.output_shape[-1] == 1:
+    if classifier_of(model).output_shape[-1] == 1:
         loss = keras.losses.BinaryCrossentropy(from_logits=True)
         metrics = [keras.metrics.BinaryAccuracy(threshold=0.0, name="accuracy")]
     else:

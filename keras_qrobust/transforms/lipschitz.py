@@ -13,7 +13,7 @@ from typing import Iterable
 
 import numpy as np
 
-from ..regularizers import DEFAULT_BETA, check_beta
+from ..defenses.regularizers import DEFAULT_BETA, check_beta
 from ._graph import Graph, UnsupportedModelError, graph_rewrite
 from ._kinds import QUANTIZED_WEIGHT_LAYERS
 

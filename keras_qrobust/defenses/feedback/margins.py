@@ -1,40 +1,24 @@
-"""Feedback learning: widen the margins of the classes closest to the decision boundary.
+"""Feedback learning, steps 1 and 2: the distance to the decision boundary along random
+directions and the per-class margins (Song, Wang & Li 2019; DESIGN.md §3).
 
-Song, Wang & Li 2019, "Feedback learning for improving the robustness of neural networks";
-the steps are DESIGN.md §3's:
-
-1. For each correctly classified ``(x, y)`` and ``K`` random unit directions ``d`` (random
-   signs for L∞, normalised Gaussians for L2), the boundary distance along ``d`` is
-   ``r(x, d) = min {t ≤ t_max : argmax f(clip(x + t·d)) ≠ y}``, found on a grid of 20 steps
-   and refined by 10 bisection steps; ``r = t_max`` when nothing flips.
-2. The per-class mean ``r̄_c`` over the correct examples of class ``c`` is the margin
-   criterion.
-3. Generate ``x' = clip(x + min((1 + γ)·r, t_max)·d)`` labelled ``y`` (just past the boundary,
-   ``γ = 0.1``), ``0.5·N`` examples in all, class ``c`` getting a share ``∝ 1/r̄_c``.
-4. Fine-tune on the original plus generated examples, 5 epochs at 0.1× the learning rate;
-   2 rounds.
-
-:func:`feedback_learning` runs the whole loop; :class:`keras_qrobust.callbacks.FeedbackLearning`
-does it inside ``model.fit``.
+For each ``(x, y)`` and ``K`` random unit directions ``d`` (random signs for L∞, normalised
+Gaussians for L2), ``r(x, d) = min {t ≤ t_max : argmax f(clip(x + t·d)) ≠ y}``, found on a grid
+of 20 steps and refined by 10 bisection steps; ``r = t_max`` when nothing flips. The per-class
+mean ``r̄_c`` over the correct examples of class ``c`` is the margin criterion.
 """
 
 from __future__ import annotations
 
-import contextlib
-import warnings
 from dataclasses import dataclass, field
-from typing import Iterator, Optional, Sequence, Union
+from typing import Optional, Union
 
 import numpy as np
 
-from .._keras import check_model, keras, tf
-from ..attacks._common import (
+from ..._keras import tf
+from ...attacks._common import (
     AttackModel,
-    as_attack_model,
     batches,
-    check_array,
     check_count,
-    check_eps,
     check_inputs,
     check_norm,
     check_positive,
@@ -42,61 +26,12 @@ from ..attacks._common import (
     compiled,
     to_box,
 )
-from .adversarial import AdversarialModel
+from .._common import Clip, attack_model_of, seed_or_entropy
 
-__all__ = [
-    "BoundaryDistances",
-    "FeedbackExamples",
-    "FeedbackHistory",
-    "boundary_distance",
-    "class_margins",
-    "feedback_counts",
-    "generate_feedback_examples",
-    "examples_from_distances",
-    "feedback_learning",
-]
-
-Clip = Optional[Sequence[float]]
-_CHUNK = 1024  # examples whose directions are regenerated at once when generating
+__all__ = ["BoundaryDistances", "boundary_distance", "class_margins"]
 
 
-# ----------------------------------------------------------------------------- helpers
-def classifier_of(model) -> "keras.Model":
-    """The classifier a model stands for: the wrapped model of an AdversarialModel."""
-    model = check_model(model)
-    return model.model if isinstance(model, AdversarialModel) else model
-
-
-def _attack_model(model, output: str) -> AttackModel:
-    return model if isinstance(model, AttackModel) else as_attack_model(classifier_of(model), output)
-
-
-def check_data(data, name: str = "data", clip: Clip = (0.0, 1.0)) -> tuple[np.ndarray, np.ndarray]:
-    """``data = (x, y)`` as float32 inputs in ``clip`` and one int64 label per input
-    (the checks that need no model)."""
-    if not isinstance(data, (tuple, list)) or len(data) != 2:
-        raise TypeError(f"{name} must be a tuple (x, y) of numpy arrays, got {type(data).__name__}")
-    try:
-        x = check_array(data[0], clip)
-    except (TypeError, ValueError) as error:
-        raise type(error)(f"{name}: {error}") from None
-    y = np.asarray(data[1])
-    if y.ndim == 2 and y.shape[1] > 1:
-        raise ValueError(f"{name}: y must be integer class labels, not one-hot: use y.argmax(-1)")
-    y = y.reshape(-1)
-    if len(y) != len(x):
-        raise ValueError(f"{name}: x has {len(x)} inputs but y has {len(y)} labels")
-    if not np.issubdtype(y.dtype, np.number) or not np.all(np.mod(y, 1) == 0) or y.min() < 0:
-        raise ValueError(f"{name}: y must hold integer class labels >= 0")
-    return x, y.astype(np.int64)
-
-
-def _seed(seed: Optional[int]) -> int:
-    if seed is None:
-        return int(np.random.SeedSequence().entropy)
-    return check_count(seed, "seed", minimum=0)
-
-
+# ----------------------------------------------------------------------------- directions
 def _random_directions(seed: int, index: np.ndarray, count: int, shape: tuple, norm: str) -> np.ndarray:
     """``d_ik`` for the examples ``index``: ``(len(index), count, *shape)``, unit ``norm``.
 
@@ -137,7 +72,6 @@ def _check_directions(directions, x: np.ndarray, norm: str) -> tuple[Optional[np
             raise ValueError("directions must hold at least one finite direction per input")
         return _unit(given, norm), given.shape[1]
     return None, check_count(directions, "directions")
-
 
 # ----------------------------------------------------------------------------- boundary distance
 @dataclass(frozen=True, eq=False)
@@ -274,7 +208,7 @@ def boundary_distance(model, x, y, *, t_max: float, directions: Union[int, np.nd
     Returns:
         a :class:`BoundaryDistances`.
     """
-    attack_model = _attack_model(model, output)
+    attack_model = attack_model_of(model, output)
     t_max = check_positive(t_max, "t_max")
     norm = check_norm(norm)
     grid = check_count(grid, "grid")
@@ -282,7 +216,7 @@ def boundary_distance(model, x, y, *, t_max: float, directions: Union[int, np.nd
     batch_size = check_count(batch_size, "batch_size")
     x, y = check_inputs(attack_model, x, y, clip, require_labels=True)
     given, count = _check_directions(directions, x, norm)
-    seed = _seed(seed)
+    seed = seed_or_entropy(seed)
     run = _distance_fn(attack_model, clip_key(clip), grid, bisection)
     limit = tf.constant(t_max, tf.float32)
     parts = []
@@ -302,252 +236,3 @@ def class_margins(model, x, y, *, t_max: float, **kwargs) -> np.ndarray:
     whose keyword arguments (``directions``, ``norm``, ``grid``, ``bisection``, ``seed`` ...)
     it takes."""
     return boundary_distance(model, x, y, t_max=t_max, **kwargs).class_margins()
-
-
-# ----------------------------------------------------------------------------- generation
-@dataclass(frozen=True, eq=False)
-class FeedbackExamples:
-    """Generated examples ``x' = clip(x + min((1 + γ)·r, t_max)·d)`` labelled ``y``.
-
-    Attributes:
-        x: the examples.
-        y: their labels (the labels of their sources).
-        source: index of the original input of each example.
-        direction: which of the source's ``K`` directions it moved along.
-        step: ``min((1 + γ)·r, t_max)``, how far it moved.
-        counts: examples per class (``∝ 1/r̄_c``).
-        distances: the :class:`BoundaryDistances` they were made from.
-    """
-
-    x: np.ndarray
-    y: np.ndarray
-    source: np.ndarray
-    direction: np.ndarray
-    step: np.ndarray
-    counts: np.ndarray
-    distances: BoundaryDistances
-
-    @property
-    def margins(self) -> np.ndarray:
-        """``r̄_c`` measured before generating."""
-        return self.distances.class_margins()
-
-
-def feedback_counts(margins: np.ndarray, total: int) -> np.ndarray:
-    """Examples per class: ``n_c ∝ 1/r̄_c`` with ``Σ n_c = total`` (largest remainder
-    rounding); 0 for classes whose margin is NaN (no correctly classified input)."""
-    margins = np.asarray(margins, np.float64)
-    measured = np.isfinite(margins)
-    if not measured.any():
-        raise ValueError(
-            "the model classifies none of the given inputs correctly, so there is no margin to "
-            "widen: train it first, or give it inputs it gets right"
-        )
-    weights = np.where(measured, 1.0 / np.where(measured, margins, 1.0), 0.0)
-    share = total * weights / weights.sum()
-    counts = np.floor(share).astype(np.int64)
-    order = np.argsort(-(share - counts), kind="stable")
-    counts[order[: total - counts.sum()]] += 1
-    return counts
-
-
-def _pick_pairs(result: BoundaryDistances, counts: np.ndarray, rng: np.random.Generator) -> tuple:
-    """``counts[c]`` (input, direction) pairs of correctly classified class-``c`` inputs,
-    without replacement while there are enough, sorted by input."""
-    sources, directions = [], []
-    for c in np.flatnonzero(counts):
-        inputs = np.flatnonzero(result.correct & (result.labels == c))
-        pairs = len(inputs) * result.count
-        pick = rng.choice(pairs, size=int(counts[c]), replace=int(counts[c]) > pairs)
-        sources.append(inputs[pick // result.count])
-        directions.append(pick % result.count)
-    source, direction = np.concatenate(sources), np.concatenate(directions)
-    order = np.argsort(source, kind="stable")
-    return source[order], direction[order]
-
-
-def _chunks(source: np.ndarray) -> Iterator[np.ndarray]:
-    """Positions of ``source`` (sorted) split so each chunk spans at most ``_CHUNK`` inputs."""
-    unique = np.unique(source)
-    for start in range(0, len(unique), _CHUNK):
-        inputs = unique[start: start + _CHUNK]
-        yield np.flatnonzero((source >= inputs[0]) & (source <= inputs[-1]))
-
-
-def examples_from_distances(result: BoundaryDistances, x, *, gamma: float = 0.1, fraction: float = 0.5,
-                            clip: Clip = (0.0, 1.0), stream: int = 0) -> FeedbackExamples:
-    """:func:`generate_feedback_examples` from distances already measured on ``x``.
-
-    ``stream`` picks an independent draw of the (input, direction) pairs from ``result.seed``
-    (one per feedback round).
-    """
-    x = np.asarray(x, np.float32)
-    if len(x) != len(result.labels) or x.shape[1:] != tuple(result.input_shape):
-        raise ValueError(f"x has shape {x.shape}; the distances were measured on {len(result.labels)} inputs "
-                         f"shaped {tuple(result.input_shape)}")
-    gamma, fraction, clip = check_eps(gamma, "gamma"), check_positive(fraction, "fraction"), clip_key(clip)
-    counts = feedback_counts(result.class_margins(), max(1, int(round(fraction * len(x)))))
-    rng = np.random.default_rng(np.random.SeedSequence(result.seed, spawn_key=(1, stream)))
-    source, direction = _pick_pairs(result, counts, rng)
-    step = np.minimum((1.0 + gamma) * result.distances[source, direction], result.t_max).astype(np.float32)
-    generated = np.empty((len(source), *x.shape[1:]), np.float32)
-    for rows in _chunks(source):
-        inputs, position = np.unique(source[rows], return_inverse=True)
-        d = result.directions(inputs)[position, direction[rows]]
-        moved = x[source[rows]] + step[rows].reshape((-1,) + (1,) * (x.ndim - 1)) * d
-        generated[rows] = moved if clip is None else np.clip(moved, clip[0], clip[1])
-    return FeedbackExamples(generated, result.labels[source], source, direction, step, counts, result)
-
-
-def generate_feedback_examples(model, x, y, *, t_max: float, directions: Union[int, np.ndarray] = 8,
-                               norm="inf", gamma: float = 0.1, fraction: float = 0.5, grid: int = 20,
-                               bisection: int = 10, clip: Clip = (0.0, 1.0), batch_size: int = 64,
-                               seed: Optional[int] = None, output: str = "auto") -> FeedbackExamples:
-    """Examples just past the decision boundary, most for the classes with the smallest margin.
-
-    With ``r`` and ``d`` from :func:`boundary_distance` (same arguments) and ``r̄_c`` the
-    class margins (DESIGN.md §3, after Song et al. 2019):
-
-        x' = clip(x + min((1 + γ)·r, t_max)·d),  labelled y,
-
-    ``round(fraction·N)`` examples in all, class ``c`` getting ``n_c ∝ 1/r̄_c`` of them
-    (:func:`feedback_counts`), each from a correctly classified ``(x, d)`` pair of class ``c``
-    drawn at random (without replacement while the class has enough pairs). Pairs with no
-    flip within ``t_max`` give ``x + t_max·d``. Every ``x'`` stays within ``t_max`` of its
-    source (in ``norm``) and inside ``clip``.
-
-    Raises ValueError when the model gets none of ``x`` right.
-    """
-    check_eps(gamma, "gamma")
-    check_positive(fraction, "fraction")
-    result = boundary_distance(model, x, y, t_max=t_max, directions=directions, norm=norm, grid=grid,
-                               bisection=bisection, clip=clip, batch_size=batch_size, seed=seed, output=output)
-    return examples_from_distances(result, x, gamma=gamma, fraction=fraction, clip=clip)
-
-
-# ----------------------------------------------------------------------------- retraining
-def check_settable_learning_rate(optimizer, scale: float) -> None:
-    """Raise unless ``optimizer``'s learning rate can be scaled by ``scale`` (a constant rate)."""
-    if scale == 1.0:
-        return
-    raw = getattr(optimizer, "_learning_rate", None)
-    if raw is None:  # legacy optimizers keep it among their hyperparameters
-        raw = getattr(optimizer, "_hyper", {}).get("learning_rate")
-    if isinstance(raw, keras.optimizers.schedules.LearningRateSchedule):
-        raise ValueError(
-            f"the optimizer's learning rate is a {type(raw).__name__} schedule, which cannot be "
-            f"scaled by lr_scale={scale:g} for the fine-tune: compile with a constant learning "
-            "rate (and keras.callbacks.LearningRateScheduler for a schedule) or pass lr_scale=1.0"
-        )
-
-
-@contextlib.contextmanager
-def scaled_learning_rate(optimizer, scale: float) -> Iterator[None]:
-    """Multiply the optimizer's constant learning rate by ``scale`` inside the block."""
-    check_settable_learning_rate(optimizer, scale)
-    if scale == 1.0:
-        yield
-        return
-    original = float(keras.backend.get_value(optimizer.learning_rate))
-    optimizer.learning_rate = original * scale
-    try:
-        yield
-    finally:
-        optimizer.learning_rate = original
-
-
-def warn_uneven_batches(model, size: int, batch_size: int, who: str) -> None:
-    """Warn when ``size`` examples in batches of ``batch_size`` do not split evenly over the
-    replicas of the ``tf.distribute`` strategy ``model`` was built under.
-
-    Keras's compiled loss divides each replica's mean loss by the number of replicas, which is
-    the global-batch mean only when every replica gets as many examples: a batch of 33 on two
-    replicas (17 + 16) weighs the examples of the smaller share more.
-    """
-    replicas = model.distribute_strategy.num_replicas_in_sync
-    last = size % batch_size or batch_size
-    if replicas > 1 and (batch_size % replicas or last % replicas):
-        warnings.warn(
-            f"{who}: the fine-tune's {size} examples in batches of {batch_size} (the last of {last}) do not "
-            f"split evenly over the {replicas} replicas; Keras averages the replicas' mean losses with equal "
-            "weights, so an uneven batch's gradient is not exactly that of its mean loss. Choose batch_size and "
-            "the data size (plus round(fraction·N) generated examples) so that every batch is a multiple of "
-            "the replicas", stacklevel=3)
-
-
-def check_compiled(model, who: str) -> None:
-    if getattr(model, "optimizer", None) is None or getattr(model, "compiled_loss", None) is None:
-        raise ValueError(
-            f"{who} fine-tunes the model, so it must be compiled first, e.g. "
-            "kq.training.compile_classifier(model) or model.compile(optimizer, loss)"
-        )
-
-
-@dataclass
-class FeedbackHistory:
-    """What :func:`feedback_learning` did.
-
-    Attributes:
-        margins: per-class margins ``r̄_c``: before each round and after the last
-            (``rounds + 1`` arrays ``(num_classes,)``; all measured along the same directions).
-        counts: examples generated per class, per round.
-        fit: the Keras ``History.history`` of each round's fine-tune.
-    """
-
-    margins: list = field(default_factory=list)
-    counts: list = field(default_factory=list)
-    fit: list = field(default_factory=list)
-
-    @property
-    def margin_mean(self) -> list:
-        """Mean of the per-class margins (classes with a margin), per measurement."""
-        return [float(np.nanmean(m)) for m in self.margins]
-
-
-def feedback_learning(model, data, *, t_max: float, rounds: int = 2, epochs: int = 5, lr_scale: float = 0.1,
-                      directions: int = 8, norm="inf", gamma: float = 0.1, fraction: float = 0.5,
-                      batch_size: int = 32, grid: int = 20, bisection: int = 10, clip: Clip = (0.0, 1.0),
-                      seed: Optional[int] = None, validation_data=None, verbose: int = 0) -> FeedbackHistory:
-    """Feedback learning (Song et al. 2019; DESIGN.md §3): ``rounds`` times, measure the class
-    margins on ``data``, generate ``fraction·N`` feedback examples
-    (:func:`generate_feedback_examples`) and fine-tune ``model`` on ``data`` plus them for
-    ``epochs`` epochs at ``lr_scale`` × its learning rate (restored afterwards).
-
-    ``model`` must be compiled with a constant learning rate; an AdversarialModel fine-tunes
-    adversarially (its ``train_step``) and is measured through its wrapped classifier. Every
-    measurement uses the same directions (``seed``), so the margins of successive rounds are
-    paired; each round draws its own examples. Shuffling during ``fit`` follows TensorFlow's
-    global seed (:func:`keras_qrobust.training.set_seed`).
-
-    Under a ``tf.distribute`` strategy (``model`` built and compiled inside its scope) the
-    margins are measured with the mirrored weights and ``fit`` splits each fine-tune batch
-    (``batch_size`` is the global batch) over the replicas; a warning says when a batch does not
-    split evenly (see :func:`warn_uneven_batches`).
-
-    Returns:
-        a :class:`FeedbackHistory` (margins before each round and after the last, counts,
-        fit histories).
-    """
-    check_compiled(model, "feedback_learning")
-    rounds = check_count(rounds, "rounds")
-    epochs = check_count(epochs, "epochs")
-    lr_scale = check_positive(lr_scale, "lr_scale")
-    check_settable_learning_rate(model.optimizer, lr_scale)
-    gamma, fraction = check_eps(gamma, "gamma"), check_positive(fraction, "fraction")
-    attack_model = _attack_model(model, "auto")
-    x, y = check_inputs(attack_model, *check_data(data, "data", clip), clip, require_labels=True)
-    options = dict(t_max=t_max, directions=directions, norm=norm, grid=grid, bisection=bisection, clip=clip,
-                   seed=_seed(seed))
-    history = FeedbackHistory()
-    for round_index in range(rounds):
-        result = boundary_distance(attack_model, x, y, **options)
-        generated = examples_from_distances(result, x, gamma=gamma, fraction=fraction, clip=clip, stream=round_index)
-        history.margins.append(result.class_margins())
-        history.counts.append(generated.counts)
-        warn_uneven_batches(model, len(x) + len(generated.y), batch_size, "feedback_learning")
-        with scaled_learning_rate(model.optimizer, lr_scale):
-            fit = model.fit(np.concatenate([x, generated.x]), np.concatenate([y, generated.y]), epochs=epochs,
-                            batch_size=batch_size, shuffle=True, validation_data=validation_data, verbose=verbose)
-        history.fit.append(fit.history)
-    history.margins.append(class_margins(attack_model, x, y, **options))
-    return history
