@@ -183,15 +183,15 @@ def trained_model(name: str, epochs: int, seed: int = 0, dataset: str = "fashion
         return found
     x, y = kq.datasets.load(dataset, split)
     CACHE.mkdir(exist_ok=True)
-    kq.training.set_seed(seed, deterministic_ops=True)
+    kq.defenses.set_seed(seed, deterministic_ops=True)
     model = kq.zoo.get(name, input_shape=x.shape[1:], num_classes=int(y.max()) + 1, **(model_kwargs or {}))
-    trainer = kq.training.AdversarialModel(model, **adversarial) if adversarial else model
+    trainer = kq.defenses.AdversarialModel(model, **adversarial) if adversarial else model
     start = time.perf_counter()
     backup, resumed = resumable(path)
     callbacks = [backup]
     if lr_drop:
         callbacks.append(lr_drop_schedule(epochs, max(1, epochs // 4))[0])
-    kq.training.train_classifier(trainer, x, y, epochs=epochs, batch_size=128, seed=seed, callbacks=callbacks,
+    kq.defenses.train_classifier(trainer, x, y, epochs=epochs, batch_size=128, seed=seed, callbacks=callbacks,
                                  verbose=2 if adversarial else 0, ema_momentum=ema)
     seconds = time.perf_counter() - start
     info = {"train_seconds": round(seconds, 1), **resumed}
@@ -263,9 +263,9 @@ def adversarially_fine_tuned(model, x, y, epochs: int, learning_rate: float, dro
     10x lower for the last ``drop_epochs``; saved at ``path`` (an interrupted fine-tuning resumes
     from its last finished epoch), with ``record`` added to the training record saved beside it.
     Returns ``(model, info)``."""
-    kq.training.set_seed(seed, deterministic_ops=True)
-    trainer = kq.training.compile_classifier(
-        kq.training.AdversarialModel(model, clean_weight=clean_weight, **adversarial), learning_rate)
+    kq.defenses.set_seed(seed, deterministic_ops=True)
+    trainer = kq.defenses.compile_classifier(
+        kq.defenses.AdversarialModel(model, clean_weight=clean_weight, **adversarial), learning_rate)
     schedule, drop_at = lr_drop_schedule(epochs, drop_epochs, learning_rate)
     callbacks, resumed = [schedule], {}
     if path is not None:

@@ -101,13 +101,13 @@ def applications_model(name: str, epochs: int, seed: int):
     if (found := load_cached(path)) is not None:
         return found
     x, y = kq.datasets.load("fashion_mnist", "train")
-    kq.training.set_seed(seed, deterministic_ops=True)
+    kq.defenses.set_seed(seed, deterministic_ops=True)
     model = build()
     for layer in model.layers:  # a few epochs: moving statistics that follow the weights
         if isinstance(layer, kq.keras.layers.BatchNormalization):
             layer.momentum = 0.9
     start = time.perf_counter()
-    kq.training.train_classifier(model, rgb32(x), y, epochs=epochs, batch_size=128, seed=seed, verbose=0)
+    kq.defenses.train_classifier(model, rgb32(x), y, epochs=epochs, batch_size=128, seed=seed, verbose=0)
     info = {"train_seconds": round(time.perf_counter() - start, 1)}
     CACHE.mkdir(exist_ok=True)
     save_cached(model, path, info)

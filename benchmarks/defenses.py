@@ -70,9 +70,9 @@ def feedback_model(base, x, y, seed: int, rounds: int, epochs: int, examples: in
     """A copy of ``base`` retrained by feedback learning on ``examples`` training images."""
     model = kq.keras.models.clone_model(base)
     model.set_weights(base.get_weights())
-    kq.training.compile_classifier(model)
-    kq.training.set_seed(seed)
-    history = kq.training.feedback_learning(model, (x[:examples], y[:examples]), t_max=2 * EPS, rounds=rounds,
+    kq.defenses.compile_classifier(model)
+    kq.defenses.set_seed(seed)
+    history = kq.defenses.feedback_learning(model, (x[:examples], y[:examples]), t_max=2 * EPS, rounds=rounds,
                                             epochs=epochs, seed=seed)
     return model, {"margins_per_round": [np.asarray(m).tolist() for m in history.margins]}
 

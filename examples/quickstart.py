@@ -13,9 +13,9 @@ keras = kq.keras  # the tf_keras module tfmot works with
 x_train, y_train = kq.datasets.load("fashion_mnist", "train")
 x_test, y_test = kq.datasets.load("fashion_mnist", "test")
 
-kq.training.set_seed(0)
+kq.defenses.set_seed(0)
 model = kq.zoo.cnn_small()
-kq.training.train_classifier(model, x_train[:10000], y_train[:10000], epochs=2)
+kq.defenses.train_classifier(model, x_train[:10000], y_train[:10000], epochs=2)
 print(f"float: {kq.metrics.accuracy(model, x_test, y_test):.4f}")
 
 # Post-training quantization (the cnn2snn flow): fold BatchNorm, per-axis weights,
@@ -34,6 +34,6 @@ assert np.array_equal(reloaded.predict(x_test[:64], verbose=0), qmodel.predict(x
 # Quantization-aware training with tfmot and the wXaY scheme.
 annotated = tfmot.quantization.keras.quantize_annotate_model(model)
 qat = tfmot.quantization.keras.quantize_apply(annotated, scheme=kq.WXAYScheme(4, 4))
-kq.training.compile_classifier(qat)
+kq.defenses.compile_classifier(qat)
 qat.fit(x_train[:10000], y_train[:10000], epochs=1, batch_size=128, verbose=0)
 print(f"QAT w4a4 after 1 epoch: {kq.metrics.accuracy(qat, x_test, y_test):.4f}")

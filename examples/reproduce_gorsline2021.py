@@ -100,7 +100,7 @@ def activation(kind: str, gain: float) -> Callable:
 # ---------------------------------------------------------------------------- training
 def build(task: Task, kind: str, seed: int):
     """``kq.zoo.mlp_gorsline`` (weights and biases constrained to [-1, 1]) for ``task``."""
-    kq.training.set_seed(seed)
+    kq.defenses.set_seed(seed)
     return kq.zoo.mlp_gorsline(input_shape=task.x_train.shape[1:], hidden=100, num_classes=task.classes,
                                activation=activation(kind, task.gain), name=f"mlp_{kind}")
 

@@ -8,17 +8,15 @@ from ._keras import keras, tf  # noqa: F401  (first: sets TF_USE_LEGACY_KERAS be
 from . import (  # noqa: E402
     analysis,
     attacks,
-    callbacks,
     datasets,
+    defenses,
     export,
     layers,
     metrics,
     model_files,
     quantization,
     quantizers,
-    regularizers,
     report,
-    training,
     transforms,
     zoo,
 )
@@ -43,18 +41,16 @@ __all__ = [
     "tf",
     "analysis",
     "attacks",
-    "callbacks",
     "calibrate_tfmot",
     "datasets",
+    "defenses",
     "export",
     "layers",
     "metrics",
     "model_files",
     "quantization",
     "quantizers",
-    "regularizers",
     "report",
-    "training",
     "transforms",
     "zoo",
     "RobustQuantizer",
@@ -73,7 +69,7 @@ __all__ = [
 
 
 def __getattr__(name: str):
-    # kq.calibration, kq.configs, kq.search, ...: modules that moved, with a DeprecationWarning
+    # kq.calibration, kq.training, kq.search, ...: modules that moved, with a DeprecationWarning
     module = moved_module(name)
     if module is None:
         raise AttributeError(f"module 'keras_qrobust' has no attribute {name!r}")

@@ -7,7 +7,7 @@ import sys
 import warnings
 from types import ModuleType
 
-__all__ = ["MOVED", "alias", "moved_module"]
+__all__ = ["MOVED", "alias", "moved_module", "warn_moved"]
 
 #: old module (under keras_qrobust) -> the module it moved to
 MOVED = {
@@ -19,10 +19,13 @@ MOVED = {
     "geometric": "analysis.geometric",
     "layerwise": "analysis.layerwise",
     "search": "analysis.bit_width_search",
+    "regularizers": "layers.regularizers",
+    "callbacks": "defenses.callbacks",
+    "training": "defenses",  # a package of shims (adversarial, feedback, standard), each warning on its own
 }
 
 
-def _warn(old: str, new: str, stacklevel: int) -> None:
+def warn_moved(old: str, new: str, stacklevel: int = 3) -> None:
     warnings.warn(f"keras_qrobust.{old} is deprecated and will be removed in the next release; "
                   f"import from keras_qrobust.{new}", DeprecationWarning, stacklevel=stacklevel)
 
@@ -31,16 +34,15 @@ def alias(shim_name: str, module: ModuleType) -> None:
     """Called by a shim module: warn, then make ``import keras_qrobust.<old>`` return ``module``
     itself (so private names and monkeypatching reach the real module)."""
     old = shim_name.rsplit(".", 1)[-1]
-    _warn(old, module.__name__.removeprefix("keras_qrobust."), stacklevel=4)
+    warn_moved(old, module.__name__.removeprefix("keras_qrobust."), stacklevel=4)
     sys.modules[shim_name] = module
 
 
 def moved_module(old: str) -> ModuleType | None:
     """For the package's ``__getattr__``: the moved module ``keras_qrobust.<old>`` stands for."""
-    new = MOVED.get(old)
-    if new is None:
+    if old not in MOVED:
         return None
-    _warn(old, new, stacklevel=4)
     import importlib
 
-    return importlib.import_module(f"keras_qrobust.{new}")
+    sys.modules.pop(f"keras_qrobust.{old}", None)  # imported again, so its shim warns again
+    return importlib.import_module(f"keras_qrobust.{old}")

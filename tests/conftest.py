@@ -39,9 +39,9 @@ def fashion_slice():
 def trained_cnn(fashion_slice):
     """cnn_small trained for 2 epochs on 1,000 images."""
     (x, y), _ = fashion_slice
-    kq.training.set_seed(0)
+    kq.defenses.set_seed(0)
     model = kq.zoo.cnn_small()
-    kq.training.train_classifier(model, x, y, epochs=2, batch_size=64, seed=0)
+    kq.defenses.train_classifier(model, x, y, epochs=2, batch_size=64, seed=0)
     return model
 
 
@@ -53,11 +53,11 @@ def tiny_case(tmp_path_factory, fashion_slice):
     folder = tmp_path_factory.mktemp("tiny_case")
     np.savez(folder / "data.npz", x_train=x[:300], y_train=y[:300], x_test=x_test[:80], y_test=y_test[:80])
     keras = kq.keras
-    kq.training.set_seed(0)
+    kq.defenses.set_seed(0)
     model = keras.Sequential([keras.Input((28, 28, 1)), keras.layers.Conv2D(4, 3, strides=2, activation="relu"),
                               keras.layers.MaxPooling2D(2), keras.layers.Flatten(),
                               keras.layers.Dense(8, activation="relu"), keras.layers.Dense(10)], name="tiny")
-    kq.training.train_classifier(model, x[:300], y[:300], epochs=10, batch_size=32, seed=0)
+    kq.defenses.train_classifier(model, x[:300], y[:300], epochs=10, batch_size=32, seed=0)
     model.save(folder / "tiny.keras")
     return folder / "tiny.keras", folder / "data.npz"
 

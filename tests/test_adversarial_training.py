@@ -3,7 +3,7 @@ import pytest
 import tensorflow_model_optimization as tfmot
 
 import keras_qrobust as kq
-from keras_qrobust.training import AdversarialModel
+from keras_qrobust.defenses import AdversarialModel
 
 keras = kq.keras
 tf = kq.tf
@@ -17,9 +17,9 @@ def cross_entropy(model, x, y):
 @pytest.mark.parametrize("attack", ATTACKS)
 def test_train_step_perturbs_and_logs_clean_and_adversarial_metrics(attack, fashion_slice):
     (x, y), (xt, yt) = fashion_slice
-    kq.training.set_seed(0)
+    kq.defenses.set_seed(0)
     robust = AdversarialModel(kq.zoo.cnn_small(), attack=attack, eps=0.1, steps=3)
-    kq.training.compile_classifier(robust)
+    kq.defenses.compile_classifier(robust)
     history = robust.fit(x[:256], y[:256], epochs=2, batch_size=64, verbose=0, validation_data=(xt[:64], yt[:64]))
     logs = history.history
     for key in ("loss", "accuracy", "clean_loss", "adv_loss", "adv_accuracy", "val_loss", "val_accuracy"):
@@ -42,10 +42,10 @@ def test_adversarial_training_makes_pgd_less_effective(fashion_slice):
     (x, y), (xt, yt) = fashion_slice
     models = {}
     for name, wrap in (("standard", False), ("pgd_at", True)):
-        kq.training.set_seed(0)
+        kq.defenses.set_seed(0)
         model = kq.zoo.cnn_small()
         trainer = AdversarialModel(model, attack="pgd", eps=0.1, steps=3) if wrap else model
-        kq.training.compile_classifier(trainer)
+        kq.defenses.compile_classifier(trainer)
         trainer.fit(x, y, epochs=4, batch_size=64, verbose=0)
         models[name] = model
     robust = {name: kq.metrics.accuracy(m, kq.attacks.pgd(m, xt, yt, eps=0.1, steps=10, seed=0, verbose=0), yt)
@@ -60,7 +60,7 @@ def test_works_on_tfmot_qat_and_robustquantizer_models(fashion_slice):
     ptq = kq.RobustQuantizer(4, 4).quantize(kq.zoo.cnn_small(), x[:128])
     for model in (qat, ptq):
         robust = AdversarialModel(model, attack="fgsm_rs", eps=0.1)
-        kq.training.compile_classifier(robust)
+        kq.defenses.compile_classifier(robust)
         before = [w.numpy().copy() for w in model.trainable_weights]
         logs = robust.fit(x[:128], y[:128], epochs=1, batch_size=64, verbose=0).history
         assert np.isfinite(logs["adv_loss"][0]) and logs["adv_loss"][0] > logs["clean_loss"][0]
@@ -70,7 +70,7 @@ def test_works_on_tfmot_qat_and_robustquantizer_models(fashion_slice):
 def test_save_load_and_evaluate(tmp_path, fashion_slice):
     (x, y), (xt, yt) = fashion_slice
     robust = AdversarialModel(kq.zoo.cnn_small(), attack="trades", eps=0.05, steps=2, beta=3.0)
-    kq.training.compile_classifier(robust)
+    kq.defenses.compile_classifier(robust)
     robust.fit(x[:64], y[:64], epochs=1, batch_size=32, verbose=0)
     robust.save(tmp_path / "robust.keras")
     loaded = keras.models.load_model(tmp_path / "robust.keras")
@@ -84,9 +84,9 @@ def test_save_load_and_evaluate(tmp_path, fashion_slice):
 @pytest.mark.parametrize("attack", ["pgd", "fgsm_rs"])
 def test_clean_weight_mixes_clean_and_adversarial_loss(attack, tmp_path, fashion_slice):
     (x, y), _ = fashion_slice
-    kq.training.set_seed(0)
+    kq.defenses.set_seed(0)
     robust = AdversarialModel(kq.zoo.cnn_small(), attack=attack, eps=0.1, steps=2, clean_weight=0.3)
-    kq.training.compile_classifier(robust)
+    kq.defenses.compile_classifier(robust)
     logs = robust.fit(x[:128], y[:128], epochs=1, batch_size=64, verbose=0).history
     np.testing.assert_allclose(logs["loss"], 0.3 * np.array(logs["clean_loss"]) + 0.7 * np.array(logs["adv_loss"]),
                                rtol=1e-5)
@@ -120,10 +120,10 @@ def test_weight_averaging_ends_fit_on_the_averaged_weights(fashion_slice):
     (x, y), _ = fashion_slice
 
     def fit(ema):
-        kq.training.set_seed(0)
+        kq.defenses.set_seed(0)
         model = keras.Sequential([keras.Input((28, 28, 1)), keras.layers.Flatten(), keras.layers.Dense(10)])
         trainer = AdversarialModel(model, attack="trades", eps=0.1, steps=2)
-        kq.training.compile_classifier(trainer, 1e-2, ema_momentum=ema)
+        kq.defenses.compile_classifier(trainer, 1e-2, ema_momentum=ema)
         trainer.fit(x[:256], y[:256], epochs=2, batch_size=64, verbose=0, shuffle=False)
         return model, trainer.optimizer
 
@@ -134,4 +134,4 @@ def test_weight_averaging_ends_fit_on_the_averaged_weights(fashion_slice):
         np.testing.assert_allclose(weight.numpy(), average.numpy())
     assert not np.allclose(plain.get_weights()[0], averaged.get_weights()[0])
     with pytest.raises(ValueError, match="ema_momentum must be in"):
-        kq.training.compile_classifier(keras.Sequential([keras.Input((2,)), keras.layers.Dense(2)]), ema_momentum=1)
+        kq.defenses.compile_classifier(keras.Sequential([keras.Input((2,)), keras.layers.Dense(2)]), ema_momentum=1)

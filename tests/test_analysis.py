@@ -26,7 +26,7 @@ def sigma(matrix: np.ndarray) -> float:
 
 @pytest.fixture(scope="module")
 def model():
-    kq.training.set_seed(0)
+    kq.defenses.set_seed(0)
     net = keras.Sequential([
         keras.Input((16, 16, 3)),
         layers.Conv2D(6, 3, strides=2, activation="relu", name="conv_s2"),
@@ -118,7 +118,7 @@ def test_amplifying_flags_large_quantization_errors():
 
 
 def test_finds_layers_inside_wrappers_and_nested_models(model):
-    robust = kq.training.AdversarialModel(model, attack="fgsm_rs", eps=0.1)
+    robust = kq.defenses.AdversarialModel(model, attack="fgsm_rs", eps=0.1)
     assert quantization_lipschitz(robust, 4) == quantization_lipschitz(model, 4)
     inner = keras.Sequential([keras.Input((4,)), layers.Dense(3, name="inner_dense")], name="inner")
     outer = keras.Sequential([keras.Input((4,)), inner, layers.Dense(2, name="outer_dense")])

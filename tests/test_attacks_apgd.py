@@ -28,9 +28,9 @@ def _small_cnn(name: str):
 @pytest.fixture(scope="module")
 def natural_toy(digits):
     (x, y), _ = digits
-    kq.training.set_seed(0)
+    kq.defenses.set_seed(0)
     model = _small_cnn("natural_toy")
-    kq.training.train_classifier(model, x, y, epochs=15, batch_size=64, seed=0)
+    kq.defenses.train_classifier(model, x, y, epochs=15, batch_size=64, seed=0)
     return model
 
 
@@ -38,9 +38,9 @@ def natural_toy(digits):
 def robust_toy(digits):
     """Adversarially trained (PGD-AT, ε = 0.1), so attacks have to work for their successes."""
     (x, y), _ = digits
-    kq.training.set_seed(0)
-    trainer = kq.training.AdversarialModel(_small_cnn("robust_toy"), attack="pgd", eps=0.1, steps=5)
-    kq.training.train_classifier(trainer, x, y, epochs=15, batch_size=64, seed=0)
+    kq.defenses.set_seed(0)
+    trainer = kq.defenses.AdversarialModel(_small_cnn("robust_toy"), attack="pgd", eps=0.1, steps=5)
+    kq.defenses.train_classifier(trainer, x, y, epochs=15, batch_size=64, seed=0)
     return trainer.model
 
 

@@ -92,9 +92,9 @@ def test_set(fashion_slice):
 def other_cnn(fashion_slice):
     """A second cnn_small, trained independently (other seed) on the same images."""
     (x, y), _ = fashion_slice
-    kq.training.set_seed(1)
+    kq.defenses.set_seed(1)
     model = kq.zoo.cnn_small()
-    kq.training.train_classifier(model, x, y, epochs=2, batch_size=64, seed=1)
+    kq.defenses.train_classifier(model, x, y, epochs=2, batch_size=64, seed=1)
     return model
 
 

@@ -190,11 +190,11 @@ def test_a_single_logit_model_is_two_classes():
 def digits_cnn():
     x, y = kq.datasets.load("digits", "train")
     x_test, y_test = kq.datasets.load("digits", "test")
-    kq.training.set_seed(0)
+    kq.defenses.set_seed(0)
     model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(16, 3, activation="relu"),
                               keras.layers.Flatten(), keras.layers.Dense(32, activation="relu"),
                               keras.layers.Dense(10)], name="digits_cnn")
-    kq.training.train_classifier(model, x, y, epochs=15, batch_size=64, seed=0)
+    kq.defenses.train_classifier(model, x, y, epochs=15, batch_size=64, seed=0)
     return model, x_test[:150], y_test[:150]
 
 

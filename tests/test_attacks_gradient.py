@@ -122,9 +122,9 @@ def test_softmax_and_binary_outputs_are_read_as_logits(trained_cnn, batch):
                                attacks.fgsm(trained_cnn, x, y, eps=0.05), atol=1e-6)
     xs, ys = kq.datasets.load("two_spirals", "train")
     xs = (xs - xs.min()) / (xs.max() - xs.min())
-    kq.training.set_seed(0)
+    kq.defenses.set_seed(0)
     binary = kq.zoo.mlp_gorsline(input_shape=(2,), num_classes=1)
-    kq.training.train_classifier(binary, xs, ys, epochs=3)
+    kq.defenses.train_classifier(binary, xs, ys, epochs=3)
     adv = attacks.fgsm(binary, xs, ys, eps=0.05)
     assert attacks.as_attack_model(binary).num_classes == 2
     assert np.abs(adv - xs).max() <= 0.05 + 1e-6

@@ -188,11 +188,11 @@ def test_square_attacks_the_deployed_file_itself(deployed, test_set, runtime):
 def test_square_attacks_an_akida_file_through_the_same_interface(fashion_slice, test_set, tmp_path):
     pytest.importorskip("cnn2snn", reason="Akida export needs cnn2snn and akida: pip install 'keras-qrobust[akida]'")
     (x_train, y_train), _ = fashion_slice
-    kq.training.set_seed(0)
+    kq.defenses.set_seed(0)
     tiny = keras.Sequential([keras.Input((28, 28, 1)), keras.layers.Conv2D(8, 3, strides=2, activation="relu"),
                              keras.layers.Conv2D(8, 3, strides=2, activation="relu"), keras.layers.Flatten(),
                              keras.layers.Dense(10)])
-    kq.training.train_classifier(tiny, x_train, y_train, epochs=3, batch_size=64, seed=0, verbose=0)
+    kq.defenses.train_classifier(tiny, x_train, y_train, epochs=3, batch_size=64, seed=0, verbose=0)
     artifact = export.load(export.akida(tiny, tmp_path / "m.fbz", x_train[:64], weight_bits=8, activation_bits=8))
     x, y = test_set
     x, y = x[:40], y[:40]

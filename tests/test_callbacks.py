@@ -7,8 +7,8 @@ import pytest
 import keras_qrobust as kq
 from keras_qrobust.analysis import quantization_lipschitz
 from keras_qrobust.attacks import fooling_rate
-from keras_qrobust.callbacks import FeedbackLearning, LipschitzMonitor, UAPMonitor
-from keras_qrobust.training.feedback import class_margins
+from keras_qrobust.defenses import FeedbackLearning, LipschitzMonitor, UAPMonitor
+from keras_qrobust.defenses.feedback import class_margins
 
 keras = kq.keras
 layers = keras.layers
@@ -31,9 +31,9 @@ def tiny_cnn():
 @pytest.fixture(scope="module")
 def pretrained(digits):
     (x, y), _ = digits
-    kq.training.set_seed(0)
+    kq.defenses.set_seed(0)
     model = tiny_cnn()
-    kq.training.compile_classifier(model, learning_rate=1e-2)
+    kq.defenses.compile_classifier(model, learning_rate=1e-2)
     model.fit(x, y, epochs=3, batch_size=32, verbose=0)
     return model.get_weights()
 
@@ -43,11 +43,11 @@ def fresh(pretrained):
     """A new compiled copy of the pretrained tiny CNN (its optimizer at iteration 0)."""
 
     def make(compile_it: bool = True):
-        kq.training.set_seed(0)
+        kq.defenses.set_seed(0)
         model = tiny_cnn()
         model.set_weights(pretrained)
         if compile_it:
-            kq.training.compile_classifier(model, learning_rate=1e-2)
+            kq.defenses.compile_classifier(model, learning_rate=1e-2)
         return model
 
     return make
@@ -132,8 +132,8 @@ def test_feedback_learning_skips_an_epoch_with_nothing_classified_correctly(digi
 
 def test_all_callbacks_work_on_an_adversarial_model(digits, fresh):
     (x, y), (xv, yv) = digits
-    robust = kq.training.AdversarialModel(fresh(compile_it=False), attack="fgsm_rs", eps=0.05)
-    kq.training.compile_classifier(robust, learning_rate=1e-2)
+    robust = kq.defenses.AdversarialModel(fresh(compile_it=False), attack="fgsm_rs", eps=0.05)
+    kq.defenses.compile_classifier(robust, learning_rate=1e-2)
     callbacks = [FeedbackLearning((x[:80], y[:80]), t_max=0.5, directions=2, seed=0), LipschitzMonitor(4),
                  UAPMonitor((xv[:60], yv[:60]), eps=0.1, quantize=(), attack_options={"max_passes": 1})]
     logs = robust.fit(x[:128], y[:128], epochs=1, batch_size=32, verbose=0, callbacks=callbacks).history
@@ -230,13 +230,13 @@ def test_model_mismatches_fail_in_on_train_begin_before_any_batch(digits, fresh)
                                  "ExponentialDecay schedule")
 
     conv1d = keras.Sequential([keras.Input((8, 8)), layers.Conv1D(10, 3), layers.GlobalAveragePooling1D()])
-    kq.training.compile_classifier(conv1d)
+    kq.defenses.compile_classifier(conv1d)
     assert_fails_before_training(conv1d, LipschitzMonitor(4), x[..., 0], y, ValueError,
                                  "LipschitzMonitor: .* no Dense, Conv2D, DepthwiseConv2D or SeparableConv2D layer")
 
     normed = keras.Sequential([keras.Input((8, 8, 1)), layers.Flatten(), layers.Dense(16), layers.LayerNormalization(),
                                layers.Dense(10)])
-    kq.training.compile_classifier(normed)
+    kq.defenses.compile_classifier(normed)
     assert_fails_before_training(normed, UAPMonitor((xv, yv), eps=0.1), x, y,
                                  kq.transforms.UnsupportedModelError, "cannot quantize layer .*LayerNormalization")
 
@@ -257,3 +257,29 @@ def test_configs_rebuild_the_callbacks(digits):
     assert LipschitzMonitor.from_config(lipschitz.get_config()).get_config() == lipschitz.get_config()
     for cls in (FeedbackLearning, UAPMonitor, LipschitzMonitor):
         assert keras.utils.get_registered_object(f"keras_qrobust>{cls.__name__}") is cls
+
+
+@pytest.mark.parametrize("old, new, names", [
+    ("keras_qrobust.training", "keras_qrobust.defenses",
+     ["AdversarialModel", "compile_classifier", "set_seed", "train_classifier", "feedback_learning",
+      "boundary_distance", "class_margins", "generate_feedback_examples", "FeedbackHistory"]),
+    ("keras_qrobust.training.adversarial", "keras_qrobust.defenses.adversarial_model", ["AdversarialModel", "ATTACKS"]),
+    ("keras_qrobust.training.standard", "keras_qrobust.defenses.standard",
+     ["compile_classifier", "set_seed", "train_classifier"]),
+    ("keras_qrobust.training.feedback", "keras_qrobust.defenses.feedback",
+     ["boundary_distance", "feedback_counts", "examples_from_distances", "BoundaryDistances", "FeedbackExamples"]),
+    ("keras_qrobust.callbacks", "keras_qrobust.defenses.callbacks",
+     ["FeedbackLearning", "UAPMonitor", "LipschitzMonitor"]),
+    ("keras_qrobust.regularizers", "keras_qrobust.defenses.regularizers",
+     ["OrthogonalityRegularizer", "kernel_matrix", "DEFAULT_BETA"]),
+])
+def test_old_import_paths_warn_and_give_the_same_objects(old, new, names):
+    import importlib
+
+    shim = importlib.import_module(old)
+    with pytest.warns(DeprecationWarning, match=f"^{old} is deprecated; import from {new}$"):
+        importlib.reload(shim)
+    moved = importlib.import_module(new)
+    for name in names:
+        assert getattr(shim, name) is getattr(moved, name), name
+    assert set(names) <= set(shim.__all__)

@@ -120,7 +120,7 @@ def _unsupported(path):
 
 def _saved(path, units, activation, lambda_layer=False):
     keras = kq.keras
-    kq.training.set_seed(0)
+    kq.defenses.set_seed(0)
     inputs = keras.Input((28, 28, 1))
     flat = keras.layers.Flatten()(keras.layers.Lambda(lambda t: t)(inputs) if lambda_layer else inputs)
     keras.Model(inputs, keras.layers.Dense(units, activation=activation, kernel_initializer="zeros")(flat)).save(path)

@@ -37,7 +37,7 @@ def test_quantize_apply_with_wxay_scheme_trains_with_fit(name, fashion_slice, rn
     # the ActivationQuantizer whose EMA follows the global batch under a tf.distribute strategy
     assert qz.SymmetricQuantizer(4) in used
     assert kq.quantization.tfmot_scheme.GlobalBatchActivationQuantizer(4, ema_decay=0.999) in used
-    kq.training.compile_classifier(q)
+    kq.defenses.compile_classifier(q)
     history = q.fit(x[:512], y[:512], epochs=2, batch_size=64, verbose=0)
     assert history.history["loss"][-1] < history.history["loss"][0]
     ranges = [v for v in q.variables if v.name.endswith("_max:0")]

@@ -239,7 +239,7 @@ def test_int4_needs_a_layer_with_at_most_4_bits(quantized, fashion_slice, tmp_pa
 def test_tfmot_qat_model_exports_to_tflite_and_onnx(trained_cnn, fashion_slice, tmp_path):
     (x_train, y_train), (x, _) = fashion_slice
     qat = tfmot.quantization.keras.quantize_model(trained_cnn)
-    kq.training.compile_classifier(qat)
+    kq.defenses.compile_classifier(qat)
     qat.fit(x_train[:512], y_train[:512], epochs=1, batch_size=64, verbose=0)
     keras_scores = qat.predict(x, verbose=0)
     tflite_path = export.tflite(qat, tmp_path / "qat.tflite")

@@ -28,7 +28,7 @@ def artifacts(tmp_path_factory):
     """An untrained cnn_small and its float TFLite, int8 TFLite and ONNX exports."""
     import tf2onnx
 
-    kq.training.set_seed(0)
+    kq.defenses.set_seed(0)
     model = kq.zoo.cnn_small()
     out = tmp_path_factory.mktemp("profile")
     paths = {"float": out / "cnn_f32.tflite", "int8": out / "cnn_int8.tflite", "onnx": out / "cnn.onnx"}

@@ -2,11 +2,12 @@ import numpy as np
 import pytest
 
 import keras_qrobust as kq
-from keras_qrobust.training.feedback import (
+from keras_qrobust.defenses.feedback import (
     boundary_distance,
     class_margins,
     feedback_counts,
     feedback_learning,
+    fine_tune,
     generate_feedback_examples,
 )
 
@@ -162,14 +163,14 @@ def two_clusters():
 def narrow_model():
     """A separating linear model whose boundary (mean(x) = 0.42) hugs class 0."""
     model = linear_model(np.full(4, 5.0), -5.0 * 4 * 0.42)
-    kq.training.compile_classifier(model, learning_rate=0.1)
+    kq.defenses.compile_classifier(model, learning_rate=0.1)
     return model
 
 
 def test_feedback_learning_widens_the_narrow_class_margin():
     x, y = two_clusters()
     model = narrow_model()
-    kq.training.set_seed(0)
+    kq.defenses.set_seed(0)
     history = feedback_learning(model, (x, y), t_max=0.3, rounds=2, epochs=3, directions=4, seed=0)
     assert len(history.margins) == 3 and len(history.counts) == 2 and len(history.fit) == 2
     assert all(m.shape == (2,) for m in history.margins) and all(c.sum() == 100 for c in history.counts)
@@ -182,12 +183,38 @@ def test_feedback_learning_widens_the_narrow_class_margin():
 
 def test_feedback_learning_with_an_adversarial_model():
     x, y = two_clusters()
-    robust = kq.training.AdversarialModel(narrow_model(), attack="fgsm_rs", eps=0.05)
-    kq.training.compile_classifier(robust, learning_rate=0.1)
+    robust = kq.defenses.AdversarialModel(narrow_model(), attack="fgsm_rs", eps=0.05)
+    kq.defenses.compile_classifier(robust, learning_rate=0.1)
     before = robust.model.get_weights()[0].copy()
     history = feedback_learning(robust, (x, y), t_max=0.3, rounds=1, epochs=1, directions=2, seed=0)
     assert "adv_loss" in history.fit[0] and len(history.margins) == 2
     assert not np.array_equal(before, robust.model.get_weights()[0])
+
+
+def test_fine_tune_trains_and_logs_as_fit_does_on_the_same_batches():
+    """The one fine-tune (``train_on_batch`` passes, usable inside a running ``fit``) against
+    ``fit`` without shuffling on the data in the fine-tune's order: same weights, same logs
+    (the metrics accumulate over a pass, the last batch of 150 % 32 = 22 weighs 22 examples)."""
+    x, y = two_clusters()
+    examples = generate_feedback_examples(narrow_model(), x, y, t_max=0.3, directions=2, seed=0, fraction=0.25)
+    both_x, both_y = np.concatenate([x, examples.x]), np.concatenate([y, examples.y])
+    tuned, reference = narrow_model(), narrow_model()
+    logs = fine_tune(tuned, (x, y), examples, epochs=2, batch_size=32, lr_scale=0.5, seed=3, stream=1,
+                     validation_data=(x[:50], y[:50]))
+    rng, fitted = np.random.default_rng(np.random.SeedSequence(3, spawn_key=(2, 1))), {}
+    reference.optimizer.learning_rate = 0.05
+    for _ in range(2):
+        order = rng.permutation(len(both_x))
+        epoch = reference.fit(both_x[order], both_y[order], batch_size=32, shuffle=False, verbose=0,
+                              validation_data=(x[:50], y[:50])).history
+        for key, value in epoch.items():
+            fitted.setdefault(key, []).extend(value)
+    assert set(logs) == set(fitted) == {"loss", "accuracy", "val_loss", "val_accuracy"}
+    for key in logs:
+        np.testing.assert_allclose(logs[key], fitted[key], rtol=1e-5, err_msg=key)
+    for a, b in zip(tuned.get_weights(), reference.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert float(keras.backend.get_value(tuned.optimizer.learning_rate)) == pytest.approx(0.1)  # restored
 
 
 def test_errors_are_raised_before_any_work():

@@ -7,7 +7,7 @@ from hypothesis.extra import numpy as hnp
 
 import keras_qrobust as kq
 from keras_qrobust.layers import LipschitzConv2D, LipschitzDense
-from keras_qrobust.regularizers import OrthogonalityRegularizer
+from keras_qrobust.defenses import OrthogonalityRegularizer
 from keras_qrobust.transforms import UnsupportedModelError, strip_lipschitz, to_lipschitz
 
 keras = kq.keras

@@ -23,7 +23,7 @@ def quantized_kernels(model):
 @pytest.mark.parametrize("setting", ["w8a8", "w4a4", "w2a2"])
 @pytest.mark.parametrize("name", list(kq.zoo.MODELS))
 def test_every_zoo_model_quantizes(name, setting, rng):
-    kq.training.set_seed(0)  # the untrained weights (the agreement check below) must not depend on test order
+    kq.defenses.set_seed(0)  # the untrained weights (the agreement check below) must not depend on test order
     model = kq.zoo.get(name)
     randomize_batchnorm(model, rng)
     weight_bits, activation_bits = kq.parse_setting(setting)
@@ -141,7 +141,7 @@ def test_save_load_round_trip_is_identical_without_custom_objects(name, fmt, tmp
 def test_quantized_model_fine_tunes_with_fit_and_ste(fashion_slice):
     (x, y), _ = fashion_slice
     qmodel = kq.RobustQuantizer(4, 4).quantize(kq.zoo.cnn_small(), x[:256])
-    kq.training.compile_classifier(qmodel)
+    kq.defenses.compile_classifier(qmodel)
     before = qmodel.get_layer("conv2").kernel.numpy().copy()
     history = qmodel.fit(x[:512], y[:512], epochs=2, batch_size=64, verbose=0)
     assert history.history["loss"][-1] < history.history["loss"][0]

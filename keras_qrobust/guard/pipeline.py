@@ -155,7 +155,7 @@ def run(config: GuardConfig, out: str | os.PathLike, allow_mismatch: bool = Fals
 
 
 def _run_stages(ctx: Context, resumed: bool, damage: dict, allow_mismatch: bool) -> int:
-    from ..training import set_seed
+    from ..defenses import set_seed
 
     config, state, folder = ctx.config, ctx.state, ctx.folder
     state.save()

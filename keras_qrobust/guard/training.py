@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from .. import attacks, metrics, zoo
 from .._keras import keras
-from ..training import AdversarialModel, compile_classifier, set_seed, train_classifier
+from ..defenses import AdversarialModel, compile_classifier, set_seed, train_classifier
 from .context import Context, save_model, say
 
 __all__ = ["train_stage", "ROBUST_CHECK_SAMPLES", "SURROGATE_SEED_OFFSET"]

@@ -8,7 +8,7 @@ not amplified from layer to layer.
 from __future__ import annotations
 
 from .._keras import keras, register, tf
-from ..regularizers import DEFAULT_BETA, OrthogonalityRegularizer, check_beta, kernel_matrix
+from .regularizers import DEFAULT_BETA, OrthogonalityRegularizer, check_beta, kernel_matrix
 
 __all__ = ["LipschitzKernelMixin", "LipschitzDense", "LipschitzConv2D"]
 
@@ -47,7 +47,7 @@ class LipschitzKernelMixin:
 
     * ``beta > 0`` adds ``(β/2)·‖WᵀW − I‖²_F`` to the layer's losses (``WWᵀ`` when
       ``outputs > fan_in``), the Lipschitz regularizer of Defensive Quantization (Lin et al.
-      2019; DESIGN §3), through :class:`~keras_qrobust.regularizers.OrthogonalityRegularizer`.
+      2019; DESIGN §3), through :class:`~keras_qrobust.layers.regularizers.OrthogonalityRegularizer`.
       It regularizes the stored kernel and never changes the layer's output. Any
       ``kernel_regularizer`` passed as well is applied in addition.
     * ``spectral_norm=True`` makes the layer compute with ``W/σ`` instead of ``W``, with

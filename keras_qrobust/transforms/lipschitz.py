@@ -13,7 +13,7 @@ from typing import Iterable
 
 import numpy as np
 
-from ..regularizers import DEFAULT_BETA, check_beta
+from ..layers.regularizers import DEFAULT_BETA, check_beta
 from ._graph import Graph, UnsupportedModelError, graph_rewrite
 from ._kinds import QUANTIZED_WEIGHT_LAYERS
 
@@ -62,7 +62,7 @@ def _targets(graph: Graph, layers: Iterable[str] | str | None) -> list[str]:
         if kind not in LIPSCHITZ_LAYERS:
             raise ValueError(
                 f"Layer '{name}' is a {kind}; to_lipschitz swaps Dense and Conv2D layers only. For other "
-                "layers pass kernel_regularizer=keras_qrobust.regularizers.OrthogonalityRegularizer(beta) "
+                "layers pass kernel_regularizer=keras_qrobust.layers.regularizers.OrthogonalityRegularizer(beta) "
                 "when building them."
             )
     return names
@@ -82,7 +82,7 @@ def _nothing_to_swap(graph: Graph) -> str:
         message += f"; these layers are Lipschitz already: {', '.join(lipschitz)}"
     return message + (
         ". to_lipschitz swaps keras.layers.Dense/Conv2D for LipschitzDense/LipschitzConv2D; for other "
-        "layers pass kernel_regularizer=keras_qrobust.regularizers.OrthogonalityRegularizer(beta)."
+        "layers pass kernel_regularizer=keras_qrobust.layers.regularizers.OrthogonalityRegularizer(beta)."
     )
 
 
