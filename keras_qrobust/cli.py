@@ -250,7 +250,7 @@ def _quantize(args) -> int:
     from . import zoo
     from ._io import atomic_path, write_json
     from ._tables import markdown_table, percent
-    from .guard.inputs import load_data, load_model_file
+    from .inputs import load_data, load_model_file
     from .metrics import accuracy
     from .quantize import RobustQuantizer
     from .training import set_seed, train_classifier
@@ -346,7 +346,7 @@ def _guard(args) -> int:
 
 def _check_model_on(model, data, args, argument: str = "--model") -> None:
     """``data`` fits ``model`` and ``model`` is above chance on it (unless ``--force``)."""
-    from .guard.inputs import check_above_chance, check_data_fits
+    from .inputs import check_above_chance, check_data_fits
 
     check_data_fits(data, model)
     warning = check_above_chance(model, data, argument, force=args.force)
@@ -356,7 +356,7 @@ def _check_model_on(model, data, args, argument: str = "--model") -> None:
 
 def _test_data(args, model=None):
     """The first ``--test-samples`` test inputs of ``--dataset``, checked against ``model``."""
-    from .guard.inputs import load_data
+    from .inputs import load_data
 
     check_seed(args.seed)
     _positive(args.test_samples, "--test-samples")
@@ -391,7 +391,7 @@ def _attack_spec(name: str):
 def _attack(args) -> int:
     from ._tables import markdown_table, percent
     from .evaluate import evaluate
-    from .guard.inputs import load_model_file
+    from .inputs import load_model_file
 
     spec = _attack_spec(args.attack)
     eps = sorted(_check_eps_values(args.eps, allow_zero=False))
@@ -489,7 +489,7 @@ def _save_report(report, folder: Path, overwrite: bool = False) -> None:
 
 def _evaluate(args) -> int:
     from .evaluate import evaluate
-    from .guard.inputs import load_model_file
+    from .inputs import load_model_file
 
     attacks = [_attack_spec(a.strip()).name for a in args.attacks.split(",") if a.strip()]
     if not attacks:
@@ -521,7 +521,7 @@ def _evaluate(args) -> int:
 def _export(args) -> int:
     from . import export, metrics
     from .export.akida_grids import is_robust_quantized
-    from .guard.inputs import load_data, load_model_file
+    from .inputs import load_data, load_model_file
 
     if args.target not in TARGETS:
         raise UsageError(f"unknown --target {args.target!r}; choose one of {', '.join(TARGETS)}")
