@@ -13,9 +13,9 @@ import sys
 import time
 from pathlib import Path
 
-from ._io import check_new_file
-from .evaluate import EVALUATE_ATTACKS
-from .guard.config import FULL, QUICK, TARGETS, check_seed
+from .._io import check_new_file
+from ..evaluate import EVALUATE_ATTACKS
+from ..guard.config import FULL, QUICK, TARGETS, check_seed
 
 DEFAULT_SETTINGS = "w8a8,w6a6,w4a4,w3a3,w2a2,w3"
 DEFAULT_GUARD_OUT = "results/guard"
@@ -74,7 +74,7 @@ def _executor(args) -> tuple[str, str | None]:
     """``(executor, address)`` of ``--ray``, after checking Ray is installed."""
     if args.ray is None:
         return "local", None
-    from .executor import INSTALL_HINT
+    from ..executor import INSTALL_HINT
 
     try:
         import ray  # noqa: F401
@@ -247,13 +247,13 @@ def _positive(value, name):
 def _quantize(args) -> int:
     import numpy as np
 
-    from . import zoo
-    from ._io import atomic_path, write_json
-    from ._tables import markdown_table, percent
-    from .inputs import load_data, load_model_file
-    from .metrics import accuracy
-    from .quantize import RobustQuantizer
-    from .training import set_seed, train_classifier
+    from .. import zoo
+    from .._io import atomic_path, write_json
+    from .._tables import markdown_table, percent
+    from ..inputs import load_data, load_model_file
+    from ..metrics import accuracy
+    from ..quantize import RobustQuantizer
+    from ..training import set_seed, train_classifier
 
     for name in ("epochs", "calibration_samples", "train_samples", "test_samples"):
         _positive(getattr(args, name), f"--{name.replace('_', '-')}")
@@ -332,7 +332,7 @@ def _quantize(args) -> int:
 
 
 def _guard(args) -> int:
-    from . import guard
+    from .. import guard
 
     config = guard.GuardConfig.from_args(args)
     executor, address = _executor(args)
@@ -346,7 +346,7 @@ def _guard(args) -> int:
 
 def _check_model_on(model, data, args, argument: str = "--model") -> None:
     """``data`` fits ``model`` and ``model`` is above chance on it (unless ``--force``)."""
-    from .inputs import check_above_chance, check_data_fits
+    from ..inputs import check_above_chance, check_data_fits
 
     check_data_fits(data, model)
     warning = check_above_chance(model, data, argument, force=args.force)
@@ -356,7 +356,7 @@ def _check_model_on(model, data, args, argument: str = "--model") -> None:
 
 def _test_data(args, model=None):
     """The first ``--test-samples`` test inputs of ``--dataset``, checked against ``model``."""
-    from .inputs import load_data
+    from ..inputs import load_data
 
     check_seed(args.seed)
     _positive(args.test_samples, "--test-samples")
@@ -367,7 +367,7 @@ def _test_data(args, model=None):
 
 
 def _check_eps_values(values: list[float], allow_zero: bool) -> list[float]:
-    from .attacks.registry import check_budget
+    from ..attacks.registry import check_budget
 
     interval = "[0, 1]" if allow_zero else "(0, 1]"
     if not values:
@@ -380,7 +380,7 @@ def _check_eps_values(values: list[float], allow_zero: bool) -> list[float]:
 
 
 def _attack_spec(name: str):
-    from .attacks.registry import PER_MODEL_KINDS, get_attack
+    from ..attacks.registry import PER_MODEL_KINDS, get_attack
 
     try:
         return get_attack(name, *PER_MODEL_KINDS)
@@ -389,9 +389,9 @@ def _attack_spec(name: str):
 
 
 def _attack(args) -> int:
-    from ._tables import markdown_table, percent
-    from .evaluate import evaluate
-    from .inputs import load_model_file
+    from .._tables import markdown_table, percent
+    from ..evaluate import evaluate
+    from ..inputs import load_model_file
 
     spec = _attack_spec(args.attack)
     eps = sorted(_check_eps_values(args.eps, allow_zero=False))
@@ -412,7 +412,7 @@ def _attack(args) -> int:
     for note in report.provenance.get("integrity", {}).values():
         print(f"\n! {note}")
     if args.json:
-        from ._io import write_json
+        from .._io import write_json
 
         write_json(args.json, {"model": args.model, "attack": spec.name, "results": results}, overwrite=args.overwrite)
     return 0
@@ -420,8 +420,8 @@ def _attack(args) -> int:
 
 def _autoattack(args, model, data, eps: list[float]) -> int:
     """``attack --attack autoattack``: robust accuracy with its interval and the per-attack breakdown."""
-    from ._tables import markdown_table, percent
-    from .attacks import autoattack
+    from .._tables import markdown_table, percent
+    from ..attacks import autoattack
 
     results, rows = [], []
     for e in eps:
@@ -438,7 +438,7 @@ def _autoattack(args, model, data, eps: list[float]) -> int:
           f"(L∞), seed {args.seed}\n")
     print(markdown_table(["ε", "clean %", "robust %", "95% CI", "after each attack %"], rows))
     if args.json:
-        from ._io import write_json
+        from .._io import write_json
 
         write_json(args.json, {"model": args.model, "attack": "autoattack", "results": results},
                    overwrite=args.overwrite)
@@ -488,8 +488,8 @@ def _save_report(report, folder: Path, overwrite: bool = False) -> None:
 
 
 def _evaluate(args) -> int:
-    from .evaluate import evaluate
-    from .inputs import load_model_file
+    from ..evaluate import evaluate
+    from ..inputs import load_model_file
 
     attacks = [_attack_spec(a.strip()).name for a in args.attacks.split(",") if a.strip()]
     if not attacks:
@@ -519,9 +519,9 @@ def _evaluate(args) -> int:
 
 
 def _export(args) -> int:
-    from . import export, metrics
-    from .export.akida_grids import is_robust_quantized
-    from .inputs import load_data, load_model_file
+    from .. import export, metrics
+    from ..export.akida_grids import is_robust_quantized
+    from ..inputs import load_data, load_model_file
 
     if args.target not in TARGETS:
         raise UsageError(f"unknown --target {args.target!r}; choose one of {', '.join(TARGETS)}")
@@ -556,7 +556,7 @@ def _export(args) -> int:
 
 
 def _report(args) -> int:
-    from .report import RobustnessReport
+    from ..report import RobustnessReport
 
     path = Path(args.report)
     try:
@@ -627,9 +627,9 @@ def main(argv=None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exit_:  # --help (0) or a usage error (2, already printed)
         return int(exit_.code or 0)
-    from .datasets import DatasetError
-    from .guard.config import GuardInputError
-    from .transforms import UnsupportedModelError
+    from ..datasets import DatasetError
+    from ..guard.config import GuardInputError
+    from ..transforms import UnsupportedModelError
 
     try:
         with _quiet(args.verbose):
