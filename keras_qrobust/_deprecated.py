@@ -22,6 +22,10 @@ MOVED = {
     "regularizers": "layers.regularizers",
     "callbacks": "defenses.callbacks",
     "training": "defenses",  # a package of shims (adversarial, feedback, standard), each warning on its own
+    "training.adversarial": "defenses.adversarial_model",
+    "training.feedback": "defenses.feedback",
+    "training.standard": "defenses.standard",
+    "guard.inputs": "inputs",
 }
 
 
@@ -33,14 +37,14 @@ def warn_moved(old: str, new: str, stacklevel: int = 3) -> None:
 def alias(shim_name: str, module: ModuleType) -> None:
     """Called by a shim module: warn, then make ``import keras_qrobust.<old>`` return ``module``
     itself (so private names and monkeypatching reach the real module)."""
-    old = shim_name.rsplit(".", 1)[-1]
+    old = shim_name.removeprefix("keras_qrobust.")
     warn_moved(old, module.__name__.removeprefix("keras_qrobust."), stacklevel=4)
     sys.modules[shim_name] = module
 
 
 def moved_module(old: str) -> ModuleType | None:
     """For the package's ``__getattr__``: the moved module ``keras_qrobust.<old>`` stands for."""
-    if old not in MOVED:
+    if old not in MOVED or "." in old:
         return None
     import importlib
 

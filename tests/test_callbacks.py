@@ -257,29 +257,3 @@ def test_configs_rebuild_the_callbacks(digits):
     assert LipschitzMonitor.from_config(lipschitz.get_config()).get_config() == lipschitz.get_config()
     for cls in (FeedbackLearning, UAPMonitor, LipschitzMonitor):
         assert keras.utils.get_registered_object(f"keras_qrobust>{cls.__name__}") is cls
-
-
-@pytest.mark.parametrize("old, new, names", [
-    ("keras_qrobust.training", "keras_qrobust.defenses",
-     ["AdversarialModel", "compile_classifier", "set_seed", "train_classifier", "feedback_learning",
-      "boundary_distance", "class_margins", "generate_feedback_examples", "FeedbackHistory"]),
-    ("keras_qrobust.training.adversarial", "keras_qrobust.defenses.adversarial_model", ["AdversarialModel", "ATTACKS"]),
-    ("keras_qrobust.training.standard", "keras_qrobust.defenses.standard",
-     ["compile_classifier", "set_seed", "train_classifier"]),
-    ("keras_qrobust.training.feedback", "keras_qrobust.defenses.feedback",
-     ["boundary_distance", "feedback_counts", "examples_from_distances", "BoundaryDistances", "FeedbackExamples"]),
-    ("keras_qrobust.callbacks", "keras_qrobust.defenses.callbacks",
-     ["FeedbackLearning", "UAPMonitor", "LipschitzMonitor"]),
-    ("keras_qrobust.regularizers", "keras_qrobust.defenses.regularizers",
-     ["OrthogonalityRegularizer", "kernel_matrix", "DEFAULT_BETA"]),
-])
-def test_old_import_paths_warn_and_give_the_same_objects(old, new, names):
-    import importlib
-
-    shim = importlib.import_module(old)
-    with pytest.warns(DeprecationWarning, match=f"^{old} is deprecated; import from {new}$"):
-        importlib.reload(shim)
-    moved = importlib.import_module(new)
-    for name in names:
-        assert getattr(shim, name) is getattr(moved, name), name
-    assert set(names) <= set(shim.__all__)

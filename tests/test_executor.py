@@ -168,7 +168,7 @@ def test_guard_attack_stage_on_ray_equals_the_local_run(local_ray, guard_runs, t
     from keras_qrobust.guard import GuardConfig
     from keras_qrobust.guard.attacking import attack_stage
     from keras_qrobust.guard.context import Context
-    from keras_qrobust.guard.inputs import load_data
+    from keras_qrobust.inputs import load_data
     from keras_qrobust.guard.pipeline import _inputs
     from keras_qrobust.guard.state import open_state
 

@@ -11,7 +11,7 @@ from keras_qrobust import cli
 from keras_qrobust.guard import STAGES
 from keras_qrobust.guard.config import GuardConfig
 from keras_qrobust.guard.context import Context
-from keras_qrobust.guard.inputs import Data
+from keras_qrobust.inputs import Data
 from keras_qrobust.guard.stages import choose_stage
 from keras_qrobust.guard.state import RunState
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import re
-from typing import TYPE_CHECKING, Callable, Mapping, Optional, Sequence, Union
+from typing import Callable, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
@@ -33,12 +33,10 @@ from .._keras import register
 from ..analysis import quantization_lipschitz
 from ..attacks._common import as_attack_model, check_count, check_eps, check_inputs, check_norm
 from ..attacks.uap import ensemble_uap, uap
+from ..quantization import RobustQuantizer
 from ._common import Clip, attack_model_of, check_data
 from ._monitor import EpochMonitor
 from .feedback.callback import FeedbackLearning
-
-if TYPE_CHECKING:
-    from ..quantize import RobustQuantizer
 
 __all__ = ["FeedbackLearning", "UAPMonitor", "LipschitzMonitor"]
 
@@ -66,9 +64,6 @@ def _check_options(options: Optional[Mapping], ensemble: bool) -> dict:
 
 def _quantizers(quantize) -> dict:
     """Setting strings, RobustQuantizer objects or their field dicts -> ``{name: RobustQuantizer}``."""
-    # imported here: quantize imports layers, which import defenses.regularizers (this package)
-    from ..quantize import RobustQuantizer
-
     if isinstance(quantize, (str, RobustQuantizer, Mapping)):
         quantize = [quantize]
     out = {}
@@ -91,8 +86,6 @@ def _quantizers(quantize) -> dict:
 
 def _quantizer_config(rq: RobustQuantizer) -> Union[str, dict]:
     """The setting name when it rebuilds ``rq``, else all its fields."""
-    from ..quantize import RobustQuantizer  # see _quantizers
-
     return rq.setting if RobustQuantizer.from_setting(rq.setting) == rq else dataclasses.asdict(rq)
 
 

@@ -3,7 +3,8 @@
 stage checkpointed so an interrupted run resumes. One job per module:
 
 * :mod:`.config` — the arguments, checked and resolved (``--quick`` presets);
-* :mod:`.inputs` — reading and checking the model file and the dataset;
+* :mod:`keras_qrobust.inputs` (shared with every subcommand) — reading and checking the model
+  file and the dataset;
 * :mod:`.state` — the checkpoint (``guard_state.json``) and the run log;
 * :mod:`.training`, :mod:`.stages`, :mod:`.attacking`, :mod:`.reporting` — the stages;
 * :mod:`.pipeline` — running them in order.

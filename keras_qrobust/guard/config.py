@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import PurePath
 from typing import Optional
 
+from ..inputs import InputError
 from ..quantizers.grid import parse_setting
 
 __all__ = ["GuardConfig", "GuardInputError", "check_seed", "TARGETS", "TRAIN_ATTACKS", "DEFAULT_CANDIDATES", "QUICK",
@@ -39,8 +40,8 @@ _NAMED_KNOBS = {"train_attack": TRAIN_ATTACKS, "autoattack": ("standard", "fast"
 AGREEMENT_FLOOR = 0.995
 
 
-class GuardInputError(ValueError):
-    """Bad usage or bad input: the message names the problem and the fix (exit code 2)."""
+#: bad usage or bad input (exit code 2): one class with the checks of keras_qrobust.inputs
+GuardInputError = InputError
 
 
 def _akida_weight_bits() -> tuple[int, ...]:

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from .config import GuardConfig
-from .inputs import Data
+from ..inputs import Data
 from .state import RunState
 
 __all__ = ["Context", "say", "save_model"]

@@ -19,7 +19,7 @@ from typing import Callable
 from .attacking import attack_stage
 from .config import AGREEMENT_FLOOR, GuardConfig, GuardInputError
 from .context import Context, say
-from .inputs import check_above_chance, check_data_fits, fingerprint, load_data, load_model_file
+from ..inputs import check_above_chance, check_data_fits, fingerprint, load_data, load_model_file
 from .reporting import report_stage
 from .stages import choose_stage, export_stage, quantize_stage, remeasure_stage
 from .lock import RunLock

@@ -18,7 +18,7 @@ from typing import Optional
 
 from .._io import write_json
 from .config import GuardConfig, GuardInputError
-from .inputs import fingerprint
+from ..inputs import fingerprint
 
 __all__ = ["RunState", "STATE_FILE", "LOG_FILE", "open_state"]
 

@@ -1,10 +1,6 @@
-"""Deprecated: moved to :mod:`keras_qrobust.defenses.adversarial_model`; kept for one release."""
+"""Deprecated: moved to :mod:`keras_qrobust.defenses.adversarial_model` (this path works for one release)."""
 
-import warnings
+from .._deprecated import alias
+from ..defenses import adversarial_model as _new
 
-from ..defenses.adversarial_model import ATTACKS, AdversarialModel
-
-warnings.warn("keras_qrobust.training.adversarial is deprecated; import from keras_qrobust.defenses.adversarial_model",
-              DeprecationWarning, stacklevel=2)
-
-__all__ = ["AdversarialModel", "ATTACKS"]
+alias(__spec__.name, _new)

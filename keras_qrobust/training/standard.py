@@ -1,10 +1,6 @@
-"""Deprecated: moved to :mod:`keras_qrobust.defenses.standard`; kept for one release."""
+"""Deprecated: moved to :mod:`keras_qrobust.defenses.standard` (this path works for one release)."""
 
-import warnings
+from .._deprecated import alias
+from ..defenses import standard as _new
 
-from ..defenses.standard import compile_classifier, set_seed, train_classifier
-
-warnings.warn("keras_qrobust.training.standard is deprecated; import from keras_qrobust.defenses.standard",
-              DeprecationWarning, stacklevel=2)
-
-__all__ = ["compile_classifier", "train_classifier", "set_seed"]
+alias(__spec__.name, _new)
