@@ -2,7 +2,7 @@
 
 ``kq.evaluate(models, (x, y), attacks=["fgsm", "pgd", "autoattack"], eps=[0, 0.05, 0.1])``
 returns a :class:`~keras_qrobust.report.RobustnessReport` that records how every number was
-obtained (attack and its settings, ε, samples, seed) and carries the DESIGN.md §4 warnings:
+obtained (attack and its settings, ε, samples, seed) and carries the docs/limits.md warnings:
 accuracy must fall as ε grows, otherwise the curve is flagged as suspect. Attacks are looked
 up in the registry (:mod:`keras_qrobust.attacks.registry`).
 

@@ -11,7 +11,7 @@ layers = keras.layers
 
 
 def symmetric_numpy(w: np.ndarray, bits: int, keep: tuple) -> np.ndarray:
-    """Symmetric max quantizer (DESIGN §3) written directly in numpy; ``keep`` = per-channel axes."""
+    """Symmetric max quantizer (docs/methods.md) written directly in numpy; ``keep`` = per-channel axes."""
     levels = max(2 ** (bits - 1) - 1, 1)
     reduce = tuple(a for a in range(w.ndim) if a not in keep)
     step = (np.abs(w).max(axis=reduce, keepdims=True) / np.float32(levels)).astype(np.float32)

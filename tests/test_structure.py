@@ -110,6 +110,25 @@ def test_every_arrow_between_rooms_points_down():
     assert _cycle(rooms) is None, "rooms import each other: " + " -> ".join(_cycle(rooms))
 
 
+def _floors() -> dict[str, int]:
+    """Room -> floor, from the table in docs/architecture.md."""
+    text = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
+    floors = {}
+    for number, cells in re.findall(r"^\| (\d+) \| (.+) \|$", text, re.M):
+        for name in re.findall(r"`([\w.]+)/?`", cells):
+            floors["keras_qrobust." + name.removesuffix(".py")] = int(number)
+    return floors
+
+
+def test_every_import_points_down_the_documented_floors():
+    floors = _floors()
+    rooms = {_room(m) for m in GRAPH}
+    assert not rooms - set(floors), f"docs/architecture.md gives no floor to {sorted(rooms - set(floors))}"
+    upward = sorted(f"{m} -> {t}" for m, targets in GRAPH.items() for t in targets
+                    if t not in ENTRY_POINTS and floors[_room(t)] >= floors[_room(m)] and _room(t) != _room(m))
+    assert not upward, f"imports that do not point down a floor: {upward}"
+
+
 def test_the_walk_sees_a_circle_and_an_upward_arrow():
     assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert _cycle({"a": {"b"}, "b": set()}) is None

@@ -3,7 +3,7 @@
 Each weight layer ``l`` with kernel ``W_l`` (``p_l`` weights) gets ``b_l`` bits and a clipping
 ratio ``r_l``; the cost of a choice is the amplification of its quantization error,
 
-    L_l(b, r) = σ_max(Q_{b,r}(W_l) − W_l)        (Song 2020 eq. 2; DESIGN.md §3)
+    L_l(b, r) = σ_max(Q_{b,r}(W_l) − W_l)        (Song 2020 eq. 2; docs/methods.md)
 
 minimized over the clipping ratios ``r ∈ {0.30, 0.35, ..., 1.00}`` for every ``b``. Under a
 size budget (average bits per weight), the allocation starts at the highest bit width and

@@ -6,7 +6,7 @@ the quantization error of a kernel, ``ΔW = Q_b(W) − W``, is amplified by a la
     ‖ΔW‖_2 = sup_{‖z‖_2 = 1} ‖ΔW z‖_2 = σ_max(ΔW),
 
 its largest singular value; ``σ_max > 1`` marks a layer that amplifies the error
-(DESIGN.md §3). ``Q_b`` is the weight quantizer :class:`~keras_qrobust.RobustQuantizer`
+(docs/methods.md). ``Q_b`` is the weight quantizer :class:`~keras_qrobust.RobustQuantizer`
 applies: symmetric, per output channel by default (cnn2snn's ``MaxPerAxisQuantizer``).
 """
 

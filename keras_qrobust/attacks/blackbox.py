@@ -1,7 +1,7 @@
 """Gradient-free and transfer attacks: SPSA, Square Attack (its own module, re-exported
 here) and transfer evaluation.
 
-They exist to expose gradient masking (DESIGN.md §4): a defense that only breaks gradients
+They exist to expose gradient masking (docs/limits.md): a defense that only breaks gradients
 (μ-law mapping, rounding without a straight-through estimator) keeps a high accuracy under
 gradient attacks but not under these. SPSA and Square only ever *evaluate* the model (they
 never ask for its gradient); ``transfer`` takes gradients of a surrogate ``source`` model only.
@@ -278,7 +278,7 @@ def _check_target(target) -> None:
 
 def transfer(source, target, x, y, *, attack: Union[str, Callable] = "pgd",
              **attack_kwargs) -> TransferResult:
-    """Black-box transfer evaluation (Papernot et al. 2017; DESIGN.md §4): craft adversarial
+    """Black-box transfer evaluation (Papernot et al. 2017; docs/limits.md): craft adversarial
     examples on ``source`` with a white-box ``attack`` and score them on ``target``.
 
     ``attack``: ``"fgsm"``, ``"pgd"``, ``"bim"`` or ``"mim"`` (from

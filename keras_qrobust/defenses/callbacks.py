@@ -100,7 +100,7 @@ class UAPMonitor(EpochMonitor):
     get one UAP crafted on the crafting part: :func:`~keras_qrobust.attacks.ensemble_uap`
     over the classifier and its copies (Zhou et al. 2022, Algorithm 2), or
     :func:`~keras_qrobust.attacks.uap` when there are no copies. Each model is then scored
-    on the held-out part (the fooling rate against its own clean predictions, DESIGN.md §4):
+    on the held-out part (the fooling rate against its own clean predictions, docs/limits.md):
 
     * ``uap_fooling_rate``, ``uap_accuracy``, ``uap_clean_accuracy`` — the classifier;
     * ``uap_fooling_rate_<name>``, ``uap_accuracy_<name>``, ``uap_clean_accuracy_<name>``

@@ -1,4 +1,4 @@
-"""Lipschitz-regularized Dense/Conv2D (Defensive Quantization, Lin et al. 2019; DESIGN §3).
+"""Lipschitz-regularized Dense/Conv2D (Defensive Quantization, Lin et al. 2019; docs/methods.md).
 
 The orthogonality penalty ``β‖WᵀW − I‖²`` and optional spectral normalization
 (Miyato et al. 2018) keep each layer's Lipschitz constant near 1, so quantization error is
@@ -47,7 +47,7 @@ class LipschitzKernelMixin:
 
     * ``beta > 0`` adds ``(β/2)·‖WᵀW − I‖²_F`` to the layer's losses (``WWᵀ`` when
       ``outputs > fan_in``), the Lipschitz regularizer of Defensive Quantization (Lin et al.
-      2019; DESIGN §3), through :class:`~keras_qrobust.layers.regularizers.OrthogonalityRegularizer`.
+      2019; docs/methods.md), through :class:`~keras_qrobust.layers.regularizers.OrthogonalityRegularizer`.
       It regularizes the stored kernel and never changes the layer's output. Any
       ``kernel_regularizer`` passed as well is applied in addition.
     * ``spectral_norm=True`` makes the layer compute with ``W/σ`` instead of ``W``, with
@@ -60,7 +60,7 @@ class LipschitzKernelMixin:
       :meth:`power_iterate`). The kernel variable keeps the raw ``W`` (unlike
       ``keras.layers.SpectralNormalization``, which overwrites it). For Conv2D this bounds the
       reshaped matrix; the convolution operator's norm is at most
-      ``√(⌈kh/sh⌉·⌈kw/sw⌉)·σ_max`` (DESIGN §3).
+      ``√(⌈kh/sh⌉·⌈kw/sw⌉)·σ_max`` (docs/methods.md).
     """
 
     def _init_lipschitz(self, beta: float, spectral_norm: bool) -> None:

@@ -14,7 +14,7 @@ class MuLawDense(QuantizedKernelsMixin, keras.layers.Dense):
     """``keras.layers.Dense`` whose kernel goes through the μ-law (Song et al. 2020, eq. 3).
 
     ``F(x) = sgn(x)·ln(1 + μ|x|)/ln(1 + μ)``, ``F⁻¹(y) = sgn(y)·((1 + μ)^|y| − 1)/μ`` and, per
-    tensor, ``s = max|W|`` (DESIGN §3). The layer computes ``x·W' + b`` with
+    tensor, ``s = max|W|`` (docs/methods.md). The layer computes ``x·W' + b`` with
 
     * ``mode="compand"`` (needs ``bits``): ``W' = s·F⁻¹(Q_b(F(W/s)))``, a non-uniform
       ``b``-bit quantizer with levels dense near zero; ``Q_b`` is the symmetric grid

@@ -1,7 +1,7 @@
 """Weight regularizers for robust quantization.
 
 :class:`OrthogonalityRegularizer` is the Lipschitz regularizer of Defensive Quantization
-(Lin et al. 2019, as defined in ``../shared/DESIGN.md`` §3): it keeps every kernel close to an
+(Lin et al. 2019, as defined in docs/methods.md): it keeps every kernel close to an
 orthogonal matrix, so each layer's Lipschitz constant stays near 1 and the error that
 quantization (or an adversarial perturbation) adds to a layer's input is not amplified.
 
@@ -37,7 +37,7 @@ def kernel_matrix(kernel) -> tf.Tensor:
     """A kernel as the matrix it multiplies with: ``(fan_in, outputs)``.
 
     Dense ``(n_in, n_out)`` stays as is; Conv2D ``(kh, kw, c_in, c_out)`` becomes
-    ``(kh·kw·c_in, c_out)`` (DESIGN §3), i.e. the matrix acting on each input patch.
+    ``(kh·kw·c_in, c_out)`` (docs/methods.md), i.e. the matrix acting on each input patch.
     """
     kernel = tf.convert_to_tensor(kernel)
     if kernel.shape.rank is None or kernel.shape.rank < 2:
@@ -47,7 +47,7 @@ def kernel_matrix(kernel) -> tf.Tensor:
 
 @register
 class OrthogonalityRegularizer(keras.regularizers.Regularizer):
-    """Orthogonality penalty ``(β/2)·‖WᵀW − I‖²_F`` (Lin et al. 2019; DESIGN §3).
+    """Orthogonality penalty ``(β/2)·‖WᵀW − I‖²_F`` (Lin et al. 2019; docs/methods.md).
 
     ``W`` is the kernel as a ``(fan_in, outputs)`` matrix (:func:`kernel_matrix`). When the
     layer has more outputs than ``fan_in`` the columns cannot all be orthonormal, so the

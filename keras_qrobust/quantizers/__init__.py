@@ -5,7 +5,7 @@ gradients straight through (STE) inside its range, so the same object serves
 post-training quantization, quantization-aware training (tfmot ``QuantizeConfig``) and
 gradient attacks on the quantized model.
 
-Definitions (``../shared/DESIGN.md`` §3):
+Definitions (docs/methods.md):
 
 * :class:`UniformQuantizer` — asymmetric min/max grid, Zhou et al. 2022 eq. (6):
   ``q = round((x - min)(2^b - 1)/(max - min))``, ``x̂ = min + q (max - min)/(2^b - 1)``.

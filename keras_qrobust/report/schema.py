@@ -6,7 +6,7 @@ __all__ = ["SCHEMA", "SCHEMA_VERSION", "WARNINGS", "validate", "suspect_curves"]
 
 SCHEMA_VERSION = "1.0"
 
-#: DESIGN.md §4, printed with every report
+#: docs/limits.md, printed with every report
 WARNINGS = (
     "Robust accuracy is accuracy on attacked test inputs, the attack run against the model scored "
     "(white-box) unless the row says transfer or black-box; clean accuracy is the ε = 0 column.",

@@ -1,7 +1,7 @@
 """Rewrites: Dense/Conv2D <-> LipschitzDense/LipschitzConv2D, keeping the weights.
 
 :func:`to_lipschitz` makes an existing model's Dense and Conv2D layers Lipschitz-regularized
-(Defensive Quantization, Lin et al. 2019; DESIGN §3) so it can be fine-tuned with the
+(Defensive Quantization, Lin et al. 2019; docs/methods.md) so it can be fine-tuned with the
 orthogonality loss (and optionally spectral normalization). :func:`strip_lipschitz` turns
 them back into plain Keras layers computing the same function, e.g. before
 ``RobustQuantizer.quantize`` or an export, which only know the plain layers.

@@ -3,7 +3,7 @@
 Song et al. map the weights of the last layer(s) after training with the μ-law compressor
 to add nonlinearity near the decision (the last layer on MNIST, the last residual block and
 the FC layer on CIFAR-10). :func:`apply_mu_law` does this for the last ``last_n`` weight
-layers of a model, which must all be Dense (see DESIGN §3 for both modes):
+layers of a model, which must all be Dense (see docs/methods.md for both modes):
 
 * float ``Dense`` (or ``MuLawDense``) -> :class:`~keras_qrobust.layers.MuLawDense`;
 * ``QuantizedDense`` (a ``RobustQuantizer`` output) keeps its class; its kernel quantizer
@@ -105,13 +105,13 @@ def apply_mu_law(
     """Put the kernels of the last ``last_n`` Dense layers through the μ-law, keeping their weights.
 
     With ``s = max|W|`` per kernel, ``F`` the μ-law compressor and ``Q_b`` the symmetric
-    ``b``-bit grid on ``[−1, 1]`` (Song et al. 2020, eq. 3; DESIGN §3):
+    ``b``-bit grid on ``[−1, 1]`` (Song et al. 2020, eq. 3; docs/methods.md):
 
     * ``mode="compand"``: ``W' = s·F⁻¹(Q_b(F(W/s)))`` — needs ``bits`` for float layers;
       a ``QuantizedDense`` uses its own bit width unless ``bits`` is given.
     * ``mode="map"``: ``W' = s·F(W/s)`` (with bits: ``s·F(Q_b(W/s))``), the paper's
       post-training mapping; it changes the function and masks gradients, so score it with
-      gradient-free and transfer attacks too (DESIGN §4).
+      gradient-free and transfer attacks too (docs/limits.md).
 
     Takes a model (returns a new model; the one passed is not modified) or a Graph. Raises
     ``ValueError`` when the model has fewer than ``last_n`` weight layers or a non-Dense

@@ -23,7 +23,7 @@ def ensemble_uap(models, x, *, eps: float, sampling: str = "step", step_size: Op
     The :func:`uap` loop, but each update uses a model ``f`` drawn uniformly from ``models``
     (differently quantized copies of one network, fp32 included): re-drawn every step
     (``sampling="step"``, default) or once per pass (``sampling="pass"``). The default step
-    is the authors' (DESIGN.md §3): FGSM of strength ``α = step_size = eps``, the mean of the
+    is the authors' (docs/methods.md): FGSM of strength ``α = step_size = eps``, the mean of the
     per-input steps of the inputs ``A`` that ``f`` still labels as before,
     ``v ← Π_ε(v + mean_{i∈A} α·sign(∇ CE(f(clip(x_i + v)), f(x_i))))``. Each model's fooling
     rate is measured against its own clean predictions; the loop stops when their mean

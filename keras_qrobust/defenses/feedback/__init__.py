@@ -1,7 +1,7 @@
 """Feedback learning: widen the margins of the classes closest to the decision boundary.
 
 Song, Wang & Li 2019, "Feedback learning for improving the robustness of neural networks";
-the steps are DESIGN.md §3's:
+the steps are docs/methods.md's:
 
 1. For each correctly classified ``(x, y)`` and ``K`` random unit directions ``d`` (random
    signs for L∞, normalised Gaussians for L2), the boundary distance along ``d`` is

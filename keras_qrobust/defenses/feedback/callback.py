@@ -21,7 +21,7 @@ __all__ = ["FeedbackLearning"]
 
 @register
 class FeedbackLearning(EpochMonitor):
-    """Feedback learning inside ``model.fit`` (Song et al. 2019; DESIGN.md §3).
+    """Feedback learning inside ``model.fit`` (Song et al. 2019; docs/methods.md).
 
     At the end of every ``every``-th epoch, on ``data``:
 

@@ -1,5 +1,5 @@
 """Feedback learning, step 3: examples just past the decision boundary, most for the classes
-with the smallest margin (Song, Wang & Li 2019; DESIGN.md §3).
+with the smallest margin (Song, Wang & Li 2019; docs/methods.md).
 
 ``x' = clip(x + min((1 + γ)·r, t_max)·d)`` labelled ``y`` (``γ = 0.1``), ``0.5·N`` examples in
 all, class ``c`` getting a share ``∝ 1/r̄_c``.
@@ -122,7 +122,7 @@ def generate_feedback_examples(model, x, y, *, t_max: float, directions: Union[i
     """Examples just past the decision boundary, most for the classes with the smallest margin.
 
     With ``r`` and ``d`` from :func:`boundary_distance` (same arguments) and ``r̄_c`` the
-    class margins (DESIGN.md §3, after Song et al. 2019):
+    class margins (docs/methods.md, after Song et al. 2019):
 
         x' = clip(x + min((1 + γ)·r, t_max)·d),  labelled y,
 

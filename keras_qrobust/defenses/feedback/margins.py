@@ -1,5 +1,5 @@
 """Feedback learning, steps 1 and 2: the distance to the decision boundary along random
-directions and the per-class margins (Song, Wang & Li 2019; DESIGN.md §3).
+directions and the per-class margins (Song, Wang & Li 2019; docs/methods.md).
 
 For each ``(x, y)`` and ``K`` random unit directions ``d`` (random signs for L∞, normalised
 Gaussians for L2), ``r(x, d) = min {t ≤ t_max : argmax f(clip(x + t·d)) ≠ y}``, found on a grid
@@ -189,7 +189,7 @@ def boundary_distance(model, x, y, *, t_max: float, directions: Union[int, np.nd
                       seed: Optional[int] = None, output: str = "auto") -> BoundaryDistances:
     """Distance from each ``(x_i, y_i)`` to the decision boundary along random directions.
 
-    ``r(x, d) = min {t ≤ t_max : argmax f(clip(x + t·d)) ≠ y}`` (Song et al. 2019; DESIGN.md §3)
+    ``r(x, d) = min {t ≤ t_max : argmax f(clip(x + t·d)) ≠ y}`` (Song et al. 2019; docs/methods.md)
     for ``K = directions`` random unit directions per input: random signs ``d ∈ {−1, 1}^D``
     (``‖d‖∞ = 1``) for ``norm="inf"``, normalised Gaussians (``‖d‖₂ = 1``) for ``norm="2"``,
     drawn per input from ``seed``. ``r`` is located on a ``grid`` of steps ``t_max/grid`` and

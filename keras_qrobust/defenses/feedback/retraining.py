@@ -1,5 +1,5 @@
 """Feedback learning, step 4 and the whole loop: fine-tune on the original plus the generated
-examples, 5 epochs at 0.1× the learning rate; 2 rounds (Song, Wang & Li 2019; DESIGN.md §3).
+examples, 5 epochs at 0.1× the learning rate; 2 rounds (Song, Wang & Li 2019; docs/methods.md).
 
 :func:`fine_tune` is the one fine-tune, run by :func:`feedback_learning` and by the
 :class:`~keras_qrobust.defenses.FeedbackLearning` callback.
@@ -164,7 +164,7 @@ def feedback_learning(model, data, *, t_max: float, rounds: int = 2, epochs: int
                       directions: int = 8, norm="inf", gamma: float = 0.1, fraction: float = 0.5,
                       batch_size: int = 32, grid: int = 20, bisection: int = 10, clip: Clip = (0.0, 1.0),
                       seed: Optional[int] = None, validation_data=None, verbose: int = 0) -> FeedbackHistory:
-    """Feedback learning (Song et al. 2019; DESIGN.md §3): ``rounds`` times, measure the class
+    """Feedback learning (Song et al. 2019; docs/methods.md): ``rounds`` times, measure the class
     margins on ``data``, generate ``fraction·N`` feedback examples
     (:func:`generate_feedback_examples`) and fine-tune ``model`` on ``data`` plus them for
     ``epochs`` epochs at ``lr_scale`` × its learning rate (restored afterwards).
