@@ -16,7 +16,7 @@ from typing import Optional
 
 import numpy as np
 
-__all__ = ["InputError", "Data", "load_model_file", "load_data", "check_data_fits", "check_model_output",
+__all__ = ["InputError", "check_count", "Data", "load_model_file", "load_data", "check_data_fits", "check_model_output",
            "check_above_chance", "fingerprint"]
 
 #: a model whose clean accuracy is within this of the most frequent class's rate is near chance
@@ -28,6 +28,13 @@ CHANCE_INPUTS = 1000
 class InputError(ValueError):
     """Bad usage or bad input: the message names the problem and the fix (the CLI exits with
     code 2). ``keras_qrobust.guard.InputError`` is this class."""
+
+
+def check_count(value, name: str):
+    """A count the user gave (``None``: not given) is at least 1; returns it."""
+    if value is not None and value < 1:
+        raise InputError(f"{name} must be >= 1, got {value}")
+    return value
 
 
 def load_model_file(path: str, argument: str = "--model", trust: bool = False):

@@ -263,7 +263,7 @@ def test_cli_exports_a_quantized_model_with_its_grids(tiny_case, tmp_path, capsy
     assert agreement >= 95.0, out
     code = cli.main(["export", "--model", str(tmp_path / "tiny_w4a4.keras"), "--dataset", str(data_file),
                      "--target", "akida", "--weight-bits", "8", "--output", str(tmp_path / "other.fbz")])
-    assert code == 2 and "--weight-bits: 'tiny_w4a4.keras' is already quantized" in capsys.readouterr().err
+    assert code == 2 and "--weight-bits: " in (err := capsys.readouterr().err) and "is already quantized" in err, err
     assert not (tmp_path / "other.fbz").exists()
 
 

@@ -4,6 +4,7 @@ raises :class:`~.errors.UsageError` (or ``InputError``) before any work."""
 from __future__ import annotations
 
 from ..guard.config import check_seed
+from ..inputs import check_count
 from .errors import UsageError
 from .terminal import say
 
@@ -11,9 +12,8 @@ __all__ = ["positive", "executor_of", "check_eps_values", "attack_spec", "check_
 
 
 def positive(value, name: str) -> None:
-    """``value`` (``None``: not given) is at least 1."""
-    if value is not None and value < 1:
-        raise UsageError(f"{name} must be >= 1, got {value}")
+    """``value`` (``None``: not given) is at least 1 (:func:`keras_qrobust.inputs.check_count`)."""
+    check_count(value, name)
 
 
 def executor_of(args) -> tuple[str, str | None]:

@@ -4,7 +4,6 @@ own runtime."""
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from ..guard.config import TARGETS, check_seed
 from .checks import check_model_on, positive
@@ -38,7 +37,6 @@ def add_parser(commands) -> None:
 
 def run(args) -> int:
     from .. import export, metrics
-    from ..export.akida_grids import is_robust_quantized
     from ..inputs import load_data, load_model_file
 
     if args.target not in TARGETS:
@@ -48,11 +46,13 @@ def run(args) -> int:
     for name in ("representative_samples", "test_samples"):
         positive(getattr(args, name), f"--{name.replace('_', '-')}")
     check_seed(args.seed)
-    if args.target == "akida" and is_robust_quantized(model):
-        given = [f"--{n.replace('_', '-')}" for n in ("weight_bits", "activation_bits") if getattr(args, n) is not None]
-        if given:
-            raise UsageError(f"{' and '.join(given)}: '{Path(args.model).name}' is already quantized and Akida export "
-                             "keeps its bits; leave them out, or pass the float model to requantize it")
+    if args.target == "akida":  # the library's own check, before any data is read
+        given = {n: getattr(args, n) for n in ("weight_bits", "activation_bits") if getattr(args, n) is not None}
+        try:
+            export.akida_bits(model, **given)
+        except ValueError as error:
+            flags = " and ".join(f"--{n.replace('_', '-')}" for n in given)
+            raise UsageError(f"{flags}: {error}" if flags else str(error)) from error
     data = load_data(args.dataset, train_samples=args.representative_samples, test_samples=args.test_samples)
     check_model_on(model, data, args)
     if args.target == "tflite-int8":

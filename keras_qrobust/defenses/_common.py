@@ -6,6 +6,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from ..metrics import check_labels
 from ..attacks._common import AttackModel, as_attack_model, check_array, check_count
 from .adversarial_model import classifier_of
 
@@ -29,15 +30,13 @@ def check_data(data, name: str = "data", clip: Clip = (0.0, 1.0)) -> tuple[np.nd
         x = check_array(data[0], clip)
     except (TypeError, ValueError) as error:
         raise type(error)(f"{name}: {error}") from None
-    y = np.asarray(data[1])
-    if y.ndim == 2 and y.shape[1] > 1:
-        raise ValueError(f"{name}: y must be integer class labels, not one-hot: use y.argmax(-1)")
-    y = y.reshape(-1)
-    if len(y) != len(x):
-        raise ValueError(f"{name}: x has {len(x)} inputs but y has {len(y)} labels")
-    if not np.issubdtype(y.dtype, np.number) or not np.all(np.mod(y, 1) == 0) or y.min() < 0:
-        raise ValueError(f"{name}: y must hold integer class labels >= 0")
-    return x, y.astype(np.int64)
+    try:
+        y = check_labels(data[1], len(x))
+    except ValueError as error:
+        raise ValueError(f"{name}: {error}") from None
+    if y.min() < 0:
+        raise ValueError(f"{name}: y holds a negative label ({int(y.min())}): pass class indices 0..C-1")
+    return x, y
 
 
 def seed_or_entropy(seed: Optional[int]) -> int:

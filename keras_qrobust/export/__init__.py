@@ -6,7 +6,7 @@
 """
 
 from . import layers, lowering, runtime  # noqa: F401
-from .akida import AkidaModel, akida, check_akida_compatible  # noqa: F401
+from .akida import AkidaModel, akida, akida_bits, check_akida_compatible  # noqa: F401
 from .lowering import Lowered, lower  # noqa: F401
 from .onnx import onnx  # noqa: F401
 from .profile import ProfileTable, count_macs, count_params, peak_memory, profile  # noqa: F401

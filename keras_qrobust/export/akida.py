@@ -101,6 +101,18 @@ def _settings(model, **given) -> tuple[Any, CarriedGrids | None, dict]:
     return grids.model, grids, bits
 
 
+def akida_bits(model, *, weight_bits: int | None = None, activation_bits: int | None = None,
+               input_weight_bits: int | None = None) -> dict:
+    """The bits :func:`akida` will quantize ``model`` to, checked before any data is read.
+
+    Raises ``ValueError`` (``UnsupportedModelError`` for a layer Akida cannot take) when the
+    model cannot convert, a bit width is out of Akida's range, or a bit width given differs
+    from those of a RobustQuantizer model (its own bits are kept).
+    """
+    return _settings(model, weight_bits=weight_bits, activation_bits=activation_bits,
+                     input_weight_bits=input_weight_bits)[2]
+
+
 def _calibration_pixels(model, samples) -> np.ndarray:
     """``samples`` (floats in [0, 1]) as the 0..255 pixel values Akida will see."""
     shape = tuple(model.inputs[0].shape[1:])

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import PurePath
 from typing import Optional
 
-from ..inputs import InputError
+from ..inputs import InputError, check_count
 from ..quantizers.grid import parse_setting
 
 __all__ = ["GuardConfig", "GuardInputError", "check_seed", "TARGETS", "TRAIN_ATTACKS", "DEFAULT_CANDIDATES", "QUICK",
@@ -81,12 +81,6 @@ def check_seed(seed: int) -> int:
     return seed
 
 
-def _count(value: Optional[int], name: str) -> Optional[int]:
-    if value is not None and value < 1:
-        raise GuardInputError(f"{name} must be >= 1, got {value}")
-    return value
-
-
 @dataclass(frozen=True)
 class GuardConfig:
     """Everything that determines a guard run's results (not the output folder)."""
@@ -140,7 +134,7 @@ class GuardConfig:
                     raise GuardInputError(f"unknown --{name.replace('_', '-')} {knobs[name]!r}; choose one of "
                                           f"{', '.join(_NAMED_KNOBS[name])}")
             else:
-                _count(knobs[name], f"--{name.replace('_', '-')}")
+                check_count(knobs[name], f"--{name.replace('_', '-')}")
         return cls(model=args.model, dataset=args.dataset, eps=float(args.eps), target=args.target,
                    candidates=parse_candidates(args.candidates, args.target), floor=args.floor, seed=int(args.seed),
                    no_train=bool(args.no_train), quick=bool(args.quick), **knobs)
