@@ -1,8 +1,8 @@
 """What the benchmark scripts share: their folders and the code version, bound to
 :mod:`keras_qrobust.bench`, and the attack settings several of them use.
 
-The scripts run as ``python benchmarks/NAME.py`` (``./run.sh bench NAME``), so this folder is
-on ``sys.path``; the models they train are in ``_models.py``.
+The scripts run as ``python benchmarks/NAME.py`` (``./run.sh bench NAME``), so Python finds
+this module beside them; the models they train are in ``_models.py``.
 """
 
 from __future__ import annotations
