@@ -36,8 +36,10 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import defense_fine_tuned, defense_model, kq, log, machine, publish, run_description, \
-    targets_table
+import keras_qrobust as kq
+from _common import machine, publish
+from _models import defense_fine_tuned, defense_model
+from keras_qrobust.bench import log, run_description, targets_table
 
 EPS = 0.1
 TARGET_CLEAN_GAP, TARGET_ROBUST_GAP = 0.01, 0.02

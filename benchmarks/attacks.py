@@ -23,19 +23,10 @@ import time
 
 import numpy as np
 
-from _common import (
-    CW_L2_BUDGET,
-    STRONG_SPSA,
-    STRONG_SQUARE,
-    kq,
-    log,
-    machine,
-    publish,
-    targets_table,
-    timed,
-    trained_model,
-    within_l2_budget,
-)
+import keras_qrobust as kq
+from _common import CW_L2_BUDGET, STRONG_SPSA, STRONG_SQUARE, machine, publish, within_l2_budget
+from _models import trained_model
+from keras_qrobust.bench import log, targets_table, timed
 
 EPS = 0.1
 TARGET_SPEEDUP = 20.0

@@ -39,19 +39,10 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import (
-    FinishedResults,
-    defense_model,
-    defense_fine_tuned,
-    fingerprint,
-    kq,
-    log,
-    machine,
-    publish,
-    source_digest,
-    targets_table,
-    trained_model,
-)
+import keras_qrobust as kq
+from _common import finished_results, machine, publish, source_digest
+from _models import defense_fine_tuned, defense_model, trained_model
+from keras_qrobust.bench import fingerprint, log, targets_table
 
 EPS = 0.1
 ITERATIONS = 100
@@ -181,7 +172,7 @@ def run(args) -> dict:
     x_test, y_test = kq.datasets.load("fashion_mnist", "test")
     x, y = x_test[:args.images], y_test[:args.images]
     zoo, training = models(args.seed, args.quick)
-    finished = None if args.rescore or args.quick else FinishedResults("autoattack_cells")
+    finished = None if args.rescore or args.quick else finished_results("autoattack_cells")
     results = []
     for name, model in zoo.items():
         clean = kq.metrics.accuracy(model, x, y)

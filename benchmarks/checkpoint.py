@@ -19,7 +19,8 @@ import json
 import sys
 
 import _common
-from _common import file_sha256, kq, log, write_json
+import keras_qrobust as kq
+from keras_qrobust.bench import atomic_path, file_sha256, log, write_json
 
 
 def add(stem: str) -> None:
@@ -35,7 +36,7 @@ def add(stem: str) -> None:
         sys.exit(f"{target} exists already: remove it (git rm) first to replace it.")
     target.parent.mkdir(exist_ok=True)
     model = kq.keras.models.load_model(model_file, compile=False)  # uncompiled: saved without optimizer state
-    with kq._io.atomic_path(target) as tmp:
+    with atomic_path(target) as tmp:
         model.save(tmp)
     provenance = {**_common.without_machine_paths(json.loads(record.read_text())), "sha256": file_sha256(target),
                   "bytes": target.stat().st_size, "parameters": int(model.count_params())}

@@ -48,23 +48,10 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import (
-    CACHE,
-    CODE_VERSION,
-    files_digest,
-    fingerprint,
-    kq,
-    load_cached,
-    log,
-    machine,
-    publish,
-    run_description,
-    save_cached,
-    targets_table,
-    trained_model,
-    without_machine_paths,
-    write_json,
-)
+import keras_qrobust as kq
+from _common import CACHE, CODE_VERSION, load_cached, machine, publish, save_cached, without_machine_paths
+from _models import trained_model
+from keras_qrobust.bench import files_digest, fingerprint, log, run_description, targets_table, write_json
 
 EPS = 0.1
 SETTINGS = ("w8a8", "w6a6", "w4a4", "w2a2")

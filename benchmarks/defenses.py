@@ -3,13 +3,13 @@
 Rows: Orig. (standard training), Adv. (the recipe benchmarks/recipes.py chose on the validation
 split: TRADES, Zhang 2019, β = 3, ε = 0.1, 7 steps, on cnn_small of width 2 without dropout, 30
 epochs on the fit split, learning rate dropped 10x for the last quarter, weight averaging:
-``_common.defense_model``) and F.L. (feedback learning on the standard model, DESIGN.md §3);
+``_models.defense_model``) and F.L. (feedback learning on the standard model, DESIGN.md §3);
 Orig., F.L. and the black-box surrogate are cnn_small of width 1. Each row also has (Q) =
 3-bit weight-only PTQ (RobustQuantizer, per-axis symmetric), +mu = μ-law mapping of the last layer
 (``apply_mu_law(mode="map")``), (Q)+mu = 3-bit with μ-law companding of the last layer
 (``RobustQuantizer(3, None, mu_law_last=1)``) and, for Adv., the w4a4 PTQ copy; and the
 (Q) and w4a4 copies of Adv. fine-tuned with its objective through their fake quantizers ("AT-ft",
-4 epochs on the fit split, ``_common.defense_fine_tuned``: the (Q) copy starts from σ_max-optimal
+4 epochs on the fit split, ``_models.defense_fine_tuned``: the (Q) copy starts from σ_max-optimal
 clipping ratios per layer).
 
 Columns (L∞, ε = 0.1 unless stated): clean; CW-L2 (success counted at ‖δ‖₂ ≤ 1.0); FGSM
@@ -23,10 +23,11 @@ than one of those is flagged as gradient masking (DESIGN.md §4).
     ./run.sh bench defenses            # writes benchmarks/results/defenses.{json,md}
     ./run.sh bench defenses --quick    # small subsets and short training, a smoke run
     ./run.sh bench defenses --train-only   # only train (or load) the cached models
+    ./run.sh bench defenses --save-models DIR   # also save the Orig., Adv. and F.L. models in DIR
 
 A run keeps every row it finishes in benchmarks/.cache/defenses_rows.json, under a fingerprint
-of the row's models, the settings and the source of keras_qrobust, _common.py and this file; an interrupted run
-started again reuses those rows and scores only the rest (``--rescore``: score all again).
+of the row's models, the settings and the source of keras_qrobust, _common.py, _models.py and this file; an
+interrupted run started again reuses those rows and scores only the rest (``--rescore``: score all again).
 """
 
 from __future__ import annotations
@@ -37,27 +38,11 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import (
-    CW_L2_BUDGET,
-    ROBUST_EPS,
-    ROBUST_RECIPE,
-    STRONG_SPSA,
-    STRONG_SQUARE,
-    defense_model,
-    defense_fine_tuned,
-    FinishedResults,
-    fine_tuned_copy,
-    fingerprint,
-    kq,
-    log,
-    machine,
-    publish,
-    source_digest,
-    targets_table,
-    timed,
-    trained_model,
-    within_l2_budget,
-)
+import keras_qrobust as kq
+from _common import CW_L2_BUDGET, STRONG_SPSA, STRONG_SQUARE, finished_results, machine, publish, source_digest, \
+    within_l2_budget
+from _models import ROBUST_EPS, ROBUST_RECIPE, defense_fine_tuned, defense_model, fine_tuned_copy, trained_model
+from keras_qrobust.bench import fingerprint, log, targets_table, timed
 
 EPS = ROBUST_EPS
 TARGET_CLEAN, TARGET_PGD, TARGET_QUANT_GAP = 0.87, 0.75, 0.03
@@ -251,6 +236,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--rescore", action="store_true",
                         help="score every row again (by default rows that an interrupted run finished on the "
                              "same code, models and settings are reused; always with --quick)")
+    parser.add_argument("--save-models", type=Path, default=None, metavar="DIR",
+                        help="also save the three float models, Orig., Adv. and F.L., as DIR/{orig,adv,fl}.keras "
+                             "(examples/reproduce_song2020.py reads them)")
+    parser.add_argument("--command", default="./run.sh bench defenses",
+                        help="the command the results file names (default: %(default)s)")
     args = parser.parse_args(argv)
     if args.quick:
         args.epochs, args.images, args.cw_images, args.slow_images, args.fl_examples = 2, 300, 20, 20, 1000
@@ -299,7 +289,7 @@ def run(args: argparse.Namespace, command: str = "./run.sh bench defenses") -> t
     black_box = {attack: crafted(attack, surrogate, x, y, args.seed) for attack in WHITE_BOX}
 
     rows, resumed = {}, []
-    finished = None if args.rescore else FinishedResults(f"defenses_rows{'_quick' if args.quick else ''}")
+    finished = None if args.rescore else finished_results(f"defenses_rows{'_quick' if args.quick else ''}")
     settings = (EPS, args.seed, args.images, args.cw_images, args.slow_images, args.quick)
     for name, model in (("Orig.", orig), ("Adv.", adv), ("F.L.", fl)):
         row_models = variants(name, model, x_cal, with_w4a4=name == "Adv.")
@@ -333,11 +323,20 @@ def run(args: argparse.Namespace, command: str = "./run.sh bench defenses") -> t
     return data, {"Orig.": orig, "Adv.": adv, "F.L.": fl}
 
 
+SAVED_MODELS = {"Orig.": "orig", "Adv.": "adv", "F.L.": "fl"}  # --save-models: row -> file stem
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
-    data, _ = run(args)
-    if data is not None:
-        publish("defenses", args.quick, data, markdown(data))
+    data, models = run(args, command=args.command)
+    if data is None:
+        return
+    publish("defenses", args.quick, data, markdown(data))
+    if args.save_models is not None:
+        args.save_models.mkdir(parents=True, exist_ok=True)
+        for row, stem in SAVED_MODELS.items():
+            models[row].save(args.save_models / f"{stem}.keras")
+        log(f"saved {', '.join(SAVED_MODELS)} in {args.save_models}")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """The robust model `./run.sh demo` starts from: train it, score it on the validation split.
 
-``_common.DEMO_RECIPE``: TRADES (β = 3, ε = 0.1, 7 steps) with weight averaging (EMA 0.999), the
+``_models.DEMO_RECIPE``: TRADES (β = 3, ε = 0.1, 7 steps) with weight averaging (EMA 0.999), the
 recipe chosen on validation for the defenses (benchmarks/recipes.py), on the width-1 cnn_small
 (225,034 parameters) for 15 epochs on the fit split. Scored on the validation split only —
 clean accuracy on all 5,000 images and AutoAttack (``--version``, fast by default: what the
@@ -14,7 +14,10 @@ from __future__ import annotations
 
 import argparse
 
-from _common import DEMO_RECIPE, describe_recipe, kq, log, machine, model_path, publish, trained_model
+import keras_qrobust as kq
+from _common import machine, publish
+from _models import DEMO_RECIPE, describe_recipe, model_path, trained_model
+from keras_qrobust.bench import log
 
 EPS = 0.1
 

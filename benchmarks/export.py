@@ -26,7 +26,10 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import ROBUST_EPS, defense_model, kq, log, machine, publish, targets_table, timed, trained_model
+import keras_qrobust as kq
+from _common import machine, publish
+from _models import ROBUST_EPS, defense_model, trained_model
+from keras_qrobust.bench import log, targets_table, timed
 
 EPS = ROBUST_EPS
 SETTINGS = ("w8a8", "w4a4", "w2a2")
@@ -137,9 +140,7 @@ def float_onnx(model, path: Path) -> Path:
     """The float model as a float32 ONNX file (tf2onnx, opset 13): the float baseline of ONNX Runtime."""
     import tf2onnx
 
-    from keras_qrobust._keras import tf
-
-    spec = (tf.TensorSpec((None, *model.input_shape[1:]), tf.float32, name="input"),)
+    spec = (kq.tf.TensorSpec((None, *model.input_shape[1:]), kq.tf.float32, name="input"),)
     tf2onnx.convert.from_keras(model, input_signature=spec, opset=13, output_path=str(path))
     return path
 

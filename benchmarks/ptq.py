@@ -18,13 +18,15 @@ import statistics
 import time
 
 import numpy as np
-
-from _common import RESULTS, kq, log, machine, trained_model, write_results
-
-import tensorflow_model_optimization as tfmot  # noqa: E402
-from tensorflow_model_optimization.python.core.quantization.keras.experimental.default_n_bit import (  # noqa: E402
+import tensorflow_model_optimization as tfmot
+from tensorflow_model_optimization.python.core.quantization.keras.experimental.default_n_bit import (
     default_n_bit_quantize_scheme as nbit,
 )
+
+import keras_qrobust as kq
+from _common import RESULTS, machine, write_results
+from _models import trained_model
+from keras_qrobust.bench import log
 
 SETTINGS = ["w8a8", "w6a6", "w4a4", "w3a3", "w2a2", "w3"]
 DEFAULT = "rq"

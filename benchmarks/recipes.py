@@ -1,6 +1,6 @@
 """Choose the defenses' Adv. model recipe on the validation split, never on the test set.
 
-Each candidate of ``_common.RECIPE_CANDIDATES`` is trained on the fit split (the Fashion-MNIST
+Each candidate of ``_models.RECIPE_CANDIDATES`` is trained on the fit split (the Fashion-MNIST
 training images without the last 5,000) and scored on the validation split (those 5,000):
 clean accuracy on all of them, robust accuracy under AutoAttack (``--version``, standard by
 default) on the first ``--images`` of them, L∞ ε = 0.1. The rule: among the candidates whose
@@ -20,18 +20,10 @@ import argparse
 import time
 from pathlib import Path
 
-from _common import (
-    RECIPE_CANDIDATES,
-    FinishedResults,
-    describe_recipe,
-    fingerprint,
-    kq,
-    log,
-    machine,
-    publish,
-    source_digest,
-    trained_model,
-)
+import keras_qrobust as kq
+from _common import finished_results, machine, publish, source_digest
+from _models import RECIPE_CANDIDATES, describe_recipe, trained_model
+from keras_qrobust.bench import fingerprint, log
 
 EPS = 0.1
 CLEAN_FLOOR = 0.87
@@ -90,7 +82,7 @@ def main(argv=None) -> None:
     if unknown or not names:
         parser.error(f"--candidates: unknown {unknown or 'none given'}; choose from {', '.join(RECIPE_CANDIDATES)}")
     x, y = kq.datasets.load("fashion_mnist", "validation")
-    finished = None if args.rescore else FinishedResults("recipes_cells")
+    finished = None if args.rescore else finished_results("recipes_cells")
     rows = {}
     for name in names:
         recipe = RECIPE_CANDIDATES[name]

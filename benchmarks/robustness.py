@@ -4,8 +4,8 @@ This is the one script that reads the Fashion-MNIST test set for the robustness 
 19): the recipe was chosen on the validation split (benchmarks/recipes.py), the models are
 trained on the fit split, and this scores them once.
 
-Models: the defenses' Adv. model (``_common.defense_model``, float) and its w4a4 copy
-fine-tuned with the same objective through its fake quantizers (``_common.defense_fine_tuned``,
+Models: the defenses' Adv. model (``_models.defense_model``, float) and its w4a4 copy
+fine-tuned with the same objective through its fake quantizers (``_models.defense_fine_tuned``,
 "AT-ft w4a4"), whose full-integer TFLite file is the deployed artifact.
 
 For each model, on the first ``--images`` test images (all 10,000 by default), L∞ ε = 0.1:
@@ -47,23 +47,11 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import (
-    CACHE,
-    CODE_VERSION,
-    DEFENSE_DESCRIPTION,
-    defense_fine_tuned,
-    defense_model,
-    file_sha256,
-    files_digest,
-    fingerprint,
-    kq,
-    log,
-    machine,
-    publish,
-    run_description,
-    targets_table,
-    write_text,
-)
+import keras_qrobust as kq
+from _common import CACHE, CODE_VERSION, machine, publish
+from _models import DEFENSE_DESCRIPTION, defense_fine_tuned, defense_model
+from keras_qrobust.bench import atomic_path, file_sha256, files_digest, fingerprint, log, run_description, \
+    targets_table, write_text
 
 EPS = 0.1
 TARGET_CLEAN, TARGET_ROBUST, TARGET_GAP = 0.87, 0.76, 0.015
@@ -135,7 +123,7 @@ def chunked_autoattack(name: str, model, x, y, chunk: int, seed: int, records, d
             points = result.x_adv.astype(np.float32)
             if records is not None:
                 POINTS.mkdir(parents=True, exist_ok=True)
-                with kq._io.atomic_path(point_file, overwrite=True) as temporary:
+                with atomic_path(point_file, overwrite=True) as temporary:
                     with open(temporary, "wb") as handle:
                         np.save(handle, points)
         if needs_file:

@@ -44,8 +44,9 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import CHECKPOINTS, kq, log, machine, publish, run_description, targets_table
-
+import keras_qrobust as kq
+from _common import CHECKPOINTS, machine, publish
+from keras_qrobust.bench import log, run_description, targets_table
 from keras_qrobust.executor import run_tasks, ship, ship_models, start_ray
 from keras_qrobust.guard.attacking import attack_cell, attack_tasks, model_results
 

@@ -25,8 +25,11 @@ import argparse
 
 import numpy as np
 
-from _common import kq, machine, publish, run_description
-from keras_qrobust._keras import tf
+import keras_qrobust as kq
+from _common import machine, publish
+from keras_qrobust.bench import run_description
+
+tf = kq.tf
 
 OPS = {"CONV_2D 3x3": ("conv", 3, 64, 64), "CONV_2D 1x1": ("conv", 1, 512, 256),
        "DEPTHWISE_CONV_2D 3x3": ("depthwise", 3, 128, 128)}

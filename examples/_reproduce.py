@@ -1,30 +1,31 @@
 """Shared pieces of the paper reproductions (examples/reproduce_*.py).
 
 Each script parses ``--quick``/``--seed``, writes into ``examples/results/<paper>/`` and prints
-its runtime; the models come from ``benchmarks/_common`` (the cached trained models).
+its runtime. The models: those the benchmarks trained (``benchmarks/.cache``, or committed in
+``benchmarks/checkpoints``), loaded by file name, else trained here with the same recipe and
+kept in ``examples/.cache``.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-ROOT = Path(__file__).resolve().parents[1]
-for _path in (ROOT, ROOT / "benchmarks"):
-    if str(_path) not in sys.path:
-        sys.path.insert(0, str(_path))
+import keras_qrobust as kq
+from keras_qrobust.bench import log, write_json, write_text
 
-import keras_qrobust as kq  # noqa: E402
-from keras_qrobust._io import write_json, write_text  # noqa: E402
-
+ROOT = Path(__file__).resolve().parents[1]  # the repository
 RESULTS = ROOT / "examples" / "results"
+BENCHMARK_MODELS = (ROOT / "benchmarks" / ".cache", ROOT / "benchmarks" / "checkpoints")
+MODELS = ROOT / "examples" / ".cache"  # the models trained by these scripts
+# the shared PGD-AT cnn_small (benchmarks/_models.robust_model), by its file name there
+ROBUST_STEM = "fashion_mnist_cnn_small_e30_s{seed}_dropout0.0_attackpgd_eps0.1_steps7_lrdrop"
+ROBUST_DESCRIPTION = "PGD-AT (ε = 0.1, 7 steps), cnn_small without dropout, 30 epochs, LR drop"
 
 
 def parse_args(description: str, argv: Optional[Sequence[str]] = None, **extra) -> argparse.Namespace:
@@ -65,10 +66,6 @@ class Clock:
                f"on {os.cpu_count()} CPUs"
 
 
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
 def write_outputs(folder: Path, name: str, data: dict, markdown: str) -> None:
     """``folder/name.json`` and ``folder/name.md``; prints the Markdown."""
     write_json(folder / f"{name}.json", data)
@@ -97,29 +94,51 @@ def fashion_mnist(quick: bool, train: int, test: int, quick_train: int = 2000, q
     return (x_train[:n_train], y_train[:n_train]), (x_test[:n_test], y_test[:n_test])
 
 
-def robust_or_quick_model(quick: bool, seed: int):
-    """The shared PGD-AT cnn_small (``benchmarks/_common.robust_model``), only if it is cached;
-    in ``--quick`` mode a 1-epoch FGSM-RS cnn_small instead. Returns ``(model, description)``."""
-    import _common
+def saved_model(stem: str):
+    """The model saved as ``<stem>.keras`` by the benchmarks, else by these scripts; else None."""
+    for folder in (*BENCHMARK_MODELS, MODELS):
+        if (folder / f"{stem}.keras").exists():
+            return kq.load_model(folder / f"{stem}.keras")
+    return None
 
+
+def cnn_small(epochs: int, seed: int, adversarial: Optional[dict] = None):
+    """cnn_small trained on the Fashion-MNIST training images (``adversarial``:
+    AdversarialModel arguments), as the benchmarks train it, so their copy is used if they
+    have one; else trained here and kept in ``examples/.cache``."""
+    tag = "".join(f"_{k}{v}" for k, v in sorted((adversarial or {}).items()))
+    stem = f"fashion_mnist_cnn_small_e{epochs}_s{seed}{tag}"  # the benchmarks' file name
+    if (model := saved_model(stem)) is not None:
+        return model
+    x, y = kq.datasets.load("fashion_mnist", "train")
+    kq.defenses.set_seed(seed, deterministic_ops=True)
+    model = kq.zoo.cnn_small()
+    trainer = kq.defenses.AdversarialModel(model, **adversarial) if adversarial else model
+    kq.defenses.train_classifier(trainer, x, y, epochs=epochs, batch_size=128, seed=seed,
+                                 verbose=2 if adversarial else 0)
+    MODELS.mkdir(parents=True, exist_ok=True)
+    model.save(MODELS / f"{stem}.keras")
+    return model
+
+
+def robust_or_quick_model(quick: bool, seed: int):
+    """The shared PGD-AT cnn_small (``benchmarks/_models.robust_model``), only if the benchmarks
+    saved it; in ``--quick`` mode a 1-epoch FGSM-RS cnn_small instead. Returns ``(model, description)``."""
     if quick:
-        model, _ = _common.trained_model("cnn_small", 1, seed, adversarial={"attack": "fgsm_rs", "eps": 0.1})
+        model = cnn_small(1, seed, adversarial={"attack": "fgsm_rs", "eps": 0.1})
         return model, "FGSM-RS (ε = 0.1) cnn_small, 1 epoch (quick stand-in for the PGD-AT model)"
-    model, info = _common.robust_model(seed, cached_only=True)
+    stem = ROBUST_STEM.format(seed=seed)
+    model = saved_model(stem)
     if model is None:
-        raise SystemExit(f"the shared PGD-AT model is not cached yet "
-                         f"({_common.model_path(seed=seed, **_common.ROBUST_RECIPE)}); run again once it exists "
-                         "(or use --quick)")
-    return model, info["training"]
+        raise SystemExit(f"the shared PGD-AT model is not cached yet (benchmarks/.cache/{stem}.keras); run again "
+                         "once it exists (or use --quick)")
+    return model, ROBUST_DESCRIPTION
 
 
 def natural_model(quick: bool, seed: int):
-    """The standard-trained cnn_small (8 epochs; 1 in ``--quick`` mode) from the benchmark cache."""
-    import _common
-
+    """The standard-trained cnn_small (8 epochs; 1 in ``--quick`` mode)."""
     epochs = 1 if quick else 8
-    model, _ = _common.trained_model("cnn_small", epochs, seed)
-    return model, f"cnn_small, standard training, {epochs} epoch{'s' if epochs > 1 else ''}"
+    return cnn_small(epochs, seed), f"cnn_small, standard training, {epochs} epoch{'s' if epochs > 1 else ''}"
 
 
 def pct(value: float) -> str:

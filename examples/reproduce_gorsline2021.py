@@ -32,8 +32,8 @@ from typing import Callable
 
 import numpy as np
 
-import _reproduce as rp
-from _reproduce import kq
+import _reproduce as rp  # the reproductions' shared pieces, beside this file
+import keras_qrobust as kq
 
 tf = kq.tf
 keras = kq.keras

@@ -4,7 +4,7 @@ for improving robustness" (arXiv:2110.12308; only the abstract is available here
 The claim: adversarially trained networks lose robustness under quantization, and choosing
 each layer's quantization parameters (bits and clipping) by the Lipschitz constant of its
 quantization error keeps more of it than a uniform choice. Here, on the shared PGD-AT
-``cnn_small`` (Fashion-MNIST, ``benchmarks/_common.robust_model``), for average weight budgets
+``cnn_small`` (Fashion-MNIST, ``benchmarks/_models.robust_model``), for average weight budgets
 of 3, 4 and 5 bits per weight (equal model size):
 
 * ``uniform wB`` — every layer at B bits, max scaling (cnn2snn's per-channel max quantizer);
@@ -21,8 +21,8 @@ clean, FGSM and PGD-20 (white-box, L∞) accuracy on the first test images.
 
 from __future__ import annotations
 
-import _reproduce as rp
-from _reproduce import kq
+import _reproduce as rp  # the reproductions' shared pieces, beside this file
+import keras_qrobust as kq
 from keras_qrobust.analysis import allocate_bits, layer_costs
 
 BUDGETS = (3, 4, 5)
@@ -53,13 +53,13 @@ def variants(model, costs, budget: int) -> dict:
 
 def sigma_sum(costs, layer_bits: dict, layer_clip: dict, model) -> float:
     """Σ over layers of σ_max(Q(W) − W) at the chosen bits and clip (the allocation's objective)."""
-    from keras_qrobust.analysis import _weight_kernels
-    from keras_qrobust.analysis.layerwise import _sigma
-
-    total = 0.0
-    for kernel in _weight_kernels(model):
-        total += _sigma(kernel.value, layer_bits[kernel.layer], layer_clip[kernel.layer], True, kernel.depthwise)
-    return total
+    sigma = {}
+    for bits, clip in sorted({(layer_bits[c.layer], layer_clip[c.layer]) for c in costs}):
+        # layer_costs at one bit width and one clipping ratio: σ_max there, for every layer
+        for cost in layer_costs(model, bits_options=(bits,), clip_ratios=(clip,)):
+            if (layer_bits[cost.layer], layer_clip[cost.layer]) == (bits, clip):
+                sigma[cost.layer] = cost.sigma[bits]
+    return sum(sigma[c.layer] for c in costs)
 
 
 def main(argv=None) -> dict:

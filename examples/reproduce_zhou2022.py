@@ -10,7 +10,7 @@ Algorithm 2 over all five models (direct and indirect); and the transfer matrix 
 on model i, accuracy of model j; indirect).
 
 Part ``robust`` (§III-A, §IV-C, Fig. 8-10): the shared PGD-AT ``cnn_small``
-(``benchmarks/_common.robust_model``) quantized at w8a8 … w4a4; Algorithm 1
+(``benchmarks/_models.robust_model``) quantized at w8a8 … w4a4; Algorithm 1
 (``kq.analysis.search``, PGD-20 at ε = 0.1) chooses the setting on a held-out test
 slice, with the natural floor at the fp32 clean accuracy minus 2 points; then every setting
 is scored under the same UAPs (direct, indirect, ensemble) and under PGD-20.
@@ -25,8 +25,8 @@ from __future__ import annotations
 
 import numpy as np
 
-import _reproduce as rp
-from _reproduce import kq
+import _reproduce as rp  # the reproductions' shared pieces, beside this file
+import keras_qrobust as kq
 
 kq.tf.get_logger().setLevel("ERROR")  # predict retracing warnings for the many quantized copies
 uap_mod = kq.attacks  # uap, ensemble_uap, uap_transfer_matrix

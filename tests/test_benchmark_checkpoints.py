@@ -1,6 +1,8 @@
 """The benchmarks' model store: cached models with their training record, committed checkpoints
-(verified by SHA-256, ignored with KQ_RETRAIN=1) and the fingerprints that key kept results."""
+(verified by SHA-256, ignored with KQ_RETRAIN=1) and the fingerprints that key kept results
+(keras_qrobust.bench, bound to the benchmarks' folders by benchmarks/_common.py)."""
 
+import hashlib
 import json
 import sys
 from pathlib import Path
@@ -8,12 +10,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import keras_qrobust.bench as bench
+from keras_qrobust._keras import keras
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))  # the scripts' folder, as they run
 
 import _common  # noqa: E402
+import _models  # noqa: E402
 import checkpoint  # noqa: E402
-
-from keras_qrobust._keras import keras  # noqa: E402
 
 
 @pytest.fixture
@@ -44,7 +48,7 @@ def test_a_committed_checkpoint_loads_when_the_cache_misses(store):
     _common.save_cached(model, _common.CACHE / "m.keras", {"train_seconds": 2.0})
     checkpoint.add("m")
     provenance = json.loads((_common.CHECKPOINTS / "m.json").read_text())
-    assert provenance["sha256"] == _common.file_sha256(_common.CHECKPOINTS / "m.keras")
+    assert provenance["sha256"] == bench.file_sha256(_common.CHECKPOINTS / "m.keras")
     assert provenance["parameters"] == model.count_params()
 
     (_common.CACHE / "m.keras").unlink()
@@ -93,29 +97,59 @@ def test_fingerprints_follow_weights_settings_and_source(tmp_path):
     script.write_text("a = 1\n")
     source = _common.source_digest(script)
     model, other = tiny_model(0), tiny_model(1)
-    key = _common.fingerprint(model, source=source, extra=("row", 0.1))
-    assert key == _common.fingerprint(model, source=_common.source_digest(script), extra=("row", 0.1))
-    assert key != _common.fingerprint(other, source=source, extra=("row", 0.1))
-    assert key != _common.fingerprint(model, source=source, extra=("row", 0.2))
+    key = bench.fingerprint(model, source=source, extra=("row", 0.1))
+    assert key == bench.fingerprint(model, source=_common.source_digest(script), extra=("row", 0.1))
+    assert key != bench.fingerprint(other, source=source, extra=("row", 0.1))
+    assert key != bench.fingerprint(model, source=source, extra=("row", 0.2))
     script.write_text("a = 2\n")
-    assert key != _common.fingerprint(model, source=_common.source_digest(script), extra=("row", 0.1))
+    assert key != bench.fingerprint(model, source=_common.source_digest(script), extra=("row", 0.1))
+
+
+def test_fingerprints_and_digests_keep_their_values():
+    """Kept results (benchmarks/results/coverage_rows/*.json, the .cache records) are named by
+    these hashes: a change to the bytes hashed would orphan every one of them."""
+    model = keras.Sequential([keras.layers.Input((4,)), keras.layers.Dense(3)])
+    model.set_weights([np.arange(12, dtype=np.float32).reshape(4, 3) / 10, np.arange(3, dtype=np.float32)])
+    assert bench.fingerprint(model, source=b"src", extra=("row", 0.1)) == (
+        "90dc3e3dbd5be1dfd682883de4a321f74c5e1be7912dc319efb13fd713b95565")
+    assert bench.fingerprint(model, model, source=b"", extra=[]) == (
+        "324225d1013360bbc3a4566be3799a0c1d4e75041a03399acbb5db36b57c2c11")
+
+
+def test_files_digest_hashes_contents_in_order_and_folders_by_their_sorted_modules(tmp_path):
+    (tmp_path / "pkg").mkdir()
+    for name, text in (("b.py", "b"), ("a.py", "a"), ("notes.txt", "n")):
+        (tmp_path / "pkg" / name).write_text(text)
+    (tmp_path / "x.json").write_text("x")
+    assert bench.files_digest([tmp_path / "x.json", tmp_path / "pkg"]) == hashlib.sha256(b"xab").digest()
+    script = tmp_path / "run.py"
+    script.write_text("s")
+    assert _common.source_digest(script) == bench.files_digest(
+        [*sorted(Path(bench.__file__).resolve().parents[1].rglob("*.py")), *_common.SHARED, script])
+
+
+def test_finished_results_are_kept_across_runs(tmp_path):
+    kept = bench.FinishedResults(tmp_path / "cells.json")
+    assert kept.get("k") is None
+    kept.put("k", {"accuracy": 0.5})
+    assert bench.FinishedResults(tmp_path / "cells.json").get("k") == {"accuracy": 0.5}
 
 
 def test_recipe_descriptions_say_what_is_trained():
-    assert _common.ROBUST_DESCRIPTION == "PGD-AT (ε = 0.1, 7 steps), cnn_small without dropout, 30 epochs, LR drop"
-    assert _common.DEFENSE_DESCRIPTION == (
+    assert _models.ROBUST_DESCRIPTION == "PGD-AT (ε = 0.1, 7 steps), cnn_small without dropout, 30 epochs, LR drop"
+    assert _models.DEFENSE_DESCRIPTION == (
         "TRADES (β = 3, ε = 0.1, 7 steps), cnn_small of width 2 without dropout, 30 epochs, LR drop, weight "
         "averaging (EMA 0.999) on the fit split (validation held out)")
-    assert _common.describe_objective(_common.DEFENSE_FINE_TUNE) == "TRADES (β = 3, ε = 0.1, 7 steps)"
-    assert _common.describe_objective(_common.FINE_TUNE, 0.5) == "PGD-AT (ε = 0.1, 7 steps, clean-loss weight 0.5)"
+    assert _models.describe_objective(_models.DEFENSE_FINE_TUNE) == "TRADES (β = 3, ε = 0.1, 7 steps)"
+    assert _models.describe_objective(_models.FINE_TUNE, 0.5) == "PGD-AT (ε = 0.1, 7 steps, clean-loss weight 0.5)"
 
 
 def test_the_defense_model_is_the_recipe_chosen_on_validation():
-    """The Adv. model _common trains is the one benchmarks/results/recipes.json chose: a changed
+    """The Adv. model _models trains is the one benchmarks/results/recipes.json chose: a changed
     choice must change the code, not only the results file."""
     data = json.loads((_common.RESULTS / "recipes.json").read_text())
-    assert data["chosen"] == _common.DEFENSE_CHOICE
-    assert data["candidates"][data["chosen"]]["recipe"] == _common.DEFENSE_DESCRIPTION
+    assert data["chosen"] == _models.DEFENSE_CHOICE
+    assert data["candidates"][data["chosen"]]["recipe"] == _models.DEFENSE_DESCRIPTION
 
 
 def test_results_records_name_a_resumed_backup_without_its_path():
