@@ -8,6 +8,7 @@ from ._keras import keras, tf  # noqa: F401  (first: sets TF_USE_LEGACY_KERAS be
 from . import (  # noqa: E402
     analysis,
     attacks,
+    bench,
     datasets,
     defenses,
     export,
@@ -41,6 +42,7 @@ __all__ = [
     "tf",
     "analysis",
     "attacks",
+    "bench",
     "calibrate_tfmot",
     "datasets",
     "defenses",
