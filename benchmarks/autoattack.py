@@ -1,7 +1,7 @@
 """AutoAttack in TensorFlow: our attacks against ART 1.20's, and full AutoAttack runs.
 
-Models: a naturally trained cnn_small (8 epochs, cached), and the committed robust
-checkpoints of the defenses benchmark — the float Adv. model and its w4a4 copy fine-tuned by
+Models: a naturally trained cnn_small (8 epochs, cached), and the robust models of the
+defenses benchmark (trained on first use into benchmarks/.cache) — the float Adv. model and its w4a4 copy fine-tuned by
 PGD-AT through its fake quantizers ("AT-ft w4a4"). Data: the first ``--images`` Fashion-MNIST
 test images; L∞, ε = 0.1.
 

@@ -3,7 +3,7 @@
 Rows: Orig. (standard training), Adv. (the recipe benchmarks/recipes.py chose on the validation
 split: TRADES, Zhang 2019, β = 3, ε = 0.1, 7 steps, on cnn_small of width 2 without dropout, 30
 epochs on the fit split, learning rate dropped 10x for the last quarter, weight averaging:
-``_models.defense_model``) and F.L. (feedback learning on the standard model, DESIGN.md §3);
+``_models.defense_model``) and F.L. (feedback learning on the standard model, docs/methods.md);
 Orig., F.L. and the black-box surrogate are cnn_small of width 1. Each row also has (Q) =
 3-bit weight-only PTQ (RobustQuantizer, per-axis symmetric), +mu = μ-law mapping of the last layer
 (``apply_mu_law(mode="map")``), (Q)+mu = 3-bit with μ-law companding of the last layer
@@ -18,7 +18,7 @@ black-box (crafted on an independently trained surrogate cnn_small, seed 1, scor
 row model); Gaussian N(0, ε²) and uniform U(−ε, ε) noise. Every +mu row is also scored
 with SPSA, Square, transfer (PGD-20 from the surrogate) and BPDA (PGD-20 through the
 un-mapped model's gradient); a row whose best gradient attack leaves a higher accuracy
-than one of those is flagged as gradient masking (DESIGN.md §4).
+than one of those is flagged as gradient masking (docs/limits.md).
 
     ./run.sh bench defenses            # writes benchmarks/results/defenses.{json,md}
     ./run.sh bench defenses --quick    # small subsets and short training, a smoke run

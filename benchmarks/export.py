@@ -1,7 +1,7 @@
 """Exported artifacts vs their Keras fake-quant models: fidelity, robustness, size, profile.
 
 Fashion-MNIST cnn_small — the Adv. model of benchmarks/defenses.py (the recipe chosen on the
-validation split; committed in benchmarks/checkpoints). For w8a8, w4a4 and w2a2 (RobustQuantizer): the int8
+validation split; trained on first use into benchmarks/.cache). For w8a8, w4a4 and w2a2 (RobustQuantizer): the int8
 TFLite file, the QDQ int8 ONNX file and (w4a4, w2a2) the INT4-weight ONNX file are loaded in
 their own runtimes (LiteRT, onnxruntime) and compared with the Keras model on all 10,000
 test images: top-1 agreement, clean accuracy, accuracy under a UAP crafted on the Keras
@@ -37,7 +37,7 @@ TARGET_AGREEMENT, TARGET_ACC_GAP, TARGET_TFLITE_BPP, TARGET_INT4_BPP = 0.995, 0.
 
 
 def base_model(seed: int):
-    """The defenses' Adv. model (committed in benchmarks/checkpoints, else trained)."""
+    """The defenses' Adv. model (cached in benchmarks/.cache, else trained)."""
     return defense_model(seed)
 
 

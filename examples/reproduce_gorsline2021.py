@@ -14,7 +14,7 @@ two-spirals problem (eq. 15: 200 points per spiral for training and for testing,
 one sigmoid output with binary cross-entropy, hidden pre-activations amplified by 10).
 
 Choices the paper leaves open (ours): the quantization grid is the symmetric per-tensor one
-of DESIGN.md §3 (``s = max|w|`` ≤ 1, ``Δ = s/(2^(q−1) − 1)``, ``q = 1``: ``sign·s``; a grid
+of docs/methods.md (``s = max|w|`` ≤ 1, ``Δ = s/(2^(q−1) − 1)``, ``q = 1``: ``sign·s``; a grid
 fixed on [-1, 1] rounds Glorot-initialized weights to 0 at 2-3 bits and those models never
 train), applied to kernels and biases; the step activation's backward pass is the sigmoid's derivative (a
 straight-through surrogate), which is also the gradient FGSM follows on the step networks;
@@ -42,7 +42,7 @@ geo = kq.analysis
 
 ACTIVATIONS = ("step", "sigmoid", "relu")
 BITS = tuple(range(1, 11))
-EPS = np.round(np.arange(0.0, 0.5 + 1e-9, 0.005), 3)  # DESIGN.md §3: [0, 0.5] step 0.005
+EPS = np.round(np.arange(0.0, 0.5 + 1e-9, 0.005), 3)  # docs/methods.md: [0, 0.5] step 0.005
 
 
 @dataclass(frozen=True)
@@ -71,7 +71,7 @@ class Task:
 # ---------------------------------------------------------------------------- quantization
 def quantize_weights(w: tf.Tensor, bits: int) -> tf.Tensor:
     """Deterministic rounding onto the symmetric ``q``-bit grid of ``[−s, s]``, ``s = max|w|`` ≤ 1
-    per tensor: ``Δ = s/(2^(q−1) − 1)``, ``q = 1``: ``sign(w)·s`` (DESIGN.md §3; the library's
+    per tensor: ``Δ = s/(2^(q−1) − 1)``, ``q = 1``: ``sign(w)·s`` (docs/methods.md; the library's
     ``SymmetricQuantizer`` per tensor)."""
     return kq.quantizers.SymmetricQuantizer(bits, per_axis=False).quantize(w)
 

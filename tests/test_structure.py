@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import ast
 import re
+import subprocess
 from pathlib import Path
+
+import pytest
 
 from keras_qrobust._deprecated import MOVED
 
@@ -89,6 +92,18 @@ def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
 def _room(module: str) -> str:
     """The top-level package or module a module belongs to (its room)."""
     return ".".join(module.split(".")[:2])
+
+
+def test_the_checked_out_tree_is_small():
+    git = ROOT / ".git"
+    if not git.exists():
+        pytest.skip("not a git checkout")
+    listed = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True).stdout
+    files = [ROOT / name for name in listed.decode().split("\0") if name]
+    sizes = {str(f.relative_to(ROOT)): f.stat().st_size for f in files if f.is_file()}
+    total = sum(sizes.values())
+    largest = sorted(sizes, key=sizes.get, reverse=True)[:3]
+    assert total < 5_000_000, f"the tracked files take {total:,} B (limit 5 MB); largest: {largest}"
 
 
 def test_no_module_is_over_the_line_limit():
