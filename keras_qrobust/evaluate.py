@@ -21,6 +21,7 @@ from typing import Mapping, Optional, Sequence
 import numpy as np
 
 from . import metrics
+from ._progress import progress_bar
 from .attacks.gradient_check import GRADIENT_OK, gradient_status
 from .attacks.registry import PER_MODEL_KINDS, attack_names, check_budget, get_attack
 from .executor import check_executor, fingerprint, run_tasks, ship_models, unship
@@ -141,11 +142,7 @@ def evaluate(models, data, attacks: Sequence[str] = ("fgsm", "pgd"), eps: Sequen
     accuracy: dict = {}
     integrity: dict = {}
     total = len(models) * len(specs) * len(eps)
-    progress = None
-    if verbose:
-        from tqdm.auto import tqdm
-
-        progress = tqdm(total=total, desc="evaluate", unit="cell")
+    progress = progress_bar(total=total, desc="evaluate", unit="cell", leave=True, verbose=verbose)
     gradient_attacks = any(spec.needs_gradient for spec in specs)
     clean, unusable = {}, {}
     for name, model in models.items():

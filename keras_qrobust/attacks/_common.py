@@ -18,6 +18,7 @@ from typing import Callable, Iterator, Optional, Sequence
 import numpy as np
 
 from .._keras import check_model, keras, tf
+from .._progress import progress_bar
 from ..metrics import check_labels
 
 __all__ = [
@@ -255,12 +256,8 @@ def batches(n: int, batch_size: int) -> Iterator[slice]:
 
 
 def progress(iterable, total: Optional[int] = None, verbose: int = 1, desc: str = ""):
-    """A tqdm progress bar on stderr; none when ``verbose=0``."""
-    if not verbose:
-        return iterable
-    from tqdm.auto import tqdm
-
-    return tqdm(iterable, total=total, desc=desc, leave=False)
+    """A tqdm progress bar on stderr; none when ``verbose=0`` (:func:`keras_qrobust._progress.progress_bar`)."""
+    return progress_bar(iterable, total=total, desc=desc, verbose=verbose)
 
 
 def gradient(attack_model: AttackModel, x: tf.Tensor, y: tf.Tensor, targeted: bool = False,

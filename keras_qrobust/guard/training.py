@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from .. import attacks, metrics, zoo
 from .._keras import keras
+from .._progress import progress_bar
 from ..defenses import AdversarialModel, compile_classifier, set_seed, train_classifier
 from .context import Context, save_model, say
 
@@ -37,9 +38,7 @@ class _EpochBar(keras.callbacks.Callback):
 
     def __init__(self, epochs: int, desc: str):
         super().__init__()
-        from tqdm.auto import tqdm
-
-        self._bar = tqdm(total=epochs, desc=desc, unit="epoch")
+        self._bar = progress_bar(total=epochs, desc=desc, unit="epoch", leave=True)
 
     def on_epoch_end(self, epoch, logs=None):
         self._bar.set_postfix({k: f"{v:.3f}" for k, v in (logs or {}).items() if "acc" in k})
