@@ -29,7 +29,7 @@ _SUBCOMMANDS = {"guard": guard, "quantize": quantize, "attack": attack, "evaluat
 
 
 def _build_parser() -> argparse.ArgumentParser:
-    parser = Parser(prog=PROG, description=__doc__.split("\n\n")[0])
+    parser = Parser(prog=PROG, description=__doc__.split("\n\n")[0].replace("``", ""))
     commands = parser.add_subparsers(dest="command", required=True)
     for module in _SUBCOMMANDS.values():
         module.add_parser(commands)
