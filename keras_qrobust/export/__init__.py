@@ -2,10 +2,11 @@
 
 ``tflite`` (full-integer int8), ``onnx`` (QDQ int8, optional INT4 weights), ``akida``
 (``.fbz``, with the ``akida`` extra), ``load`` to run any of them with a Keras-like
-``predict``, ``profile`` for their size, #params, #MACs, memory and latency.
+``predict``, ``profile`` for their size, #params, #MACs, memory and latency, ``layer_diff``
+for where a TFLite file and its Keras twin part.
 """
 
-from . import layers, lowering, runtime  # noqa: F401
+from . import layer_diff, layers, lowering, runtime  # noqa: F401
 from .akida import AkidaModel, akida, akida_bits, check_akida_compatible  # noqa: F401
 from .lowering import Lowered, lower  # noqa: F401
 from .onnx import onnx  # noqa: F401

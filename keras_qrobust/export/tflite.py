@@ -20,7 +20,7 @@ from .._keras import check_model, tf
 from ..transforms._graph import UnsupportedModelError
 from .lowering import is_robust_quantized, lower
 
-__all__ = ["tflite", "convert_tflite", "is_tfmot_model", "PRECISIONS"]
+__all__ = ["tflite", "convert_tflite", "convert_lowered", "is_tfmot_model", "PRECISIONS"]
 
 PRECISIONS = ("int8", "float32")
 
@@ -77,8 +77,7 @@ def convert_tflite(model, representative=None, *, precision: str = "int8", int8_
         lowered = lower(model, None if representative is None else _representative_array(representative, model))
         info.update(source="RobustQuantizer", exact=lowered.exact, calibrated=list(lowered.calibrated),
                     requantized_weights=list(lowered.requantized_weights), weight_bits=dict(lowered.weight_bits))
-        converter = tf.lite.TFLiteConverter.from_keras_model(lowered.model)
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        return convert_lowered(lowered.model, int8_io), info
     elif is_tfmot_model(model):
         low_bits = sorted(b for b in _tfmot_bits(model) if b != 8)
         if low_bits:
@@ -102,6 +101,17 @@ def convert_tflite(model, representative=None, *, precision: str = "int8", int8_
         converter.inference_input_type = tf.int8
         converter.inference_output_type = tf.int8
     return converter.convert(), info
+
+
+def convert_lowered(lowered_model, int8_io: bool = True) -> bytes:
+    """TFLite bytes of a lowered model (:func:`~keras_qrobust.export.lowering.lower`) or of a
+    part of one ending at a fake quant: its fake quants carry every range."""
+    converter = tf.lite.TFLiteConverter.from_keras_model(lowered_model)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if int8_io:
+        converter.inference_input_type = tf.int8
+        converter.inference_output_type = tf.int8
+    return converter.convert()
 
 
 def _strip_names(blob: bytes) -> bytes:

@@ -37,14 +37,21 @@ def check_artifact_path(path: str | os.PathLike) -> Path:
     return path
 
 
-def load(path: str | os.PathLike, num_threads: int | None = None) -> DeployedModel:
-    """Load an exported model (``.tflite``, ``.onnx`` or ``.fbz``) for ``predict``."""
+def load(path: str | os.PathLike, num_threads: int | None = None, *, kernels: str = "default") -> DeployedModel:
+    """Load an exported model (``.tflite``, ``.onnx`` or ``.fbz``) for ``predict``.
+
+    ``kernels``: for a ``.tflite`` file, ``"default"`` (LiteRT with XNNPACK) or
+    ``"reference"`` (LiteRT's builtin kernels alone, :data:`~.tflite.KERNELS`).
+    """
     path = check_artifact_path(path)
     kind = FORMATS[path.suffix.lower()]
+    if kernels != "default" and kind != "tflite":
+        raise ValueError(f"kernels={kernels!r} selects LiteRT's kernels and applies to .tflite files only; load "
+                         f"{path.name} with kernels='default'")
     if kind == "akida":
         return AkidaModel(path)  # probes the file in a child process and raises its own ValueError
     try:
-        return TFLiteModel(path, num_threads) if kind == "tflite" else ONNXModel(path, num_threads)
+        return TFLiteModel(path, num_threads, kernels) if kind == "tflite" else ONNXModel(path, num_threads)
     except (ValueError, FileNotFoundError):
         raise
     except Exception as error:  # the runtimes raise their own types for corrupt files

@@ -8,7 +8,13 @@ import numpy as np
 
 from .base import DeployedModel
 
-__all__ = ["TFLiteModel"]
+__all__ = ["TFLiteModel", "KERNELS"]
+
+#: LiteRT's kernel sets: ``"default"`` — its default delegate, XNNPACK, where it takes the
+#: ops (what LiteRT runs on phones and desktops); ``"reference"`` — the builtin kernels
+#: alone, whose int8 requantization (fixed-point, rounding twice) is what microcontroller
+#: runtimes run
+KERNELS = ("default", "reference")
 
 
 def _quantize_input(x: np.ndarray, dtype, scale: float, zero_point: int) -> np.ndarray:
@@ -30,10 +36,15 @@ def _dequantize(y: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
 class TFLiteModel(DeployedModel):
     """A ``.tflite`` file run by the LiteRT interpreter (``ai_edge_litert``)."""
 
-    def __init__(self, path: Path, num_threads: int | None = None):
-        from ai_edge_litert.interpreter import Interpreter
+    def __init__(self, path: Path, num_threads: int | None = None, kernels: str = "default"):
+        from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
-        self._interpreter = Interpreter(model_path=str(path), num_threads=num_threads)
+        if kernels not in KERNELS:
+            raise ValueError(f"kernels must be one of {', '.join(KERNELS)}, got {kernels!r}")
+        resolver = OpResolverType.AUTO if kernels == "default" else OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+        self.kernels = kernels
+        self._interpreter = Interpreter(model_path=str(path), num_threads=num_threads,
+                                        experimental_op_resolver_type=resolver)
         self._interpreter.allocate_tensors()
         self._input = self._interpreter.get_input_details()[0]
         self._output = self._interpreter.get_output_details()[0]
