@@ -62,7 +62,7 @@ def test_the_first_tensor_a_file_computes_differently_is_found(quantized, monkey
 
     monkeypatch.setattr(layer_diff, "convert_lowered", convert_with_a_wider_range)
     cut = names.index(broken)
-    rows = compare_layers(qmodel, x, kernels=("default",), layers=names[:cut + 2])
+    rows = compare_layers(qmodel, x, kernels="default", layers=names[:cut + 2])
     assert not any(row.differs() for row in rows[:cut])
     assert first_difference(rows).layer == broken
 

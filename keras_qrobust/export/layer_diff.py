@@ -61,14 +61,14 @@ def stored_tensors(lowered_model) -> list[str]:
     return [layer.name for layer in lowered_model.layers if isinstance(layer, (FixedFakeQuant, LoweredReLU))]
 
 
-def compare_layers(model, x, *, kernels: Sequence[str] = KERNELS, layers: Optional[Sequence[str]] = None,
+def compare_layers(model, x, *, kernels: str | Sequence[str] = KERNELS, layers: Optional[Sequence[str]] = None,
                    representative=None, batch_size: int = 256, verbose: int = 0) -> list[LayerDifference]:
     """Compare the TFLite export of ``model`` with its Keras twin at every stored tensor (module doc).
 
     Args:
         model: a RobustQuantizer model (what :func:`~keras_qrobust.export.tflite` exports).
         x: model inputs to compare on.
-        kernels: LiteRT kernel sets to run each part with.
+        kernels: LiteRT kernel set(s) to run each part with.
         layers: names from :func:`stored_tensors` to cut at (default: all of them; each is one
             conversion, a few seconds).
         representative: as for :func:`~keras_qrobust.export.lower`, for models that leave
@@ -79,6 +79,7 @@ def compare_layers(model, x, *, kernels: Sequence[str] = KERNELS, layers: Option
     x = np.asarray(x, np.float32)
     if x.ndim < 2 or x.shape[1:] != tuple(model.input_shape[1:]) or not len(x):
         raise ValueError(f"x must have shape (n, {', '.join(map(str, model.input_shape[1:]))}), got {x.shape}")
+    kernels = (kernels,) if isinstance(kernels, str) else tuple(kernels)
     unknown = [k for k in kernels if k not in KERNELS]
     if unknown or not kernels:
         raise ValueError(f"kernels must name some of {', '.join(KERNELS)}, got {list(kernels)!r}")
