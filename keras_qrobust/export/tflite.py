@@ -78,7 +78,7 @@ def convert_tflite(model, representative=None, *, precision: str = "int8", int8_
         info.update(source="RobustQuantizer", exact=lowered.exact, calibrated=list(lowered.calibrated),
                     requantized_weights=list(lowered.requantized_weights), weight_bits=dict(lowered.weight_bits))
         return convert_lowered(lowered.model, int8_io), info
-    elif is_tfmot_model(model):
+    if is_tfmot_model(model):
         low_bits = sorted(b for b in _tfmot_bits(model) if b != 8)
         if low_bits:
             raise UnsupportedModelError(
@@ -86,32 +86,31 @@ def convert_tflite(model, representative=None, *, precision: str = "int8", int8_
                 "would silently re-quantize. Quantize the float model with keras_qrobust.RobustQuantizer at the same "
                 "wXaY setting: its export lowers sub-8-bit grids exactly.")
         info["source"] = "tfmot"
-        converter = tf.lite.TFLiteConverter.from_keras_model(model)
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    else:
-        if representative is None:
-            raise ValueError("a float model needs representative inputs for full-integer quantization: pass "
-                             "representative=x_train[:512] (or precision='float32')")
-        array = _representative_array(representative, model)
-        converter = tf.lite.TFLiteConverter.from_keras_model(model)
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        converter.representative_dataset = lambda: ([array[i:i + 1]] for i in range(min(len(array), 512)))
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        return _int8_converter(model, int8_io).convert(), info
+    if representative is None:
+        raise ValueError("a float model needs representative inputs for full-integer quantization: pass "
+                         "representative=x_train[:512] (or precision='float32')")
+    array = _representative_array(representative, model)
+    converter = _int8_converter(model, int8_io)
+    converter.representative_dataset = lambda: ([array[i:i + 1]] for i in range(min(len(array), 512)))
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    return converter.convert(), info
+
+
+def _int8_converter(model, int8_io: bool):
+    """A TFLite converter for an int8 model (``Optimize.DEFAULT``; int8 input and output with ``int8_io``)."""
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
     if int8_io:
         converter.inference_input_type = tf.int8
         converter.inference_output_type = tf.int8
-    return converter.convert(), info
+    return converter
 
 
 def convert_lowered(lowered_model, int8_io: bool = True) -> bytes:
     """TFLite bytes of a lowered model (:func:`~keras_qrobust.export.lowering.lower`) or of a
     part of one ending at a fake quant: its fake quants carry every range."""
-    converter = tf.lite.TFLiteConverter.from_keras_model(lowered_model)
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    if int8_io:
-        converter.inference_input_type = tf.int8
-        converter.inference_output_type = tf.int8
-    return converter.convert()
+    return _int8_converter(lowered_model, int8_io).convert()
 
 
 def _strip_names(blob: bytes) -> bytes:
