@@ -36,6 +36,7 @@ from _common import machine, publish
 from coverage import applications_model, rgb32
 from keras_qrobust.bench import log, run_description
 from keras_qrobust.export.layer_diff import compare_layers, first_difference, stored_tensors
+from keras_qrobust.export.runtime.tflite import KERNELS, TFLiteModel
 from keras_qrobust.export.tflite import convert_lowered
 
 ARCHITECTURE = "keras.applications.MobileNetV3Small(alpha=0.75), 32x32x3"
@@ -43,52 +44,44 @@ SETTING = "w4a4"
 DEFAULTS = {"images": 1000, "first": 24, "every": 8, "epochs": 5}
 
 
-def _run_codes(path: Path, x: np.ndarray, resolver) -> tuple[np.ndarray, np.ndarray, object]:
-    """Input codes and output codes of a one-input TFLite file, and its interpreter."""
-    from ai_edge_litert.interpreter import Interpreter
-
-    interpreter = Interpreter(model_path=str(path), experimental_op_resolver_type=resolver)
-    detail = interpreter.get_input_details()[0]
-    interpreter.resize_tensor_input(detail["index"], [len(x), *x.shape[1:]])
-    interpreter.allocate_tensors()
-    detail, output = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
-    scale, zero = detail["quantization"]
-    codes = np.clip(np.round(x / np.float32(scale)) + zero, -128, 127).astype(np.int8)
-    interpreter.set_tensor(detail["index"], codes)
-    interpreter.invoke()
-    return codes, interpreter.get_tensor(output["index"]).astype(np.int32), interpreter
-
-
 def integer_emulation(lowered, layer: str, x: np.ndarray) -> dict:
     """The part of ``lowered`` up to the quantizer after the first CONV_2D, emulated in integer
     arithmetic from the file's own codes and scales, against XNNPACK, the reference kernels and
     the Keras twin (module docstring)."""
-    from ai_edge_litert.interpreter import OpResolverType
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
     part = kq.keras.Model(lowered.inputs, lowered.get_layer(layer).output)
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "part.tflite"
         path.write_bytes(convert_lowered(part))
-        codes, xnnpack, _ = _run_codes(path, x, OpResolverType.AUTO)  # its ops: one DELEGATE
-        _, reference, interpreter = _run_codes(path, x, OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+        files = {kernels: TFLiteModel(path, kernels=kernels) for kernels in KERNELS}
+        found = {kernels: deployed.predict(x) for kernels, deployed in files.items()}
+        # not run: read for its op, codes and scales (the builtin resolver lists the op, XNNPACK a DELEGATE)
+        interpreter = Interpreter(model_path=str(path),
+                                  experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+        interpreter.allocate_tensors()
     ops = interpreter._get_ops_details()
     if [op["op_name"] for op in ops] != ["CONV_2D"]:
         raise ValueError(f"the part up to {layer} is not one CONV_2D: {[op['op_name'] for op in ops]}")
     details = {d["index"]: d for d in interpreter.get_tensor_details()}
     source, weights, bias = ops[0]["inputs"]
-    out = ops[0]["outputs"][0]
     s_in, z_in = details[source]["quantization"]
-    s_out, z_out = details[out]["quantization"]
+    s_out, z_out = details[ops[0]["outputs"][0]]["quantization"]
     s_w = details[weights]["quantization_parameters"]["scales"].astype(np.float32)
     kernel = np.transpose(interpreter.get_tensor(weights).astype(np.float64), (1, 2, 3, 0))  # OHWI -> HWIO
     config = lowered.get_layer(layer.removesuffix("_quantizer")).get_config()
+    codes = np.clip(np.round(x / np.float32(s_in)) + z_in, -128, 127)  # as the runtime quantizes the input
     sums = kq.tf.nn.conv2d(codes.astype(np.float64) - z_in, kernel, strides=config["strides"],
                            padding=config["padding"].upper()).numpy() + interpreter.get_tensor(bias)
     multiplier = ((np.float32(s_in) * s_w) / np.float32(s_out)).astype(np.float32)
     emulated = np.clip(np.round(sums.astype(np.float32) * multiplier) + z_out, -128, 127).astype(np.int32)
-    twin = np.round(part.predict(x, verbose=0) / np.float32(s_out)).astype(np.int32) + int(z_out)
-    count = int(emulated.size)
-    return {"layer": layer, "values": count, "largest_integer_sum": float(np.abs(sums).max()),
+
+    def output_codes(values):
+        return np.round(values / np.float32(s_out)).astype(np.int32) + int(z_out)
+
+    xnnpack, reference = output_codes(found["default"]), output_codes(found["reference"])
+    twin = output_codes(part.predict(x, verbose=0))
+    return {"layer": layer, "values": int(emulated.size), "largest_integer_sum": float(np.abs(sums).max()),
             "emulation_vs_xnnpack": int(np.sum(emulated != xnnpack)),
             "emulation_vs_reference": int(np.sum(emulated != reference)),
             "keras_twin_vs_xnnpack": int(np.sum(twin != xnnpack)),
