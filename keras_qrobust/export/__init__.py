@@ -3,11 +3,13 @@
 ``tflite`` (full-integer int8), ``onnx`` (QDQ int8, optional INT4 weights), ``akida``
 (``.fbz``, with the ``akida`` extra), ``load`` to run any of them with a Keras-like
 ``predict``, ``profile`` for their size, #params, #MACs, memory and latency, ``layer_diff``
-for where a TFLite file and its Keras twin part.
+for where a TFLite file and its Keras twin part, ``integer_twin`` for a Keras model that
+computes the TFLite file's integer arithmetic (bit for bit) with fake-quant gradients.
 """
 
-from . import layer_diff, layers, lowering, runtime  # noqa: F401
+from . import int8_arithmetic, layer_diff, layers, lowering, runtime  # noqa: F401
 from .akida import AkidaModel, akida, akida_bits, check_akida_compatible  # noqa: F401
+from .integer_twin import IntegerTwin, integer_twin  # noqa: F401
 from .lowering import Lowered, lower  # noqa: F401
 from .onnx import onnx  # noqa: F401
 from .profile import ProfileTable, count_macs, count_params, peak_memory, profile  # noqa: F401

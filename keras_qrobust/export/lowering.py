@@ -350,9 +350,8 @@ def _insert_fake_quants(graph: Graph) -> list[str]:
         if kind in GRID_PRESERVING and inputs and all(i in on_grid for i in inputs):
             on_grid.add(name)
             continue
-        if consumers and not graph.is_output(name) and all(
-                c["class_name"].split(">")[-1] in ("FixedFakeQuant", "Concatenate") for c in consumers):
-            continue  # the fake quant after it (or after the concatenation) carries the range
+        if graph.reaches_only(name, ("FixedFakeQuant", "Concatenate")):
+            continue  # the fake quant after it (or its reshapes, or the concatenation) carries the range
         if (kind.startswith("Lowered") or kind == "Add") and consumers and not graph.is_output(name) and all(
                 _is_relu(c) for c in consumers):
             continue  # fused into the convolution or sum: the ReLU after it carries the range

@@ -15,12 +15,18 @@ from typing import Callable, Iterator
 import numpy as np
 
 from .._keras import check_model, keras, registered_objects
+from ._kinds import RESHAPES
 
 __all__ = ["Graph", "UnsupportedModelError", "graph_rewrite"]
 
 
 class UnsupportedModelError(ValueError):
     """The model (or one of its layers) cannot be handled by a graph rewrite."""
+
+
+def _is_reshape(entry: dict) -> bool:
+    kind = Graph.kind(entry)
+    return kind in RESHAPES or (kind == "Activation" and entry["config"].get("activation") == "linear")
 
 
 @dataclass
@@ -104,6 +110,20 @@ class Graph:
 
     def is_output(self, name: str) -> bool:
         return any(ref[0] == name for ref in self.config["output_layers"])
+
+    @staticmethod
+    def kind(entry: dict) -> str:
+        """The layer's class name (without a registration package prefix)."""
+        return entry["class_name"].split(">")[-1]
+
+    def reaches_only(self, name: str, kinds: tuple[str, ...]) -> bool:
+        """Every path out of ``name`` reaches a layer of ``kinds`` through reshapes only
+        (:data:`~keras_qrobust.transforms._kinds.RESHAPES`, a linear activation), none an output."""
+        consumers = [self.layer(c) for c in self.consumers(name)]
+        if not consumers or self.is_output(name):
+            return False
+        return all(self.kind(c) in kinds or (_is_reshape(c) and self.reaches_only(c["name"], kinds))
+                   for c in consumers)
 
     def iter_layers(self, class_names: tuple[str, ...] | None = None) -> Iterator[dict]:
         for entry in list(self.layers):

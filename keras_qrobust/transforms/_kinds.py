@@ -36,3 +36,6 @@ SUPPORTED = (*WEIGHT_LAYERS, *PASS_THROUGH, *ACTIVATIONS, "BatchNormalization", 
 # Layers whose output values are values of their input (int8 ops that keep the input scale).
 GRID_PRESERVING = ("MaxPooling2D", "GlobalMaxPooling2D", "Flatten", "Reshape", "Dropout", "SpatialDropout2D",
                    "GaussianNoise", "GaussianDropout", "ZeroPadding2D", "Cropping2D")
+
+# Layers that only reshape (or, at inference, pass) their input: the int8 graph keeps its values and grid.
+RESHAPES = ("Flatten", "Reshape", "Dropout", "SpatialDropout2D", "GaussianNoise", "GaussianDropout")

@@ -15,7 +15,10 @@ Not marked:
   input's scale;
 * a weight layer or an ``Add`` whose consumers are all (at most 8-bit) QuantizedReLUs:
   the integer runtime fuses the ReLU into the op, which writes the ReLU's grid directly;
-* a tensor already followed only by a TensorQuantizer (e.g. the OutputQuantizer);
+* a tensor followed only by a TensorQuantizer (e.g. the OutputQuantizer), also through
+  reshapes (flatten, reshape, dropout, a linear activation): the converter writes it on that
+  quantizer's grid directly (with a quantizer before the reshape too, the Keras model would
+  round twice where the file, which keeps the first grid, rounds once);
 * a tensor read only by concatenations: the int8 concatenation stores all its inputs on
   its output's grid, and the converter writes such a producer's output on that grid
   directly, so the concatenation's quantizer is the only rounding;
@@ -60,7 +63,7 @@ def quantize_tensors(graph: Graph) -> Graph:
             on_grid.add(name)
             continue
         consumers = [graph.layer(c) for c in graph.consumers(name)]
-        if graph.is_output(name) or (consumers and all(_kind(c) in _TENSOR_QUANTIZERS for c in consumers)):
+        if graph.is_output(name) or graph.reaches_only(name, _TENSOR_QUANTIZERS):
             continue
         if kind in _FUSES_RELU and consumers and all(_int8_relu(c) for c in consumers):
             continue

@@ -61,6 +61,28 @@ class TFLiteModel(DeployedModel):
     def output_details(self) -> dict:
         return dict(self._output)
 
+    def undelegated_ops(self) -> list[tuple[str, str]]:
+        """``(op, output tensor)`` of every op no delegate took: with ``kernels="default"``, the
+        ops XNNPACK left to LiteRT's builtin kernels (which requantize in fixed point).
+
+        The interpreter lists a delegated op as well as the DELEGATE node that runs it; an op
+        is delegated when it lies between a DELEGATE node's inputs and its outputs."""
+        ops = self._interpreter._get_ops_details()
+        producer = {tensor: op for op in ops if op["op_name"] != "DELEGATE" for tensor in op["outputs"]}
+        delegated = set()
+        for delegate in (op for op in ops if op["op_name"] == "DELEGATE"):
+            boundary, stack = set(delegate["inputs"]), list(delegate["outputs"])
+            while stack:
+                tensor = stack.pop()
+                op = producer.get(tensor)
+                if tensor in boundary or op is None or op["index"] in delegated:
+                    continue
+                delegated.add(op["index"])
+                stack.extend(op["inputs"])
+        names = {t["index"]: t["name"] for t in self._interpreter.get_tensor_details()}
+        return [(op["op_name"], names.get(op["outputs"][0], "")) for op in ops
+                if op["op_name"] != "DELEGATE" and op["index"] not in delegated]
+
     def _resize(self, batch: int) -> None:
         if batch != self._batch:
             self._interpreter.resize_tensor_input(self._input["index"], [batch, *self.input_shape])
