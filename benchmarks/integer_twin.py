@@ -11,7 +11,6 @@ points lie):
   agreement, and what the twin reports it does not reproduce;
 * the RobustQuantizer model (float arithmetic on the same grids): top-1 agreement, scores
   within one output step, the largest difference in output steps;
-* forward time on the clean test images, twin and RobustQuantizer model (after a warm-up).
 
     ./run.sh bench integer_twin           # writes benchmarks/results/integer_twin.{json,md}
     ./run.sh bench integer_twin --quick   # 2 architectures, 2 settings, 500 images
@@ -21,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -35,13 +33,6 @@ from keras_qrobust.bench import log, run_description
 EPOCHS = 5
 
 
-def _timed_predict(model, x: np.ndarray) -> tuple[np.ndarray, float]:
-    model.predict(x, verbose=0, batch_size=256)  # traced (every batch shape) outside the timing
-    start = time.perf_counter()
-    out = model.predict(x, verbose=0, batch_size=256)
-    return np.asarray(out), time.perf_counter() - start
-
-
 def score(qmodel, inputs: dict, folder: Path) -> dict:
     twin = kq.export.integer_twin(qmodel)
     deployed = kq.export.load(kq.export.tflite(qmodel, folder / "m.tflite", overwrite=True))
@@ -49,8 +40,8 @@ def score(qmodel, inputs: dict, folder: Path) -> dict:
     out = {"twin_exact": twin.exact, "approximated": list(twin.approximated)}
     for name, x in inputs.items():
         file_scores = deployed.predict(x)
-        twin_scores, twin_seconds = _timed_predict(twin.model, x)
-        keras_scores, keras_seconds = _timed_predict(qmodel, x)
+        twin_scores = np.asarray(twin.model.predict(x, verbose=0, batch_size=256))
+        keras_scores = np.asarray(qmodel.predict(x, verbose=0, batch_size=256))
         difference = np.abs(keras_scores - file_scores) / step
         out[name] = {
             "twin_values_differing": int(np.sum(twin_scores != file_scores)),
@@ -59,8 +50,6 @@ def score(qmodel, inputs: dict, folder: Path) -> dict:
             "keras_within_one_step": float(np.mean(difference <= 1.01)),
             "keras_max_steps": float(difference.max()),
         }
-        if name == "clean":
-            out["seconds"] = {"twin": round(twin_seconds, 2), "keras": round(keras_seconds, 2)}
     return out
 
 
@@ -105,8 +94,8 @@ def markdown(data: dict) -> str:
              "fake-quant model on the same grids in float arithmetic. Agreement: top-1 class equal to the file's.",
              "",
              "| architecture | setting | twin: values ≠ file, clean / ±ε | twin: agreement | RobustQuantizer model: "
-             "agreement, clean / ±ε | within 1 step (clean) | max steps (clean / ±ε) | forward s, twin / model "
-             "| twin reports |", "|---|---|---|---|---|---|---|---|---|"]
+             "agreement, clean / ±ε | within 1 step (clean) | max steps (clean / ±ε) | twin reports |",
+             "|---|---|---|---|---|---|---|---|"]
     for row in data["rows"]:
         c, p = row["clean"], row["perturbed"]
         lines.append(
@@ -114,7 +103,6 @@ def markdown(data: dict) -> str:
             f"{p['twin_values_differing']:,} | {100 * c['twin_agreement']:.2f}% / {100 * p['twin_agreement']:.2f}% | "
             f"{100 * c['keras_agreement']:.2f}% / {100 * p['keras_agreement']:.2f}% | "
             f"{100 * c['keras_within_one_step']:.2f}% | {c['keras_max_steps']:.0f} / {p['keras_max_steps']:.0f} | "
-            f"{row['seconds']['twin']:.1f} / {row['seconds']['keras']:.1f} | "
             f"{'exact' if row['twin_exact'] else '; '.join(row['approximated'])} |")
     exact = sum(r["clean"]["twin_values_differing"] == 0 and r["perturbed"]["twin_values_differing"] == 0
                 for r in data["rows"])
