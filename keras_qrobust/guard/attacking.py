@@ -3,11 +3,18 @@ across all of them, and PGD transferred from the surrogate, at ε/2 and ε; and 
 ε (Croce & Hein 2020; ``--autoattack`` fast or standard) on the first
 ``--autoattack-samples`` test inputs, the robust accuracy guard reports.
 
+For a TFLite target every candidate is attacked through its integer twin
+(:func:`keras_qrobust.export.integer_twin`: the file's integer arithmetic forward, the
+fake-quant gradients backward), so the attacked function is the one the file computes; the
+twin's own check on the converted file is recorded.
+
 The accuracy grid goes into the state; the perturbations and the surrogate's adversarial
 inputs go into ``attacks.npz`` so the exported model is scored on the very same inputs.
 """
 
 from __future__ import annotations
+
+import weakref
 
 import numpy as np
 
@@ -17,7 +24,25 @@ from ..executor import run_tasks, ship_models, unship
 from .context import Context, say
 
 __all__ = ["attack_stage", "ATTACKS", "eps_grid", "descriptions", "pgd_inputs", "UAP_PASSES", "autoattack_inputs",
-           "autoattack_summary", "attack_tasks", "attack_cell", "model_results"]
+           "autoattack_summary", "attack_tasks", "attack_cell", "model_results", "attacked_model", "TWIN_TARGETS"]
+
+#: targets whose file the integer twin computes bit for bit (XNNPACK's arithmetic)
+TWIN_TARGETS = ("tflite-int8",)
+_TWINS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def attacked_model(model, target: str):
+    """What guard attacks for ``model``: for a TFLite target, a RobustQuantizer model's integer
+    twin (built once per model and process), else ``model``. Returns ``(model, twin or None)``."""
+    from ..export import integer_twin
+    from ..export.lowering import is_robust_quantized
+
+    if target not in TWIN_TARGETS or not is_robust_quantized(model):
+        return model, None
+    if model not in _TWINS:
+        _TWINS[model] = integer_twin(model)
+    twin = _TWINS[model]
+    return twin.model, twin
 
 ATTACKS = ("pgd", "uap", "ensemble_uap", "transfer")
 UAP_PASSES = 10
@@ -89,7 +114,7 @@ def attack_tasks(names: list[str], columns: list[float]) -> dict:
 def attack_cell(shared: dict, name: str, kind: str, column: int):
     """One task of :func:`attack_tasks`: model ``name``'s PGD accuracy, its UAP (accuracy and
     perturbation as a list) at ε column ``column``, or its AutoAttack summary at ε."""
-    model = unship(shared["models"][name], shared["trust"])
+    model, _ = attacked_model(unship(shared["models"][name], shared["trust"]), shared["target"])
     x, y, seed = shared["x"], shared["y"], shared["seed"]
     if kind == "autoattack":
         result = attacks.autoattack(model, shared["x_aa"], shared["y_aa"], eps=shared["eps"],
@@ -123,9 +148,17 @@ def attack_stage(ctx: Context) -> tuple[dict, dict]:
     models.update({s: ctx.load_artifact("quantize", s) for s in config.candidates})
     surrogate = ctx.load_artifact("train", "surrogate")
     names = list(models)
+    twins = {}
+    attacked = {}
+    for name, model in models.items():
+        attacked[name], twin = attacked_model(model, config.target)
+        if twin is not None:
+            twins[name] = {"exact": twin.exact, "approximated": list(twin.approximated)}
+            say(f"{name}: attacking its integer twin (the TFLite file's arithmetic)"
+                + ("" if twin.exact else f"; not reproduced exactly: {'; '.join(twin.approximated)}"))
     x, y = data.x_test, data.y_test
     x_craft = data.x_train[:config.uap_samples]
-    grid = {name: {attack: [metrics.accuracy(m, x, y)] for attack in ATTACKS} for name, m in models.items()}
+    grid = {name: {attack: [metrics.accuracy(m, x, y)] for attack in ATTACKS} for name, m in attacked.items()}
     saved: dict[str, np.ndarray] = {}
     uaps_at_eps: dict[str, np.ndarray] = {}
     columns = eps_grid(config.eps)[1:]
@@ -138,7 +171,7 @@ def attack_stage(ctx: Context) -> tuple[dict, dict]:
     shared = {"models": ship_models(models, ctx.executor),
               "trust": ctx.trust_model, "x": x, "y": y, "x_craft": x_craft, "columns": columns, "seed": config.seed,
               "pgd_steps": config.pgd_steps, "x_aa": x_aa, "y_aa": y_aa, "eps": config.eps,
-              "version": config.autoattack}
+              "version": config.autoattack, "target": config.target}
     # each model's PGD, UAP and AutoAttack: independent tasks (here, or on Ray with the same numbers)
     cells = model_results(run_tasks(attack_cell, tasks, shared=shared, executor=ctx.executor, address=ctx.address,
                                     on_result=lambda key, result: progress.update(1)), names, columns)
@@ -151,19 +184,19 @@ def attack_stage(ctx: Context) -> tuple[dict, dict]:
         uaps_at_eps[name] = cells[name]["uap_perturbations"][-1]
         robust[name] = cells[name]["autoattack"]
     for column, eps in enumerate(columns):
-        ensemble = attacks.ensemble_uap(list(models.values()), x_craft, eps=eps, max_passes=UAP_PASSES,
+        ensemble = attacks.ensemble_uap(list(attacked.values()), x_craft, eps=eps, max_passes=UAP_PASSES,
                                         seed=config.seed, verbose=0).perturbation
         saved[f"ensemble_uap/{column}"] = ensemble
         progress.update(1)
         transferred = pgd_inputs(surrogate, ctx, eps)
         saved[f"transfer/{column}"] = transferred
         progress.update(1)
-        for name, model in models.items():
+        for name, model in attacked.items():
             grid[name]["ensemble_uap"].append(metrics.accuracy(model, _with(x, ensemble), y))
             grid[name]["transfer"].append(metrics.accuracy(model, transferred, y))
     progress.close()
     # UAP crafted on model i (rows), accuracy of model j (columns), at ε
-    matrix = [[metrics.accuracy(models[j], _with(x, uaps_at_eps[i]), y) for j in names] for i in names]
+    matrix = [[metrics.accuracy(attacked[j], _with(x, uaps_at_eps[i]), y) for j in names] for i in names]
     with atomic_path(ctx.folder / "attacks.npz", overwrite=True) as temporary:
         with open(temporary, "wb") as handle:
             np.savez(handle, **saved)
@@ -171,5 +204,5 @@ def attack_stage(ctx: Context) -> tuple[dict, dict]:
     summary = {"grid": grid, "names": names, "transfer_matrix": {"labels": names, "accuracy": matrix},
                "descriptions": descriptions(config, names, len(x_craft)), "surrogate_clean": surrogate_clean,
                "test_inputs": int(len(x)), "uap_inputs": int(len(x_craft)), "autoattack": robust,
-               "autoattack_inputs": int(len(x_aa))}
+               "autoattack_inputs": int(len(x_aa)), "integer_twins": twins}
     return {"attacks": "attacks.npz"}, summary

@@ -88,7 +88,8 @@ def _export_section(ctx: Context) -> str:
     keras_row = state.summary("attack")["grid"][setting]
     headers = ["", "clean %", *(f"{a} % at ε = {config.eps:g}" for a in ATTACKS)]
     deployed_row = remeasure["row"]
-    rows = [[f"{setting} Keras (fake quant)", *(percent(keras_row[a][i]) for a, i in [("pgd", 0)] + _at_eps())],
+    label = _attacked_label(state, setting)
+    rows = [[label, *(percent(keras_row[a][i]) for a, i in [("pgd", 0)] + _at_eps())],
             [f"{state.summary('export')['file']} ({remeasure['runtime']} runtime)",
              *(percent(deployed_row[a][i]) for a, i in [("pgd", 0)] + _at_eps())]]
     reproduced = ("re-running PGD on the Keras model gave the same accuracies as the attack stage"
@@ -107,8 +108,16 @@ def _export_section(ctx: Context) -> str:
                  f"{square['inputs']} test inputs:\n\n" + markdown_table(
                      ["", "Square robust % (95% CI)"],
                      [[f"{state.summary('export')['file']} ({remeasure['runtime']} runtime)", cells["artifact"]],
-                      [f"{setting} Keras (fake quant)", cells["keras"]]]))
+                      [label, cells["keras"]]]))
     return text
+
+
+def _attacked_label(state, setting: str) -> str:
+    """The attacked model's row label: the integer twin (exact or not) or the fake-quant model."""
+    twin = state.summary("attack").get("integer_twins", {}).get(setting)
+    if twin is None:
+        return f"{setting} Keras (fake quant)"
+    return f"{setting} Keras (integer twin{'' if twin['exact'] else ', not exact: ' + '; '.join(twin['approximated'])})"
 
 
 def agreement_verdict(remeasure: dict) -> str:

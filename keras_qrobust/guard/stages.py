@@ -15,7 +15,7 @@ from ..layers import TensorQuantizer
 from ..analysis.bit_width_search import SettingResult, choose
 from ..quantization import RobustQuantizer
 from ..quantizers.grid import parse_setting
-from .attacking import ATTACKS, autoattack_inputs, eps_grid, pgd_inputs
+from .attacking import ATTACKS, attacked_model, autoattack_inputs, eps_grid, pgd_inputs
 from .config import TARGETS
 from .context import Context, save_model, say
 
@@ -130,7 +130,8 @@ def remeasure_stage(ctx: Context) -> tuple[dict, dict]:
     config, data, state = ctx.config, ctx.data, ctx.state
     # every core: LiteRT runs one thread unless told (integer kernels give the same labels either way)
     deployed = runtime.load(state.artifact("export", "exported"), num_threads=os.cpu_count())
-    keras_model = ctx.load_artifact("choose", "model")
+    quantized = ctx.load_artifact("choose", "model")
+    keras_model, _ = attacked_model(quantized, config.target)  # what the attack stage attacked
     setting = state.summary("choose")["chosen"]
     keras_row = state.summary("attack")["grid"][setting]
     saved = np.load(state.artifact("attack", "attacks"))
@@ -149,7 +150,7 @@ def remeasure_stage(ctx: Context) -> tuple[dict, dict]:
         row["transfer"].append(metrics.accuracy(deployed, saved[f"transfer/{column}"], y))
     scores_keras = np.asarray(keras_model.predict(x, verbose=0), np.float64)
     scores_deployed = np.asarray(deployed.predict(x), np.float64)
-    output = keras_model.layers[-1]  # the OutputQuantizer of a RobustQuantizer model: its step
+    output = quantized.layers[-1]  # the OutputQuantizer of a RobustQuantizer model: its step
     summary = {"row": row, "runtime": deployed.format, "agreement": float(np.mean(clean_keras == clean_deployed)),
                "agreement_inputs": int(len(x)),
                "max_score_difference": float(np.max(np.abs(scores_keras - scores_deployed))),
