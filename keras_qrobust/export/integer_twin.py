@@ -13,10 +13,10 @@ with the arithmetic of :mod:`~keras_qrobust.export.int8_arithmetic` (LiteRT's de
 XNNPACK), and, for its gradient, the lowered fake-quant layers (straight-through, as the
 RobustQuantizer model's)::
 
-    y = y_int + (y_fake_quant − stop_gradient(y_fake_quant))
+    y = y_int,   ∂y/∂x = ∂y_fake_quant/∂x
 
-so ``y`` is ``y_int`` exactly and ``∂y = ∂y_fake_quant``, the fake-quant op's gradient taken at
-the twin's own (the file's) input values. Attacks on the twin are attacks on the file's
+(``tf.custom_gradient``: the fake-quant path runs only in the backward pass), the fake-quant
+op's gradient taken at the twin's own (the file's) input values. Attacks on the twin are attacks on the file's
 function.
 
 Ops whose int8 kernel the twin does not reproduce bit for bit (the lookup tables and fixed
@@ -132,10 +132,26 @@ class _Requantized(keras.layers.Layer):
             y = layer(y)
         return y
 
+    def _fake_quant(self, inputs):
+        return self.quantizer(self._reshaped(self.producer(inputs)))
+
     def call(self, inputs):
-        fake_quant = self.quantizer(self._reshaped(self.producer(inputs)))
-        exact = tf.stop_gradient(self._reshaped(self._integer(inputs)))
-        return exact + (fake_quant - tf.stop_gradient(fake_quant))
+        several = isinstance(inputs, (list, tuple))
+        values = list(inputs) if several else [inputs]
+
+        # the forward pass computes only the integer path; the fake-quant path is run again
+        # in the backward pass, for its gradient (as tf.recompute_grad does)
+        @tf.custom_gradient
+        def requantized(*xs):
+            def gradient(upstream):
+                with tf.GradientTape() as tape:
+                    tape.watch(xs)
+                    fake_quant = self._fake_quant(list(xs) if several else xs[0])
+                return tape.gradient(fake_quant, xs, output_gradients=upstream)
+
+            return tf.stop_gradient(self._reshaped(self._integer(list(xs) if several else xs[0]))), gradient
+
+        return requantized(*values)
 
 
 class _RequantizedWeights(_Requantized):
@@ -228,10 +244,8 @@ class _RequantizedInput(_Requantized):
     def _integer(self, inputs):
         return self._write(tf.round(inputs / self.output_grid.scale))
 
-    def call(self, inputs):
-        fake_quant = self.quantizer(inputs)
-        exact = tf.stop_gradient(self._integer(inputs))
-        return exact + (fake_quant - tf.stop_gradient(fake_quant))
+    def _fake_quant(self, inputs):
+        return self.quantizer(inputs)
 
 
 class _RoundedActivation(_Requantized):
