@@ -56,10 +56,6 @@ class Int8Grid:
     scale_double: float
     zero_point: int
 
-    def codes(self, values: np.ndarray) -> np.ndarray:
-        """Codes of values on this grid (float64 integers)."""
-        return np.rint(np.asarray(values, np.float32) / self.scale).astype(np.float64) + self.zero_point
-
 
 def _round_half_away(value: float) -> int:
     return int(math.floor(value + 0.5)) if value >= 0 else -int(math.floor(-value + 0.5))

@@ -38,7 +38,7 @@ import numpy as np
 
 from .._keras import check_model, keras, tf
 from ..transforms._graph import UnsupportedModelError
-from ..transforms._kinds import GRID_PRESERVING, RESHAPES
+from ..transforms._kinds import GRID_PRESERVING, only_reshapes
 from . import int8_arithmetic as arith
 from .layers import FixedFakeQuant, LoweredConv2D, LoweredDense, LoweredDepthwiseConv2D, LoweredReLU
 from .lowering import Lowered, lower
@@ -272,12 +272,11 @@ def _requantizer(producer) -> type | None:
 def _reshapes(layer) -> bool:
     """Layers that only reshape (or, at inference, pass) their input."""
     kind = type(layer).__name__
-    return kind in RESHAPES or (kind == "Activation" and layer.get_config()["activation"] == "linear")
+    return only_reshapes(kind, layer.get_config()["activation"] if kind == "Activation" else None)
 
 
 def _keeps_grid(layer) -> bool:
-    kind = type(layer).__name__
-    return kind in GRID_PRESERVING or (kind == "Activation" and layer.get_config()["activation"] == "linear")
+    return type(layer).__name__ in GRID_PRESERVING or _reshapes(layer)
 
 
 def _next_quantizer(layer):

@@ -15,18 +15,13 @@ from typing import Callable, Iterator
 import numpy as np
 
 from .._keras import check_model, keras, registered_objects
-from ._kinds import RESHAPES
+from ._kinds import only_reshapes
 
 __all__ = ["Graph", "UnsupportedModelError", "graph_rewrite"]
 
 
 class UnsupportedModelError(ValueError):
     """The model (or one of its layers) cannot be handled by a graph rewrite."""
-
-
-def _is_reshape(entry: dict) -> bool:
-    kind = Graph.kind(entry)
-    return kind in RESHAPES or (kind == "Activation" and entry["config"].get("activation") == "linear")
 
 
 @dataclass
@@ -122,8 +117,8 @@ class Graph:
         consumers = [self.layer(c) for c in self.consumers(name)]
         if not consumers or self.is_output(name):
             return False
-        return all(self.kind(c) in kinds or (_is_reshape(c) and self.reaches_only(c["name"], kinds))
-                   for c in consumers)
+        return all(self.kind(c) in kinds or (only_reshapes(self.kind(c), c["config"].get("activation"))
+                                             and self.reaches_only(c["name"], kinds)) for c in consumers)
 
     def iter_layers(self, class_names: tuple[str, ...] | None = None) -> Iterator[dict]:
         for entry in list(self.layers):

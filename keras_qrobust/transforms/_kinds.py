@@ -39,3 +39,8 @@ GRID_PRESERVING = ("MaxPooling2D", "GlobalMaxPooling2D", "Flatten", "Reshape", "
 
 # Layers that only reshape (or, at inference, pass) their input: the int8 graph keeps its values and grid.
 RESHAPES = ("Flatten", "Reshape", "Dropout", "SpatialDropout2D", "GaussianNoise", "GaussianDropout")
+
+
+def only_reshapes(kind: str, activation: str | None = None) -> bool:
+    """A layer of class ``kind`` (``activation`` for an Activation) that keeps its input's values."""
+    return kind in RESHAPES or (kind == "Activation" and activation == "linear")

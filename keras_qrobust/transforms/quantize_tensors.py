@@ -37,13 +37,9 @@ _TENSOR_QUANTIZERS = ("TensorQuantizer", "OutputQuantizer")
 _FUSES_RELU = (*QUANTIZED_WEIGHT_LAYERS, "Add")
 
 
-def _kind(entry: dict) -> str:
-    return entry["class_name"].split(">")[-1]
-
-
 def _int8_relu(entry: dict) -> bool:
     """A QuantizedReLU whose grid fits int8."""
-    if _kind(entry) != "QuantizedReLU":
+    if Graph.kind(entry) != "QuantizedReLU":
         return False
     quantizer = qz.get(entry["config"].get("activation_quantizer"))
     return quantizer is not None and quantizer.bits <= 8
@@ -54,7 +50,7 @@ def quantize_tensors(graph: Graph) -> Graph:
     graph = graph.copy()
     on_grid: set[str] = set()
     for entry in list(graph.layers):
-        name, kind = entry["name"], _kind(entry)
+        name, kind = entry["name"], Graph.kind(entry)
         if kind in _TENSOR_QUANTIZERS or _int8_relu(entry):
             on_grid.add(name)
             continue
@@ -67,7 +63,7 @@ def quantize_tensors(graph: Graph) -> Graph:
             continue
         if kind in _FUSES_RELU and consumers and all(_int8_relu(c) for c in consumers):
             continue
-        if consumers and all(_kind(c) == "Concatenate" for c in consumers):
+        if consumers and all(Graph.kind(c) == "Concatenate" for c in consumers):
             continue
         # the model input is quantized by whoever calls the file (round half to even)
         rounding = "half_even" if kind == "InputLayer" else "half_up"
