@@ -132,7 +132,7 @@ def test_exported_file_computes_the_keras_model(build, setting, data, tmp_path):
         assert np.max(np.abs(deployed - scores)) <= step * 1.01, path.suffix
     # the integer twin computes the TFLite file's codes, bit for bit (a sigmoid or softmax:
     # rounded in float, listed as approximated)
-    twin = integer_twin(qmodel)
+    twin = integer_twin(qmodel, file=tmp_path / "m.tflite")
     assert twin.exact == (build not in (squeeze_excite, softmax_output)), twin.approximated
     deployed = export.load(tmp_path / "m.tflite").predict(x)
     if twin.exact:
@@ -223,7 +223,7 @@ def _check_deep_model_files(qmodel, x, scores, tmp_path) -> None:
         assert np.mean(np.abs(deployed[0] - scores) <= step * 1.01) >= 0.99, path.suffix
         clean_outputs[path.suffix] = deployed[0]
     # the integer twin is the TFLite file, on both (the RobustQuantizer model is not, near ties)
-    twin = integer_twin(qmodel).model
+    twin = integer_twin(qmodel, file=tmp_path / "m.tflite").model
     tflite = export.load(tmp_path / "m.tflite")
     for inputs, _ in references:
         np.testing.assert_array_equal(twin.predict(inputs, verbose=0), tflite.predict(inputs))

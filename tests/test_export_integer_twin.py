@@ -71,11 +71,11 @@ def test_twin_gradients_are_the_fake_quant_models(samples):
 def test_twin_computes_the_file_on_perturbed_inputs(samples, tmp_path):
     """Where the fake-quant model rounds a float sum differently, the twin follows the file."""
     qmodel = kq.RobustQuantizer.from_setting("w8a8").quantize(_model(), samples)
-    twin = export.integer_twin(qmodel)
+    path = export.tflite(qmodel, tmp_path / "m.tflite")
+    twin = export.integer_twin(qmodel, file=path)  # checked against the export, not a second conversion
     assert twin.exact
     x = np.clip(samples + np.random.default_rng(1).choice([-0.05, 0.05], size=samples.shape), 0, 1).astype(np.float32)
-    deployed = export.load(export.tflite(qmodel, tmp_path / "m.tflite")).predict(x)
-    np.testing.assert_array_equal(twin.model.predict(x, verbose=0), deployed)
+    np.testing.assert_array_equal(twin.model.predict(x, verbose=0), export.load(path).predict(x))
 
 
 def test_an_op_without_an_integer_kernel_is_named(samples):
@@ -92,10 +92,24 @@ def test_a_file_the_twin_does_not_compute_is_reported(samples):
     qmodel = kq.RobustQuantizer.from_setting("w8a8").quantize(_model(), samples)
     twin = export.integer_twin(qmodel)
     assert twin.exact
-    assert _check_against_file(twin.model, twin.lowered.model, samples) == []
+    assert _check_against_file(twin.model, twin.lowered.model, samples, None) == []
     quantizer = next(layer for layer in twin.lowered.model.layers if layer.name.startswith("add")
                      and layer.name.endswith("_quantizer"))
     quantizer.set_range(float(quantizer.min.numpy()) * 1.5, float(quantizer.max.numpy()) * 1.5)
     # the twin's integer constants were taken when it was built: the file converted now is another
-    findings = _check_against_file(twin.model, twin.lowered.model, samples)
+    findings = _check_against_file(twin.model, twin.lowered.model, samples, None)
     assert any("differs from the TFLite file" in entry for entry in findings), findings
+
+
+def test_a_file_of_another_model_is_found_out(samples, tmp_path):
+    w8a8 = kq.RobustQuantizer.from_setting("w8a8").quantize(_model(), samples)
+    w4a4 = kq.RobustQuantizer.from_setting("w4a4").quantize(_model(), samples)
+    twin = export.integer_twin(w8a8, file=export.tflite(w4a4, tmp_path / "w4a4.tflite"))
+    assert not twin.exact and any("differs from the TFLite file" in entry for entry in twin.approximated)
+    inputs = keras.Input((5,))
+    dense = kq.RobustQuantizer.from_setting("w8a8").quantize(keras.Model(inputs, layers.Dense(4)(inputs)),
+                                                             np.random.default_rng(0).uniform(size=(64, 5)))
+    with pytest.raises(ValueError, match=r"takes inputs of shape \(5,\), the model \(12, 12, 1\)"):
+        export.integer_twin(w8a8, file=export.tflite(dense, tmp_path / "dense.tflite"))
+    with pytest.raises(ValueError, match="is not a .tflite file"):
+        export.integer_twin(w8a8, file=tmp_path / "missing.tflite")

@@ -30,6 +30,7 @@ other op the twin cannot follow raises
 
 from __future__ import annotations
 
+import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -375,7 +376,7 @@ class _Builder:
         self.grids[layer.name] = source_grids.pop()
 
 
-def integer_twin(model, representative=None) -> IntegerTwin:
+def integer_twin(model, representative=None, *, file: str | os.PathLike | None = None) -> IntegerTwin:
     """The integer twin of a RobustQuantizer model's int8 TFLite export (module doc).
 
     Args:
@@ -383,8 +384,13 @@ def integer_twin(model, representative=None) -> IntegerTwin:
             is a snapshot: build it again after changing the model.
         representative: as for :func:`~keras_qrobust.export.lower`, for models that leave
             tensors float.
+        file: the model's int8 ``.tflite`` export (:func:`~keras_qrobust.export.tflite`), to
+            check the twin against instead of converting the model again; a file of another
+            model shows up as differing outputs in :attr:`IntegerTwin.approximated`.
     """
     model = check_model(model)
+    if file is not None and (not Path(file).is_file() or Path(file).suffix != ".tflite"):
+        raise ValueError(f"file={str(file)!r} is not a .tflite file: pass the path export.tflite wrote, or None")
     lowered = lower(model, representative)
     low = lowered.model
     builder = _Builder()
@@ -392,7 +398,7 @@ def integer_twin(model, representative=None) -> IntegerTwin:
         builder.visit(layer)
     outputs = [builder.tensors[name] for name in low.output_names]
     twin = keras.Model(builder.inputs, outputs if len(outputs) > 1 else outputs[0], name=f"{model.name}_integer_twin")
-    findings = _check_against_file(twin, low, representative)
+    findings = _check_against_file(twin, low, representative, file)
     return IntegerTwin(twin, lowered, (*builder.approximated, *findings))
 
 
@@ -406,19 +412,28 @@ def _probe_inputs(lowered_model, representative, count: int = 64) -> np.ndarray:
     return np.random.default_rng(0).uniform(low, high, size=shape).astype(np.float32)
 
 
-def _check_against_file(twin, lowered_model, representative) -> list[str]:
-    """What of the converted file the twin does not reproduce, checked on the file itself:
-    requantizing ops XNNPACK refuses (LiteRT's builtin kernels compute them in fixed point)
-    and outputs that differ on probe inputs (e.g. a grid the converter widens)."""
+def _check_against_file(twin, lowered_model, representative, file) -> list[str]:
+    """What of the converted file (``file``, else the lowered model converted here) the twin
+    does not reproduce, checked on the file itself: requantizing ops XNNPACK refuses (LiteRT's
+    builtin kernels compute them in fixed point) and outputs that differ on probe inputs
+    (e.g. a grid the converter widens)."""
     with tempfile.TemporaryDirectory(prefix="kq_twin_") as folder:
-        path = Path(folder) / "lowered.tflite"
-        path.write_bytes(convert_lowered(lowered_model))
+        path = Path(file) if file is not None else Path(folder) / "lowered.tflite"
+        if file is None:
+            path.write_bytes(convert_lowered(lowered_model))
         deployed = TFLiteModel(path)
+        if deployed.input_shape != tuple(lowered_model.input_shape[1:]):
+            raise ValueError(f"file={str(file)!r} takes inputs of shape {deployed.input_shape}, the model "
+                             f"{tuple(lowered_model.input_shape[1:])}: pass this model's TFLite export")
         findings = [f"{tensor} ({op}, builtin kernel)" for op, tensor in deployed.undelegated_ops()
                     if op in _REQUANTIZING]
         probe = _probe_inputs(lowered_model, representative)
         expected = deployed.predict(probe)
-    found = np.asarray(twin.predict(probe, verbose=0)).reshape(expected.shape)
+    found = np.asarray(twin.predict(probe, verbose=0))
+    if found.size != expected.size:
+        raise ValueError(f"file={str(file)!r} has outputs of shape {expected.shape[1:]}, the model "
+                         f"{found.shape[1:]}: pass this model's TFLite export")
+    found = found.reshape(expected.shape)
     differing = int(np.sum(np.any((found != expected).reshape(len(probe), -1), axis=1)))
     if differing:
         findings.append(f"output differs from the TFLite file on {differing} of {len(probe)} probe inputs")

@@ -59,7 +59,7 @@ class Lowered:
 
 
 def _base_kind(entry: dict) -> str:
-    kind = entry["class_name"].split(">")[-1]
+    kind = Graph.kind(entry)
     return kind.removeprefix("Quantized") if kind.startswith("Quantized") else kind
 
 
@@ -175,7 +175,7 @@ def _lower_weights(graph: Graph, model):
 def _lower_relus(graph: Graph, model) -> None:
     layers = {layer.name: layer for layer in model.layers}
     for entry in list(graph.layers):
-        if _base_kind(entry) != "ReLU" or not entry["class_name"].split(">")[-1].startswith("Quantized"):
+        if _base_kind(entry) != "ReLU" or not Graph.kind(entry).startswith("Quantized"):
             continue
         layer = layers[entry["name"]]
         bits = layer.activation_quantizer.bits
@@ -327,7 +327,7 @@ def _requantize_concatenated(graph: Graph, model, codes: Iterator[int]) -> None:
 
 
 def _is_relu(entry: dict) -> bool:
-    kind = entry["class_name"].split(">")[-1]
+    kind = Graph.kind(entry)
     if kind == "LoweredReLU":
         return True
     config = entry["config"]
@@ -341,7 +341,7 @@ def _insert_fake_quants(graph: Graph) -> list[str]:
     on_grid: set[str] = set()
     sources = []
     for entry in list(graph.layers):
-        name, kind = entry["name"], entry["class_name"].split(">")[-1]
+        name, kind = entry["name"], Graph.kind(entry)
         inputs = graph.inbound_names(entry)
         consumers = [graph.layer(c) for c in graph.consumers(name)]
         if kind == "LoweredReLU" or kind == "FixedFakeQuant":
@@ -366,7 +366,7 @@ def _preset_tensor_ranges(graph: Graph) -> set[str]:
     """Each TensorQuantizer (and OutputQuantizer) becomes a FixedFakeQuant with the same range."""
     preset = set()
     for entry in list(graph.layers):
-        if entry["class_name"].split(">")[-1] in ("TensorQuantizer", "OutputQuantizer"):
+        if Graph.kind(entry) in ("TensorQuantizer", "OutputQuantizer"):
             graph.replace(entry["name"], "FixedFakeQuant", _shared(entry["config"]))
             preset.add(entry["name"])
     return preset

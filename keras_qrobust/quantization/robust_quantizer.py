@@ -292,7 +292,7 @@ def _listed(names: list[str], shown: int = 6) -> str:
 def _check_layers(graph: Graph) -> None:
     supported = set(SUPPORTED)
     for entry in graph.layers:
-        kind = entry["class_name"].split(">")[-1]
+        kind = Graph.kind(entry)
         if kind in QUANTIZED_WEIGHT_LAYERS or kind in ("QuantizedReLU", "OutputQuantizer", "TensorQuantizer"):
             raise UnsupportedModelError(
                 f"Layer '{entry['name']}' ({kind}) is already quantized; pass the float model "

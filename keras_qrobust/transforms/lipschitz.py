@@ -27,10 +27,6 @@ _SIGMA_EPS = 1e-12  # as keras_qrobust.layers._SIGMA_EPS
 _L2_NORMALIZE_EPS = 1e-12
 
 
-def _kind(entry: dict) -> str:
-    return entry["class_name"].split(">")[-1]
-
-
 def _kernel_matrix(kernel: np.ndarray) -> np.ndarray:
     return np.asarray(kernel, np.float64).reshape(-1, kernel.shape[-1])
 
@@ -42,7 +38,7 @@ def _top_right_singular_vector(kernel: np.ndarray) -> np.ndarray:
 
 def _targets(graph: Graph, layers: Iterable[str] | str | None) -> list[str]:
     """Names of the layers to swap; raise when a requested layer cannot be swapped."""
-    eligible = [e["name"] for e in graph.layers if _kind(e) in LIPSCHITZ_LAYERS]
+    eligible = [e["name"] for e in graph.layers if Graph.kind(e) in LIPSCHITZ_LAYERS]
     if layers is None:
         if not eligible:
             raise UnsupportedModelError(_nothing_to_swap(graph))
@@ -58,7 +54,7 @@ def _targets(graph: Graph, layers: Iterable[str] | str | None) -> list[str]:
                 f"Model '{graph.config.get('name')}' has no layer '{name}'; its Dense/Conv2D layers are: "
                 f"{', '.join(eligible) or 'none'}"
             )
-        kind = _kind(graph.layer(name))
+        kind = Graph.kind(graph.layer(name))
         if kind not in LIPSCHITZ_LAYERS:
             raise ValueError(
                 f"Layer '{name}' is a {kind}; to_lipschitz swaps Dense and Conv2D layers only. For other "
@@ -69,7 +65,7 @@ def _targets(graph: Graph, layers: Iterable[str] | str | None) -> list[str]:
 
 
 def _nothing_to_swap(graph: Graph) -> str:
-    kinds = [(e["name"], _kind(e)) for e in graph.layers]
+    kinds = [(e["name"], Graph.kind(e)) for e in graph.layers]
     quantized = [f"'{n}' ({k})" for n, k in kinds if k in QUANTIZED_WEIGHT_LAYERS]
     lipschitz = [f"'{n}' ({k})" for n, k in kinds if k in _PLAIN_LAYERS]
     message = f"Model '{graph.config.get('name')}' has no Dense or Conv2D layer to make Lipschitz"
@@ -114,7 +110,7 @@ def to_lipschitz(
     graph = graph.copy()
     for name in _targets(graph, layers):
         entry = graph.layer(name)
-        graph.replace(name, LIPSCHITZ_LAYERS[_kind(entry)], {**entry["config"], "beta": beta,
+        graph.replace(name, LIPSCHITZ_LAYERS[Graph.kind(entry)], {**entry["config"], "beta": beta,
                                                               "spectral_norm": spectral_norm})
         if spectral_norm:
             kernel = graph.weights[name][0]
@@ -142,7 +138,7 @@ def strip_lipschitz(graph: Graph) -> Graph:
     """
     graph = graph.copy()
     for entry in list(graph.layers):
-        kind = _kind(entry)
+        kind = Graph.kind(entry)
         if kind not in _PLAIN_LAYERS:
             continue
         name, config = entry["name"], dict(entry["config"])

@@ -30,10 +30,6 @@ _OTHER_WEIGHT_KINDS = ("LipschitzDense", "LipschitzConv2D")
 _WEIGHT_KINDS = (*WEIGHT_LAYERS, *QUANTIZED_WEIGHT_LAYERS, *_OTHER_WEIGHT_KINDS, "MuLawDense")
 
 
-def _kind(entry: dict) -> str:
-    return entry["class_name"].split(">")[-1]
-
-
 def _check_last_n(last_n) -> int:
     if isinstance(last_n, bool) or not isinstance(last_n, int) or last_n < 1:
         raise ValueError(f"last_n must be an int >= 1 (the number of final Dense layers to map), got {last_n!r}")
@@ -43,19 +39,19 @@ def _check_last_n(last_n) -> int:
 def _trailing_dense(weight_layers: list[dict]) -> int:
     count = 0
     for entry in reversed(weight_layers):
-        if _kind(entry) not in _DENSE_KINDS:
+        if Graph.kind(entry) not in _DENSE_KINDS:
             break
         count += 1
     return count
 
 
 def _describe(entries: list[dict]) -> str:
-    return ", ".join(f"'{e['name']}' ({_kind(e)})" for e in entries) or "none"
+    return ", ".join(f"'{e['name']}' ({Graph.kind(e)})" for e in entries) or "none"
 
 
 def _last_weight_layers(graph: Graph, last_n: int) -> list[dict]:
-    weight_layers = [e for e in graph.layers if _kind(e) in _WEIGHT_KINDS]
-    n_dense = sum(_kind(e) in _DENSE_KINDS for e in weight_layers)
+    weight_layers = [e for e in graph.layers if Graph.kind(e) in _WEIGHT_KINDS]
+    n_dense = sum(Graph.kind(e) in _DENSE_KINDS for e in weight_layers)
     if len(weight_layers) < last_n:
         raise UnsupportedModelError(
             f"apply_mu_law(last_n={last_n}): model '{graph.config.get('name')}' has only "
@@ -64,7 +60,7 @@ def _last_weight_layers(graph: Graph, last_n: int) -> list[dict]:
         )
     chosen = weight_layers[-last_n:]
     for entry in chosen:
-        kind = _kind(entry)
+        kind = Graph.kind(entry)
         if kind in _DENSE_KINDS:
             continue
         fix = f"use last_n <= {_trailing_dense(weight_layers)} (the number of Dense layers at the end)"
@@ -88,7 +84,7 @@ def _quantized_bits(config: dict) -> int | None:
 
 
 def _mu_law_quantizer(entry: dict, mu: float, mode: str, bits: int | None) -> qz.MuLawQuantizer:
-    if bits is None and _kind(entry) == "QuantizedDense":
+    if bits is None and Graph.kind(entry) == "QuantizedDense":
         bits = _quantized_bits(entry["config"])
     if mode == "compand" and bits is None:
         raise ValueError(
@@ -126,7 +122,7 @@ def apply_mu_law(
     for entry in _last_weight_layers(graph, last_n):
         quantizer = _mu_law_quantizer(entry, mu, mode, bits)
         config = dict(entry["config"])
-        if _kind(entry) == "QuantizedDense":
+        if Graph.kind(entry) == "QuantizedDense":
             config["kernel_quantizer"] = qz.serialize(quantizer)
             graph.replace(entry["name"], "QuantizedDense", config)
         else:
