@@ -6,7 +6,8 @@
 #                                by benchmarks/demo_model.py): quantize, attack, choose, export to
 #                                int8 TFLite, re-measure, report in results/guard (candidates w8a8
 #                                and w4a4; ARGS override, e.g. --candidates w8a8,w6a6,w4a4)
-#   ./run.sh test [PYTEST ARGS]  run the test suite (it also builds the docs site, strict)
+#   ./run.sh test [PYTEST ARGS]  run the test suite (it also builds the docs site, strict), one test
+#                                file per worker process (KQ_TEST_WORKERS, default min(CPUs, 4))
 #   ./run.sh bench NAME [ARGS]   run benchmarks/NAME.py (writes JSON + Markdown results)
 #   ./run.sh setup               only set up
 #
@@ -92,7 +93,10 @@ command=${1:-}
 case "$command" in
   setup) setup ;;
   demo)  setup; exec "$VENV/bin/keras-qrobust" guard --quick --model "$DEMO_MODEL" --candidates w8a8,w4a4 "$@" ;;
-  test)  setup; install_chromium; exec "$VENV/bin/python" -m pytest "$@" ;;
+  test)  # one test file per worker process (pytest-xdist): KQ_TEST_WORKERS, default min(CPUs, 4)
+         setup; install_chromium
+         workers=${KQ_TEST_WORKERS:-$(nproc 2>/dev/null || echo 2)}; [ "$workers" -gt 4 ] && workers=4
+         exec "$VENV/bin/python" -m pytest -n "$workers" --dist loadfile "$@" ;;
   bench)
     [ $# -ge 1 ] || { say "usage: ./run.sh bench NAME [ARGS]  (NAME: $(ls benchmarks/*.py | xargs -n1 basename | sed 's/\.py$//' | grep -v '^_' | tr '\n' ' '))"; exit 2; }
     name=$1; shift; setup; exec "$VENV/bin/python" "benchmarks/$name.py" "$@" ;;
