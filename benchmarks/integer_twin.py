@@ -8,7 +8,8 @@ images with every pixel moved by ±ε (ε = 0.1, between two input levels, where
 points lie):
 
 * ``kq.export.integer_twin``: output values that differ from the file's (bit for bit), top-1
-  agreement, and what the twin reports it does not reproduce;
+  agreement, and what the twin reports it does not reproduce; and the same for
+  ``integer_twin(runtime="onnx")`` against the QDQ ONNX file in ONNX Runtime;
 * the RobustQuantizer model (float arithmetic on the same grids): top-1 agreement, scores
   within one output step, the largest difference in output steps;
 
@@ -29,19 +30,26 @@ from _common import machine, publish
 from _models import trained_model
 from coverage import APPLICATIONS, EPS, SETTINGS, ZOO, applications_model, rgb32
 from keras_qrobust.bench import log, run_description
+from onnxruntime_gemm_tails import cpu_flags
 
 EPOCHS = 5
 
 
 def score(qmodel, inputs: dict, folder: Path) -> dict:
-    twin = kq.export.integer_twin(qmodel)
-    deployed = kq.export.load(kq.export.tflite(qmodel, folder / "m.tflite", overwrite=True))
+    tflite = kq.export.tflite(qmodel, folder / "m.tflite", overwrite=True)
+    onnx = kq.export.onnx(qmodel, folder / "m.onnx", overwrite=True)
+    twin = kq.export.integer_twin(qmodel, file=tflite)
+    onnx_twin = kq.export.integer_twin(qmodel, runtime="onnx", file=onnx)
+    deployed, onnx_deployed = kq.export.load(tflite), kq.export.load(onnx)
     step = float(qmodel.get_layer("output_quantizer").step)
-    out = {"twin_exact": twin.exact, "approximated": list(twin.approximated)}
+    out = {"twin_exact": twin.exact, "approximated": list(twin.approximated),
+           "onnx_twin_exact": onnx_twin.exact, "onnx_approximated": list(onnx_twin.approximated)}
     for name, x in inputs.items():
         file_scores = deployed.predict(x)
         twin_scores = np.asarray(twin.model.predict(x, verbose=0, batch_size=256))
         keras_scores = np.asarray(qmodel.predict(x, verbose=0, batch_size=256))
+        onnx_scores = onnx_deployed.predict(x)
+        onnx_twin_scores = np.asarray(onnx_twin.model.predict(x, verbose=0, batch_size=256))
         difference = np.abs(keras_scores - file_scores) / step
         out[name] = {
             "twin_values_differing": int(np.sum(twin_scores != file_scores)),
@@ -49,6 +57,8 @@ def score(qmodel, inputs: dict, folder: Path) -> dict:
             "keras_agreement": float(np.mean(keras_scores.argmax(1) == file_scores.argmax(1))),
             "keras_within_one_step": float(np.mean(difference <= 1.01)),
             "keras_max_steps": float(difference.max()),
+            "onnx_twin_values_differing": int(np.sum(onnx_twin_scores != onnx_scores)),
+            "keras_onnx_agreement": float(np.mean(keras_scores.argmax(1) == onnx_scores.argmax(1))),
         }
     return out
 
@@ -77,25 +87,29 @@ def run(args) -> dict:
                 result = score(qmodel, {"clean": x, "perturbed": perturbed}, Path(folder))
                 rows.append({"architecture": name, "setting": setting, **result})
                 log(f"{name} {setting}: twin differs in {result['clean']['twin_values_differing']} / "
-                    f"{result['perturbed']['twin_values_differing']} values; RobustQuantizer model agreement "
+                    f"{result['perturbed']['twin_values_differing']} values (ONNX twin "
+                    f"{result['clean']['onnx_twin_values_differing']} / "
+                    f"{result['perturbed']['onnx_twin_values_differing']}); RobustQuantizer model agreement "
                     f"{result['clean']['keras_agreement']:.4%} / {result['perturbed']['keras_agreement']:.4%}")
     command = "./run.sh bench integer_twin" + (" --quick" if args.quick else "") + \
         (f" --images {args.images}" if args.images != 10000 else "")
-    return {"command": command, "machine": machine(), "images": len(x_test), "eps": EPS, "epochs": EPOCHS,
-            "rows": rows}
+    return {"command": command, "machine": machine(), "cpu_flags": cpu_flags(), "images": len(x_test), "eps": EPS,
+            "epochs": EPOCHS, "rows": rows}
 
 
 def markdown(data: dict) -> str:
     values = data["images"] * 10
-    lines = ["# The integer twin and the TFLite file (LiteRT, XNNPACK)", "",
+    lines = ["# The integer twins and the int8 files (TFLite in LiteRT with XNNPACK; ONNX in ONNX Runtime)", "",
              f"{run_description(data)} Code {data['machine'].get('code', 'unknown')}. {data['images']:,} test images "
              f"({values:,} output values), clean and with every pixel ±{data['eps']:g}. Twin: "
              "`kq.export.integer_twin` (forward = the file's integer arithmetic); RobustQuantizer model: the "
              "fake-quant model on the same grids in float arithmetic. Agreement: top-1 class equal to the file's.",
              "",
              "| architecture | setting | twin: values ≠ file, clean / ±ε | twin: agreement | RobustQuantizer model: "
-             "agreement, clean / ±ε | within 1 step (clean) | max steps (clean / ±ε) | twin reports |",
-             "|---|---|---|---|---|---|---|---|"]
+             "agreement, clean / ±ε | within 1 step (clean) | max steps (clean / ±ε) | twin reports | "
+             "ONNX twin: values ≠ ONNX file, clean / ±ε | RobustQuantizer model vs ONNX file: agreement, "
+             "clean / ±ε | ONNX twin reports |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in data["rows"]:
         c, p = row["clean"], row["perturbed"]
         lines.append(
@@ -103,11 +117,18 @@ def markdown(data: dict) -> str:
             f"{p['twin_values_differing']:,} | {100 * c['twin_agreement']:.2f}% / {100 * p['twin_agreement']:.2f}% | "
             f"{100 * c['keras_agreement']:.2f}% / {100 * p['keras_agreement']:.2f}% | "
             f"{100 * c['keras_within_one_step']:.2f}% | {c['keras_max_steps']:.0f} / {p['keras_max_steps']:.0f} | "
-            f"{'exact' if row['twin_exact'] else '; '.join(row['approximated'])} |")
+            f"{'exact' if row['twin_exact'] else '; '.join(row['approximated'])} | "
+            f"{c['onnx_twin_values_differing']:,} / {p['onnx_twin_values_differing']:,} | "
+            f"{100 * c['keras_onnx_agreement']:.2f}% / {100 * p['keras_onnx_agreement']:.2f}% | "
+            f"{'exact' if row['onnx_twin_exact'] else '; '.join(row['onnx_approximated'])} |")
     exact = sum(r["clean"]["twin_values_differing"] == 0 and r["perturbed"]["twin_values_differing"] == 0
                 for r in data["rows"])
-    lines += ["", f"The twin equals the file on every output value in {exact} of {len(data['rows'])} "
-              "architecture × setting cells."]
+    onnx_exact = sum(r["clean"]["onnx_twin_values_differing"] == 0 and r["perturbed"]["onnx_twin_values_differing"]
+                     == 0 for r in data["rows"])
+    lines += ["", f"The TFLite twin equals the TFLite file on every output value in {exact} of {len(data['rows'])} "
+              f"architecture × setting cells; the ONNX twin equals the ONNX file in {onnx_exact} of "
+              f"{len(data['rows'])}. CPU flags: {', '.join(data.get('cpu_flags', [])) or 'not recorded'} (ONNX Runtime "
+              "picks its kernels by CPU)."]
     return "\n".join(lines) + "\n"
 
 

@@ -132,13 +132,15 @@ def test_exported_file_computes_the_keras_model(build, setting, data, tmp_path):
         assert np.max(np.abs(deployed - scores)) <= step * 1.01, path.suffix
     # the integer twin computes the TFLite file's codes, bit for bit (a sigmoid or softmax:
     # rounded in float, listed as approximated)
-    twin = integer_twin(qmodel, file=tmp_path / "m.tflite")
-    assert twin.exact == (build not in (squeeze_excite, softmax_output)), twin.approximated
-    deployed = export.load(tmp_path / "m.tflite").predict(x)
-    if twin.exact:
-        np.testing.assert_array_equal(twin.model.predict(x, verbose=0), deployed)
-    else:
-        assert np.max(np.abs(twin.model.predict(x, verbose=0) - deployed)) <= step * 1.01
+    # and the ONNX file's as ONNX Runtime computes them
+    for runtime, suffix in (("tflite", ".tflite"), ("onnx", ".onnx")):
+        twin = integer_twin(qmodel, runtime=runtime, file=tmp_path / f"m{suffix}")
+        assert twin.exact == (build not in (squeeze_excite, softmax_output)), (runtime, twin.approximated)
+        deployed = export.load(tmp_path / f"m{suffix}").predict(x)
+        if twin.exact:
+            np.testing.assert_array_equal(twin.model.predict(x, verbose=0), deployed, err_msg=runtime)
+        else:
+            assert np.max(np.abs(twin.model.predict(x, verbose=0) - deployed)) <= step * 1.01, runtime
 
 
 def test_tensor_quantizers_mark_what_the_int8_graph_stores():
@@ -222,11 +224,14 @@ def _check_deep_model_files(qmodel, x, scores, tmp_path) -> None:
         # TFLite and ONNX files agree with each other)
         assert np.mean(np.abs(deployed[0] - scores) <= step * 1.01) >= 0.99, path.suffix
         clean_outputs[path.suffix] = deployed[0]
-    # the integer twin is the TFLite file, on both (the RobustQuantizer model is not, near ties)
-    twin = integer_twin(qmodel, file=tmp_path / "m.tflite").model
-    tflite = export.load(tmp_path / "m.tflite")
-    for inputs, _ in references:
-        np.testing.assert_array_equal(twin.predict(inputs, verbose=0), tflite.predict(inputs))
+    # the integer twins are the files, on both (the RobustQuantizer model is not, near ties)
+    for runtime, suffix in (("tflite", ".tflite"), ("onnx", ".onnx")):
+        twin = integer_twin(qmodel, runtime=runtime, file=tmp_path / f"m{suffix}")
+        assert twin.exact, (runtime, twin.approximated)
+        deployed = export.load(tmp_path / f"m{suffix}")
+        for inputs, _ in references:
+            np.testing.assert_array_equal(twin.model.predict(inputs, verbose=0), deployed.predict(inputs),
+                                          err_msg=runtime)
     assert onnx.TensorProto.INT4 in {init.data_type for init in onnx.load(str(tmp_path / "m.onnx")).graph.initializer}
     containers = export.onnx(qmodel, tmp_path / "int8.onnx", int4_weights=False)
     np.testing.assert_array_equal(export.load(containers).predict(x), clean_outputs[".onnx"])

@@ -92,12 +92,12 @@ def test_a_file_the_twin_does_not_compute_is_reported(samples):
     qmodel = kq.RobustQuantizer.from_setting("w8a8").quantize(_model(), samples)
     twin = export.integer_twin(qmodel)
     assert twin.exact
-    assert _check_against_file(twin.model, twin.lowered.model, samples, None) == []
+    assert _check_against_file(twin.model, qmodel, twin.lowered.model, samples, "tflite", None) == []
     quantizer = next(layer for layer in twin.lowered.model.layers if layer.name.startswith("add")
                      and layer.name.endswith("_quantizer"))
     quantizer.set_range(float(quantizer.min.numpy()) * 1.5, float(quantizer.max.numpy()) * 1.5)
     # the twin's integer constants were taken when it was built: the file converted now is another
-    findings = _check_against_file(twin.model, twin.lowered.model, samples, None)
+    findings = _check_against_file(twin.model, qmodel, twin.lowered.model, samples, "tflite", None)
     assert any("differs from the TFLite file" in entry for entry in findings), findings
 
 
@@ -113,3 +113,28 @@ def test_a_file_of_another_model_is_found_out(samples, tmp_path):
         export.integer_twin(w8a8, file=export.tflite(dense, tmp_path / "dense.tflite"))
     with pytest.raises(ValueError, match="is not a .tflite file"):
         export.integer_twin(w8a8, file=tmp_path / "missing.tflite")
+
+
+def test_onnx_twin_computes_the_onnx_file(samples, tmp_path):
+    """ONNX Runtime requantizes a sum and a product in float32 on uint8 codes (not XNNPACK's
+    fixed point): the ONNX twin follows it bit for bit, where the TFLite twin need not."""
+    qmodel = kq.RobustQuantizer.from_setting("w8a8").quantize(_model(), samples)
+    path = export.onnx(qmodel, tmp_path / "m.onnx")
+    twin = export.integer_twin(qmodel, runtime="onnx", file=path)
+    assert twin.exact and twin.runtime == "onnx", twin.approximated
+    x = np.clip(samples + np.random.default_rng(1).choice([-0.05, 0.05], size=samples.shape), 0, 1).astype(np.float32)
+    np.testing.assert_array_equal(twin.model.predict(x, verbose=0), export.load(path).predict(x))
+    with pytest.raises(ValueError, match="runtime='akida' is not one of"):
+        export.integer_twin(qmodel, runtime="akida")
+    with pytest.raises(ValueError, match="is not a .onnx file"):
+        export.integer_twin(qmodel, runtime="onnx", file=export.tflite(qmodel, tmp_path / "m.tflite"))
+
+
+def test_guard_attacks_the_twin_of_its_target(samples):
+    from keras_qrobust.guard.attacking import attacked_model
+
+    qmodel = kq.RobustQuantizer.from_setting("w4a4").quantize(_model(product=False), samples)
+    onnx_model, onnx_twin = attacked_model(qmodel, "onnx")
+    assert onnx_twin.runtime == "onnx" and attacked_model(qmodel, "onnx")[1] is onnx_twin  # built once
+    assert attacked_model(qmodel, "tflite-int8")[1].runtime == "tflite"
+    assert attacked_model(qmodel, "akida") == (qmodel, None)

@@ -22,6 +22,17 @@ Requantization (XNNPACK, the default delegate of LiteRT; ``src/qs8-gemm``, ``qs8
   ``shift = 20 − e`` for ``e`` the binary exponent of the larger ratio, and
   ``y = ⌊((a − z_a)·m_a + (b − z_b)·m_b + 2^(shift−1)) / 2^shift⌋ + z_y``.
 
+ONNX Runtime (CPU execution provider, x86-64 with AVX2; the QDQ file's codes stored as uint8,
+``Z = z + 128``, by :mod:`~keras_qrobust.export.onnx_unsigned`) fuses the same groups into
+``QLinearConv`` (the convolution formula above), ``QLinearMul`` and ``QLinearAdd``, whose MLAS
+kernels requantize in float32 on the uint8 codes ``A = a + 128``:
+
+* multiplication (``qlmul.cpp``, SSE2) — ``y = round_half_even(float32(float32(acc·M) + Z_y))``;
+* addition (``qladd_avx2.cpp``) — ``r_a = float32(s_a/s_y)``, ``r_b = float32(s_b/s_y)``,
+  ``F = float32(Z_y − fma(r_a, Z_a, float32(r_b·Z_b)))``, then two fused
+  multiply-adds ``t = fma(B, r_b, F)``, ``y = round_half_even(fma(A, r_a, t))``, saturated to
+  [0, 255].
+
 These are what make a Keras twin exact: a float model that sums float products and rounds
 the float result parts from them near half a level (see :mod:`keras_qrobust.export.layer_diff`).
 """
@@ -36,9 +47,12 @@ import numpy as np
 from .._keras import tf
 
 __all__ = ["Int8Grid", "fake_quant_grid", "kernel_scales", "bias_codes", "fp32_multiplier", "add_multipliers",
-           "sums_fit_float32", "wrap_int32", "INT8_MIN", "INT8_MAX", "INT32_MIN", "INT32_MAX"]
+           "onnxruntime_add_constants", "UINT8_OFFSET", "sums_fit_float32", "wrap_int32", "INT8_MIN", "INT8_MAX",
+           "INT32_MIN", "INT32_MAX"]
 
 INT8_MIN, INT8_MAX = -128, 127
+#: uint8 code = int8 code + UINT8_OFFSET (the ONNX files' storage)
+UINT8_OFFSET = 128
 _FLOAT32_EXACT = 2 ** 24
 
 
@@ -113,6 +127,23 @@ def add_multipliers(a: Int8Grid, b: Int8Grid, output: Int8Grid) -> tuple[int, in
     # multiplying by 2^shift is exact in float32; rint rounds half to even as lrintf does
     multipliers = [int(np.rint(np.float64(r) * 2.0 ** shift)) for r in ratios]
     return multipliers[0], multipliers[1], shift
+
+
+def onnxruntime_add_constants(a: Int8Grid, b: Int8Grid, output: Int8Grid) -> tuple[float, float, float]:
+    """ONNX Runtime's float32 ``(r_a, r_b, F)`` for ``a + b`` on uint8 codes (module doc).
+
+    ``F``'s ``r_a·Z_a + r_b·Z_b`` is C++ float arithmetic in MLAS, which the compiler of the
+    onnxruntime wheel contracts into ``fma(r_a, Z_a, float32(r_b·Z_b))``: with the uncontracted
+    sum a few outputs of one addition of keras.applications MobileNetV2 w4a4 move by a step and
+    ``tests/test_export_exactness.py`` fails on that model. The file check of
+    :func:`~keras_qrobust.export.integer_twin.integer_twin` reports a build that differs.
+    """
+    f32 = np.float32
+    r_a, r_b = f32(a.scale / output.scale), f32(b.scale / output.scale)
+    z_a, z_b, z_y = (f32(grid.zero_point + UINT8_OFFSET) for grid in (a, b, output))
+    inner = f32(np.float64(r_a) * np.float64(z_a) + np.float64(f32(r_b * z_b)))  # one rounding: an fma
+    fixed = f32(z_y - inner)
+    return float(r_a), float(r_b), float(fixed)
 
 
 def sums_fit_float32(codes_bound: float, kernel_codes: np.ndarray, bias: np.ndarray | None,

@@ -3,10 +3,10 @@ across all of them, and PGD transferred from the surrogate, at ε/2 and ε; and 
 ε (Croce & Hein 2020; ``--autoattack`` fast or standard) on the first
 ``--autoattack-samples`` test inputs, the robust accuracy guard reports.
 
-For a TFLite target every candidate is attacked through its integer twin
-(:func:`keras_qrobust.export.integer_twin`: the file's integer arithmetic forward, the
+For a TFLite or ONNX target every candidate is attacked through its integer twin for that
+runtime (:func:`keras_qrobust.export.integer_twin`: the file's integer arithmetic forward, the
 fake-quant gradients backward), so the attacked function is the one the file computes; the
-twin's own check on the converted file is recorded.
+twin's own check on the exported file is recorded.
 
 The accuracy grid goes into the state; the perturbations and the surrogate's adversarial
 inputs go into ``attacks.npz`` so the exported model is scored on the very same inputs.
@@ -26,22 +26,25 @@ from .context import Context, say
 __all__ = ["attack_stage", "ATTACKS", "eps_grid", "descriptions", "pgd_inputs", "UAP_PASSES", "autoattack_inputs",
            "autoattack_summary", "attack_tasks", "attack_cell", "model_results", "attacked_model", "TWIN_TARGETS"]
 
-#: targets whose file the integer twin computes bit for bit (XNNPACK's arithmetic)
-TWIN_TARGETS = ("tflite-int8",)
-_TWINS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+#: target -> the runtime whose integer arithmetic the twin computes bit for bit
+TWIN_TARGETS = {"tflite-int8": "tflite", "onnx": "onnx"}
+_TWINS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # model -> {runtime: twin}
 
 
 def attacked_model(model, target: str):
-    """What guard attacks for ``model``: for a TFLite target, a RobustQuantizer model's integer
-    twin (built once per model and process), else ``model``. Returns ``(model, twin or None)``."""
+    """What guard attacks for ``model``: for a TFLite or ONNX target, a RobustQuantizer model's
+    integer twin for that runtime (built once per model and process), else ``model``. Returns
+    ``(model, twin or None)``."""
     from ..export import integer_twin
     from ..export.lowering import is_robust_quantized
 
     if target not in TWIN_TARGETS or not is_robust_quantized(model):
         return model, None
-    if model not in _TWINS:
-        _TWINS[model] = integer_twin(model)
-    twin = _TWINS[model]
+    runtime = TWIN_TARGETS[target]
+    twins = _TWINS.setdefault(model, {})
+    if runtime not in twins:
+        twins[runtime] = integer_twin(model, runtime=runtime)
+    twin = twins[runtime]
     return twin.model, twin
 
 ATTACKS = ("pgd", "uap", "ensemble_uap", "transfer")
@@ -154,7 +157,8 @@ def attack_stage(ctx: Context) -> tuple[dict, dict]:
         attacked[name], twin = attacked_model(model, config.target)
         if twin is not None:
             twins[name] = {"exact": twin.exact, "approximated": list(twin.approximated)}
-            say(f"{name}: attacking its integer twin (the TFLite file's arithmetic)"
+            say(f"{name}: attacking its integer twin (the {'TFLite' if twin.runtime == 'tflite' else 'ONNX'} file's "
+                "arithmetic)"
                 + ("" if twin.exact else f"; not reproduced exactly: {'; '.join(twin.approximated)}"))
     x, y = data.x_test, data.y_test
     x_craft = data.x_train[:config.uap_samples]

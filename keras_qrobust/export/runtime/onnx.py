@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -9,7 +10,12 @@ import numpy as np
 
 from .base import DeployedModel
 
-__all__ = ["ONNXModel"]
+__all__ = ["ONNXModel", "FLOAT_ARITHMETIC"]
+
+#: ONNX ops that compute new values (a QDQ file's integer kernels replace them once fused)
+FLOAT_ARITHMETIC = ("Conv", "ConvTranspose", "MatMul", "Gemm", "Add", "Sub", "Mul", "Div", "AveragePool",
+                    "GlobalAveragePool", "ReduceMean", "ReduceSum", "Sum", "Mean", "HardSigmoid", "HardSwish",
+                    "LeakyRelu", "PRelu", "Sigmoid", "Tanh", "Softmax")
 
 
 class ONNXModel(DeployedModel):
@@ -21,6 +27,7 @@ class ONNXModel(DeployedModel):
         options = ort.SessionOptions()
         if num_threads:
             options.intra_op_num_threads = num_threads
+        self._num_threads = num_threads
         self._session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         inputs, outputs = self._session.get_inputs(), self._session.get_outputs()
         if len(inputs) != 1 or len(outputs) != 1:
@@ -34,6 +41,21 @@ class ONNXModel(DeployedModel):
     @property
     def session(self) -> Any:
         return self._session
+
+    def float_ops(self) -> list[tuple[str, str]]:
+        """``(op, output tensor)`` of every arithmetic op onnxruntime's optimized graph still
+        runs in float (between a DequantizeLinear and a QuantizeLinear) instead of fusing it
+        into an integer kernel: those round a float result, not an integer one."""
+        import onnx
+        import onnxruntime as ort
+
+        with tempfile.TemporaryDirectory(prefix="kq_ort_") as folder:
+            options = ort.SessionOptions()
+            options.optimized_model_filepath = str(Path(folder) / "optimized.onnx")
+            ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
+            graph = onnx.load(options.optimized_model_filepath).graph
+        return [(node.op_type, node.output[0]) for node in graph.node
+                if node.domain in ("", "ai.onnx") and node.op_type in FLOAT_ARITHMETIC]
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
         return np.asarray(self._session.run(None, {self._input_name: batch})[0], np.float32)
