@@ -52,6 +52,7 @@ class ONNXModel(DeployedModel):
         with tempfile.TemporaryDirectory(prefix="kq_ort_") as folder:
             options = ort.SessionOptions()
             options.optimized_model_filepath = str(Path(folder) / "optimized.onnx")
+            options.log_severity_level = 3  # not the warning that a saved optimized graph is hardware-specific
             ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
             graph = onnx.load(options.optimized_model_filepath).graph
         return [(node.op_type, node.output[0]) for node in graph.node
