@@ -4,9 +4,10 @@ onnxruntime 1.23 runs int8 convolutions on CPUs with AMX-INT8 (Intel Xeon 4th ge
 later) through a GEMM that writes wrong sums into some rows of the last block of output
 channels when that block is partly filled past its first 16 (``16 < N mod 32``):
 microsoft/onnxruntime#26324, fixed in 1.25; the pinned ``quantizeml`` needs 1.23. Measured on
-such a CPU: a 1×1 ``QLinearConv`` 64→24 on 7×7 maps leaves 0.7% of its outputs off by up to
-200 steps; exactly the counts with ``N mod 32`` in [17, 31] fail, with uint8 and int8 weights
-alike, and every other count is exact.
+such a CPU (``./run.sh bench onnxruntime_gemm_tails``): a 1×1 ``QLinearConv`` with 64 input
+channels on 7×7 maps is wrong for 17–31, 49–63 and 81–95 filters with uint8 weights (up to
+0.99% of its outputs, by up to 251 steps), for most of those counts with int8 weights too,
+and exact for every other count.
 
 The rewrite gives each such convolution (``group = 1``; a Dense layer is a 1×1 convolution in
 the file) zero filters up to the next multiple of 32 — zero codes, zero bias, the last
