@@ -29,6 +29,7 @@ from ..quantizers.grid import int8_code_multiplier
 from ._onnx_graph import drop_unused_initializers
 from .onnx_gemm_tiles import pad_gemm_tails
 from .onnx_layout import hoist_layout_ops
+from .onnx_reshapes import drop_identity_reshapes
 from .onnx_unsigned import unsign_codes
 from .tflite import convert_tflite
 
@@ -55,6 +56,7 @@ def convert_onnx(model, representative=None, *, opset: int = 13):
     finally:
         os.unlink(scratch)
     hoist_layout_ops(proto)
+    drop_identity_reshapes(proto)
     dedicate_dequantize(proto)
     shorten_names(proto)
     pad_gemm_tails(proto)
