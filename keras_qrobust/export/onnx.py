@@ -27,6 +27,7 @@ import numpy as np
 from .._io import atomic_path, check_new_file
 from ..quantizers.grid import int8_code_multiplier
 from ._onnx_graph import drop_unused_initializers
+from .onnx_clip_codes import clip_on_codes
 from .onnx_gemm_tiles import pad_gemm_tails
 from .onnx_layout import hoist_layout_ops
 from .onnx_reshapes import drop_identity_reshapes
@@ -61,6 +62,7 @@ def convert_onnx(model, representative=None, *, opset: int = 13):
     shorten_names(proto)
     pad_gemm_tails(proto)
     unsign_codes(proto)
+    clip_on_codes(proto)
     onnx_lib.checker.check_model(proto)
     return proto, info
 
