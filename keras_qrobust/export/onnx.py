@@ -3,8 +3,10 @@
 The ONNX graph is translated by tf2onnx from the int8 TFLite model of
 :func:`~keras_qrobust.export.tflite.convert_tflite` (with float input and output), so both
 artifacts carry the same integer weights, biases, scales and zero points:
-QuantizeLinear/DequantizeLinear pairs around float Conv/MaxPool/Min nodes, which
-onnxruntime fuses into integer kernels. The codes are then stored as uint8 (zero points
+QuantizeLinear/DequantizeLinear pairs around float Conv/MaxPool nodes, which
+onnxruntime fuses into integer kernels; exact rewrites then drop identity Reshapes
+(:mod:`~keras_qrobust.export.onnx_reshapes`) and clamp sub-8-bit activations with a Clip on
+their codes (:mod:`~keras_qrobust.export.onnx_clip_codes`). The codes are then stored as uint8 (zero points
 +128, the same values; :mod:`~keras_qrobust.export.onnx_unsigned`), because onnxruntime's
 u8·s8 kernels saturate on x86 CPUs without AVX-VNNI and its u8·u8 kernels cannot.
 
