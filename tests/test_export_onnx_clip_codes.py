@@ -25,12 +25,8 @@ def _ops(path) -> list[str]:
     return [node.op_type for node in onnx.load(str(path)).graph.node]
 
 
-def _optimized_ops(path, tmp_path) -> list[str]:
-    options = ort.SessionOptions()
-    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
-    options.log_severity_level = 3
-    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    return _ops(options.optimized_model_filepath)
+def _optimized_ops(path) -> list[str]:
+    return [node.op_type for node in export.load(path).optimized_graph().node]
 
 
 @pytest.mark.parametrize("setting,clips", [("w8a8", 0), ("w4a4", 3), ("w2a2", 3)])
@@ -40,7 +36,7 @@ def test_activation_clips_run_on_codes_and_compute_the_same(setting, clips, fash
     qmodel = kq.RobustQuantizer.from_setting(setting).quantize(kq.zoo.cnn_small(), x_train[:256])
     path = export.onnx(qmodel, tmp_path / "m.onnx")
     assert _ops(path).count("Clip") == clips and "Min" not in _ops(path)
-    assert "Min" not in _optimized_ops(path, tmp_path)  # every clamp an integer op in onnxruntime too
+    assert "Min" not in _optimized_ops(path)  # every clamp an integer op in onnxruntime too
     monkeypatch.setattr(importlib.import_module("keras_qrobust.export.onnx"), "clip_on_codes", lambda p: 0)
     kept = export.onnx(qmodel, tmp_path / "kept.onnx")
     assert _ops(kept).count("Min") == clips

@@ -42,10 +42,9 @@ class ONNXModel(DeployedModel):
     def session(self) -> Any:
         return self._session
 
-    def float_ops(self) -> list[tuple[str, str]]:
-        """``(op, output tensor)`` of every arithmetic op onnxruntime's optimized graph still
-        runs in float (between a DequantizeLinear and a QuantizeLinear) instead of fusing it
-        into an integer kernel: those round a float result, not an integer one."""
+    def optimized_graph(self):
+        """The ``onnx.GraphProto`` onnxruntime runs for this file: its graph after every
+        optimization of the default session (fusions into integer kernels, layout changes)."""
         import onnx
         import onnxruntime as ort
 
@@ -54,8 +53,13 @@ class ONNXModel(DeployedModel):
             options.optimized_model_filepath = str(Path(folder) / "optimized.onnx")
             options.log_severity_level = 3  # not the warning that a saved optimized graph is hardware-specific
             ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
-            graph = onnx.load(options.optimized_model_filepath).graph
-        return [(node.op_type, node.output[0]) for node in graph.node
+            return onnx.load(options.optimized_model_filepath).graph
+
+    def float_ops(self) -> list[tuple[str, str]]:
+        """``(op, output tensor)`` of every arithmetic op onnxruntime's optimized graph still
+        runs in float (between a DequantizeLinear and a QuantizeLinear) instead of fusing it
+        into an integer kernel: those round a float result, not an integer one."""
+        return [(node.op_type, node.output[0]) for node in self.optimized_graph().node
                 if node.domain in ("", "ai.onnx") and node.op_type in FLOAT_ARITHMETIC]
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
