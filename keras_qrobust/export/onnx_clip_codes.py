@@ -5,8 +5,7 @@ graph clamps the codes at the top level with a ``MINIMUM`` whose inputs and outp
 scale and zero point (TFLite requires it). tf2onnx writes it as ``DequantizeLinear →
 Min(·, DequantizeLinear(top)) → QuantizeLinear``, which onnxruntime has no integer kernel for:
 it converts the whole feature map to float, takes the minimum and quantizes it back — three
-passes where the w8a8 file has none (a w4a4 ``cnn_small`` ran 60% slower than its w8a8 file
-at a batch of 32 on onnxruntime 1.23).
+passes over the feature map where the w8a8 file has none.
 
 With one scale ``s`` and zero point ``z`` on all three, ``Q(min(DQ(c), DQ(t))) = min(c, t)``:
 ``DQ`` is increasing, so the minimum picks the same operand, and ``Q(DQ(c)) = c`` for every

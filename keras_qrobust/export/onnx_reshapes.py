@@ -6,9 +6,9 @@ of MobileNetV3, EfficientNet-lite) into ``FULLY_CONNECTED`` followed by a ``RESH
 the shape the convolution's output has already. The Reshape moves no value, but
 onnxruntime's NHWC layout for its integer ``QLinearConv`` cannot pass a Transpose through
 it: every such Reshape kept a Transpose to NCHW before it and one back after it in the
-optimized graph (94 Transposes and 47 Reshapes in a keras.applications MobileNetV3Small,
-about a third of the kernel time at batch 1). Without them the graph keeps one Transpose,
-at the input.
+optimized graph (tests/test_export_onnx_reshapes.py shows them come back when the rewrite is
+off). Without them a keras.applications MobileNetV3Small's graph keeps one Transpose, at the
+input (benchmarks/results/onnx_latency.md).
 
 A Reshape is an identity when the inferred shape of its input is known in every dimension
 but the batch, and the target shape names the same dimensions (``-1``, or ``0`` when it
