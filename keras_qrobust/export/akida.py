@@ -186,6 +186,21 @@ def _pin_input_range(qmodel) -> None:
             layer.range_max.assign(np.full(layer.range_max.shape, 255.0, np.float32))
 
 
+def convert_quantized(qmodel, name: str):
+    """The ``akida.Model`` cnn2snn converts the quantizeml model ``qmodel`` (of the model ``name``) into."""
+    _, cnn2snn, _ = _import_akida()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return cnn2snn.convert(qmodel)
+    except Exception as error:
+        raise UnsupportedModelError(
+            f"cnn2snn could not convert '{name}' to Akida: {error}\n"
+            "Restructure the layers it names into a block Akida maps (e.g. Conv2D [+ MaxPooling2D] + ReLU, "
+            "DepthwiseConv2D + ReLU, Dense + ReLU); cnn2snn lists the valid patterns when it can."
+        ) from error
+
+
 def akida(model, path: str | os.PathLike, samples=None, *, weight_bits: int | None = None,
           activation_bits: int | None = None, input_weight_bits: int | None = None, overwrite: bool = False) -> Path:
     """Export ``model`` to Akida (.fbz): quantized by quantizeml, converted by cnn2snn, saved to ``path``.
@@ -203,18 +218,7 @@ def akida(model, path: str | os.PathLike, samples=None, *, weight_bits: int | No
     path = check_new_file(path, ".fbz", overwrite, "an Akida export")
     source, grids, bits = _settings(model, weight_bits=weight_bits, activation_bits=activation_bits,
                                     input_weight_bits=input_weight_bits)
-    _, cnn2snn, _ = _import_akida()
-    qmodel = _quantize(source, samples, grids, **bits)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            ak_model = cnn2snn.convert(qmodel)
-    except Exception as error:
-        raise UnsupportedModelError(
-            f"cnn2snn could not convert '{model.name}' to Akida: {error}\n"
-            "Restructure the layers it names into a block Akida maps (e.g. Conv2D [+ MaxPooling2D] + ReLU, "
-            "DepthwiseConv2D + ReLU, Dense + ReLU); cnn2snn lists the valid patterns when it can."
-        ) from error
+    ak_model = convert_quantized(_quantize(source, samples, grids, **bits), model.name)
     with atomic_path(path, overwrite=overwrite) as temporary:
         ak_model.save(str(temporary))
     return path

@@ -5,8 +5,10 @@ across all of them, and PGD transferred from the surrogate, at ε/2 and ε; and 
 
 For a TFLite or ONNX target every candidate is attacked through its integer twin for that
 runtime (:func:`keras_qrobust.export.integer_twin`: the file's integer arithmetic forward, the
-fake-quant gradients backward), so the attacked function is the one the file computes; the
-twin's own check on the exported file is recorded.
+fake-quant gradients backward), for an Akida target through its Akida twin
+(:func:`keras_qrobust.export.akida_twin`: the quantizeml model the ``.fbz`` is converted from),
+so the attacked function is the one the file computes; the twin's own check on the file is
+recorded.
 
 The accuracy grid goes into the state; the perturbations and the surrogate's adversarial
 inputs go into ``attacks.npz`` so the exported model is scored on the very same inputs.
@@ -27,15 +29,16 @@ __all__ = ["attack_stage", "ATTACKS", "eps_grid", "descriptions", "pgd_inputs", 
            "autoattack_summary", "attack_tasks", "attack_cell", "model_results", "attacked_model", "TWIN_TARGETS"]
 
 #: target -> the runtime whose integer arithmetic the twin computes bit for bit
-TWIN_TARGETS = {"tflite-int8": "tflite", "onnx": "onnx"}
+TWIN_TARGETS = {"tflite-int8": "tflite", "onnx": "onnx", "akida": "akida"}
+_RUNTIME_NAMES = {"tflite": "TFLite", "onnx": "ONNX", "akida": "Akida"}
 _TWINS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # model -> {runtime: twin}
 
 
 def attacked_model(model, target: str):
-    """What guard attacks for ``model``: for a TFLite or ONNX target, a RobustQuantizer model's
-    integer twin for that runtime (built once per model and process), else ``model``. Returns
+    """What guard attacks for ``model``: for a TFLite, ONNX or Akida target, a RobustQuantizer
+    model's twin for that runtime (built once per model and process), else ``model``. Returns
     ``(model, twin or None)``."""
-    from ..export import integer_twin
+    from ..export import akida_twin, integer_twin
     from ..export.lowering import is_robust_quantized
 
     if target not in TWIN_TARGETS or not is_robust_quantized(model):
@@ -43,7 +46,7 @@ def attacked_model(model, target: str):
     runtime = TWIN_TARGETS[target]
     twins = _TWINS.setdefault(model, {})
     if runtime not in twins:
-        twins[runtime] = integer_twin(model, runtime=runtime)
+        twins[runtime] = akida_twin(model) if runtime == "akida" else integer_twin(model, runtime=runtime)
     twin = twins[runtime]
     return twin.model, twin
 
@@ -157,8 +160,7 @@ def attack_stage(ctx: Context) -> tuple[dict, dict]:
         attacked[name], twin = attacked_model(model, config.target)
         if twin is not None:
             twins[name] = {"exact": twin.exact, "approximated": list(twin.approximated)}
-            say(f"{name}: attacking its integer twin (the {'TFLite' if twin.runtime == 'tflite' else 'ONNX'} file's "
-                "arithmetic)"
+            say(f"{name}: attacking its integer twin (the {_RUNTIME_NAMES[twin.runtime]} file's arithmetic)"
                 + ("" if twin.exact else f"; not reproduced exactly: {'; '.join(twin.approximated)}"))
     x, y = data.x_test, data.y_test
     x_craft = data.x_train[:config.uap_samples]
