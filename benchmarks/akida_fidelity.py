@@ -15,13 +15,16 @@ grid, as attacked in benchmarks/robustness.py): top-1 agreement and clean accura
 the first ``--attack-images`` test images and fed to the file (transfer, as an attacker without
 the file would do); AutoAttack ``fast`` on the file itself through the Keras model's gradients
 (BPDA, ``kq.attacks.bpda(file, keras_model)``: every step decided by the file's own outputs) on
-the same images; Square (gradient-free) with ``--square-queries`` on the file itself and on the
-Keras model with the same seed, on the first ``--square-images`` test images. L∞ ε = 0.1.
+the same images; AutoAttack ``fast`` white-box on the file's Akida twin
+(:func:`keras_qrobust.export.akida_twin`, the quantizeml model the file is converted from, its
+outputs checked against the file's on probe inputs), its points scored by the file; Square
+(gradient-free) with ``--square-queries`` on the file itself and on the Keras model with the
+same seed, on the first ``--square-images`` test images. L∞ ε = 0.1.
 
 Targets (issue 20): clean accuracy of the file within 1 point of the Keras model; robust
 accuracy within 2 points — per input on the Square slice, the file is robust when neither the
-Keras model's AutoAttack point, nor AutoAttack through BPDA, nor Square on the file fools it;
-the Keras model when neither AutoAttack nor Square on it does.
+Keras model's AutoAttack point, nor AutoAttack through BPDA or on its Akida twin, nor Square on
+the file fools it; the Keras model when neither AutoAttack nor Square on it does.
 
     ./run.sh bench akida_fidelity            # writes benchmarks/results/akida_fidelity.{json,md}
     ./run.sh bench akida_fidelity --quick    # 1,000 / 200 / 50 images, 200 queries: a smoke run
@@ -57,7 +60,9 @@ def square(model, x, y, args) -> tuple[np.ndarray, float]:
     return kq.metrics.predict_labels(model, found) == y, time.perf_counter() - started
 
 
-def score_file(path: Path, twin, x, y, points, y_points, twin_square, args) -> dict:
+def score_file(path: Path, twin, akida_twin, x, y, points, y_points, twin_square, args) -> dict:
+    """The file against the Keras model ``twin``; ``akida_twin`` (:func:`kq.export.akida_twin`,
+    checked against the file) is the file's own function, attacked white-box."""
     deployed = kq.export.load(path)
     labels, twin_labels = kq.metrics.predict_labels(deployed, x), kq.metrics.predict_labels(twin, x)
     started = time.perf_counter()
@@ -69,18 +74,28 @@ def score_file(path: Path, twin, x, y, points, y_points, twin_square, args) -> d
     through = kq.attacks.autoattack(kq.attacks.bpda(deployed, twin), x[:len(points)], y_points, eps=EPS,
                                     version="fast", seed=args.seed, verbose=0)
     bpda_seconds = time.perf_counter() - bpda_started
+    own_started = time.perf_counter()
+    own = kq.attacks.autoattack(akida_twin.model, x[:len(points)], y_points, eps=EPS, version="fast", seed=args.seed,
+                                verbose=0)
+    own_seconds = time.perf_counter() - own_started
+    own_on_file = kq.metrics.predict_labels(deployed, own.x_adv) == y_points  # the twin's points, scored by the file
     row = {"bytes": path.stat().st_size, "agreement": float(np.mean(labels == twin_labels)),
            "agreement_at_autoattack_points": float(np.mean(point_labels == kq.metrics.predict_labels(twin, points))),
            "clean": interval(labels == y), "transfer": interval(transferred),
            "bpda_autoattack_fast": {**interval(through.robust), "seconds": round(bpda_seconds, 1),
                                     "findings": list(through.findings)},
+           "akida_twin": {"exact": akida_twin.exact, "approximated": list(akida_twin.approximated)},
+           "twin_autoattack_fast": {**interval(own.robust & own_on_file), "seconds": round(own_seconds, 1),
+                                    "findings": list(own.findings)},
            "square": {**interval(square_correct), "seconds": round(square_seconds, 1)},
            # per input, on the Square slice: not fooled by the Keras model's points, by AutoAttack through
-           # BPDA, nor by Square on the file
-           "robust": interval(transferred[:n] & through.robust[:n] & square_correct),
+           # BPDA or on the file's Akida twin, nor by Square on the file
+           "robust": interval(transferred[:n] & through.robust[:n] & own.robust[:n] & own_on_file[:n]
+                              & square_correct),
            "seconds": round(time.perf_counter() - started, 1)}
     log(f"{path.name}: agreement {row['agreement']:.2%}, clean {row['clean']['accuracy']:.2%}, transfer "
         f"{row['transfer']['accuracy']:.2%}, BPDA {row['bpda_autoattack_fast']['accuracy']:.2%}, "
+        f"on its Akida twin {row['twin_autoattack_fast']['accuracy']:.2%}, "
         f"Square {row['square']['accuracy']:.2%}, "
         f"both {row['robust']['accuracy']:.2%}")
     return row
@@ -105,16 +120,14 @@ def run(args) -> dict:
                  "robust": interval(attacked.robust[:args.square_images] & twin_square)}
     files = {}
     with tempfile.TemporaryDirectory() as folder:
-        exports = {
-            "carried": lambda path: kq.export.akida(twin, path, x_cal),
-            "requantized": lambda path: kq.export.akida(adv, path, x_cal, weight_bits=4, activation_bits=4),
-        }
-        for name, export in exports.items():
+        sources = {"carried": (twin, {}), "requantized": (adv, {"weight_bits": 4, "activation_bits": 4})}
+        for name, (source, bits) in sources.items():
             path = Path(folder) / f"w4a4_{name}.fbz"
             started = time.perf_counter()
-            export(path)
+            kq.export.akida(source, path, x_cal, **bits)
             seconds = time.perf_counter() - started
-            files[name] = {**score_file(path, twin, x, y, points, y_points, twin_square, args),
+            file_twin = kq.export.akida_twin(source, x_cal, file=path)  # the requantized one at w4a4 by default
+            files[name] = {**score_file(path, twin, file_twin, x, y, points, y_points, twin_square, args),
                            "export_seconds": round(seconds, 1)}
     command = "./run.sh bench akida_fidelity" + (" --quick" if args.quick else "")
     return {"command": command, "machine": machine(), "eps": EPS, "seed": args.seed, "images": int(len(x)),
@@ -126,7 +139,8 @@ def run(args) -> dict:
 def checks(keras_row: dict, carried: dict) -> list[dict]:
     out = []
     for key, target, what in (("clean", TARGET_CLEAN_GAP, "clean"),
-                              ("robust", TARGET_ROBUST_GAP, "robust (AutoAttack points ∪ BPDA AutoAttack ∪ Square)")):
+                              ("robust", TARGET_ROBUST_GAP,
+                               "robust (AutoAttack points ∪ BPDA AutoAttack ∪ twin AutoAttack ∪ Square)")):
         gap = keras_row[key]["accuracy"] - carried[key]["accuracy"]
         out.append({"check": f"carried .fbz {what} within {100 * target:g} point{'s' if target > 0.01 else ''} "
                              "of the Keras model",
@@ -140,6 +154,15 @@ def pct(row: dict) -> str:
     return f"{100 * row['accuracy']:.2f} ({100 * low:.1f}–{100 * high:.1f})"
 
 
+def _twin_cell(row: dict) -> str:
+    own = row.get("twin_autoattack_fast")
+    if own is None:
+        return "not run"
+    twin = row["akida_twin"]
+    return (f"{pct(own)}, {own['seconds']:.0f} s"
+            + ("" if twin["exact"] else f" (twin not exact: {'; '.join(twin['approximated'])})"))
+
+
 def markdown(data: dict) -> str:
     k, files = data["keras"], data["files"]
     lines = ["# Akida: the .fbz against the quantized model that was attacked", "",
@@ -149,21 +172,26 @@ def markdown(data: dict) -> str:
              f"| model | bytes | top-1 agreement ({data['images']} images) | clean ({data['images']}) | "
              f"at the Keras model's AutoAttack-fast points ({data['attack_images']}): agreement, accuracy | "
              f"AutoAttack fast on itself through the Keras model's gradients (BPDA, {data['attack_images']}) | "
+             f"AutoAttack fast on its Akida twin, scored by the file ({data['attack_images']}) | "
              f"Square {data['square_queries']} queries on itself ({data['square_images']}) | "
              f"robust: all attacks ({data['square_images']}) |",
-             "|---|---|---|---|---|---|---|---|",
+             "|---|---|---|---|---|---|---|---|---|",
              f"| Keras w4a4 | — | — | {pct(k['clean'])} | —, {pct(k['transfer_points_correct'])} "
-             f"(AutoAttack fast on it) | — | {pct(k['square'])} | {pct(k['robust'])} |"]
+             f"(AutoAttack fast on it) | — | — | {pct(k['square'])} | {pct(k['robust'])} |"]
     for name, row in files.items():
         lines.append(f"| .fbz, {name} | {row['bytes']:,} | {100 * row['agreement']:.2f} | {pct(row['clean'])} | "
                      f"{100 * row['agreement_at_autoattack_points']:.1f}, {pct(row['transfer'])} | "
                      f"{pct(row['bpda_autoattack_fast'])}, {row['bpda_autoattack_fast']['seconds']:.0f} s | "
+                     f"{_twin_cell(row)} | "
                      f"{pct(row['square'])} | {pct(row['robust'])} |")
     lines += ["", "carried: the w4a4 model's weight codes and activation ranges carried into quantizeml "
               "(`kq.export.akida(w4a4_model)`); requantized: quantizeml's own w4a4 quantization of the float Adv. "
               "model (`kq.export.akida(float_model)`). The Keras model's AutoAttack-fast points are scored on "
               "each file (transfer); AutoAttack fast also runs on each file itself, its forward pass the file's, its "
-              "gradients the Keras model's (BPDA); Square runs on each file itself with the Keras model's seed and "
+              "gradients the Keras model's (BPDA), and on each file's Akida twin (`kq.export.akida_twin`: the "
+              "quantizeml model the file is converted from, its outputs checked against the file's), its points "
+              "scored by the file; "
+              "Square runs on each file itself with the Keras model's seed and "
               "budget; robust: per input, no attack fooled it (for the Keras model: AutoAttack fast and Square on it). "
               "AutoAttack's points lie on the Keras model's decision boundary, where a one-step difference decides "
               "the label: a file scoring higher there than the Keras model is not more robust.", "",

@@ -82,3 +82,21 @@ def test_guard_attacks_the_akida_twin(robust_w4a4, trained_cnn):
     assert twin.runtime == "akida" and model is twin.model and twin.exact
     assert attacked_model(robust_w4a4, "akida")[1] is twin  # built once per model and process
     assert attacked_model(trained_cnn, "akida") == (trained_cnn, None)  # the float model is attacked as it is
+
+
+def test_autoattack_runs_on_the_file_through_bpda_and_on_the_twin(carried, robust_w4a4, fashion_slice):
+    """APGD keeps its batch shape static through its loop: neither the .fbz's scores (a
+    py_function's, batch size unknown) nor the twin's quantizeml call may take it away."""
+    path, twin = carried
+    _, (x_test, y_test) = fashion_slice
+    twin.model.predict(x_test[:40], batch_size=32, verbose=0)  # traced for batches of 32 and 8 first
+    correct = np.flatnonzero(twin.model.predict(x_test, verbose=0).argmax(1) == y_test)[:1]
+    # one input (a batch of 1 broadcasts against an unknown batch size and keeps it unknown) and an ε
+    # too small to break it: APGD-T, after APGD-CE, runs its loop on it
+    x, y = x_test[correct], y_test[correct]
+    eps = 0.002
+    through = kq.attacks.autoattack(kq.attacks.bpda(load(path), robust_w4a4), x, y, eps=eps, version="fast",
+                                    seed=0, verbose=0)
+    own = kq.attacks.autoattack(twin.model, x, y, eps=eps, version="fast", seed=0, verbose=0)
+    for result in (through, own):
+        assert np.abs(result.x_adv - x).max() <= eps + 1e-6 and result.robust.all()

@@ -34,8 +34,10 @@ class _ForwardOfBackwardOf(keras.layers.Layer):
         self._backward = backward
 
     def call(self, x):
-        forward = self._forward.logits(x)
         backward = self._backward.logits(x)
+        # a file's scores come back from a py_function without a static batch size; broadcast
+        # against g's, they would lose it, and an attack's loop that keeps its shapes static fails
+        forward = tf.ensure_shape(self._forward.logits(x), backward.shape)
         return backward + tf.stop_gradient(forward - backward)
 
 

@@ -66,7 +66,9 @@ def _pixels(x):
     pixels = tf.round(tf.clip_by_value(x, 0.0, 1.0) * 255.0)
 
     def gradient(upstream):
-        return upstream * 255.0 * tf.cast((x >= 0.0) & (x <= 1.0), upstream.dtype)
+        # quantizeml's backward pass loses the static batch size; the input's is given back, as a
+        # caller's loop that keeps its batch shape static (APGD's) requires
+        return tf.ensure_shape(upstream * 255.0 * tf.cast((x >= 0.0) & (x <= 1.0), upstream.dtype), x.shape)
 
     return pixels, gradient
 
