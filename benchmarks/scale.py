@@ -108,19 +108,24 @@ def cpu_ticks() -> tuple[int, int, int]:
     return (fields[7] if len(fields) > 7 else 0), fields[3] + fields[4], sum(fields[:8])
 
 
+def tick_share(before: tuple[int, int, int], after: tuple[int, int, int], field: int) -> float | None:
+    """The share of all CPU ticks between two :func:`cpu_ticks` that went to ``field`` (0 steal, 1 idle)."""
+    total = after[2] - before[2]
+    return (after[field] - before[field]) / total if total > 0 else None
+
+
 def busy_before(seconds: float = 2.0) -> float | None:
     """The share of CPU time something else used over ``seconds`` before a run (0 when idle)."""
     before = cpu_ticks()
     time.sleep(seconds)
-    after = cpu_ticks()
-    total = after[2] - before[2]
-    return round(1 - (after[1] - before[1]) / total, 3) if total > 0 else None
+    idle = tick_share(before, cpu_ticks(), 1)
+    return None if idle is None else round(1 - idle, 3)
 
 
-def steal_fraction(before: tuple[int, int], after: tuple[int, int]) -> float | None:
+def steal_fraction(before: tuple[int, int, int], after: tuple[int, int, int]) -> float | None:
     """The share of CPU time the hypervisor gave to other guests between two :func:`cpu_ticks`."""
-    total = after[2] - before[2]
-    return round((after[0] - before[0]) / total, 4) if total > 0 else None
+    steal = tick_share(before, after, 0)
+    return None if steal is None else round(steal, 4)
 
 
 def geometric_interval(ratios: list[float]) -> tuple[float, float | None, float | None]:
@@ -289,10 +294,10 @@ def _spread(data: dict) -> str:
             if low else "")
     text += (f"The same 1-worker run took {min(one)}–{max(one)} s ({max(one) / min(one) - 1:.0%} apart) and the "
              f"2-worker run {min(two)}–{max(two)} s ({max(two) / min(two) - 1:.0%}). ")
-    busy = efficiency(data)
+    in_tasks = efficiency(data)
     text += (f"Within each 2-worker run, whatever the machine's speed then, the workers were busy with tasks "
-             f"{min(busy):.1%}–{max(busy):.1%} of the grid's wall time (the tasks' seconds over 2 × the wall time): "
-             "the rest is scheduling and shipping. ")
+             f"{min(in_tasks):.1%}–{max(in_tasks):.1%} of the grid's wall time (the tasks' seconds over 2 × the "
+             "wall time): the rest is scheduling and shipping. ")
     steal = [v for row in data["runs"].values() for v in row.get("steal", []) if v is not None]
     if steal:
         busy = [v for row in data["runs"].values() for v in row.get("busy_before", []) if v is not None]
