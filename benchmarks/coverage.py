@@ -7,9 +7,13 @@ preprocessing layer) on a 32×32×3 version of Fashion-MNIST (zero-padded to 32�
 repeated: the data this machine has). Each is trained normally (fidelity, not robustness,
 is measured here), quantized by RobustQuantizer at w8a8, w6a6, w4a4 and w2a2, exported to
 full-integer TFLite (LiteRT with XNNPACK), QDQ ONNX (onnxruntime; ≤ 4-bit weights as
-INT4, the default) and, where the model's grids can be carried (the ``akida`` extra installed),
-Akida (``.fbz``, its software backend; otherwise the reason is listed), and each file is scored
-in its own runtime against the Keras model:
+INT4, the default) and Akida (``.fbz``, its software backend; the ``akida`` extra installed):
+the RobustQuantizer model's grids carried where Akida can hold them, else — for 4- or 8-bit
+weights, when the float model converts — quantizeml's own quantization of the float model
+at the setting's bits (another function than the RobustQuantizer model: the row says which;
+otherwise the reason is listed). Each file is scored in its own runtime against the Keras
+model it came from — for Akida its Akida twin (``kq.export.akida_twin``, what guard attacks
+for ``--target akida``; the twin's top-1 agreement with the RobustQuantizer model is listed):
 
 * top-1 agreement on the test images, and how many scores lie within one output step;
   top-1 agreement on the test images with every pixel moved by ±ε (between two input
@@ -51,6 +55,7 @@ import numpy as np
 import keras_qrobust as kq
 from _common import CACHE, CODE_VERSION, load_cached, machine, publish, save_cached, without_machine_paths
 from _models import trained_model
+from keras_qrobust.quantizers.grid import parse_setting
 from keras_qrobust.bench import files_digest, fingerprint, log, run_description, targets_table, write_json
 
 EPS = 0.1
@@ -68,7 +73,8 @@ APPLICATIONS = {  # what users bring: the name in the results -> (cache stem, bu
 AGREEMENT_TARGET = {"w2a2": 0.995}  # else 0.999
 QUANTIZE_TARGET_SECONDS = 5.0
 SQUARE_P_INIT = 0.8
-RUNTIMES = ("tflite", "onnx", "akida")  # Akida where the model converts with its grids carried
+RUNTIMES = ("tflite", "onnx", "akida")  # Akida where the model converts (akida_file)
+_ROUTES = {"carried": "grids carried", "quantizeml": "quantizeml's grids"}
 ROWS = Path(__file__).resolve().parent / "results" / "coverage_rows"
 _LIBRARY = Path(kq.__file__).resolve().parent
 # what a record's numbers depend on besides the model and the settings
@@ -124,16 +130,29 @@ def square_pair(deployed, keras_model, x, y, queries: int, seed: int) -> dict:
     return out
 
 
-def akida_file(qmodel, path: Path, samples) -> tuple[Path | None, str | None]:
-    """The model's .fbz with its grids carried, or why there is none (no akida extra, or a
-    model Akida cannot compute exactly: the first reason, shortened)."""
+def akida_file(model, qmodel, setting: str, path: Path, samples) -> tuple[Path | None, object, str]:
+    """The .fbz of ``setting`` and its Akida twin (what guard attacks for --target akida), and
+    the route: ``qmodel``'s grids carried (``"carried"``), or where it cannot carry them,
+    quantizeml's own quantization of the float ``model`` at the setting's bits
+    (``"quantizeml"``). Without a file: ``(None, None, why)`` (no akida extra, or neither route
+    computes the model: the first reason, shortened)."""
+    def short(reason: str) -> str:
+        return reason[:160] + ("…" if len(reason) > 160 else "")
+
+    weight_bits, activation_bits = parse_setting(setting)
     try:
-        reasons = kq.export.check_akida_compatible(qmodel)
-        if not reasons:
-            return kq.export.akida(qmodel, path, samples[:512]), None
+        if not (reasons := kq.export.check_akida_compatible(qmodel)):
+            path = kq.export.akida(qmodel, path, samples[:512])
+            return path, kq.export.akida_twin(qmodel, samples[:512], file=path), "carried"
+        if weight_bits not in (4, 8) or kq.export.check_akida_compatible(model):
+            return None, None, short(reasons[0])
+        bits = {"weight_bits": weight_bits, "activation_bits": activation_bits}
+        path = kq.export.akida(model, path, samples[:512], **bits)
+        return path, kq.export.akida_twin(model, samples[:512], file=path, **bits), "quantizeml"
     except ImportError as error:
-        return None, f"not installed ({error})"
-    return None, reasons[0][:160] + ("…" if len(reasons[0]) > 160 else "")
+        return None, None, f"not installed ({error})"
+    except kq.transforms.UnsupportedModelError as error:
+        return None, None, short(str(error).replace("\n", " "))
 
 
 def _sources_digest() -> bytes:
@@ -160,28 +179,38 @@ def score_setting(model, setting: str, name: str, data, x_perturbed, float_ms: d
              "keras_accuracy": float(np.mean(scores.argmax(1) == y_test)), "float_tflite_ms": float_ms,
              "runtimes": {}}
     for runtime in RUNTIMES:
+        reference, attacked, extra = scores, qmodel, {}
         if runtime == "akida":
-            path, skipped = akida_file(qmodel, folder / f"{name}_{setting}.fbz", samples)
-            if skipped:
-                entry["runtimes"][runtime] = {"skipped": skipped}
-                log(f"{name} {setting} akida: {skipped}")
+            path, twin, route = akida_file(model, qmodel, setting, folder / f"{name}_{setting}.fbz", samples)
+            if path is None:
+                entry["runtimes"][runtime] = {"skipped": route}
+                log(f"{name} {setting} akida: {route}")
                 continue
+            # scored against its Akida twin, the model guard attacks for --target akida
+            reference, attacked = twin.model.predict(x_test, verbose=0, batch_size=256), twin.model
+            extra = {"route": route, "twin_exact": twin.exact, "twin_approximated": list(twin.approximated),
+                     "twin_accuracy": float(np.mean(reference.argmax(1) == y_test))}
+            if route == "carried":  # and how the twin (so the file) differs from the RobustQuantizer model
+                extra["agreement_robustquantizer"] = float(np.mean(reference.argmax(1) == scores.argmax(1)))
+            perturbed_reference = twin.model.predict(x_perturbed, verbose=0, batch_size=256)
         else:
             path = getattr(kq.export, runtime)(qmodel, folder / f"{name}_{setting}.{runtime}")
+            perturbed_reference = perturbed_scores
         deployed = kq.export.load(path)
         found = deployed.predict(x_test)
-        difference = np.abs(found - scores) / step
+        difference = np.abs(found - reference) / step
         entry["runtimes"][runtime] = {
-            "agreement": float(np.mean(found.argmax(1) == scores.argmax(1))),
+            "agreement": float(np.mean(found.argmax(1) == reference.argmax(1))),
             "agreement_perturbed": float(np.mean(deployed.predict(x_perturbed).argmax(1)
-                                                 == perturbed_scores.argmax(1))),
+                                                 == perturbed_reference.argmax(1))),
             "within_one_step": float(np.mean(difference <= 1.01)),
             "max_steps": float(difference.max()),
             "accuracy": float(np.mean(found.argmax(1) == y_test)),
             "bytes_per_param": path.stat().st_size / n_params,
             "ms": {str(b): latency_ms(deployed, x_test, b, args.repeats) for b in (1, 32)},
-            "square": square_pair(deployed, qmodel, x_test[:args.square_images], y_test[:args.square_images],
+            "square": square_pair(deployed, attacked, x_test[:args.square_images], y_test[:args.square_images],
                                   args.square_queries, args.seed),
+            **extra,
         }
         log(f"{name} {setting} {runtime}: agreement {entry['runtimes'][runtime]['agreement']:.4%}, "
             f"{entry['runtimes'][runtime]['bytes_per_param']:.3f} B/param")
@@ -246,6 +275,13 @@ def _short(code: str) -> str:
     return commit[:7] + ("+" + changes if changes else "")
 
 
+def _twin_note(found: dict) -> str:
+    note = "twin exact on the probe inputs" if found["twin_exact"] else f"twin {found['twin_approximated'][0]}"
+    if "agreement_robustquantizer" in found:
+        note += f", top-1 agreement with the RobustQuantizer model {100 * found['agreement_robustquantizer']:.2f}%"
+    return note
+
+
 def markdown(data: dict) -> str:
     lines = ["# Coverage: real architectures, exported and re-measured in their runtimes", "",
              f"{run_description(data)} {data['test_images']} Fashion-MNIST test images (32×32×3 "
@@ -267,14 +303,22 @@ def markdown(data: dict) -> str:
                                  f"{f['skipped'].replace('|', '/')} ||||||| ")
                     continue
                 sq = f["square"]
+                keras_accuracy = f.get("twin_accuracy", entry["keras_accuracy"])
+                label = f"{runtime} ({_ROUTES[f['route']]})" if "route" in f else runtime
                 lines.append(
-                    f"| {row['architecture']} | {setting} | {runtime} | {100 * f['agreement']:.2f} "
+                    f"| {row['architecture']} | {setting} | {label} | {100 * f['agreement']:.2f} "
                     f"({100 * f['agreement_perturbed']:.2f}) | "
                     f"{100 * f['within_one_step']:.2f} | {f['max_steps']:.0f} | {100 * f['accuracy']:.2f} "
-                    f"({100 * entry['keras_accuracy']:.2f}) | {f['bytes_per_param']:.3f} | "
+                    f"({100 * keras_accuracy:.2f}) | {f['bytes_per_param']:.3f} | "
                     f"{f['ms']['1']:.1f} / {f['ms']['32']:.1f} ({fl['1']:.1f} / {fl['32']:.1f}) | "
                     f"{100 * sq['artifact']['robust_accuracy']:.1f} ({100 * sq['keras']['robust_accuracy']:.1f}) | "
                     f"{entry['quantize_seconds']:.2f} |")
+    twins = [f"{row['architecture']} {setting}: {_twin_note(f)}" for row in data["architectures"]
+             for setting, entry in row["settings"].items() for f in entry["runtimes"].values() if "route" in f]
+    if twins:
+        lines += ["", "Akida rows are scored against the file's Akida twin (`kq.export.akida_twin`, the model guard "
+                  "attacks for `--target akida`; its accuracy in the Keras column, Square on it beside the file's): "
+                  + "; ".join(twins) + "."]
     measured = sorted({(_short(e["code"]), e["machine"]["cpu"]["model"], e["machine"]["date"][:10])
                        for row in data["architectures"] for e in row["settings"].values()})
     lines += ["", "Each architecture × setting is a record of benchmarks/results/coverage_rows/ (a row's latencies, "

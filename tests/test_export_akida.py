@@ -276,3 +276,49 @@ def test_a_relu_without_its_weight_layer_is_refused(fashion_slice, no_quantizati
     second.set_range(0.5 * float(first.activation_max.numpy()))  # its own grid: a requantization Akida lacks
     (reason,) = check_akida_compatible(quantized)
     assert "'second_relu' does not follow a weight layer" in reason
+
+
+def test_a_model_cnn2snn_converts_only_in_part_is_refused(tmp_path):
+    # on a 7×7 input, ZeroPadding2D((0, 1)) + a 'valid' strided depthwise is no 'same' padding:
+    # quantizeml leaves them in float behind a Dequantizer, and cnn2snn converts only the layers
+    # before it (quantizeml names the stem's ReLU 'stem_activ'), so the file would output the
+    # 7×7×8 stem features, not the 3 scores
+    model = kq.keras.Sequential([
+        kq.keras.Input((14, 14, 1)),
+        layers.Conv2D(8, 3, strides=2, padding="same", activation="relu", name="stem"),
+        layers.ZeroPadding2D(((0, 1), (0, 1)), name="pad"),
+        layers.DepthwiseConv2D(3, strides=2, padding="valid", name="strided"),
+        layers.ReLU(name="strided_relu"),
+        layers.GlobalAveragePooling2D(),
+        layers.Dense(3, name="scores"),
+    ], name="padded")
+    assert check_akida_compatible(model) == []
+    target = tmp_path / "padded.fbz"
+    x = np.random.default_rng(0).uniform(0, 1, (32, 14, 14, 1)).astype(np.float32)
+    with pytest.raises(UnsupportedModelError, match=r"only up to layer 'stem_activ'.*output 392 values, not the "
+                                                    r"model's 3.*'pad' \(ZeroPadding2D\)"):
+        akida(model, target, x)
+    assert not target.exists()
+
+
+def test_guard_refuses_an_akida_target_whose_candidates_cannot_carry_their_grids(tiny_case, tmp_path, capsys):
+    # a residual sum: RobustQuantizer requantizes it, which Akida's carried grids cannot hold;
+    # guard says so before training rather than after quantizing every candidate
+    from keras_qrobust import cli
+
+    _, data_file = tiny_case
+    inputs = kq.keras.Input((28, 28, 1))
+    x = layers.Conv2D(4, 3, strides=2, padding="same", activation="relu", name="stem")(inputs)
+    branch = layers.Conv2D(4, 3, padding="same", name="branch")(x)
+    x = layers.ReLU(name="sum_relu")(layers.Add(name="sum")([x, branch]))
+    outputs = layers.Dense(10, name="scores")(layers.GlobalAveragePooling2D()(x))
+    model = kq.keras.Model(inputs, outputs, name="residual")
+    model.compile(loss="sparse_categorical_crossentropy")
+    model.save(tmp_path / "residual.keras")
+    assert check_akida_compatible(model) == []  # the float model converts; its RobustQuantizer copies do not
+    code = cli.main(["guard", "--model", str(tmp_path / "residual.keras"), "--dataset", str(data_file),
+                     "--target", "akida", "--candidates", "w4a4", "--force", "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "--target akida: the w4a4 RobustQuantizer model of --model cannot carry its grids to Akida" in err, err
+    assert "kq.export.akida_twin" in err and not (tmp_path / "run").exists()

@@ -77,6 +77,15 @@ def test_another_file_shows_as_differing_outputs(robust_w4a4, trained_cnn, fashi
         akida_twin(robust_w4a4, file=tmp_path / "missing.fbz")
 
 
+def test_a_float_models_twin_takes_the_exports_bits(trained_cnn, fashion_slice, tmp_path):
+    # a float model is quantized by quantizeml at the bits given to the export; the twin takes the same
+    (x, _), _ = fashion_slice
+    w8a8 = akida(trained_cnn, tmp_path / "w8a8.fbz", x[:256], weight_bits=8, activation_bits=8)
+    same = akida_twin(trained_cnn, x[:256], file=w8a8, probes=64, weight_bits=8, activation_bits=8)
+    assert same.exact, same.approximated
+    assert not akida_twin(trained_cnn, x[:256], file=w8a8, probes=64).exact  # the default w4a4 is another function
+
+
 def test_guard_attacks_the_akida_twin(robust_w4a4, trained_cnn):
     model, twin = attacked_model(robust_w4a4, "akida")
     assert twin.runtime == "akida" and model is twin.model and twin.exact

@@ -187,18 +187,43 @@ def _pin_input_range(qmodel) -> None:
 
 
 def convert_quantized(qmodel, name: str):
-    """The ``akida.Model`` cnn2snn converts the quantizeml model ``qmodel`` (of the model ``name``) into."""
+    """The ``akida.Model`` cnn2snn converts the quantizeml model ``qmodel`` (of the model ``name``) into.
+
+    Raises UnsupportedModelError when cnn2snn fails, or when it converts only a leading part of
+    the model (quantizeml leaves a layer it cannot quantize in float behind a Dequantizer, and
+    cnn2snn stops there): such a file would compute another function than the model.
+    """
     _, cnn2snn, _ = _import_akida()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return cnn2snn.convert(qmodel)
+            converted = cnn2snn.convert(qmodel)
     except Exception as error:
         raise UnsupportedModelError(
             f"cnn2snn could not convert '{name}' to Akida: {error}\n"
             "Restructure the layers it names into a block Akida maps (e.g. Conv2D [+ MaxPooling2D] + ReLU, "
             "DepthwiseConv2D + ReLU, Dense + ReLU); cnn2snn lists the valid patterns when it can."
         ) from error
+    _check_whole(converted, qmodel, name)
+    return converted
+
+
+def _check_whole(converted, qmodel, name: str) -> None:
+    """The converted model ends where ``qmodel`` does (cnn2snn silently converts a prefix)."""
+    expected, found = int(np.prod(qmodel.output_shape[1:])), int(np.prod(converted.output_shape))
+    if found == expected:
+        return
+    last = converted.layers[-1].name.split("/")[0]  # "<layer>/dequantizer" when cut short
+    names = [layer.name for layer in qmodel.layers]
+    following = names.index(last) + 1 if last in names else len(names)
+    while following < len(names) and type(qmodel.layers[following]).__name__ == "Dequantizer":
+        following += 1
+    rest = (f"'{names[following]}' ({type(qmodel.layers[following]).__name__}), which quantizeml left in float"
+            if following < len(names) else "the layers after it")
+    raise UnsupportedModelError(
+        f"cnn2snn converted '{name}' only up to layer '{last}': the .fbz would output {found} values, not the "
+        f"model's {expected}, and compute another function. Akida stops at {rest}; restructure it into a block "
+        "Akida maps (e.g. a strided convolution with padding='same' instead of ZeroPadding2D + padding='valid').")
 
 
 def akida(model, path: str | os.PathLike, samples=None, *, weight_bits: int | None = None,

@@ -112,7 +112,8 @@ def _differences(twin_scores: np.ndarray, file_scores: np.ndarray) -> tuple[str,
 
 
 def akida_twin(model, samples=None, *, file: str | os.PathLike | None = None, probes: int = _PROBES,
-               seed: int = 0) -> AkidaTwin:
+               seed: int = 0, weight_bits: int | None = None, activation_bits: int | None = None,
+               input_weight_bits: int | None = None) -> AkidaTwin:
     """The Akida twin of ``model``'s ``.fbz`` export (module doc).
 
     Args:
@@ -125,6 +126,9 @@ def akida_twin(model, samples=None, *, file: str | os.PathLike | None = None, pr
             quantizeml model with cnn2snn (what the export does).
         probes: random [0, 1] inputs (plus as many of ``samples``) on which the twin's outputs
             are compared with the file's.
+        weight_bits, activation_bits, input_weight_bits: a float model's bits, as for
+            :func:`~keras_qrobust.export.akida` (pass the same ones as to the export); a
+            RobustQuantizer model keeps its own.
     """
     from .akida import AkidaModel, convert_quantized, quantize_for_akida
     from .akida_grids import is_robust_quantized
@@ -135,7 +139,8 @@ def akida_twin(model, samples=None, *, file: str | os.PathLike | None = None, pr
     shape = tuple(model.inputs[0].shape[1:])
     if samples is None and is_robust_quantized(model):  # carried grids replace what calibration finds
         samples = _probe_inputs(shape, None, probes, seed + 1)
-    quantized = quantize_for_akida(model, samples)
+    quantized = quantize_for_akida(model, samples, weight_bits=weight_bits, activation_bits=activation_bits,
+                                   input_weight_bits=input_weight_bits)
     inputs = keras.Input(shape, name="akida_twin_input")
     pixels = AkidaPixels(name="akida_pixels")(inputs)
     scores = QuantizeMLModel(quantized, name="akida_quantized")(pixels)
@@ -147,4 +152,8 @@ def akida_twin(model, samples=None, *, file: str | os.PathLike | None = None, pr
             convert_quantized(quantized, model.name).save(str(path))
         file_scores = AkidaModel(path).predict(x)
     twin_scores = np.asarray(twin.predict(x, verbose=0), np.float32).reshape(len(x), -1)
+    if file_scores.shape != twin_scores.shape:
+        raise ValueError(f"{path.name} outputs {file_scores.shape[1]} values per input where '{model.name}' "
+                         f"outputs {twin_scores.shape[1]}: it is not this model's export. Pass the .fbz "
+                         "export.akida wrote for it.")
     return AkidaTwin(twin, quantized, _differences(twin_scores, file_scores))

@@ -21,7 +21,8 @@ from .config import AGREEMENT_FLOOR, GuardConfig, GuardInputError
 from .context import Context, say
 from ..inputs import check_above_chance, check_data_fits, fingerprint, load_data, load_model_file
 from .reporting import report_stage
-from .stages import choose_stage, export_stage, quantize_stage, remeasure_stage
+from .stages import (CALIBRATION_SAMPLES, candidate_quantizer, choose_stage, export_stage, quantize_stage,
+                     remeasure_stage)
 from .lock import RunLock
 from .state import RunState, open_state
 from .training import train_stage
@@ -62,14 +63,26 @@ def _check_target(config: GuardConfig, model) -> None:
 
 def _check_quantizable(config: GuardConfig, model, data) -> None:
     """The model's layers are ones RobustQuantizer quantizes (a trial run on 32 inputs at the
-    first candidate), so an unsupported layer stops the run before training, not after it."""
-    from ..quantization import RobustQuantizer
+    first candidate), and for --target akida its quantized copy carries its grids to Akida, so
+    an unsupported layer stops the run before training, not after it."""
     from ..transforms import UnsupportedModelError
 
+    # Akida needs the input range [0, 1] the quantize stage finds on its calibration inputs
+    samples = data.x_train[:CALIBRATION_SAMPLES if config.target == "akida" else 32]
     try:
-        RobustQuantizer.from_setting(config.candidates[0]).quantize(model, data.x_train[:32])
+        trial = candidate_quantizer(config.candidates[0], config.target).quantize(model, samples)
     except UnsupportedModelError as error:
         raise GuardInputError(f"--model: {str(error).splitlines()[0]}") from None
+    if config.target == "akida":
+        from ..export.akida import check_akida_compatible
+
+        reasons = check_akida_compatible(trial)
+        if reasons:
+            raise GuardInputError(
+                f"--target akida: the {config.candidates[0]} RobustQuantizer model of --model cannot carry its grids "
+                f"to Akida: {reasons[0].splitlines()[0]} (guard attacks the function the .fbz computes, so it needs "
+                "them carried; kq.export.akida(float_model, ...) and kq.export.akida_twin export and attack "
+                "quantizeml's own quantization instead)")
 
 
 def _finished_message(state: RunState, allow_mismatch: bool = False) -> int:
@@ -138,12 +151,12 @@ def run(config: GuardConfig, out: str | os.PathLike, allow_mismatch: bool = Fals
     model = load_model_file(config.model, trust=trust_model) if config.model else None
     data = load_data(config.dataset, config.train_samples, config.test_samples)
     check_data_fits(data, model)
+    _check_target(config, model)
     if model is not None:
         _check_quantizable(config, model, data)
         warning = check_above_chance(model, data, force=force)
         if warning:
             say(f"warning: {warning} (--force)")
-    _check_target(config, model)
     folder.mkdir(parents=True, exist_ok=True)
     with RunLock(folder):
         state = open_state(folder, config, inputs)  # afresh: a run that held the lock may have moved on

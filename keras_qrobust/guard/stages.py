@@ -28,6 +28,12 @@ FLOOR_MARGIN = 0.05  # default floor: the float model's clean accuracy minus thi
 SQUARE_P_INIT = 0.8  # AutoAttack's
 
 
+def candidate_quantizer(setting: str, target: str) -> RobustQuantizer:
+    """The RobustQuantizer of a candidate ``setting`` for the export ``target``."""
+    # an Akida file returns its scores at accumulator precision: no 8-bit output grid on its twin
+    return RobustQuantizer.from_setting(setting, input_weight_bits=8, quantize_output=target != "akida")
+
+
 def quantize_stage(ctx: Context) -> tuple[dict, dict]:
     """RobustQuantizer PTQ of the float model at every candidate setting."""
     config, data = ctx.config, ctx.data
@@ -36,9 +42,7 @@ def quantize_stage(ctx: Context) -> tuple[dict, dict]:
     artifacts, summary = {}, {"calibration_inputs": int(len(samples)), "quantizers": {},
                                "weight_bytes": {"fp32": weight_bytes(model)}}
     for setting in config.candidates:
-        # an Akida file returns its scores at accumulator precision: no 8-bit output grid on its twin
-        quantizer = RobustQuantizer.from_setting(setting, input_weight_bits=8,
-                                                 quantize_output=config.target != "akida")
+        quantizer = candidate_quantizer(setting, config.target)
         say(f"quantizing: {quantizer}")
         quantized = quantizer.quantize(model, samples)
         artifacts[setting] = save_model(quantized, ctx.folder, f"candidates/{setting}.keras")
