@@ -12,12 +12,14 @@ only for ``.keras``.
 SavedModel folder), walks every object entry in it and allows only:
 
 * classes Keras itself resolves (``keras.layers``, initializers, regularizers, constraints,
-  optimizers, losses, metrics, models) and registered classes defined in tf_keras, tfmot or
+  optimizers, losses, metrics, models) and registered classes defined in tf_keras, tfmot,
+  quantizeml (the ``akida`` extra: :func:`keras_qrobust.export.quantize_for_akida`'s models) or
   keras_qrobust;
 * functions that are Keras built-ins (activations, losses, metrics);
 * ``TFOpLambda`` entries naming TensorFlow math/array operations (keras.applications models
   use them: ``x + 3``, ``tf.nn.relu6``), never file, I/O or Python-calling operations;
-* modules under ``keras``/``tf_keras``, ``tensorflow_model_optimization``, ``keras_qrobust``.
+* modules under ``keras``/``tf_keras``, ``tensorflow_model_optimization``, ``quantizeml``,
+  ``keras_qrobust``.
 
 A SavedModel is also a TensorFlow graph: its graph and function library are scanned for
 operations that touch files or call Python (``WriteFile``, ``PyFunc``, ...).
@@ -36,7 +38,7 @@ from typing import Iterator, Optional
 __all__ = ["UntrustedModelError", "ModelFileError", "load_model", "read_model_config", "untrusted_entries"]
 
 #: top-level packages whose classes and functions a model file may name
-TRUSTED_PACKAGES = ("tf_keras", "keras", "tensorflow_model_optimization", "keras_qrobust")
+TRUSTED_PACKAGES = ("tf_keras", "keras", "tensorflow_model_optimization", "keras_qrobust", "quantizeml")
 #: TensorFlow API prefixes a TFOpLambda may call (pure tensor math)
 _TF_OP_PREFIXES = ("__operators__.", "math.", "nn.", "linalg.", "compat.v1.nn.", "compat.v1.math.")
 _TF_OPS = frozenset({
@@ -64,7 +66,7 @@ class ModelFileError(ValueError):
 
 
 class UntrustedModelError(ValueError):
-    """The model file names code outside Keras, tfmot and keras_qrobust, which loading would run."""
+    """The model file names code outside Keras, tfmot, quantizeml and keras_qrobust, which loading would run."""
 
 
 SAVE_HINT = "save it with tf_keras: `import keras_qrobust as kq; model.save('model.keras')`"
@@ -200,7 +202,7 @@ def _entry_problems(entry: dict, known: frozenset, registered: dict) -> Iterator
         yield f"a Lambda layer ({label}) whose Python code would run on load"
         return
     if module is not None and (not isinstance(module, str) or not _trusted_module(module)):
-        yield f"{label} names the module {module!r}, outside Keras, tfmot and keras_qrobust"
+        yield f"{label} names the module {module!r}, outside Keras, tfmot, quantizeml and keras_qrobust"
         return
     if kind in _DATA_ENTRIES:
         return
@@ -225,7 +227,7 @@ def _entry_problems(entry: dict, known: frozenset, registered: dict) -> Iterator
         return
     if kind in known or entry.get("registered_name", kind) in registered or kind in registered:
         return
-    yield f"the class {kind!r}, whose code is not in Keras, tfmot or keras_qrobust"
+    yield f"the class {kind!r}, whose code is not in Keras, tfmot, quantizeml or keras_qrobust"
 
 
 #: configuration keys that only ``compile=True`` deserializes (optimizer, loss, metrics)
@@ -237,6 +239,11 @@ def untrusted_entries(config, training: bool = False) -> list[str]:
     one line per offending entry, in the order met; empty when every entry is allowed.
     ``training``: also inspect the training configuration (loaded only with ``compile=True``;
     a custom loss there is no reason to refuse an uncompiled load)."""
+    if '"quantizeml.' in json.dumps(config):  # quantize_for_akida's models: its classes register on import
+        try:
+            import quantizeml  # noqa: F401
+        except ImportError:
+            pass  # its entries are then refused as unknown classes
     known, registered = _known_names()
     problems: list[str] = []
 

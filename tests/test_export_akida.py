@@ -2,6 +2,7 @@
 
 import dataclasses
 import importlib
+import json
 import shutil
 
 import numpy as np
@@ -301,24 +302,51 @@ def test_a_model_cnn2snn_converts_only_in_part_is_refused(tmp_path):
     assert not target.exists()
 
 
-def test_guard_refuses_an_akida_target_whose_candidates_cannot_carry_their_grids(tiny_case, tmp_path, capsys):
-    # a residual sum: RobustQuantizer requantizes it, which Akida's carried grids cannot hold;
-    # guard says so before training rather than after quantizing every candidate
-    from keras_qrobust import cli
-
-    _, data_file = tiny_case
+@pytest.fixture(scope="module")
+def residual_model(tiny_case, tmp_path_factory):
+    """A tiny model with a residual sum (trained on the tiny case): its float model converts to
+    Akida, its RobustQuantizer copies cannot carry their grids (Akida requantizes the sum)."""
+    (x, y) = (np.load(tiny_case[1])[k] for k in ("x_train", "y_train"))
     inputs = kq.keras.Input((28, 28, 1))
-    x = layers.Conv2D(4, 3, strides=2, padding="same", activation="relu", name="stem")(inputs)
-    branch = layers.Conv2D(4, 3, padding="same", name="branch")(x)
-    x = layers.ReLU(name="sum_relu")(layers.Add(name="sum")([x, branch]))
-    outputs = layers.Dense(10, name="scores")(layers.GlobalAveragePooling2D()(x))
+    h = layers.Conv2D(4, 3, strides=2, padding="same", activation="relu", name="stem")(inputs)
+    branch = layers.Conv2D(4, 3, padding="same", name="branch")(h)
+    h = layers.ReLU(name="sum_relu")(layers.Add(name="sum")([h, branch]))
+    outputs = layers.Dense(10, name="scores")(layers.GlobalAveragePooling2D()(h))
     model = kq.keras.Model(inputs, outputs, name="residual")
-    model.compile(loss="sparse_categorical_crossentropy")
-    model.save(tmp_path / "residual.keras")
-    assert check_akida_compatible(model) == []  # the float model converts; its RobustQuantizer copies do not
-    code = cli.main(["guard", "--model", str(tmp_path / "residual.keras"), "--dataset", str(data_file),
-                     "--target", "akida", "--candidates", "w4a4", "--force", "--out", str(tmp_path / "run")])
+    kq.defenses.train_classifier(model, x, y, epochs=10, batch_size=32, seed=0)
+    path = tmp_path_factory.mktemp("residual") / "residual.keras"
+    model.save(path)
+    return path
+
+
+def test_guard_akida_quantizes_a_model_whose_grids_cannot_be_carried_with_quantizeml(residual_model, tiny_case,
+                                                                                      tmp_path, capsys):
+    from keras_qrobust import cli
+    from keras_qrobust.model_files import load_model
+
+    data_file = tiny_case[1]
+    assert check_akida_compatible(kq.keras.models.load_model(residual_model)) == []  # the float model converts
+    common = ["guard", "--model", str(residual_model), "--dataset", str(data_file), "--target", "akida", "--force"]
+    # quantizeml takes 4- or 8-bit weights only: said before any work
+    assert cli.main([*common, "--candidates", "w2a2", "--out", str(tmp_path / "refused")]) == 2
     err = capsys.readouterr().err
-    assert code == 2, err
-    assert "--target akida: the w4a4 RobustQuantizer model of --model cannot carry its grids to Akida" in err, err
-    assert "kq.export.akida_twin" in err and not (tmp_path / "run").exists()
+    assert "cannot carry their grids to Akida" in err and "drop w2a2 from --candidates" in err, err
+    assert not (tmp_path / "refused").exists()
+
+    out = tmp_path / "run"
+    code = cli.main([*common, "--candidates", "w4a4", "--floor", "0", "--no-train", "--surrogate-epochs", "1",
+                     "--train-samples", "200", "--test-samples", "40", "--pgd-steps", "3", "--uap-samples", "64",
+                     "--autoattack", "fast", "--autoattack-samples", "20", "--square-queries", "50",
+                     "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    candidate = load_model(out / "candidates" / "w4a4.keras")  # quantizeml's classes load without trust=True
+    assert akida_export.is_akida_quantized(candidate)
+    assert "w4a4: Akida cannot hold the RobustQuantizer grids" in err and "attacking its integer twin" in err, err
+    state = json.loads((out / "guard_state.json").read_text())
+    remeasured = state["stages"]["remeasure"]["summary"]
+    # the .fbz computes the quantizeml model guard attacked: the same labels on every test input
+    assert remeasured["runtime"] == "akida" and remeasured["agreement"] == 1.0, remeasured
+    report = (out / "report.md").read_text()
+    assert "quantizeml quantized the float model at the same bits" in report
+    assert "quantizeml's w4a4 quantization of the float model" in report

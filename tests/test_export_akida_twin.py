@@ -8,7 +8,7 @@ pytest.importorskip("cnn2snn", reason=REASON)
 pytest.importorskip("akida", reason=REASON)
 
 import keras_qrobust as kq  # noqa: E402
-from keras_qrobust.export import akida, akida_twin, load  # noqa: E402
+from keras_qrobust.export import akida, akida_twin, load, quantize_for_akida  # noqa: E402
 from keras_qrobust.guard.attacking import attacked_model  # noqa: E402
 
 N_TEST = 300
@@ -84,6 +84,13 @@ def test_a_float_models_twin_takes_the_exports_bits(trained_cnn, fashion_slice, 
     same = akida_twin(trained_cnn, x[:256], file=w8a8, probes=64, weight_bits=8, activation_bits=8)
     assert same.exact, same.approximated
     assert not akida_twin(trained_cnn, x[:256], file=w8a8, probes=64).exact  # the default w4a4 is another function
+    # quantize_for_akida's output (what guard keeps as a candidate) is taken as it is, by the twin and the export
+    quantized = quantize_for_akida(trained_cnn, x[:256], weight_bits=8, activation_bits=8)
+    assert akida_twin(quantized, x[:256], file=w8a8, probes=64).exact
+    again = akida(quantized, tmp_path / "again.fbz")
+    np.testing.assert_array_equal(load(again).predict(x[:64]), load(w8a8).predict(x[:64]))
+    with pytest.raises(ValueError, match="already quantized"):
+        akida(quantized, tmp_path / "bits.fbz", weight_bits=4)
 
 
 def test_guard_attacks_the_akida_twin(robust_w4a4, trained_cnn):

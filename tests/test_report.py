@@ -122,3 +122,15 @@ def test_lead_sections_open_the_report_and_render_inline_markup():
     assert html.index("<strong>Chosen: m</strong> <code>m.tflite</code>") < html.index("<h2>Plots</h2>")
     assert list(report.figures())[0] == "Size vs robust accuracy"
     assert RobustnessReport.from_dict(json.loads(report.to_json())).tradeoff == report.tradeoff
+
+
+def test_tradeoff_plot_takes_points_at_0_and_100_percent():
+    # Wilson bounds at 0 of 40 and 40 of 40 lie a rounding error inside the point (6.9e-18 above 0)
+    points = []
+    for name, (robust, n) in {"broken": (0, 40), "perfect": (40, 40)}.items():
+        low, high = kq.metrics.wilson_interval(robust, n)
+        points.append({"name": name, "bytes": 10, "robust": robust / n, "low": low, "high": high})
+    report = RobustnessReport.build(accuracy={"m": {"pgd": [0.9, 0.5]}}, eps=[0.0, 0.1], attacks=["pgd"],
+                                    provenance={"attacks": {}, "eps": [0.0, 0.1], "samples": 1, "seed": 0},
+                                    tradeoff=points)
+    assert "Size vs robust accuracy" in report.figures()

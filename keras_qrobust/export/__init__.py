@@ -9,7 +9,8 @@ computes the TFLite file's integer arithmetic (bit for bit) with fake-quant grad
 """
 
 from . import int8_arithmetic, layer_diff, layers, lowering, runtime  # noqa: F401
-from .akida import AkidaModel, akida, akida_bits, check_akida_compatible  # noqa: F401
+from .akida import (AkidaModel, akida, akida_bits, check_akida_compatible, is_akida_quantized,  # noqa: F401
+                    quantize_for_akida)
 from .akida_twin import AkidaTwin, akida_twin  # noqa: F401
 from .integer_twin import IntegerTwin, integer_twin  # noqa: F401
 from .lowering import Lowered, lower  # noqa: F401

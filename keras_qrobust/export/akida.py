@@ -63,7 +63,8 @@ from .akida_compat import SUPPORTED_LAYERS, _raise_if_incompatible, check_akida_
 from .akida_grids import CarriedGrids, apply_grids
 from .runtime.akida import INSTALL_HINT, AkidaModel, _import_akida  # noqa: F401 - INSTALL_HINT re-exported
 
-__all__ = ["akida", "check_akida_compatible", "quantize_for_akida", "AkidaModel", "SUPPORTED_LAYERS"]
+__all__ = ["akida", "check_akida_compatible", "quantize_for_akida", "is_akida_quantized", "AkidaModel",
+           "SUPPORTED_LAYERS"]
 
 _RESCALING_NAME = "akida_input_rescaling"
 _DEFAULT_CALIBRATION = 256  # random [0, 1] samples when none are given
@@ -177,6 +178,14 @@ def _quantize(model, samples, grids: CarriedGrids | None, weight_bits: int, acti
     return qmodel
 
 
+def is_akida_quantized(model) -> bool:
+    """``model`` is a quantizeml model :func:`quantize_for_akida` made (it reads 0..255 pixels
+    through the Rescaling(1/255) it adds): what cnn2snn converts as it is."""
+    layers = getattr(model, "layers", ())
+    return (any(layer.name.startswith(_RESCALING_NAME) for layer in layers)
+            and any(type(layer).__module__.split(".")[0] == "quantizeml" for layer in layers))
+
+
 def _pin_input_range(qmodel) -> None:
     from quantizeml.layers import InputQuantizer
 
@@ -234,16 +243,25 @@ def akida(model, path: str | os.PathLike, samples=None, *, weight_bits: int | No
     carried over (:mod:`keras_qrobust.export.akida_grids`), so the file computes the integer
     function that was attacked, and its bits are used — or a float model, which quantizeml
     quantizes itself at ``weight_bits``/``activation_bits`` (default w4a4, ``input_weight_bits``
-    8 for the first layer). It takes floats in [0, 1]; the saved model takes uint8 pixels
-    (``x * 255``), which :class:`AkidaModel` produces from [0, 1] floats. ``samples`` (a few
+    8 for the first layer), or what :func:`quantize_for_akida` returned, converted as it is.
+    It takes floats in [0, 1]; the saved model takes uint8 pixels (``x * 255``), which
+    :class:`AkidaModel` produces from [0, 1] floats. ``samples`` (a few
     hundred training inputs in [0, 1]) calibrate quantizeml. An existing ``path`` is replaced
     only with ``overwrite=True`` (FileExistsError otherwise, before any work). Raises
     UnsupportedModelError listing every problem found (or cnn2snn's message).
     """
     path = check_new_file(path, ".fbz", overwrite, "an Akida export")
-    source, grids, bits = _settings(model, weight_bits=weight_bits, activation_bits=activation_bits,
-                                    input_weight_bits=input_weight_bits)
-    ak_model = convert_quantized(_quantize(source, samples, grids, **bits), model.name)
+    if is_akida_quantized(model):
+        given = [n for n, v in (("weight_bits", weight_bits), ("activation_bits", activation_bits),
+                                ("input_weight_bits", input_weight_bits)) if v is not None]
+        if given:
+            raise ValueError(f"'{model.name}' is quantize_for_akida's output, already quantized: leave "
+                             f"{', '.join(given)} out, or pass the float model to requantize.")
+        ak_model = convert_quantized(model, model.name)
+    else:
+        source, grids, bits = _settings(model, weight_bits=weight_bits, activation_bits=activation_bits,
+                                        input_weight_bits=input_weight_bits)
+        ak_model = convert_quantized(_quantize(source, samples, grids, **bits), model.name)
     with atomic_path(path, overwrite=overwrite) as temporary:
         ak_model.save(str(temporary))
     return path

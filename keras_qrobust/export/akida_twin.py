@@ -118,7 +118,9 @@ def akida_twin(model, samples=None, *, file: str | os.PathLike | None = None, pr
 
     Args:
         model: what :func:`~keras_qrobust.export.akida` takes: a RobustQuantizer model (its
-            grids are carried) or a float model (quantizeml quantizes it at w4a4, first layer 8 bits).
+            grids are carried), a float model (quantizeml quantizes it at w4a4, first layer 8
+            bits), or the quantizeml model :func:`~keras_qrobust.export.quantize_for_akida`
+            returned (taken as it is).
         samples: calibration inputs in [0, 1], as for :func:`~keras_qrobust.export.akida`
             (pass the same ones: a float model's quantization depends on them; a RobustQuantizer
             model's carried grids do not, and None calibrates it on random inputs).
@@ -130,17 +132,22 @@ def akida_twin(model, samples=None, *, file: str | os.PathLike | None = None, pr
             :func:`~keras_qrobust.export.akida` (pass the same ones as to the export); a
             RobustQuantizer model keeps its own.
     """
-    from .akida import AkidaModel, convert_quantized, quantize_for_akida
+    from .akida import AkidaModel, convert_quantized, is_akida_quantized, quantize_for_akida
     from .akida_grids import is_robust_quantized
 
     model = check_model(model)
     if file is not None and (not Path(file).is_file() or Path(file).suffix != ".fbz"):
         raise ValueError(f"file={str(file)!r} is not a .fbz file: pass the path export.akida wrote, or None")
     shape = tuple(model.inputs[0].shape[1:])
-    if samples is None and is_robust_quantized(model):  # carried grids replace what calibration finds
-        samples = _probe_inputs(shape, None, probes, seed + 1)
-    quantized = quantize_for_akida(model, samples, weight_bits=weight_bits, activation_bits=activation_bits,
-                                   input_weight_bits=input_weight_bits)
+    if is_akida_quantized(model):
+        if (weight_bits, activation_bits, input_weight_bits) != (None, None, None):
+            raise ValueError(f"'{model.name}' is quantize_for_akida's output, already quantized: leave the bits out")
+        quantized = model
+    else:
+        if samples is None and is_robust_quantized(model):  # carried grids replace what calibration finds
+            samples = _probe_inputs(shape, None, probes, seed + 1)
+        quantized = quantize_for_akida(model, samples, weight_bits=weight_bits, activation_bits=activation_bits,
+                                       input_weight_bits=input_weight_bits)
     inputs = keras.Input(shape, name="akida_twin_input")
     pixels = AkidaPixels(name="akida_pixels")(inputs)
     scores = QuantizeMLModel(quantized, name="akida_quantized")(pixels)

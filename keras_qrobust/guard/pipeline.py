@@ -19,9 +19,10 @@ from typing import Callable
 from .attacking import attack_stage
 from .config import AGREEMENT_FLOOR, GuardConfig, GuardInputError
 from .context import Context, say
+from ..quantizers.grid import parse_setting
 from ..inputs import check_above_chance, check_data_fits, fingerprint, load_data, load_model_file
 from .reporting import report_stage
-from .stages import (CALIBRATION_SAMPLES, candidate_quantizer, choose_stage, export_stage, quantize_stage,
+from .stages import (CALIBRATION_SAMPLES, akida_route, candidate_quantizer, choose_stage, export_stage, quantize_stage,
                      remeasure_stage)
 from .lock import RunLock
 from .state import RunState, open_state
@@ -73,16 +74,14 @@ def _check_quantizable(config: GuardConfig, model, data) -> None:
         trial = candidate_quantizer(config.candidates[0], config.target).quantize(model, samples)
     except UnsupportedModelError as error:
         raise GuardInputError(f"--model: {str(error).splitlines()[0]}") from None
-    if config.target == "akida":
-        from ..export.akida import check_akida_compatible
-
-        reasons = check_akida_compatible(trial)
-        if reasons:
+    if config.target == "akida" and (reason := akida_route(trial)) is not None:
+        # such candidates are quantizeml's quantization of the float model, whose weights are 4 or 8 bits
+        odd = [s for s in config.candidates if parse_setting(s)[0] not in (4, 8)]
+        if odd:
             raise GuardInputError(
-                f"--target akida: the {config.candidates[0]} RobustQuantizer model of --model cannot carry its grids "
-                f"to Akida: {reasons[0].splitlines()[0]} (guard attacks the function the .fbz computes, so it needs "
-                "them carried; kq.export.akida(float_model, ...) and kq.export.akida_twin export and attack "
-                "quantizeml's own quantization instead)")
+                f"--target akida: the RobustQuantizer models of --model cannot carry their grids to Akida ({reason}), "
+                f"so quantizeml quantizes the float model, at 4- or 8-bit weights only; drop {', '.join(odd)} from "
+                "--candidates (e.g. --candidates w8a8,w4a4)")
 
 
 def _finished_message(state: RunState, allow_mismatch: bool = False) -> int:

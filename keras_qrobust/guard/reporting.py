@@ -31,7 +31,7 @@ def _stages_section(ctx: Context) -> str:
              f"- train: {trained} — {train['reason']}. Model: {train['model']}.",
              f"- transfer surrogate: {train['surrogate']}.",
              f"- quantize: RobustQuantizer post-training quantization at {', '.join(config.candidates)}, calibrated on "
-             f"{state.summary('quantize')['calibration_inputs']} training inputs.",
+             f"{state.summary('quantize')['calibration_inputs']} training inputs{_quantizeml_note(state)}.",
              f"- attack: {', '.join(ATTACKS)} at ε ∈ {{{', '.join(f'{e:g}' for e in eps_grid(config.eps)[1:])}}} on "
              f"{state.summary('attack')['test_inputs']} test inputs; AutoAttack ({config.autoattack}) at "
              f"ε = {config.eps:g} on the first {state.summary('attack').get('autoattack_inputs', 0)}.",
@@ -138,6 +138,18 @@ def agreement_verdict(remeasure: dict) -> str:
 def _at_eps() -> list[tuple[str, int]]:
     """(attack, column) of every attack at the full ε (the last column)."""
     return [(a, -1) for a in ATTACKS]
+
+
+def _quantizeml_note(state) -> str:
+    """The candidates quantizeml quantized instead (--target akida, grids Akida cannot hold)."""
+    quantizers = state.summary("quantize")["quantizers"]
+    instead = [setting for setting, text in quantizers.items() if text.startswith("quantizeml")]
+    if not instead:
+        return ""
+    reason = quantizers[instead[0]].split("cannot be carried: ", 1)[-1].rstrip(")")
+    return (f"; for {', '.join(instead)} Akida cannot hold those grids ({reason}), so quantizeml quantized the "
+            "float model at the same bits (first layer 8-bit weights), and that quantization is what was attacked "
+            "(through its Akida twin) and exported")
 
 
 def _decision(ctx: Context) -> tuple[str, list]:

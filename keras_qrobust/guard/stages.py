@@ -34,8 +34,21 @@ def candidate_quantizer(setting: str, target: str) -> RobustQuantizer:
     return RobustQuantizer.from_setting(setting, input_weight_bits=8, quantize_output=target != "akida")
 
 
+def akida_route(quantized) -> str | None:
+    """For --target akida, how a candidate reaches Akida: ``None`` when the RobustQuantizer
+    model ``quantized`` carries its grids, else why it cannot (its float model is then
+    quantized by quantizeml instead, :func:`quantize_stage`)."""
+    from ..export.akida import check_akida_compatible
+
+    reasons = check_akida_compatible(quantized)
+    return reasons[0].splitlines()[0] if reasons else None
+
+
 def quantize_stage(ctx: Context) -> tuple[dict, dict]:
-    """RobustQuantizer PTQ of the float model at every candidate setting."""
+    """RobustQuantizer PTQ of the float model at every candidate setting. For --target akida,
+    a candidate whose grids Akida cannot hold (a residual sum, an average, ...) is quantizeml's
+    quantization of the float model at the same bits instead (the function its .fbz computes,
+    attacked through its Akida twin)."""
     config, data = ctx.config, ctx.data
     model = ctx.load_artifact("train", "float")
     samples = data.x_train[:CALIBRATION_SAMPLES]
@@ -45,9 +58,19 @@ def quantize_stage(ctx: Context) -> tuple[dict, dict]:
         quantizer = candidate_quantizer(setting, config.target)
         say(f"quantizing: {quantizer}")
         quantized = quantizer.quantize(model, samples)
-        artifacts[setting] = save_model(quantized, ctx.folder, f"candidates/{setting}.keras")
         summary["quantizers"][setting] = str(quantizer)
         summary["weight_bytes"][setting] = weight_bytes(quantized)  # at their bit width, for the report
+        if config.target == "akida" and (reason := akida_route(quantized)) is not None:
+            from ..export.akida import quantize_for_akida
+
+            weight_bits, activation_bits = parse_setting(setting)
+            say(f"{setting}: Akida cannot hold the RobustQuantizer grids ({reason}); quantizeml quantizes the float "
+                f"model at {setting} (first layer 8 bits) instead")
+            quantized = quantize_for_akida(model, samples, weight_bits=weight_bits, activation_bits=activation_bits,
+                                           input_weight_bits=8)
+            summary["quantizers"][setting] = (f"quantizeml {setting}, first layer 8-bit weights (Akida's own grids: "
+                                              f"the RobustQuantizer grids cannot be carried: {reason})")
+        artifacts[setting] = save_model(quantized, ctx.folder, f"candidates/{setting}.keras")
     return artifacts, summary
 
 
@@ -104,9 +127,12 @@ def export_stage(ctx: Context) -> tuple[dict, dict]:
         export.onnx(ctx.load_artifact("choose", "model"), path, representative=representative,
                     overwrite=True)
     else:
-        how = (f"kq.export.akida: the chosen {setting} model's weight codes and activation ranges carried into "
-               "quantizeml, converted by cnn2snn")
-        export.akida(ctx.load_artifact("choose", "model"), path, samples=representative, overwrite=True)
+        chosen = ctx.load_artifact("choose", "model")
+        how = ("kq.export.akida: " + (f"quantizeml's {setting} quantization of the float model" if
+                                      export.is_akida_quantized(chosen) else
+                                      f"the chosen {setting} model's weight codes and activation ranges carried into "
+                                      "quantizeml") + ", converted by cnn2snn")
+        export.akida(chosen, path, samples=representative, overwrite=True)
     say(f"exported {setting} to {path.name} ({how})")
     return {"exported": path.name}, {"how": how, "bytes": path.stat().st_size, "file": path.name}
 

@@ -85,7 +85,9 @@ def _tradeoff_figure(report, plt, png) -> bytes:
         robust = 100 * point["robust"]
         low, high = 100 * point.get("low", point["robust"]), 100 * point.get("high", point["robust"])
         chosen = point.get("chosen", False)
-        ax.errorbar(point["bytes"], robust, yerr=[[robust - low], [high - robust]], fmt="*" if chosen else "o",
+        # at 0 or 100 % a Wilson bound can sit a rounding error inside the point: no negative bar
+        ax.errorbar(point["bytes"], robust, yerr=[[max(robust - low, 0.0)], [max(high - robust, 0.0)]],
+                    fmt="*" if chosen else "o",
                     markersize=14 if chosen else 6, capsize=3, color="crimson" if chosen else "steelblue")
         ax.annotate(point["name"] + (" (chosen)" if chosen else ""), (point["bytes"], robust),
                     textcoords="offset points", xytext=(6, 4), fontsize=8)
