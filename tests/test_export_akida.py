@@ -342,7 +342,7 @@ def test_guard_akida_quantizes_a_model_whose_grids_cannot_be_carried_with_quanti
     assert code == 0, err
     candidate = load_model(out / "candidates" / "w4a4.keras")  # quantizeml's classes load without trust=True
     assert akida_export.is_akida_quantized(candidate)
-    assert "w4a4: Akida cannot hold the RobustQuantizer grids" in err and "attacking its integer twin" in err, err
+    assert "w4a4: Akida cannot hold the RobustQuantizer grids" in err and "attacking its Akida twin" in err, err
     state = json.loads((out / "guard_state.json").read_text())
     remeasured = state["stages"]["remeasure"]["summary"]
     # the .fbz computes the quantizeml model guard attacked: the same labels on every test input

@@ -41,10 +41,12 @@ def _quantizeml(model) -> bool:
     return is_akida_quantized(model)
 
 
-def attacked_model(model, target: str):
+def attacked_model(model, target: str, samples=None):
     """What guard attacks for ``model``: for a TFLite, ONNX or Akida target, a RobustQuantizer
     model's twin for that runtime (for Akida also a quantizeml candidate's; built once per model
-    and process), else ``model``. Returns ``(model, twin or None)``."""
+    and process), else ``model``. Returns ``(model, twin or None)``. ``samples``: data inputs
+    the Akida twin is also checked on against its file (beside random ones: where cnn2snn fuses
+    layers, the outputs may differ on data and not on noise)."""
     from ..export import akida_twin, integer_twin
     from ..export.lowering import is_robust_quantized
 
@@ -53,7 +55,7 @@ def attacked_model(model, target: str):
     runtime = TWIN_TARGETS[target]
     twins = _TWINS.setdefault(model, {})
     if runtime not in twins:
-        twins[runtime] = akida_twin(model) if runtime == "akida" else integer_twin(model, runtime=runtime)
+        twins[runtime] = akida_twin(model, samples) if runtime == "akida" else integer_twin(model, runtime=runtime)
     twin = twins[runtime]
     return twin.model, twin
 
@@ -164,10 +166,11 @@ def attack_stage(ctx: Context) -> tuple[dict, dict]:
     twins = {}
     attacked = {}
     for name, model in models.items():
-        attacked[name], twin = attacked_model(model, config.target)
+        attacked[name], twin = attacked_model(model, config.target, data.x_test[:256])
         if twin is not None:
             twins[name] = {"exact": twin.exact, "approximated": list(twin.approximated)}
-            say(f"{name}: attacking its integer twin (the {_RUNTIME_NAMES[twin.runtime]} file's arithmetic)"
+            kind = "Akida" if twin.runtime == "akida" else "integer"
+            say(f"{name}: attacking its {kind} twin (the {_RUNTIME_NAMES[twin.runtime]} file's arithmetic)"
                 + ("" if twin.exact else f"; not reproduced exactly: {'; '.join(twin.approximated)}"))
     x, y = data.x_test, data.y_test
     x_craft = data.x_train[:config.uap_samples]
