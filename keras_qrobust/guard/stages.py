@@ -41,7 +41,8 @@ def akida_route(quantized) -> str | None:
     from ..export.akida import check_akida_compatible
 
     reasons = check_akida_compatible(quantized)
-    return reasons[0].splitlines()[0] if reasons else None
+    # the advice to export the float model instead is what guard then does: not repeated
+    return reasons[0].splitlines()[0].split(" Export the float model instead")[0] if reasons else None
 
 
 def quantize_stage(ctx: Context) -> tuple[dict, dict]:
