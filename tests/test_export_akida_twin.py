@@ -116,3 +116,20 @@ def test_autoattack_runs_on_the_file_through_bpda_and_on_the_twin(carried, robus
     own = kq.attacks.autoattack(twin.model, x, y, eps=eps, version="fast", seed=0, verbose=0)
     for result in (through, own):
         assert np.abs(result.x_adv - x).max() <= eps + 1e-6 and result.robust.all()
+
+
+def test_adversarially_trained_twin_exports_as_it_is(robust_w4a4, fashion_slice, tmp_path):
+    # the other route to a robust .fbz: train the file's own function (the twin's
+    # quantizeml weights) with an adversarial objective, then convert what was trained
+    (x, y), (x_test, _) = fashion_slice
+    twin = akida_twin(robust_w4a4, x[:256])
+    before = [w.numpy().copy() for w in twin.model.trainable_weights]
+    assert before, "the twin has no trainable weights"
+    kq.defenses.set_seed(0)
+    trainer = kq.defenses.compile_classifier(
+        kq.defenses.AdversarialModel(twin.model, attack="trades", eps=0.1, steps=2, beta=3.0), 1e-3)
+    trainer.fit(x[:256], y[:256], epochs=1, batch_size=64, verbose=0)
+    assert any(not np.array_equal(a, w.numpy()) for a, w in zip(before, twin.model.trainable_weights))
+    path = akida(twin.quantized, tmp_path / "trained.fbz")
+    probe = x_test[:N_TEST]
+    np.testing.assert_array_equal(load(path).predict(probe), twin.model.predict(probe, verbose=0))
