@@ -146,7 +146,7 @@ def _quantizeml_note(state) -> str:
     instead = [setting for setting, text in quantizers.items() if text.startswith("quantizeml")]
     if not instead:
         return ""
-    reason = quantizers[instead[0]].split("cannot be carried: ", 1)[-1].rstrip(")")
+    reason = quantizers[instead[0]].split("cannot be carried: ", 1)[-1].removesuffix(")")
     return (f"; for {', '.join(instead)} Akida cannot hold those grids ({reason}), so quantizeml quantized the "
             "float model at the same bits (first layer 8-bit weights), and that quantization is what was attacked "
             "(through its Akida twin) and exported")
