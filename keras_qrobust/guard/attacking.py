@@ -34,23 +34,17 @@ _RUNTIME_NAMES = {"tflite": "TFLite", "onnx": "ONNX", "akida": "Akida"}
 _TWINS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # model -> {runtime: twin}
 
 
-def _quantizeml(model) -> bool:
-    """A candidate quantizeml quantized for Akida (:func:`keras_qrobust.export.quantize_for_akida`)."""
-    from ..export.akida import is_akida_quantized
-
-    return is_akida_quantized(model)
-
-
 def attacked_model(model, target: str, samples=None):
     """What guard attacks for ``model``: for a TFLite, ONNX or Akida target, a RobustQuantizer
     model's twin for that runtime (for Akida also a quantizeml candidate's; built once per model
     and process), else ``model``. Returns ``(model, twin or None)``. ``samples``: data inputs
     the Akida twin is also checked on against its file (beside random ones: where cnn2snn fuses
     layers, the outputs may differ on data and not on noise)."""
-    from ..export import akida_twin, integer_twin
+    from ..export import akida_twin, integer_twin, is_akida_quantized
     from ..export.lowering import is_robust_quantized
 
-    if target not in TWIN_TARGETS or not (is_robust_quantized(model) or (target == "akida" and _quantizeml(model))):
+    twinned = is_robust_quantized(model) or (target == "akida" and is_akida_quantized(model))
+    if target not in TWIN_TARGETS or not twinned:
         return model, None
     runtime = TWIN_TARGETS[target]
     twins = _TWINS.setdefault(model, {})

@@ -142,11 +142,10 @@ def _at_eps() -> list[tuple[str, int]]:
 
 def _quantizeml_note(state) -> str:
     """The candidates quantizeml quantized instead (--target akida, grids Akida cannot hold)."""
-    quantizers = state.summary("quantize")["quantizers"]
-    instead = [setting for setting, text in quantizers.items() if text.startswith("quantizeml")]
+    instead = state.summary("quantize").get("quantizeml_instead", {})  # setting -> why the grids cannot be carried
     if not instead:
         return ""
-    reason = quantizers[instead[0]].split("cannot be carried: ", 1)[-1].removesuffix(")")
+    reason = next(iter(instead.values()))
     return (f"; for {', '.join(instead)} Akida cannot hold those grids ({reason}), so quantizeml quantized the "
             "float model at the same bits (first layer 8-bit weights), and that quantization is what was attacked "
             "(through its Akida twin) and exported")

@@ -69,8 +69,8 @@ def quantize_stage(ctx: Context) -> tuple[dict, dict]:
                 f"model at {setting} (first layer 8 bits) instead")
             quantized = quantize_for_akida(model, samples, weight_bits=weight_bits, activation_bits=activation_bits,
                                            input_weight_bits=8)
-            summary["quantizers"][setting] = (f"quantizeml {setting}, first layer 8-bit weights (Akida's own grids: "
-                                              f"the RobustQuantizer grids cannot be carried: {reason})")
+            summary["quantizers"][setting] = f"quantizeml {setting}, first layer 8-bit weights (Akida's own grids)"
+            summary.setdefault("quantizeml_instead", {})[setting] = reason
         artifacts[setting] = save_model(quantized, ctx.folder, f"candidates/{setting}.keras")
     return artifacts, summary
 
