@@ -61,7 +61,8 @@ def markdown(data: dict) -> str:
              f"| — | {keras_row['seconds']:.0f} |"]
     for name, row in data["epochs"].items():
         mark = " **(chosen)**" if name == data["chosen"] else ""
-        lines.append(f"| Akida twin, {name} epoch{'' if name == '1' else 's'}{mark} | {100 * row['clean_accuracy']:.2f} | {pct(row)} | "
+        epochs = f"{name} epoch{'' if name == '1' else 's'}"
+        lines.append(f"| Akida twin, {epochs}{mark} | {100 * row['clean_accuracy']:.2f} | {pct(row)} | "
                      f"{row.get('train_seconds') or '—'} | {row['seconds']:.0f} |")
     chosen = data["chosen"]
     lines += ["", f"Chosen: {f'{chosen} epochs' if chosen is not None else 'none within the clean gap'}."]

@@ -35,7 +35,8 @@ import zipfile
 from pathlib import Path
 from typing import Iterator, Optional
 
-__all__ = ["UntrustedModelError", "ModelFileError", "load_model", "read_model_config", "untrusted_entries"]
+__all__ = ["UntrustedModelError", "ModelFileError", "load_model", "read_model_config", "register_named_packages",
+           "untrusted_entries"]
 
 #: top-level packages whose classes and functions a model file may name
 TRUSTED_PACKAGES = ("tf_keras", "keras", "tensorflow_model_optimization", "keras_qrobust", "quantizeml")
@@ -234,16 +235,22 @@ def _entry_problems(entry: dict, known: frozenset, registered: dict) -> Iterator
 _TRAINING_KEYS = ("compile_config", "training_config")
 
 
+def register_named_packages(config) -> None:
+    """Import quantizeml when the configuration names it (quantize_for_akida's models): its
+    classes register with Keras on import, and loading needs them. Nothing if it is not installed."""
+    if '"quantizeml.' in json.dumps(config):
+        try:
+            import quantizeml  # noqa: F401
+        except ImportError:
+            pass
+
+
 def untrusted_entries(config, training: bool = False) -> list[str]:
     """Why loading a model with this configuration (plain JSON data) could run foreign code:
     one line per offending entry, in the order met; empty when every entry is allowed.
     ``training``: also inspect the training configuration (loaded only with ``compile=True``;
     a custom loss there is no reason to refuse an uncompiled load)."""
-    if '"quantizeml.' in json.dumps(config):  # quantize_for_akida's models: its classes register on import
-        try:
-            import quantizeml  # noqa: F401
-        except ImportError:
-            pass  # its entries are then refused as unknown classes
+    register_named_packages(config)  # its entries are refused as unknown classes if it is not installed
     known, registered = _known_names()
     problems: list[str] = []
 

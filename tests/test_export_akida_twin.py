@@ -1,5 +1,8 @@
 """The Akida twin: the quantizeml model a .fbz is converted from, on the model's [0, 1] inputs."""
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -133,3 +136,17 @@ def test_adversarially_trained_twin_exports_as_it_is(robust_w4a4, fashion_slice,
     path = akida(twin.quantized, tmp_path / "trained.fbz")
     probe = x_test[:N_TEST]
     np.testing.assert_array_equal(load(path).predict(probe), twin.model.predict(probe, verbose=0))
+
+
+def test_a_cached_quantizeml_model_loads_in_a_fresh_process(trained_cnn, fashion_slice, tmp_path):
+    # a process that never imported quantizeml (a benchmark loading a fine-tuned twin it cached)
+    # must register its classes before Keras deserializes them
+    (x, _), _ = fashion_slice
+    quantized = quantize_for_akida(trained_cnn, x[:256], weight_bits=4, activation_bits=4)
+    path, probe, out = tmp_path / "quantized.keras", tmp_path / "probe.npy", tmp_path / "out.npy"
+    kq.bench.save_cached(quantized, path)
+    np.save(probe, x[:32])
+    code = ("import sys, numpy as np, keras_qrobust as kq; model, _ = kq.bench.load_cached(sys.argv[1]); "
+            "np.save(sys.argv[3], model.predict(np.load(sys.argv[2]), verbose=0))")
+    subprocess.run([sys.executable, "-c", code, str(path), str(probe), str(out)], check=True, capture_output=True)
+    np.testing.assert_array_equal(np.load(out), quantized.predict(x[:32], verbose=0))

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from .._io import atomic_path, write_json
 from .._keras import keras
+from ..model_files import read_model_config, register_named_packages
 from .machine import machine
 
 __all__ = ["file_sha256", "save_cached", "load_cached"]
@@ -49,6 +50,7 @@ def load_cached(path: str | os.PathLike, checkpoints: str | os.PathLike | None =
     path = Path(path)
     if path.exists():
         record = path.with_suffix(".json")
+        register_named_packages(read_model_config(path))
         return keras.models.load_model(path), {"cached": str(path), **(
             {"trained": json.loads(record.read_text())} if record.exists() else {})}
     if checkpoints is None:
@@ -61,4 +63,5 @@ def load_cached(path: str | os.PathLike, checkpoints: str | os.PathLike | None =
         raise RuntimeError(f"{checkpoint} does not match the SHA-256 in {checkpoint.with_suffix('.json').name}: "
                            "the file changed since it was committed. Restore it with "
                            f"'git checkout -- {checkpoint}', or set KQ_RETRAIN=1 to train the model again.")
+    register_named_packages(read_model_config(checkpoint))
     return keras.models.load_model(checkpoint), {"checkpoint": checkpoint.name, "trained": provenance}
