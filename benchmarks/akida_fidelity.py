@@ -145,8 +145,7 @@ def run(args) -> dict:
                  "autoattack_fast": {**interval(attacked.robust), "seconds": round(sum(attacked.seconds.values()), 1)},
                  "transfer_points_correct": interval(kq.metrics.predict_labels(twin, points) == y_points),
                  "square": {**interval(twin_square), "seconds": round(twin_square_seconds, 1)},
-                 "robust": interval(attacked.robust[:args.square_images] & twin_square)}
-    keras_robust = attacked.robust[:args.square_images] & twin_square
+                 "robust": interval(keras_robust := attacked.robust[:args.square_images] & twin_square)}
     files = {}
     with tempfile.TemporaryDirectory() as folder:
         sources = {"carried": (twin, {}), "requantized": (adv, {"weight_bits": 4, "activation_bits": 4})}

@@ -86,9 +86,10 @@ def main(argv=None) -> None:
     log(f"Keras w4a4: clean {keras_row['clean_accuracy']:.2%}, "
         f"AutoAttack {keras_row['autoattack']['robust_accuracy']:.2%}")
     rows = {}
-    carried = kq.export.akida_twin(keras_model, akida_calibration(args.seed))
+    x_cal = akida_calibration(args.seed)
+    carried = kq.export.akida_twin(keras_model, x_cal)
     for epoch, (quantized, info) in enumerate([(carried.quantized, {}), *tuned]):
-        twin = carried if epoch == 0 else kq.export.akida_twin(quantized, akida_calibration(args.seed))
+        twin = carried if epoch == 0 else kq.export.akida_twin(quantized, x_cal)
         trained = info.get("trained", {}).get("training", {})
         rows[str(epoch)] = {**score(twin.model, x, y, args.images, args.version, args.seed),
                             "train_seconds": trained.get("train_seconds"), "training": info}
