@@ -6,7 +6,7 @@ at 32×32×3; trained 5 epochs, cached in benchmarks/.cache and trained there wh
 quantized at w8a8, w6a6, w4a4 and w2a2 on the 1,024 training images coverage calibrates on,
 ``--runs`` times in a row. One untimed quantization of an untrained cnn_small first loads
 TensorFlow's kernels, so no architecture pays for the process starting; every timed run is
-reported, the first included (it converts the layer classes an architecture meets first).
+reported, the first included.
 
 The coverage table times one quantization per row while Square attacks run beside it on
 the same two cores; this benchmark is the timing: nothing else should run meanwhile, and the
