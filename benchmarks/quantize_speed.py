@@ -33,7 +33,7 @@ import keras_qrobust as kq
 from _common import machine, publish
 from _models import trained_model
 from coverage import APPLICATIONS, QUANTIZE_TARGET_SECONDS, SETTINGS, ZOO, applications_model, rgb32
-from keras_qrobust.bench import log, run_description, targets_table
+from keras_qrobust.bench import log, run_description, targets_table, timed
 
 CALIBRATION_IMAGES = 1024
 
@@ -48,16 +48,28 @@ def busy_cpu_seconds() -> float | None:
     return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
 
 
+def cpu_snapshot() -> tuple[float | None, float]:
+    """Every process's CPU seconds and this process's own, now: :func:`others_since` takes it."""
+    return busy_cpu_seconds(), time.process_time()
+
+
+def others_since(snapshot: tuple[float | None, float]) -> float | None:
+    """CPU seconds other processes used since ``snapshot`` (None without /proc/stat)."""
+    busy, own = snapshot
+    return None if busy is None else busy_cpu_seconds() - busy - (time.process_time() - own)
+
+
 def time_quantize(model, samples: np.ndarray, setting: str, runs: int) -> tuple[list[float], list[float | None]]:
     """Seconds of each of ``runs`` calls of ``RobustQuantizer.from_setting(setting).quantize``, and
     the CPU seconds other processes used during each (None without /proc/stat)."""
     quantizer = kq.RobustQuantizer.from_setting(setting)
     seconds, others = [], []
     for _ in range(runs):
-        busy, own, start = busy_cpu_seconds(), time.process_time(), time.perf_counter()
-        quantizer.quantize(model, samples)
-        seconds.append(round(time.perf_counter() - start, 3))
-        others.append(None if busy is None else round(busy_cpu_seconds() - busy - (time.process_time() - own), 2))
+        snapshot = cpu_snapshot()
+        _, wall = timed(quantizer.quantize, model, samples)
+        other = others_since(snapshot)
+        seconds.append(round(wall, 3))
+        others.append(None if other is None else round(other, 2))
     return seconds, others
 
 
@@ -109,7 +121,7 @@ def main(argv=None) -> None:
     models += [(name, False, applications_model(name, args.epochs, args.seed)[0], rgb32(samples))
                for name in applications]
     kq.RobustQuantizer().quantize(kq.zoo.cnn_small(), samples[:64])  # TensorFlow's start-up, untimed
-    busy, own, wall = busy_cpu_seconds(), time.process_time(), time.perf_counter()
+    snapshot, wall = cpu_snapshot(), time.perf_counter()
     rows = []
     for name, zoo_model, model, calibration in models:
         for setting in settings:
@@ -117,7 +129,8 @@ def main(argv=None) -> None:
             rows.append({"architecture": name, "zoo": zoo_model, "setting": setting, "seconds": seconds,
                          "other_cpu_seconds": others})
             log(f"{name} {setting}: {', '.join(f'{s:.2f}' for s in seconds)} s (others: {others})")
-    others = None if busy is None else round(busy_cpu_seconds() - busy - (time.process_time() - own), 1)
+    others = others_since(snapshot)
+    others = None if others is None else round(others, 1)
     contention = {"other_cpu_seconds": others, "wall_seconds": round(time.perf_counter() - wall, 1)}
     command = "./run.sh bench quantize_speed" + (" --quick" if args.quick else "")
     data = {"command": command, "machine": machine(), "runs": args.runs, "epochs": args.epochs,
