@@ -78,9 +78,12 @@ ROBUST_RECIPE = dict(name="cnn_small", epochs=30, adversarial={"attack": "pgd", 
 def describe_objective(adversarial: dict, clean_weight: float = 0.0) -> str:
     """``"PGD-AT (ε = 0.1, 7 steps)"`` or ``"TRADES (β = 3, ε = 0.1, 7 steps)"``."""
     mixed = f", clean-loss weight {clean_weight:g}" if clean_weight else ""
+    gamma, warmup = adversarial.get("awp_gamma", 0.0), adversarial.get("awp_warmup", 0)
+    awp = f", AWP γ = {gamma:g}" + (f" from epoch {warmup + 1}" if warmup else "") if gamma else ""
     if adversarial["attack"] == "trades":
-        return f"TRADES (β = {adversarial.get('beta', 6.0):g}, ε = {adversarial['eps']}, {adversarial['steps']} steps)"
-    return f"{adversarial['attack'].upper()}-AT (ε = {adversarial['eps']}, {adversarial['steps']} steps{mixed})"
+        return (f"TRADES (β = {adversarial.get('beta', 6.0):g}, ε = {adversarial['eps']}, {adversarial['steps']} steps"
+                f"{awp})")
+    return f"{adversarial['attack'].upper()}-AT (ε = {adversarial['eps']}, {adversarial['steps']} steps{mixed}{awp})"
 
 
 def describe_recipe(recipe: dict) -> str:
@@ -169,13 +172,17 @@ def fine_tuned_copy(model, setting: str, x, y, x_cal, epochs: int, learning_rate
 # Candidate recipes for the defenses' Adv. model (issue 19), each trained on the fit split (the
 # training images without the last 5,000) and chosen on the validation split by
 # benchmarks/recipes.py: TRADES (Zhang 2019) at two trade-offs, and PGD-AT, all on cnn_small of
-# width 2 (Madry 2018 §4: adversarial training needs capacity) with weight averaging (Gowal 2020 §4.4).
+# width 2 (Madry 2018 §4: adversarial training needs capacity) with weight averaging (Gowal 2020 §4.4);
+# and TRADES β = 3 with adversarial weight perturbation (Wu 2020's TRADES setting: γ = 0.005 after
+# 10 warm-up epochs of a long schedule; here 5 of 30, so that AWP runs well before the LR drop).
 _WIDE = dict(ROBUST_RECIPE, model_kwargs={"dropout": 0.0, "width": 2})
 _TRADES = {"attack": "trades", "eps": ROBUST_EPS, "steps": 7}
 RECIPE_CANDIDATES = {
     "trades6-ema": dict(_WIDE, adversarial={**_TRADES, "beta": 6.0}, split="fit", ema=0.999),
     "trades3-ema": dict(_WIDE, adversarial={**_TRADES, "beta": 3.0}, split="fit", ema=0.999),
     "pgd-ema": dict(_WIDE, split="fit", ema=0.999),
+    "trades3-awp-ema": dict(_WIDE, adversarial={**_TRADES, "beta": 3.0, "awp_gamma": 0.005, "awp_warmup": 5},
+                            split="fit", ema=0.999),
 }
 
 # The model `./run.sh demo` starts from (issue 21: the first screen shows a robust quantized model

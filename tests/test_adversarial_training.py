@@ -110,6 +110,8 @@ def test_fgsm_rs_takes_one_step_of_1_25_eps():
     ({"clean_weight": 1.0}, r"clean_weight must be in \[0, 1\)"),
     ({"clean_weight": -0.1}, r"clean_weight must be in \[0, 1\)"),
     ({"attack": "trades", "clean_weight": 0.5}, "TRADES weighs its clean term against beta"),
+    ({"awp_gamma": -0.01}, "awp_gamma must be a finite number >= 0"),
+    ({"awp_warmup": -1}, "awp_warmup must be an integer >= 0"),
 ])
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -135,3 +137,77 @@ def test_weight_averaging_ends_fit_on_the_averaged_weights(fashion_slice):
     assert not np.allclose(plain.get_weights()[0], averaged.get_weights()[0])
     with pytest.raises(ValueError, match="ema_momentum must be in"):
         kq.defenses.compile_classifier(keras.Sequential([keras.Input((2,)), keras.layers.Dense(2)]), ema_momentum=1)
+
+
+def _dense_classifier(seed: int = 0):
+    kq.defenses.set_seed(seed)
+    return keras.Sequential([keras.Input((28, 28, 1)), keras.layers.Flatten(), keras.layers.Dense(16, "relu"),
+                             keras.layers.Dense(10)])
+
+
+def _cross_entropy_and_gradients(model, x, y):
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(y, model(x, training=True)))
+    return float(loss), tape.gradient(loss, model.trainable_variables)
+
+
+@pytest.mark.parametrize("attack", ATTACKS)
+def test_awp_perturbs_each_kernel_by_gamma_of_its_norm_uphill(attack, fashion_slice):
+    (x, y), _ = fashion_slice
+    x, y = tf.constant(x[:64]), tf.constant(y[:64])
+    robust = AdversarialModel(_dense_classifier(), attack=attack, eps=0.1, steps=2, awp_gamma=0.01)
+    kq.defenses.compile_classifier(robust)
+    x_adv = robust.adversarial_examples(x, y)
+    pairs = robust.weight_perturbation(x, x_adv, y)
+    assert [w.name for w, _ in pairs] == [w.name for w in robust.model.trainable_variables if w.shape.rank == 2]
+    for weight, delta in pairs:  # ‖v_l‖ = γ‖w_l‖ (Wu et al. 2020, Eq. 9)
+        np.testing.assert_allclose(np.linalg.norm(delta), 0.01 * np.linalg.norm(weight.numpy()), rtol=1e-4)
+    before = float(robust._objective(x, x_adv, y, None)[0])
+    for weight, delta in pairs:
+        weight.assign_add(delta)
+    assert float(robust._objective(x, x_adv, y, None)[0]) > before  # an ascent step on the objective
+    robust._epoch.value.assign(0)
+    warming = AdversarialModel(robust.model, attack=attack, eps=0.1, steps=2, awp_gamma=0.01, awp_warmup=1)
+    assert all(not np.any(delta.numpy()) for _, delta in warming.weight_perturbation(x, x_adv, y))
+
+
+def test_awp_step_starts_from_w_with_the_gradient_at_w_plus_v(fashion_slice):
+    (x, y), _ = fashion_slice
+    x, y = tf.constant(x[:64]), tf.constant(y[:64])
+    gamma, rate = 0.02, 0.1
+    # eps = 0: the adversarial examples are the inputs, so the step can be computed by hand
+    robust = AdversarialModel(_dense_classifier(), attack="pgd", eps=0.0, steps=1, awp_gamma=gamma)
+    robust.compile(optimizer=keras.optimizers.SGD(rate),
+                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    reference = _dense_classifier()
+    _, gradients = _cross_entropy_and_gradients(reference, x, y)
+    for weight, gradient in zip(reference.trainable_variables, gradients):
+        if weight.shape.rank >= 2:
+            weight.assign_add(gamma * tf.norm(weight) / tf.norm(gradient) * gradient)
+    _, gradients_at_perturbed = _cross_entropy_and_gradients(reference, x, y)
+    start = [w.numpy() for w in robust.model.trainable_variables]
+    robust.fit(x, y, epochs=1, batch_size=64, verbose=0, shuffle=False)
+    for before, after, gradient in zip(start, robust.model.trainable_variables, gradients_at_perturbed):
+        np.testing.assert_allclose(after.numpy(), before - rate * gradient.numpy(), rtol=1e-4, atol=1e-6)
+
+
+def test_awp_warmup_epochs_train_as_without_awp(fashion_slice, tmp_path):
+    (x, y), _ = fashion_slice
+
+    def trained(**awp):
+        robust = AdversarialModel(_dense_classifier(), attack="pgd", eps=0.0, steps=1, **awp)
+        robust.compile(optimizer=keras.optimizers.SGD(0.1),
+                       loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        robust.fit(x[:128], y[:128], epochs=1, batch_size=64, verbose=0, shuffle=False)
+        return robust
+
+    plain = trained().model.get_weights()
+    warming = trained(awp_gamma=0.02, awp_warmup=1)
+    for a, b in zip(plain, warming.model.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+    perturbed = trained(awp_gamma=0.02).model.get_weights()
+    assert not np.allclose(plain[0], perturbed[0])
+    warming.save(tmp_path / "awp.keras")
+    loaded = keras.models.load_model(tmp_path / "awp.keras")
+    assert (loaded.awp_gamma, loaded.awp_warmup) == (0.02, 1)
+    assert len(loaded.weights) == len(warming.weights)  # the epoch counter is not a weight

@@ -16,6 +16,13 @@ callbacks and ``save`` behave as usual; the fit logs carry the training objectiv
 * TRADES (Zhang et al. 2019): minimize ``CE(f(x), y) + β·KL(p(x) ‖ p(x'))`` with ``x'``
   maximizing the KL term by PGD from ``x + 0.001·N(0, I)``, ``β = 6``.
 
+Any of them can add adversarial weight perturbation (AWP, Wu et al. 2020, Eq. 6–9): the
+gradient is taken at weights ``w + v`` that increase the batch's training objective ``ρ``,
+``v_l = γ·‖w_l‖·∇_l ρ / ‖∇_l ρ‖`` for every kernel ``w_l`` (the one-step solution of
+``max ‖v_l‖ ≤ γ‖w_l‖``; biases, BatchNorm and quantizer ranges are not perturbed), and applied
+to ``w``: ``w ← w − η·∇ρ(w + v)``. It flattens the weight loss landscape, which the paper ties
+to the robust generalization gap; suggested ``γ`` = 0.01 (PGD-AT), 0.005 (TRADES).
+
 Under a ``tf.distribute`` strategy (build the model, the wrapper and ``compile`` inside
 ``strategy.scope()``) each replica attacks its own share of the batch against the mirrored
 weights; every loss term is a replica's sum of per-example losses divided by the global batch
@@ -24,6 +31,7 @@ size, so the all-reduced gradient is the gradient of the global-batch mean, as o
 
 from __future__ import annotations
 
+import inspect
 from typing import Optional, Sequence
 
 from .._keras import check_model, keras, register, tf
@@ -66,11 +74,15 @@ class AdversarialModel(keras.Model):
             its own clean term, weighted against ``beta``.
         norm: ``"inf"`` or ``"2"``.
         clip: input box.
+        awp_gamma: relative size ``γ ≥ 0`` of the adversarial weight perturbation (0: none).
+        awp_warmup: epochs (counted by ``fit``'s epoch index, so from ``initial_epoch`` on a
+            resumed run) trained without the weight perturbation before it starts.
     """
 
     def __init__(self, model, attack: str = "pgd", eps: float = 0.1, steps: int = 7,
                  step_size: Optional[float] = None, beta: float = 6.0, norm="inf",
-                 clip: Optional[Sequence[float]] = (0.0, 1.0), clean_weight: float = 0.0, **kwargs):
+                 clip: Optional[Sequence[float]] = (0.0, 1.0), clean_weight: float = 0.0,
+                 awp_gamma: float = 0.0, awp_warmup: int = 0, **kwargs):
         super().__init__(**kwargs)
         self.model = check_model(model)
         if attack not in ATTACKS:
@@ -90,6 +102,14 @@ class AdversarialModel(keras.Model):
                              "term against beta")
         self.norm = check_norm(norm)
         self.clip = None if clip is None else (float(clip[0]), float(clip[1]))
+        self.awp_gamma = check_eps(awp_gamma, "awp_gamma")
+        self.awp_warmup = check_count(awp_warmup, "awp_warmup", minimum=0)
+        if self.awp_gamma and tf.distribute.get_strategy().num_replicas_in_sync > 1:
+            raise ValueError("awp_gamma > 0 trains on one device: build the AdversarialModel outside a "
+                             "multi-replica tf.distribute strategy, or set awp_gamma=0")
+        # fit's epoch index, for awp_warmup (set by the callback fit adds); held outside Keras's
+        # tracking, so it is not a weight of the model and saved files keep their variables
+        self._epoch = _Counter()
         self._attack_model: AttackModel = as_attack_model(self.model)
         self.loss_tracker = keras.metrics.Mean(name="loss")  # the training objective
         self.clean_loss_tracker = keras.metrics.Mean(name="clean_loss")
@@ -158,17 +178,19 @@ class AdversarialModel(keras.Model):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
         x_adv = tf.stop_gradient(self.adversarial_examples(x, y))
+        variables = self.model.trainable_variables
+        perturbation = self.weight_perturbation(x, x_adv, y, sample_weight) if self.awp_gamma else []
+        for weight, delta in perturbation:
+            weight.assign_add(delta)
         with tf.GradientTape() as tape:
-            clean_pred = self.model(x, training=True)
-            adv_pred = self.model(x_adv, training=True)
-            clean_loss = self.compute_loss(x, y, clean_pred, sample_weight)  # already divided by R
-            if self.attack == "trades":
-                adv_loss = tf.nn.compute_average_loss(_kl(clean_pred, adv_pred))  # Σ KL / (n·R)
-                loss = clean_loss + self.beta * adv_loss
-            else:
-                adv_loss = self.compute_loss(x_adv, y, adv_pred, sample_weight)
-                loss = self.clean_weight * clean_loss + (1.0 - self.clean_weight) * adv_loss
-        self.optimizer.minimize(loss, self.model.trainable_variables, tape=tape)
+            loss, clean_pred, adv_pred, clean_loss, adv_loss = self._objective(x, x_adv, y, sample_weight)
+        if perturbation:
+            gradients = self.optimizer.compute_gradients(loss, variables, tape)
+            for weight, delta in perturbation:  # the step is taken from w, with the gradient at w + v
+                weight.assign_sub(delta)
+            self.optimizer.apply_gradients(gradients)
+        else:
+            self.optimizer.minimize(loss, variables, tape=tape)
         # the Mean trackers average the replicas' updates: log R × the scaled per-replica values
         self.loss_tracker.update_state(loss * replicas)
         self.compiled_metrics.update_state(y, clean_pred, sample_weight)
@@ -176,6 +198,48 @@ class AdversarialModel(keras.Model):
         self.adv_loss_tracker.update_state(adv_loss * replicas)
         self.adv_accuracy.update_state(y, adv_pred, sample_weight)
         return {m.name: m.result() for m in self.metrics}
+
+    def _objective(self, x, x_adv, y, sample_weight):
+        """``(loss, clean_pred, adv_pred, clean_loss, adv_loss)`` of the training objective."""
+        clean_pred = self.model(x, training=True)
+        adv_pred = self.model(x_adv, training=True)
+        clean_loss = self.compute_loss(x, y, clean_pred, sample_weight)  # already divided by R
+        if self.attack == "trades":
+            adv_loss = tf.nn.compute_average_loss(_kl(clean_pred, adv_pred))  # Σ KL / (n·R)
+            loss = clean_loss + self.beta * adv_loss
+        else:
+            adv_loss = self.compute_loss(x_adv, y, adv_pred, sample_weight)
+            loss = self.clean_weight * clean_loss + (1.0 - self.clean_weight) * adv_loss
+        return loss, clean_pred, adv_pred, clean_loss, adv_loss
+
+    def perturbed_weights(self) -> list:
+        """The variables AWP perturbs: the trainable kernels (rank ≥ 2)."""
+        return [w for w in self.model.trainable_variables if w.shape.rank >= 2]
+
+    def weight_perturbation(self, x, x_adv, y, sample_weight=None) -> list:
+        """AWP's ``[(w_l, v_l)]`` for the batch: ``v_l = γ·‖w_l‖·g_l/‖g_l‖``, ``g = ∇_w ρ``
+        (Wu et al. 2020, Eq. 9, one ascent step), zero before epoch ``awp_warmup``.
+
+        The objective ``ρ`` is the training objective at the batch's adversarial examples
+        (BatchNorm in training mode, as in the update that follows).
+        """
+        weights = self.perturbed_weights()
+
+        def ascent():
+            with tf.GradientTape() as tape:
+                loss = self._objective(x, x_adv, y, sample_weight)[0]
+            gradients = tape.gradient(loss, weights)
+            return [tf.zeros_like(w) if g is None  # a kernel the loss does not reach
+                    else self.awp_gamma * tf.norm(w) / (tf.norm(g) + 1e-20) * g for w, g in zip(weights, gradients)]
+
+        deltas = tf.cond(self._epoch.value >= self.awp_warmup, ascent, lambda: [tf.zeros_like(w) for w in weights])
+        return list(zip(weights, deltas))
+
+    def fit(self, *args, **kwargs):
+        """``keras.Model.fit``, with a callback that keeps the epoch index for ``awp_warmup``."""
+        bound = inspect.signature(keras.Model.fit).bind(self, *args, **kwargs)
+        bound.arguments["callbacks"] = [*(bound.arguments.get("callbacks") or []), _EpochIndex(self._epoch)]
+        return keras.Model.fit(*bound.args, **bound.kwargs)
 
     def test_step(self, data):
         """Clean evaluation (attack the model with keras_qrobust.attacks to score robustness)."""
@@ -196,7 +260,7 @@ class AdversarialModel(keras.Model):
             "model": keras.layers.serialize(self.model),
             "attack": self.attack, "eps": self.eps, "steps": self.steps, "step_size": self.step_size,
             "beta": self.beta, "norm": self.norm, "clip": self.clip, "clean_weight": self.clean_weight,
-            "name": self.name,
+            "awp_gamma": self.awp_gamma, "awp_warmup": self.awp_warmup, "name": self.name,
         }
 
     @classmethod
@@ -204,6 +268,25 @@ class AdversarialModel(keras.Model):
         config = dict(config)
         config["model"] = keras.layers.deserialize(config["model"], custom_objects=custom_objects)
         return cls(**config)
+
+
+class _Counter:
+    """An int64 variable that Keras does not track (not a model weight, not saved)."""
+
+    def __init__(self):
+        with tf.init_scope():
+            self.value = tf.Variable(0, trainable=False, dtype=tf.int64, name="epoch")
+
+
+class _EpochIndex(keras.callbacks.Callback):
+    """Writes ``fit``'s epoch index into ``counter`` at the start of every epoch."""
+
+    def __init__(self, counter: _Counter):
+        super().__init__()
+        self.counter = counter
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.counter.value.assign(epoch)
 
 
 def classifier_of(model) -> "keras.Model":
