@@ -10,6 +10,10 @@ set is not read by this script.
     ./run.sh bench recipes --train trades6-ema     # train (or load) one candidate
     ./run.sh bench recipes                         # train what is missing, score all, choose
 
+Beside each candidate's own figures, its paired difference from the chosen one on the same
+inputs (``kq.paired``: Newcombe's interval, McNemar's exact test), so that a lead inside the
+noise is called so.
+
 A scored candidate is kept in benchmarks/.cache/recipes_cells.json under a fingerprint of its
 weights, the settings and the source (``--rescore``: score all again).
 """
@@ -20,6 +24,8 @@ import argparse
 import time
 from pathlib import Path
 
+import numpy as np
+
 import keras_qrobust as kq
 from _common import finished_results, machine, publish, source_digest
 from _models import RECIPE_CANDIDATES, describe_recipe, trained_model
@@ -27,15 +33,43 @@ from keras_qrobust.bench import fingerprint, log
 
 EPS = 0.1
 CLEAN_FLOOR = 0.87
+IMAGES = 1000
 SOURCE = source_digest(Path(__file__))
+
+
+def packed(outcomes: np.ndarray) -> str:
+    """Per-input booleans as a hex string (8 inputs a byte)."""
+    return np.packbits(np.asarray(outcomes, bool)).tobytes().hex()
+
+
+def unpacked(text: str, n: int) -> np.ndarray:
+    return np.unpackbits(np.frombuffer(bytes.fromhex(text), np.uint8))[:n].astype(bool)
 
 
 def score(model, x, y, images: int, version: str, seed: int) -> dict:
     start = time.perf_counter()
-    clean = kq.metrics.accuracy(model, x, y)
+    clean_correct = kq.metrics.predict_labels(model, x) == y
     result = kq.attacks.autoattack(model, x[:images], y[:images], eps=EPS, version=version, seed=seed, verbose=1)
-    return {"clean_accuracy": clean, "clean_images": int(len(x)), "autoattack": result.to_dict(),
-            "seconds": round(time.perf_counter() - start, 1)}
+    return {"clean_accuracy": float(clean_correct.mean()), "clean_images": int(len(x)),
+            "autoattack": result.to_dict(), "seconds": round(time.perf_counter() - start, 1),
+            "clean_correct": packed(clean_correct), "robust": packed(result.robust)}
+
+
+def paired_with(rows: dict, chosen: str | None) -> dict:
+    """Each other candidate's paired difference from ``chosen``: clean (all validation images)
+    and robust (the AutoAttack images); ``{}`` for rows scored before per-input outcomes were kept."""
+    if chosen is None or "robust" not in rows[chosen]:
+        return {}
+    base = rows[chosen]
+    out = {}
+    for name, row in rows.items():
+        if name == chosen or "robust" not in row:
+            continue
+        out[name] = {
+            kind: kq.paired.paired_difference(unpacked(row[key], n), unpacked(base[key], n)).to_dict()
+            for kind, key, n in (("clean", "clean_correct", row["clean_images"]),
+                                 ("robust", "robust", row["autoattack"]["n"]))}
+    return out
 
 
 def choose(rows: dict) -> str | None:
@@ -60,6 +94,18 @@ def markdown(data: dict) -> str:
         lines.append(f"| {name}{mark} | {row['recipe']} | {seconds} | {100 * row['clean_accuracy']:.2f} "
                      f"| {100 * aa['robust_accuracy']:.2f} ({100 * low:.1f}–{100 * high:.1f}) |")
     lines += ["", f"Chosen: {data['chosen'] or 'none above the clean floor'}."]
+    if data.get("paired"):
+        lines += ["", f"Paired against {data['chosen']} on the same inputs (difference in points, 95% interval "
+                  "of Newcombe's method 10, McNemar's exact p; p ≥ 0.05 is inside the noise):", "",
+                  "| candidate | clean Δ (val) | AutoAttack Δ (val) |", "|---|---|---|"]
+        for name, pair in data["paired"].items():
+            cells = []
+            for kind in ("clean", "robust"):
+                d = pair[kind]
+                low, high = d["interval95"]
+                cells.append(f"{100 * d['difference']:+.2f} ({100 * low:+.2f} to {100 * high:+.2f}; "
+                             f"{d['only_a']} vs {d['only_b']}, p = {d['p_value']:.3g})")
+            lines.append(f"| {name} | {cells[0]} | {cells[1]} |")
     return "\n".join(lines) + "\n"
 
 
@@ -68,7 +114,8 @@ def main(argv=None) -> None:
     parser.add_argument("--train", choices=sorted(RECIPE_CANDIDATES), help="only train (or load) this candidate")
     parser.add_argument("--candidates", default=",".join(RECIPE_CANDIDATES),
                         help="comma-separated candidates to score (default: all; missing ones are trained)")
-    parser.add_argument("--images", type=int, default=1000, help="validation images under AutoAttack (default 1000)")
+    parser.add_argument("--images", type=int, default=IMAGES,
+                        help=f"validation images under AutoAttack (default {IMAGES}; the split has 5,000)")
     parser.add_argument("--version", default="standard", choices=("standard", "fast"))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--rescore", action="store_true")
@@ -98,10 +145,12 @@ def main(argv=None) -> None:
                       "train_resumed": bool(trained.get("resumed_from")), "training": info}
         log(f"{name}: clean {row['clean_accuracy']:.2%}, AutoAttack {row['autoattack']['robust_accuracy']:.2%}")
     command = "./run.sh bench recipes" + (f" --version {args.version}" if args.version != "standard" else "") + (
+        f" --images {args.images}" if args.images != IMAGES else "") + (
         f" --candidates {','.join(names)}" if names != list(RECIPE_CANDIDATES) else "")
+    chosen = choose(rows)
     data = {"command": command, "machine": machine(), "eps": EPS, "images": args.images,
             "validation_images": int(len(x)), "version": args.version, "seed": args.seed,
-            "clean_floor": CLEAN_FLOOR, "candidates": rows, "chosen": choose(rows)}
+            "clean_floor": CLEAN_FLOOR, "candidates": rows, "chosen": chosen, "paired": paired_with(rows, chosen)}
     publish("recipes", False, data, markdown(data))
 
 
