@@ -16,14 +16,36 @@ from keras_qrobust.bench import resumable
 
 def model_path(name: str, epochs: int, seed: int = 0, dataset: str = "fashion_mnist",
                adversarial: dict | None = None, lr_drop: bool = False, model_kwargs: dict | None = None,
-               split: str = "train", ema: float | None = None) -> Path:
+               split: str = "train", ema: float | None = None, precision: str = "float32") -> Path:
     """Where :func:`trained_model` caches the model these arguments train."""
     tag = "" if split == "train" else f"_{split}"
     tag += "".join(f"_{k}{v}" for k, v in sorted((model_kwargs or {}).items()))
     tag += "" if not adversarial else "_" + "_".join(f"{k}{v}" for k, v in sorted(adversarial.items()))
     tag += "_lrdrop" if lr_drop else ""
     tag += "" if ema is None else f"_ema{ema:g}"
+    tag += "" if precision == "float32" else f"_{precision}"
     return CACHE / f"{dataset}_{name}_e{epochs}_s{seed}{tag}.keras"
+
+
+def _built(name: str, precision: str, **kwargs):
+    """``(network to train, float32 model to save)``: the zoo model itself, or for
+    ``precision="mixed_bfloat16"`` one built under Keras's mixed policy (float32 variables,
+    bfloat16 arithmetic: oneDNN runs it on AMX here), its logits cast to float32 so that
+    losses, softmax and the training attacks' gradients are computed in float32; its weights
+    are copied into the float32 model after training."""
+    if precision == "float32":
+        model = kq.zoo.get(name, **kwargs)
+        return model, model
+    if precision != "mixed_bfloat16":
+        raise ValueError(f"precision must be 'float32' or 'mixed_bfloat16', got {precision!r}")
+    policy = kq.keras.mixed_precision.global_policy()
+    kq.keras.mixed_precision.set_global_policy(precision)
+    try:
+        mixed = kq.zoo.get(name, **kwargs)
+    finally:
+        kq.keras.mixed_precision.set_global_policy(policy)
+    logits = kq.keras.layers.Activation("linear", dtype="float32", name="float32_logits")(mixed.output)
+    return kq.keras.Model(mixed.input, logits, name=f"{mixed.name}_{precision}"), kq.zoo.get(name, **kwargs)
 
 
 def lr_drop_schedule(epochs: int, drop_epochs: int, learning_rate: float = 1e-3):
@@ -37,23 +59,26 @@ def lr_drop_schedule(epochs: int, drop_epochs: int, learning_rate: float = 1e-3)
 
 def trained_model(name: str, epochs: int, seed: int = 0, dataset: str = "fashion_mnist",
                   adversarial: dict | None = None, lr_drop: bool = False, model_kwargs: dict | None = None,
-                  split: str = "train", ema: float | None = None):
+                  split: str = "train", ema: float | None = None, precision: str = "float32"):
     """A zoo model trained on a training split (cached in benchmarks/.cache).
 
     ``adversarial``: AdversarialModel arguments (e.g. ``{"attack": "fgsm_rs", "eps": 0.1}``)
     for adversarial training; None trains normally. ``lr_drop``: Adam at 1e-3, then 1e-4 for
     the last quarter of the epochs. ``model_kwargs``: zoo constructor arguments (e.g.
     ``{"dropout": 0.0}``). ``split``: ``"train"`` (all training images) or ``"fit"`` (without
-    the validation split). ``ema``: weight averaging with this momentum.
+    the validation split). ``ema``: weight averaging with this momentum. ``precision``:
+    ``"mixed_bfloat16"`` trains in bfloat16 arithmetic (see :func:`_built`); the saved model
+    is float32 either way, and is scored in float32.
     """
-    path = model_path(name, epochs, seed, dataset, adversarial, lr_drop, model_kwargs, split, ema)
+    path = model_path(name, epochs, seed, dataset, adversarial, lr_drop, model_kwargs, split, ema, precision)
     if (found := load_cached(path)) is not None:
         return found
     x, y = kq.datasets.load(dataset, split)
     CACHE.mkdir(exist_ok=True)
     kq.defenses.set_seed(seed, deterministic_ops=True)
-    model = kq.zoo.get(name, input_shape=x.shape[1:], num_classes=int(y.max()) + 1, **(model_kwargs or {}))
-    trainer = kq.defenses.AdversarialModel(model, **adversarial) if adversarial else model
+    network, model = _built(name, precision, input_shape=x.shape[1:], num_classes=int(y.max()) + 1,
+                            **(model_kwargs or {}))
+    trainer = kq.defenses.AdversarialModel(network, **adversarial) if adversarial else network
     start = time.perf_counter()
     backup, resumed = resumable(path)
     callbacks = [backup]
@@ -62,6 +87,8 @@ def trained_model(name: str, epochs: int, seed: int = 0, dataset: str = "fashion
     kq.defenses.train_classifier(trainer, x, y, epochs=epochs, batch_size=128, seed=seed, callbacks=callbacks,
                                  verbose=2 if adversarial else 0, ema_momentum=ema)
     seconds = time.perf_counter() - start
+    if network is not model:
+        model.set_weights(network.get_weights())
     info = {"train_seconds": round(seconds, 1), **resumed}
     save_cached(model, path, info)
     return model, info
@@ -93,6 +120,7 @@ def describe_recipe(recipe: dict) -> str:
     dropout = " without dropout" if kwargs.get("dropout") == 0.0 else ""
     split = " on the fit split (validation held out)" if recipe.get("split", "train") == "fit" else ""
     ema = f", weight averaging (EMA {recipe['ema']:g})" if recipe.get("ema") is not None else ""
+    ema += ", trained in bfloat16 arithmetic (mixed precision)" if recipe.get("precision") == "mixed_bfloat16" else ""
     return (f"{describe_objective(attack)}, {recipe['name']}{width}"
             f"{dropout}, {recipe['epochs']} epochs{', LR drop' if recipe.get('lr_drop') else ''}{ema}{split}")
 
@@ -177,12 +205,17 @@ def fine_tuned_copy(model, setting: str, x, y, x_cal, epochs: int, learning_rate
 # 10 warm-up epochs of a long schedule; here 5 of 30, so that AWP runs well before the LR drop).
 _WIDE = dict(ROBUST_RECIPE, model_kwargs={"dropout": 0.0, "width": 2})
 _TRADES = {"attack": "trades", "eps": ROBUST_EPS, "steps": 7}
+_TRADES3_AWP = {**_TRADES, "beta": 3.0, "awp_gamma": 0.005, "awp_warmup": 5}
 RECIPE_CANDIDATES = {
     "trades6-ema": dict(_WIDE, adversarial={**_TRADES, "beta": 6.0}, split="fit", ema=0.999),
     "trades3-ema": dict(_WIDE, adversarial={**_TRADES, "beta": 3.0}, split="fit", ema=0.999),
     "pgd-ema": dict(_WIDE, split="fit", ema=0.999),
-    "trades3-awp-ema": dict(_WIDE, adversarial={**_TRADES, "beta": 3.0, "awp_gamma": 0.005, "awp_warmup": 5},
-                            split="fit", ema=0.999),
+    "trades3-awp-ema": dict(_WIDE, adversarial=_TRADES3_AWP, split="fit", ema=0.999),
+    # the same two recipes trained in bfloat16 arithmetic (oneDNN runs it on this CPU's AMX units;
+    # the table records each training time)
+    "trades3-ema-bf16": dict(_WIDE, adversarial={**_TRADES, "beta": 3.0}, split="fit", ema=0.999,
+                             precision="mixed_bfloat16"),
+    "trades3-awp-ema-bf16": dict(_WIDE, adversarial=_TRADES3_AWP, split="fit", ema=0.999, precision="mixed_bfloat16"),
 }
 
 # The model `./run.sh demo` starts from (issue 21: the first screen shows a robust quantized model
