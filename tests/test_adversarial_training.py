@@ -160,7 +160,7 @@ def test_awp_perturbs_each_kernel_by_gamma_of_its_norm_uphill(attack, fashion_sl
     x_adv = robust.adversarial_examples(x, y)
     pairs = robust.weight_perturbation(x, x_adv, y)
     assert [w.name for w, _ in pairs] == [w.name for w in robust.model.trainable_variables if w.shape.rank == 2]
-    for weight, delta in pairs:  # ‖v_l‖ = γ‖w_l‖ (Wu et al. 2020, Eq. 9)
+    for weight, delta in pairs:  # ‖v_l‖ = γ‖w_l‖ (Wu et al. 2020, Algorithm 1)
         np.testing.assert_allclose(np.linalg.norm(delta), 0.01 * np.linalg.norm(weight.numpy()), rtol=1e-4)
     before = float(robust._objective(x, x_adv, y, None)[0])
     for weight, delta in pairs:

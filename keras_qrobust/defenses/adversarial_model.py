@@ -16,12 +16,13 @@ callbacks and ``save`` behave as usual; the fit logs carry the training objectiv
 * TRADES (Zhang et al. 2019): minimize ``CE(f(x), y) + β·KL(p(x) ‖ p(x'))`` with ``x'``
   maximizing the KL term by PGD from ``x + 0.001·N(0, I)``, ``β = 6``.
 
-Any of them can add adversarial weight perturbation (AWP, Wu et al. 2020, Eq. 6–9): the
-gradient is taken at weights ``w + v`` that increase the batch's training objective ``ρ``,
-``v_l = γ·‖w_l‖·∇_l ρ / ‖∇_l ρ‖`` for every kernel ``w_l`` (the one-step solution of
-``max ‖v_l‖ ≤ γ‖w_l‖``; biases, BatchNorm and quantizer ranges are not perturbed), and applied
-to ``w``: ``w ← w − η·∇ρ(w + v)``. It flattens the weight loss landscape, which the paper ties
-to the robust generalization gap; suggested ``γ`` = 0.01 (PGD-AT), 0.005 (TRADES).
+Any of them can add adversarial weight perturbation (AWP, Wu et al. 2020, Algorithm 1 with
+one ascent step on ``v``): the gradient is taken at weights ``w + v`` that increase the
+batch's training objective ``ρ``, ``v_l = γ·‖w_l‖·∇_l ρ / ‖∇_l ρ‖`` for every kernel ``w_l``
+(the one-step solution of ``max ‖v_l‖ ≤ γ‖w_l‖``; biases, BatchNorm and quantizer ranges are
+not perturbed), and applied to ``w``: ``w ← w − η·∇ρ(w + v)``. It flattens the weight loss
+landscape, which the paper ties to the robust generalization gap; suggested ``γ`` = 0.01
+(PGD-AT), 0.005 (TRADES).
 
 Under a ``tf.distribute`` strategy (build the model, the wrapper and ``compile`` inside
 ``strategy.scope()``) each replica attacks its own share of the batch against the mirrored
@@ -218,7 +219,7 @@ class AdversarialModel(keras.Model):
 
     def weight_perturbation(self, x, x_adv, y, sample_weight=None) -> list:
         """AWP's ``[(w_l, v_l)]`` for the batch: ``v_l = γ·‖w_l‖·g_l/‖g_l‖``, ``g = ∇_w ρ``
-        (Wu et al. 2020, Eq. 9, one ascent step), zero before epoch ``awp_warmup``.
+        (Wu et al. 2020, Algorithm 1: one normalized ascent step), zero before epoch ``awp_warmup``.
 
         The objective ``ρ`` is the training objective at the batch's adversarial examples
         (BatchNorm in training mode, as in the update that follows).
