@@ -72,8 +72,10 @@ def paired_with(rows: dict, chosen: str | None) -> dict:
     return out
 
 
-def choose(rows: dict) -> str | None:
-    eligible = {k: r for k, r in rows.items() if r["clean_accuracy"] >= CLEAN_FLOOR}
+def choose(rows: dict, floor: float = CLEAN_FLOOR, skip: tuple = ()) -> str | None:
+    """The row with the highest AutoAttack accuracy among those (not in ``skip``) whose clean
+    accuracy is at least ``floor``."""
+    eligible = {k: r for k, r in rows.items() if k not in skip and r["clean_accuracy"] >= floor}
     return max(eligible, key=lambda k: eligible[k]["autoattack"]["robust_accuracy"], default=None)
 
 
@@ -95,8 +97,10 @@ def markdown(data: dict) -> str:
                      f"| {100 * aa['robust_accuracy']:.2f} ({100 * low:.1f}–{100 * high:.1f}) |")
     lines += ["", f"Chosen: {data['chosen'] or 'none above the clean floor'}."]
     if data.get("paired"):
-        lines += ["", f"Paired against {data['chosen']} on the same inputs (difference in points, 95% interval "
-                  "of Newcombe's method 10, McNemar's exact p; p ≥ 0.05 is inside the noise):", "",
+        lines += ["", f"Paired against {data['chosen']} on the same inputs: the candidate's accuracy minus "
+                  f"{data['chosen']}'s in points, the 95% interval of Newcombe's method 10, the inputs only the "
+                  f"candidate vs only {data['chosen']} gets right, McNemar's exact p (p ≥ 0.05 is inside the noise):",
+                  "",
                   "| candidate | clean Δ (val) | AutoAttack Δ (val) |", "|---|---|---|"]
         for name, pair in data["paired"].items():
             cells = []
@@ -109,44 +113,70 @@ def markdown(data: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--train", choices=sorted(RECIPE_CANDIDATES), help="only train (or load) this candidate")
-    parser.add_argument("--candidates", default=",".join(RECIPE_CANDIDATES),
+def candidate_parser(description: str, candidates: dict, version: str) -> argparse.ArgumentParser:
+    """The command line recipes.py and fine_tune_recipes.py share (``version``: the default)."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--train", choices=sorted(candidates), help="only train (or load) this candidate")
+    parser.add_argument("--candidates", default=",".join(candidates),
                         help="comma-separated candidates to score (default: all; missing ones are trained)")
     parser.add_argument("--images", type=int, default=IMAGES,
                         help=f"validation images under AutoAttack (default {IMAGES}; the split has 5,000)")
-    parser.add_argument("--version", default="standard", choices=("standard", "fast"))
+    parser.add_argument("--version", default=version, choices=("standard", "fast"))
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--rescore", action="store_true")
+    parser.add_argument("--rescore", action="store_true", help="score every model again (the kept scores untouched)")
+    return parser
+
+
+def candidate_names(parser: argparse.ArgumentParser, args, candidates: dict) -> list[str]:
+    """``--candidates`` as a list; an unknown name is a usage error listing the known ones."""
+    names = [n.strip() for n in args.candidates.split(",") if n.strip()]
+    unknown = [n for n in names if n not in candidates]
+    if unknown or not names:
+        parser.error(f"--candidates: unknown {unknown or 'none given'}; choose from {', '.join(candidates)}")
+    if not 1 <= args.images <= 5000:
+        parser.error("--images must be between 1 and 5000 (the validation split)")
+    return names
+
+
+def command_line(script: str, args, names: list[str], candidates: dict, version: str) -> str:
+    """The command that reproduces a run: the script and the arguments that differ from the defaults."""
+    return f"./run.sh bench {script}" + (f" --version {args.version}" if args.version != version else "") + (
+        f" --images {args.images}" if args.images != IMAGES else "") + (
+        f" --candidates {','.join(names)}" if names != list(candidates) else "")
+
+
+def scored(model, x, y, args, finished, source: bytes) -> dict:
+    """:func:`score`, or the row kept in ``finished`` under a fingerprint of the model's weights,
+    the settings and ``source``."""
+    key = fingerprint(model, source=source, extra=(args.images, args.version, args.seed))
+    row = finished.get(key) if finished is not None else None
+    if row is None:
+        row = score(model, x, y, args.images, args.version, args.seed)
+        if finished is not None:
+            finished.put(key, row)
+    return row
+
+
+def main(argv=None) -> None:
+    parser = candidate_parser(__doc__, RECIPE_CANDIDATES, "standard")
     args = parser.parse_args(argv)
     if args.train:
         model, info = trained_model(seed=args.seed, **RECIPE_CANDIDATES[args.train])
         log(f"{args.train}: {info}")
         return
-    names = [n.strip() for n in args.candidates.split(",") if n.strip()]
-    unknown = [n for n in names if n not in RECIPE_CANDIDATES]
-    if unknown or not names:
-        parser.error(f"--candidates: unknown {unknown or 'none given'}; choose from {', '.join(RECIPE_CANDIDATES)}")
+    names = candidate_names(parser, args, RECIPE_CANDIDATES)
     x, y = kq.datasets.load("fashion_mnist", "validation")
     finished = None if args.rescore else finished_results("recipes_cells")
     rows = {}
     for name in names:
         recipe = RECIPE_CANDIDATES[name]
         model, info = trained_model(seed=args.seed, **recipe)
-        key = fingerprint(model, source=SOURCE, extra=(args.images, args.version, args.seed))
-        row = finished.get(key) if finished is not None else None
-        if row is None:
-            row = score(model, x, y, args.images, args.version, args.seed)
-            if finished is not None:
-                finished.put(key, row)
+        row = scored(model, x, y, args, finished, SOURCE)
         trained = info.get("trained", {}).get("training", info)
         rows[name] = {**row, "recipe": describe_recipe(recipe), "train_seconds": trained.get("train_seconds"),
                       "train_resumed": bool(trained.get("resumed_from")), "training": info}
         log(f"{name}: clean {row['clean_accuracy']:.2%}, AutoAttack {row['autoattack']['robust_accuracy']:.2%}")
-    command = "./run.sh bench recipes" + (f" --version {args.version}" if args.version != "standard" else "") + (
-        f" --images {args.images}" if args.images != IMAGES else "") + (
-        f" --candidates {','.join(names)}" if names != list(RECIPE_CANDIDATES) else "")
+    command = command_line("recipes", args, names, RECIPE_CANDIDATES, "standard")
     chosen = choose(rows)
     data = {"command": command, "machine": machine(), "eps": EPS, "images": args.images,
             "validation_images": int(len(x)), "version": args.version, "seed": args.seed,
