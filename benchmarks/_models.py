@@ -108,8 +108,10 @@ def describe_objective(adversarial: dict, clean_weight: float = 0.0) -> str:
     gamma, warmup = adversarial.get("awp_gamma", 0.0), adversarial.get("awp_warmup", 0)
     awp = f", AWP γ = {gamma:g}" + (f" from epoch {warmup + 1}" if warmup else "") if gamma else ""
     if adversarial["attack"] == "trades":
+        teacher = adversarial.get("teacher")
+        distilled = "" if teacher is None else f", KL toward the teacher {teacher.name} (ARD)"
         return (f"TRADES (β = {adversarial.get('beta', 6.0):g}, ε = {adversarial['eps']}, {adversarial['steps']} steps"
-                f"{awp})")
+                f"{awp}{distilled})")
     return f"{adversarial['attack'].upper()}-AT (ε = {adversarial['eps']}, {adversarial['steps']} steps{mixed}{awp})"
 
 
@@ -175,14 +177,16 @@ def adversarially_fine_tuned(model, x, y, epochs: int, learning_rate: float, dro
 
 
 def fine_tuned_copy(model, setting: str, x, y, x_cal, epochs: int, learning_rate: float = 1e-3, seed: int = 0,
-                    cache_stem: str | None = None, adversarial: dict = FINE_TUNE, ema: float | None = None):
+                    cache_stem: str | None = None, adversarial: dict = FINE_TUNE, ema: float | None = None,
+                    distill: bool = False):
     """The ``setting`` ("w3" = 3-bit weight-only on clipped grids, or "wXaY") PTQ copy of
     ``model``, then ``epochs`` of adversarial training (``adversarial``, PGD-AT by default;
-    ``ema``: with weight averaging) on ``(x, y)``, the learning rate 10x lower for the last half
-    (cached as ``CACHE/<cache_stem>_ft<setting>[_<objective>]_e<epochs>_lr<learning_rate>[_ema<m>].keras``;
+    ``ema``: with weight averaging; ``distill``: TRADES with ``model`` as the teacher) on
+    ``(x, y)``, the learning rate 10x lower for the last half (cached as
+    ``CACHE/<cache_stem>_ft<setting>[_<objective>]_e<epochs>_lr<learning_rate>[_ema<m>][_ard].keras``;
     an interrupted fine-tuning resumes from its last finished epoch)."""
     objective = "" if adversarial == FINE_TUNE else "_" + "_".join(f"{k}{v}" for k, v in sorted(adversarial.items()))
-    averaged = "" if ema is None else f"_ema{ema:g}"
+    averaged = ("" if ema is None else f"_ema{ema:g}") + ("_ard" if distill else "")
     path = (CACHE / f"{cache_stem}_ft{setting}{objective}_e{epochs}_lr{learning_rate:g}{averaged}.keras"
             if cache_stem else None)
     if path is not None and (found := load_cached(path)) is not None:
@@ -196,6 +200,8 @@ def fine_tuned_copy(model, setting: str, x, y, x_cal, epochs: int, learning_rate
         copy = kq.RobustQuantizer(weight_bits=3, activation_bits=None, layer_clip=clip).quantize(model)
     else:
         copy = kq.RobustQuantizer.from_setting(setting).quantize(model, x_cal)
+    if distill:
+        adversarial = {**adversarial, "teacher": model}
     return adversarially_fine_tuned(copy, x, y, epochs, learning_rate, epochs // 2, seed, path,
                                     adversarial=adversarial, ema=ema)
 
@@ -246,6 +252,9 @@ FINE_TUNE_CANDIDATES = {
     "lr1e-3-e4": dict(epochs=4, learning_rate=1e-3),
     "lr1e-4-e4-ema": dict(epochs=4, learning_rate=1e-4, ema=0.998),
     "lr1e-3-e4-ema": dict(epochs=4, learning_rate=1e-3, ema=0.998),
+    # adversarially robust distillation (Goldblum 2020): the KL term pulls the copy toward the
+    # Adv. model's own predictions, the function whose robustness it is to keep
+    "ard-lr1e-3-e4": dict(epochs=4, learning_rate=1e-3, distill=True),
 }
 DEFENSE_FINE_TUNE_CHOICE = "lr1e-3-e4"
 
@@ -253,6 +262,7 @@ DEFENSE_FINE_TUNE_CHOICE = "lr1e-3-e4"
 def describe_fine_tune(candidate: dict) -> str:
     """One line saying what a :data:`FINE_TUNE_CANDIDATES` entry trains."""
     ema = "" if candidate.get("ema") is None else f", weight averaging (EMA {candidate['ema']:g})"
+    ema += ", KL toward the Adv. model's predictions (ARD)" if candidate.get("distill") else ""
     return (f"{describe_objective(DEFENSE_FINE_TUNE)}, {candidate['epochs']} epochs, Adam "
             f"{candidate['learning_rate']:g} then {candidate['learning_rate'] / 10:g} for the second half{ema}")
 

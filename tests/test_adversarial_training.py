@@ -211,3 +211,69 @@ def test_awp_warmup_epochs_train_as_without_awp(fashion_slice, tmp_path):
     loaded = keras.models.load_model(tmp_path / "awp.keras")
     assert (loaded.awp_gamma, loaded.awp_warmup) == (0.02, 1)
     assert len(loaded.weights) == len(warming.weights)  # the epoch counter is not a weight
+
+
+def _kl(p_logits, q_logits):
+    p = tf.nn.softmax(p_logits)
+    return tf.reduce_sum(p * (tf.nn.log_softmax(p_logits) - tf.nn.log_softmax(q_logits)), axis=-1)
+
+
+def test_a_teacher_is_the_target_of_the_trades_term(fashion_slice):
+    (x, y), _ = fashion_slice
+    x, y = tf.constant(x[:64]), tf.constant(y[:64])
+    teacher, student = _dense_classifier(1), _dense_classifier(2)
+    beta, rate = 3.0, 0.1
+    distilled = AdversarialModel(student, attack="trades", eps=0.1, steps=3, beta=beta, teacher=teacher)
+    distilled.compile(optimizer=keras.optimizers.SGD(rate),
+                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    kq.defenses.set_seed(0)
+    x_adv = distilled.adversarial_examples(x, y)
+    # the attack climbs KL(p_T(x) ‖ p_S(x')), not the student's own KL(p_S(x) ‖ p_S(x'))
+    toward_teacher = float(tf.reduce_mean(_kl(teacher(x), student(x_adv))))
+    assert toward_teacher > float(tf.reduce_mean(_kl(teacher(x), student(x)))) + 1e-3
+    # the objective: CE(f(x), y) + β·KL(p_T(x) ‖ p_S(x')) (Goldblum 2020, eq. 2 at temperature 1)
+    with tf.GradientTape() as tape:
+        ce = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(y, student(x, training=True)))
+        by_hand = ce + beta * tf.reduce_mean(_kl(teacher(x), student(x_adv, training=True)))
+    gradients = tape.gradient(by_hand, student.trainable_variables)
+    np.testing.assert_allclose(float(distilled._objective(x, x_adv, y, None)[0]), float(by_hand), rtol=1e-5)
+    without = AdversarialModel(_dense_classifier(2), attack="trades", eps=0.1, steps=3, beta=beta)
+    without.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    assert abs(float(without._objective(x, x_adv, y, None)[0]) - float(by_hand)) > 1e-3
+    # one SGD step on that objective; the teacher is not trained
+    start, teacher_weights = [w.numpy() for w in student.trainable_variables], teacher.get_weights()
+    distilled.train_on_batch(x, y)  # attacks the batch afresh: same weights, compare the teacher only
+    for before, after in zip(teacher_weights, teacher.get_weights()):
+        np.testing.assert_array_equal(before, after)
+    assert any(not np.allclose(b, a.numpy()) for b, a in zip(start, student.trainable_variables))
+    assert all(g is not None for g in gradients)
+
+
+def test_a_teacher_is_saved_with_the_wrapper(tmp_path, fashion_slice):
+    (x, y), _ = fashion_slice
+    teacher = _dense_classifier(1)
+    distilled = AdversarialModel(_dense_classifier(2), attack="trades", eps=0.1, steps=2, teacher=teacher)
+    kq.defenses.compile_classifier(distilled)
+    path = tmp_path / "distilled.keras"
+    distilled.save(path)
+    loaded = kq.keras.models.load_model(path)
+    assert isinstance(loaded, AdversarialModel) and loaded.teacher is not None
+    np.testing.assert_allclose(loaded.teacher.predict(x[:8], verbose=0), teacher.predict(x[:8], verbose=0), rtol=1e-6)
+
+
+@pytest.mark.parametrize("kwargs, teacher, match", [
+    ({"attack": "pgd"}, "dense", "a teacher sets the target of TRADES' KL term"),
+    ({"attack": "trades"}, "itself", "the teacher is the model being trained"),
+    ({"attack": "trades"}, "five classes", "they must match"),
+    ({"attack": "trades"}, "softmax", "ends in a softmax"),
+])
+def test_bad_teachers(kwargs, teacher, match):
+    student = _dense_classifier(2)
+    teachers = {
+        "dense": _dense_classifier(1), "itself": student,
+        "five classes": keras.Sequential([keras.Input((28, 28, 1)), keras.layers.Flatten(), keras.layers.Dense(5)]),
+        "softmax": keras.Sequential([keras.Input((28, 28, 1)), keras.layers.Flatten(),
+                                     keras.layers.Dense(10, activation="softmax")]),
+    }
+    with pytest.raises(ValueError, match=match):
+        AdversarialModel(student, teacher=teachers[teacher], **kwargs)

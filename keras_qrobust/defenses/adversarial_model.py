@@ -1,4 +1,4 @@
-"""Adversarial training inside ``model.fit``: PGD-AT, FGSM-RS and TRADES.
+"""Adversarial training inside ``model.fit``: PGD-AT, FGSM-RS and TRADES (also distilled).
 
 :class:`AdversarialModel` wraps a tf_keras classifier (float or tfmot-quantized) and
 overrides ``train_step``: each batch is attacked against the current weights (inference
@@ -14,7 +14,12 @@ callbacks and ``save`` behave as usual; the fit logs carry the training objectiv
 * FGSM-RS (Wong et al. 2020): ``x' = clip(x + Π_ε(δ + α·sign(∇ℓ)))``, ``δ ~ U(-ε, ε)``,
   ``α = 1.25ε``;
 * TRADES (Zhang et al. 2019): minimize ``CE(f(x), y) + β·KL(p(x) ‖ p(x'))`` with ``x'``
-  maximizing the KL term by PGD from ``x + 0.001·N(0, I)``, ``β = 6``.
+  maximizing the KL term by PGD from ``x + 0.001·N(0, I)``, ``β = 6``;
+* TRADES with a ``teacher`` ``T`` (adversarially robust distillation, Goldblum et al. 2020,
+  eq. 2 at temperature 1, its weights α, 1 − α as TRADES' 1, β): the target of the KL term is
+  the teacher's prediction at the clean input, ``CE(f(x), y) + β·KL(p_T(x) ‖ p(x'))``, ``x'``
+  maximizing that KL term. For a quantized copy of a robust float model, the teacher is the
+  float model: the copy is trained to match it where an attacker looks.
 
 Any of them can add adversarial weight perturbation (AWP, Wu et al. 2020, Algorithm 1 with
 one ascent step on ``v``): the gradient is taken at weights ``w + v`` that increase the
@@ -78,12 +83,15 @@ class AdversarialModel(keras.Model):
         awp_gamma: relative size ``γ ≥ 0`` of the adversarial weight perturbation (0: none).
         awp_warmup: epochs (counted by ``fit``'s epoch index, so from ``initial_epoch`` on a
             resumed run) trained without the weight perturbation before it starts.
+        teacher: with ``attack="trades"``, a classifier of the same inputs and classes whose
+            clean predictions are the KL term's target (module docstring); it is not trained.
+            Saved with the wrapper (its configuration and weights).
     """
 
     def __init__(self, model, attack: str = "pgd", eps: float = 0.1, steps: int = 7,
                  step_size: Optional[float] = None, beta: float = 6.0, norm="inf",
                  clip: Optional[Sequence[float]] = (0.0, 1.0), clean_weight: float = 0.0,
-                 awp_gamma: float = 0.0, awp_warmup: int = 0, **kwargs):
+                 awp_gamma: float = 0.0, awp_warmup: int = 0, teacher=None, **kwargs):
         super().__init__(**kwargs)
         self.model = check_model(model)
         if attack not in ATTACKS:
@@ -101,6 +109,7 @@ class AdversarialModel(keras.Model):
         if attack == "trades" and self.clean_weight:
             raise ValueError("clean_weight applies to attack='pgd' or 'fgsm_rs'; TRADES weighs its clean "
                              "term against beta")
+        self.teacher = None if teacher is None else _check_teacher(teacher, self.model, attack)
         self.norm = check_norm(norm)
         self.clip = None if clip is None else (float(clip[0]), float(clip[1]))
         self.awp_gamma = check_eps(awp_gamma, "awp_gamma")
@@ -150,8 +159,15 @@ class AdversarialModel(keras.Model):
             return tf.random.uniform(tf.shape(x), -self.eps, self.eps)
         return project(tf.random.normal(tf.shape(x)) * self.eps, self.eps, self.norm)
 
+    def _trades_target(self, x: tf.Tensor) -> tf.Tensor:
+        """The logits whose distribution the KL term pulls ``p(x')`` to: the teacher's at ``x``
+        when there is one, else the model's own (held fixed during the attack)."""
+        if self.teacher is not None:
+            return tf.stop_gradient(self.teacher(x, training=False))
+        return tf.stop_gradient(self._attack_model.logits(x))
+
     def _trades_examples(self, x: tf.Tensor) -> tf.Tensor:
-        clean_logits = tf.stop_gradient(self._attack_model.logits(x))
+        clean_logits = self._trades_target(x)
         adv = x + self._start(x)
 
         def step(i, adv):
@@ -206,7 +222,8 @@ class AdversarialModel(keras.Model):
         adv_pred = self.model(x_adv, training=True)
         clean_loss = self.compute_loss(x, y, clean_pred, sample_weight)  # already divided by R
         if self.attack == "trades":
-            adv_loss = tf.nn.compute_average_loss(_kl(clean_pred, adv_pred))  # Σ KL / (n·R)
+            target = clean_pred if self.teacher is None else self._trades_target(x)
+            adv_loss = tf.nn.compute_average_loss(_kl(target, adv_pred))  # Σ KL / (n·R)
             loss = clean_loss + self.beta * adv_loss
         else:
             adv_loss = self.compute_loss(x_adv, y, adv_pred, sample_weight)
@@ -262,13 +279,33 @@ class AdversarialModel(keras.Model):
             "attack": self.attack, "eps": self.eps, "steps": self.steps, "step_size": self.step_size,
             "beta": self.beta, "norm": self.norm, "clip": self.clip, "clean_weight": self.clean_weight,
             "awp_gamma": self.awp_gamma, "awp_warmup": self.awp_warmup, "name": self.name,
+            "teacher": None if self.teacher is None else keras.layers.serialize(self.teacher),
         }
 
     @classmethod
     def from_config(cls, config, custom_objects=None):
         config = dict(config)
         config["model"] = keras.layers.deserialize(config["model"], custom_objects=custom_objects)
+        if config.get("teacher") is not None:
+            config["teacher"] = keras.layers.deserialize(config["teacher"], custom_objects=custom_objects)
         return cls(**config)
+
+
+def _check_teacher(teacher, model, attack: str):
+    teacher = check_model(teacher)
+    if attack != "trades":
+        raise ValueError(f"a teacher sets the target of TRADES' KL term: use attack='trades' (got {attack!r}), "
+                         "or no teacher")
+    if teacher is model:
+        raise ValueError("the teacher is the model being trained: pass the model to learn from (e.g. the float "
+                         "model a quantized copy was made of)")
+    if tuple(teacher.input_shape[1:]) != tuple(model.input_shape[1:]) or \
+            teacher.output_shape[-1] != model.output_shape[-1]:
+        raise ValueError(f"the teacher takes {teacher.input_shape[1:]} and gives {teacher.output_shape[-1]} classes, "
+                         f"the model {model.input_shape[1:]} and {model.output_shape[-1]}: they must match")
+    if as_attack_model(teacher).probabilities:
+        raise ValueError(f"the teacher '{teacher.name}' ends in a softmax: pass a model that outputs logits")
+    return teacher
 
 
 class _Counter:
