@@ -4,7 +4,8 @@ The deployed w4a4 file is to be within 1.5 points of the Adv. model under AutoAt
 function is the AT-ft w4a4 Keras twin's (benchmarks/results/robustness_gap.md), so the gap is
 decided by how the quantized copy is fine-tuned. Each candidate of
 ``_models.FINE_TUNE_CANDIDATES`` fine-tunes the Adv. model's w4a4 copy (RobustQuantizer,
-calibrated on 1,024 fit-split images) with the Adv. model's objective on the fit split; the
+calibrated on 1,024 fit-split images) with the Adv. model's objective on the fit split (or
+its distilled form, the Adv. model's predictions as the KL target: ARD); the
 Adv. model and each copy are scored on the validation split: clean accuracy on all 5,000,
 AutoAttack (``--version``, fast by default: APGD-CE and APGD-T) on the first ``--images``,
 L∞ ε = 0.1. Each copy is paired with the Adv. model on the same inputs (``kq.paired``). The
