@@ -186,8 +186,8 @@ def fine_tuned_copy(model, setting: str, x, y, x_cal, epochs: int, learning_rate
     ``CACHE/<cache_stem>_ft<setting>[_<objective>]_e<epochs>_lr<learning_rate>[_ema<m>][_ard].keras``;
     an interrupted fine-tuning resumes from its last finished epoch)."""
     objective = "" if adversarial == FINE_TUNE else "_" + "_".join(f"{k}{v}" for k, v in sorted(adversarial.items()))
-    averaged = ("" if ema is None else f"_ema{ema:g}") + ("_ard" if distill else "")
-    path = (CACHE / f"{cache_stem}_ft{setting}{objective}_e{epochs}_lr{learning_rate:g}{averaged}.keras"
+    tags = ("" if ema is None else f"_ema{ema:g}") + ("_ard" if distill else "")
+    path = (CACHE / f"{cache_stem}_ft{setting}{objective}_e{epochs}_lr{learning_rate:g}{tags}.keras"
             if cache_stem else None)
     if path is not None and (found := load_cached(path)) is not None:
         return found

@@ -138,11 +138,12 @@ class AdversarialModel(keras.Model):
                 self.adv_accuracy]
 
     # ----------------------------------------------------------------- attacks
-    def adversarial_examples(self, x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
-        """The training attack's examples for ``(x, y)`` against the current weights."""
+    def adversarial_examples(self, x: tf.Tensor, y: tf.Tensor, teacher_logits=None) -> tf.Tensor:
+        """The training attack's examples for ``(x, y)`` against the current weights
+        (``teacher_logits``: the teacher's at ``x``, when the caller has them already)."""
         x = tf.convert_to_tensor(x, tf.float32)
         if self.attack == "trades":
-            return self._trades_examples(x)
+            return self._trades_examples(x, teacher_logits)
         return iterate(self._attack_model, x, tf.cast(y, tf.int64), self._start(x), self.eps, self.step_size,
                        self.steps, norm=self.norm, clip=self.clip)
 
@@ -159,15 +160,17 @@ class AdversarialModel(keras.Model):
             return tf.random.uniform(tf.shape(x), -self.eps, self.eps)
         return project(tf.random.normal(tf.shape(x)) * self.eps, self.eps, self.norm)
 
-    def _trades_target(self, x: tf.Tensor) -> tf.Tensor:
-        """The logits whose distribution the KL term pulls ``p(x')`` to: the teacher's at ``x``
-        when there is one, else the model's own (held fixed during the attack)."""
-        if self.teacher is not None:
-            return tf.stop_gradient(self.teacher(x, training=False))
-        return tf.stop_gradient(self._attack_model.logits(x))
+    def _teacher_logits(self, x: tf.Tensor, known=None):
+        """The teacher's logits at ``x`` (``known`` when given; None without a teacher)."""
+        if self.teacher is None or known is not None:
+            return known
+        return tf.stop_gradient(self.teacher(x, training=False))
 
-    def _trades_examples(self, x: tf.Tensor) -> tf.Tensor:
-        clean_logits = self._trades_target(x)
+    def _trades_examples(self, x: tf.Tensor, teacher_logits=None) -> tf.Tensor:
+        # the KL term's target: the teacher's logits at x, else the model's own (fixed here)
+        clean_logits = self._teacher_logits(x, teacher_logits)
+        if clean_logits is None:
+            clean_logits = tf.stop_gradient(self._attack_model.logits(x))
         adv = x + self._start(x)
 
         def step(i, adv):
@@ -194,13 +197,15 @@ class AdversarialModel(keras.Model):
         """
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
-        x_adv = tf.stop_gradient(self.adversarial_examples(x, y))
+        teacher_logits = self._teacher_logits(x)  # once per step: the attack, AWP and the update share them
+        x_adv = tf.stop_gradient(self.adversarial_examples(x, y, teacher_logits))
         variables = self.model.trainable_variables
-        perturbation = self.weight_perturbation(x, x_adv, y, sample_weight) if self.awp_gamma else []
+        perturbation = self.weight_perturbation(x, x_adv, y, sample_weight, teacher_logits) if self.awp_gamma else []
         for weight, delta in perturbation:
             weight.assign_add(delta)
         with tf.GradientTape() as tape:
-            loss, clean_pred, adv_pred, clean_loss, adv_loss = self._objective(x, x_adv, y, sample_weight)
+            loss, clean_pred, adv_pred, clean_loss, adv_loss = self._objective(x, x_adv, y, sample_weight,
+                                                                               teacher_logits)
         if perturbation:
             gradients = self.optimizer.compute_gradients(loss, variables, tape)
             for weight, delta in perturbation:  # the step is taken from w, with the gradient at w + v
@@ -216,13 +221,13 @@ class AdversarialModel(keras.Model):
         self.adv_accuracy.update_state(y, adv_pred, sample_weight)
         return {m.name: m.result() for m in self.metrics}
 
-    def _objective(self, x, x_adv, y, sample_weight):
+    def _objective(self, x, x_adv, y, sample_weight, teacher_logits=None):
         """``(loss, clean_pred, adv_pred, clean_loss, adv_loss)`` of the training objective."""
         clean_pred = self.model(x, training=True)
         adv_pred = self.model(x_adv, training=True)
         clean_loss = self.compute_loss(x, y, clean_pred, sample_weight)  # already divided by R
         if self.attack == "trades":
-            target = clean_pred if self.teacher is None else self._trades_target(x)
+            target = clean_pred if self.teacher is None else self._teacher_logits(x, teacher_logits)
             adv_loss = tf.nn.compute_average_loss(_kl(target, adv_pred))  # Σ KL / (n·R)
             loss = clean_loss + self.beta * adv_loss
         else:
@@ -234,7 +239,7 @@ class AdversarialModel(keras.Model):
         """The variables AWP perturbs: the trainable kernels (rank ≥ 2)."""
         return [w for w in self.model.trainable_variables if w.shape.rank >= 2]
 
-    def weight_perturbation(self, x, x_adv, y, sample_weight=None) -> list:
+    def weight_perturbation(self, x, x_adv, y, sample_weight=None, teacher_logits=None) -> list:
         """AWP's ``[(w_l, v_l)]`` for the batch: ``v_l = γ·‖w_l‖·g_l/‖g_l‖``, ``g = ∇_w ρ``
         (Wu et al. 2020, Algorithm 1: one normalized ascent step), zero before epoch ``awp_warmup``.
 
@@ -245,7 +250,7 @@ class AdversarialModel(keras.Model):
 
         def ascent():
             with tf.GradientTape() as tape:
-                loss = self._objective(x, x_adv, y, sample_weight)[0]
+                loss = self._objective(x, x_adv, y, sample_weight, teacher_logits)[0]
             gradients = tape.gradient(loss, weights)
             return [tf.zeros_like(w) if g is None  # a kernel the loss does not reach
                     else self.awp_gamma * tf.norm(w) / (tf.norm(g) + 1e-20) * g for w, g in zip(weights, gradients)]
