@@ -18,7 +18,9 @@ for ``--target akida``; the twin's top-1 agreement with the RobustQuantizer mode
 * top-1 agreement on the test images, and how many scores lie within one output step;
   top-1 agreement on the test images with every pixel moved by ±ε (between two input
   levels, where attacks put their points);
-* bytes per parameter of the file (parameters of the float model);
+* bytes per parameter of the file (parameters of the float model), and of its constant
+  tensors alone (TFLite and ONNX): the floor a file of this format and these per-channel
+  scales and biases cannot go below;
 * latency per batch of 1 and of 32 (median of repeated runs), and the float TFLite file's;
 * clean accuracy, file and Keras model;
 * Square (gradient-free, so it attacks the file itself) on the first ``--square-images``
@@ -207,6 +209,7 @@ def score_setting(model, setting: str, name: str, data, x_perturbed, float_ms: d
             "max_steps": float(difference.max()),
             "accuracy": float(np.mean(found.argmax(1) == y_test)),
             "bytes_per_param": path.stat().st_size / n_params,
+            "tensor_bytes_per_param": tensor_bytes(path) / n_params if runtime != "akida" else None,
             "ms": {str(b): latency_ms(deployed, x_test, b, args.repeats) for b in (1, 32)},
             "square": square_pair(deployed, attacked, x_test[:args.square_images], y_test[:args.square_images],
                                   args.square_queries, args.seed),
@@ -215,6 +218,17 @@ def score_setting(model, setting: str, name: str, data, x_perturbed, float_ms: d
         log(f"{name} {setting} {runtime}: agreement {entry['runtimes'][runtime]['agreement']:.4%}, "
             f"{entry['runtimes'][runtime]['bytes_per_param']:.3f} B/param")
     return entry
+
+
+def tensor_bytes(path: Path) -> int:
+    """Bytes of the file's constant tensors at their stored width (weights, scales, zero points,
+    biases): the floor of its size for this format, without the graph around them."""
+    return kq.export.profile.memory_analysis(path, batch_size=1).weights_bytes
+
+
+def tensors(cell: dict) -> str:
+    value = cell.get("tensor_bytes_per_param")
+    return "" if value is None else f" ({value:.3f})"
 
 
 # taken once, at import: the source this process runs, even if the files are edited meanwhile
@@ -291,7 +305,7 @@ def markdown(data: dict) -> str:
              f"({data['epochs']} epochs): this table measures fidelity, not robustness. Latency: median of "
              "repeated `predict` calls on a shared 2-core CPU — a ranking, not a speed claim.", "",
              "| architecture | setting | runtime | agreement % (at ±ε) | scores within 1 step % | max steps | "
-             "accuracy % (Keras) | B/param | ms batch 1 / 32 (float TFLite) | Square % file (Keras twin) "
+             "accuracy % (Keras) | B/param (tensors) | ms batch 1 / 32 (float TFLite) | Square % file (Keras twin) "
              "| quantize s |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in data["architectures"]:
@@ -309,7 +323,7 @@ def markdown(data: dict) -> str:
                     f"| {row['architecture']} | {setting} | {label} | {100 * f['agreement']:.2f} "
                     f"({100 * f['agreement_perturbed']:.2f}) | "
                     f"{100 * f['within_one_step']:.2f} | {f['max_steps']:.0f} | {100 * f['accuracy']:.2f} "
-                    f"({100 * keras_accuracy:.2f}) | {f['bytes_per_param']:.3f} | "
+                    f"({100 * keras_accuracy:.2f}) | {f['bytes_per_param']:.3f}{tensors(f)} | "
                     f"{f['ms']['1']:.1f} / {f['ms']['32']:.1f} ({fl['1']:.1f} / {fl['32']:.1f}) | "
                     f"{100 * sq['artifact']['robust_accuracy']:.1f} ({100 * sq['keras']['robust_accuracy']:.1f}) | "
                     f"{entry['quantize_seconds']:.2f} |")

@@ -151,7 +151,9 @@ def test_profile_rows(table, artifacts):
         assert row.peak_memory_bytes > 0 and row.memory_method.startswith("static")
         assert row.latency_ms_mean > 0 and row.latency_ms_std >= 0 and len(row.latencies_ms) == 5
         assert row.batch_size == 32 and row.name == paths[key].name
-    assert int8.bytes_per_param < 1.2
+        # the constant tensors are part of the file: their bytes are a floor under its size
+        assert 0 < row.tensor_bytes_per_param < row.bytes_per_param
+    assert int8.bytes_per_param < 1.2 and int8.tensor_bytes_per_param > 1.0  # int8 weights + scales + biases
     assert 3.8 < f32.bytes_per_param < 4.4 and 3.8 < onnx_row.bytes_per_param < 4.4
     assert int8.peak_memory_bytes < f32.peak_memory_bytes
     assert table["cnn_int8.tflite"] is int8
@@ -159,8 +161,8 @@ def test_profile_rows(table, artifacts):
 
 def test_markdown_and_dict(table):
     markdown = table.to_markdown()
-    for column in ["Format", "Precision", "Size (bytes)", "Size (MB)", "#Params", "Bytes/param", "#MACs",
-                   "Peak memory (MB)", "Memory method", "Latency mean (ms)", "Latency std (ms)"]:
+    for column in ["Format", "Precision", "Size (bytes)", "Size (MB)", "#Params", "Bytes/param", "Tensor bytes/param",
+                   "#MACs", "Peak memory (MB)", "Memory method", "Latency mean (ms)", "Latency std (ms)"]:
         assert column in markdown
     assert f"{table.rows[1].size_mb:.3f}" in markdown and f"{table.rows[1].latency_ms_mean:.2f}" in markdown
     assert len([line for line in markdown.splitlines() if line.startswith("| cnn")]) == 3
@@ -168,6 +170,7 @@ def test_markdown_and_dict(table):
     assert json.loads(json.dumps(data)) == data
     assert data["batch_size"] == 32 and data["runs"] == 5 and len(data["rows"]) == 3
     assert data["rows"][1]["bytes_per_param"] == pytest.approx(table.rows[1].bytes_per_param)
+    assert data["rows"][1]["tensor_bytes_per_param"] == pytest.approx(table.rows[1].tensor_bytes_per_param)
 
 
 def test_profile_keras_model_with_names_and_precisions(artifacts):

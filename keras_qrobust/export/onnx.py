@@ -14,7 +14,8 @@ INT4 weights: a ``b``-bit layer (``b ≤ 4``) stores its codes ``k`` as ``k·m``
 :mod:`keras_qrobust.quantization.integer_bias`); by default they are stored back as ``k`` in an INT4
 initializer, half the bytes, with a constant chain that decodes them to the 8-bit container
 when onnxruntime loads the file (:func:`pack_int4_weights`), so the file computes what the
-8-bit file computes. Layers with more bits keep 8-bit codes.
+8-bit file computes. Layers with more bits keep 8-bit codes. The saved file carries no
+intermediate shape hints (``value_info``): onnxruntime and onnx shape inference derive them.
 """
 
 from __future__ import annotations
@@ -267,6 +268,9 @@ def onnx(model, path: str | os.PathLike, representative=None, *, opset: int = 13
         if packed:
             onnx_lib.checker.check_model(proto)
             _check_runs(proto)
+    # the intermediate shapes tf2onnx records are hints onnxruntime infers again when it loads the
+    # file; for a small 4-bit model they are ~8 % of its bytes
+    del proto.graph.value_info[:]
     with atomic_path(path, overwrite=overwrite) as temporary:
         onnx_lib.save(proto, str(temporary))
     return path

@@ -47,15 +47,25 @@ class ProfileRow:
         """File size / #params (about 4 for float32, about 1 for int8); None without #params."""
         return self.size_bytes / self.params if self.params else None
 
+    @property
+    def tensor_bytes_per_param(self) -> float | None:
+        """``weights_bytes`` / #params: the file's constant tensors alone (weights at their
+        stored width, scales, zero points, biases), without the graph around them. It is the
+        floor of :attr:`bytes_per_param` for this format and quantization; with per-channel
+        scales, one float32 scale and one int32 bias per output channel, it is above
+        bits/8 for layers with few weights per channel (depthwise 3×3: 9 weights, 8 bytes)."""
+        return self.weights_bytes / self.params if self.params and self.weights_bytes is not None else None
+
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["latencies_ms"] = list(self.latencies_ms)
-        data.update(size_mb=self.size_mb, peak_memory_mb=self.peak_memory_mb, bytes_per_param=self.bytes_per_param)
+        data.update(size_mb=self.size_mb, peak_memory_mb=self.peak_memory_mb, bytes_per_param=self.bytes_per_param,
+                    tensor_bytes_per_param=self.tensor_bytes_per_param)
         return data
 
 
-_COLUMNS = ("Model", "Format", "Precision", "Size (bytes)", "Size (MB)", "#Params", "Bytes/param", "#MACs",
-            "Peak memory (MB)", "Memory method", "Latency mean (ms)", "Latency std (ms)")
+_COLUMNS = ("Model", "Format", "Precision", "Size (bytes)", "Size (MB)", "#Params", "Bytes/param",
+            "Tensor bytes/param", "#MACs", "Peak memory (MB)", "Memory method", "Latency mean (ms)", "Latency std (ms)")
 
 
 def _cell(value, fmt: str = "{}") -> str:
@@ -87,11 +97,12 @@ class ProfileTable:
 
     def to_markdown(self) -> str:
         """A Markdown table with the Table I columns (MB with 3 decimals, ms with 2)."""
-        lines = ["| " + " | ".join(_COLUMNS) + " |", "|" + "|".join(["---"] * 3 + ["---:"] * 6 + ["---"] + ["---:"] * 2)
+        lines = ["| " + " | ".join(_COLUMNS) + " |", "|" + "|".join(["---"] * 3 + ["---:"] * 7 + ["---"] + ["---:"] * 2)
                  + "|"]
         for r in self.rows:
             cells = [_cell(r.name), r.format, _cell(r.precision), f"{r.size_bytes:,}", f"{r.size_mb:.3f}",
-                     _cell(r.params, "{:,}"), _cell(r.bytes_per_param, "{:.2f}"), _cell(r.macs, "{:,}"),
+                     _cell(r.params, "{:,}"), _cell(r.bytes_per_param, "{:.2f}"),
+                     _cell(r.tensor_bytes_per_param, "{:.2f}"), _cell(r.macs, "{:,}"),
                      f"{r.peak_memory_mb:.3f}", _cell(r.memory_method), f"{r.latency_ms_mean:.2f}",
                      f"{r.latency_ms_std:.2f}"]
             lines.append("| " + " | ".join(cells) + " |")
