@@ -28,7 +28,7 @@ import keras_qrobust as kq
 from _common import finished_results, machine, publish, source_digest
 from _models import DEFENSE_DESCRIPTION, DEFENSE_FINE_TUNE_CHOICE, FINE_TUNE_CANDIDATES, defense_fine_tuned, \
     defense_model, describe_fine_tune
-from keras_qrobust.bench import log
+from keras_qrobust.bench import fingerprint, log
 from recipes import EPS, IMAGES, paired_with, scored
 
 SOURCE = source_digest(Path(__file__), Path(__file__).with_name("recipes.py"))
@@ -107,11 +107,13 @@ def main(argv=None) -> None:
         return
     x, y = kq.datasets.load("fashion_mnist", "validation")
     finished = None if args.rescore else finished_results("grid_gap_cells")
-    rows = {ADV: scored(adv, x, y, args, finished, SOURCE)}
+    # which weights were scored: a retraining that reproduces them has the same digest
+    rows = {ADV: {**scored(adv, x, y, args, finished, SOURCE), "weights_sha256": fingerprint(adv, source=b"")}}
     for setting in args.settings:
         model, info = defense_fine_tuned(adv, setting, args.seed)
         trained = info.get("trained", {}).get("training", info)
         rows[setting] = {**scored(model, x, y, args, finished, SOURCE),
+                         "weights_sha256": fingerprint(model, source=b""),
                          "train_seconds": trained.get("train_seconds"), "training": info}
         log(f"{setting}: clean {rows[setting]['clean_accuracy']:.2%}, "
             f"AutoAttack {rows[setting]['autoattack']['robust_accuracy']:.2%}")
