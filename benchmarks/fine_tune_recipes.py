@@ -28,7 +28,8 @@ from _common import finished_results, machine, publish, source_digest
 from _models import (DEFENSE_DESCRIPTION, DEFENSE_FINE_TUNE_CHOICE, FINE_TUNE_CANDIDATES, defense_fine_tuned,
                      defense_model, describe_fine_tune)
 from keras_qrobust.bench import log
-from recipes import EPS, candidate_names, candidate_parser, choose, command_line, paired_with, scored
+from recipes import EPS, candidate_names, candidate_parser, choose, command_line, paired_cell, paired_with, \
+    scored
 
 CLEAN_GAP = 0.01
 SOURCE = source_digest(Path(__file__), Path(__file__).with_name("recipes.py"))
@@ -51,9 +52,7 @@ def markdown(data: dict) -> str:
         low, high = aa["robust_interval95"]
         mark = " **(chosen)**" if name == data["chosen"] else ""
         pair = data["paired"].get(name, {}).get("robust")
-        delta = "—" if pair is None else (
-            f"{100 * pair['difference']:+.2f} ({100 * pair['interval95'][0]:+.2f} to "
-            f"{100 * pair['interval95'][1]:+.2f}; {pair['only_a']} vs {pair['only_b']}, p = {pair['p_value']:.3g})")
+        delta = "—" if pair is None else paired_cell(pair)
         lines.append(f"| {name}{mark} | {row.get('recipe', '—')} | {row.get('train_seconds') or '—'} "
                      f"| {100 * row['clean_accuracy']:.2f} | {100 * aa['robust_accuracy']:.2f} "
                      f"({100 * low:.1f}–{100 * high:.1f}) | {delta} |")

@@ -29,7 +29,7 @@ from _common import finished_results, machine, publish, source_digest
 from _models import DEFENSE_DESCRIPTION, DEFENSE_FINE_TUNE_CHOICE, FINE_TUNE_CANDIDATES, defense_fine_tuned, \
     defense_model, describe_fine_tune
 from keras_qrobust.bench import fingerprint, log
-from recipes import EPS, IMAGES, paired_with, scored
+from recipes import EPS, IMAGES, check_images, paired_cell, paired_with, scored, scoring_arguments
 
 SOURCE = source_digest(Path(__file__), Path(__file__).with_name("recipes.py"))
 ADV = "Adv. (float)"
@@ -41,11 +41,7 @@ def parse(argv=None) -> argparse.Namespace:
     parser.add_argument("--train", metavar="SETTING", help="only fine-tune (or load) the copy at this setting")
     parser.add_argument("--settings", default=",".join(SETTINGS),
                         help=f"comma-separated wXaY settings to fine-tune and score (default {','.join(SETTINGS)})")
-    parser.add_argument("--images", type=int, default=IMAGES,
-                        help=f"validation images under AutoAttack (default {IMAGES}; the split has 5,000)")
-    parser.add_argument("--version", default="fast", choices=("standard", "fast"))
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--rescore", action="store_true", help="score every model again (the kept scores untouched)")
+    scoring_arguments(parser, "fast")
     args = parser.parse_args(argv)
     args.settings = [s.strip() for s in args.settings.split(",") if s.strip()]
     for setting in args.settings + ([args.train] if args.train else []):
@@ -55,8 +51,7 @@ def parse(argv=None) -> argparse.Namespace:
             parser.error(f"--settings: {error}")
     if not args.settings:
         parser.error("--settings: give at least one wXaY setting, e.g. w8a4,w4a8")
-    if not 1 <= args.images <= 5000:
-        parser.error("--images must be between 1 and 5000 (the validation split)")
+    check_images(parser, args)
     return args
 
 
@@ -80,11 +75,7 @@ def markdown(data: dict) -> str:
              "|---|---|---|---|---|---|"]
 
     def delta(pair: dict | None) -> str:
-        if pair is None:
-            return "—"
-        low, high = pair["interval95"]
-        return (f"{100 * pair['difference']:+.2f} ({100 * low:+.2f} to {100 * high:+.2f}; "
-                f"{pair['only_a']} vs {pair['only_b']}, p = {pair['p_value']:.3g})")
+        return "—" if pair is None else paired_cell(pair)
 
     for name, row in data["models"].items():
         aa = row["autoattack"]

@@ -72,6 +72,14 @@ def paired_with(rows: dict, chosen: str | None) -> dict:
     return out
 
 
+def paired_cell(pair: dict) -> str:
+    """A paired difference (``kq.paired`` ``to_dict``) in points: the difference, its 95%
+    interval, the inputs only each side gets right, McNemar's p."""
+    low, high = pair["interval95"]
+    return (f"{100 * pair['difference']:+.2f} ({100 * low:+.2f} to {100 * high:+.2f}; "
+            f"{pair['only_a']} vs {pair['only_b']}, p = {pair['p_value']:.3g})")
+
+
 def choose(rows: dict, floor: float = CLEAN_FLOOR, skip: tuple = ()) -> str | None:
     """The row with the highest AutoAttack accuracy among those (not in ``skip``) whose clean
     accuracy is at least ``floor``."""
@@ -103,13 +111,7 @@ def markdown(data: dict) -> str:
                   "",
                   "| candidate | clean Δ (val) | AutoAttack Δ (val) |", "|---|---|---|"]
         for name, pair in data["paired"].items():
-            cells = []
-            for kind in ("clean", "robust"):
-                d = pair[kind]
-                low, high = d["interval95"]
-                cells.append(f"{100 * d['difference']:+.2f} ({100 * low:+.2f} to {100 * high:+.2f}; "
-                             f"{d['only_a']} vs {d['only_b']}, p = {d['p_value']:.3g})")
-            lines.append(f"| {name} | {cells[0]} | {cells[1]} |")
+            lines.append(f"| {name} | {paired_cell(pair['clean'])} | {paired_cell(pair['robust'])} |")
     return "\n".join(lines) + "\n"
 
 
@@ -119,12 +121,24 @@ def candidate_parser(description: str, candidates: dict, version: str) -> argpar
     parser.add_argument("--train", choices=sorted(candidates), help="only train (or load) this candidate")
     parser.add_argument("--candidates", default=",".join(candidates),
                         help="comma-separated candidates to score (default: all; missing ones are trained)")
+    scoring_arguments(parser, version)
+    return parser
+
+
+def scoring_arguments(parser: argparse.ArgumentParser, version: str) -> None:
+    """The scoring options of every validation benchmark: --images, --version (``version``:
+    the default), --seed, --rescore."""
     parser.add_argument("--images", type=int, default=IMAGES,
                         help=f"validation images under AutoAttack (default {IMAGES}; the split has 5,000)")
     parser.add_argument("--version", default=version, choices=("standard", "fast"))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--rescore", action="store_true", help="score every model again (the kept scores untouched)")
-    return parser
+
+
+def check_images(parser: argparse.ArgumentParser, args) -> None:
+    """``--images`` within the validation split, else a usage error."""
+    if not 1 <= args.images <= 5000:
+        parser.error("--images must be between 1 and 5000 (the validation split)")
 
 
 def candidate_names(parser: argparse.ArgumentParser, args, candidates: dict) -> list[str]:
@@ -133,8 +147,7 @@ def candidate_names(parser: argparse.ArgumentParser, args, candidates: dict) -> 
     unknown = [n for n in names if n not in candidates]
     if unknown or not names:
         parser.error(f"--candidates: unknown {unknown or 'none given'}; choose from {', '.join(candidates)}")
-    if not 1 <= args.images <= 5000:
-        parser.error("--images must be between 1 and 5000 (the validation split)")
+    check_images(parser, args)
     return names
 
 
