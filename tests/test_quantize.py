@@ -177,6 +177,34 @@ def test_keras3_model_gives_the_documented_type_error():
         kq.RobustQuantizer(4, 4).quantize(model, np.zeros((1, 4), np.float32))
 
 
+def test_learned_activation_ranges_start_calibrated_train_and_export_exactly(fashion_slice, tmp_path):
+    """The ranges start where calibration puts them (the same function as the frozen model),
+    are trained by fit, survive saving, and the file exported after training is still the
+    Keras model once the biases are on the new ranges' int32 grid."""
+    (x, y), (x_test, _) = fashion_slice
+    keras.utils.set_random_seed(0)
+    model = kq.zoo.cnn_small()
+    frozen = kq.RobustQuantizer(4, 4).quantize(model, x[:256])
+    learned = kq.RobustQuantizer(4, 4, learn_activation_ranges=True).quantize(model, x[:256])
+    np.testing.assert_array_equal(learned.predict(x_test, verbose=0), frozen.predict(x_test, verbose=0))
+    relus = [layer for layer in learned.layers if isinstance(layer, QuantizedReLU)]
+    assert relus and all(layer.activation_max.trainable for layer in relus)
+    assert not any(layer.activation_max.trainable for layer in frozen.layers if isinstance(layer, QuantizedReLU))
+    before = [float(layer.activation_max.numpy()) for layer in relus]
+    kq.defenses.compile_classifier(learned)
+    learned.fit(x[:512], y[:512], epochs=1, batch_size=64, verbose=0)
+    assert [float(layer.activation_max.numpy()) for layer in relus] != before
+    learned.save(tmp_path / "m.keras")
+    loaded = keras.models.load_model(tmp_path / "m.keras")
+    assert all(layer.activation_max.trainable for layer in loaded.layers if isinstance(layer, QuantizedReLU))
+    np.testing.assert_array_equal(loaded.predict(x_test, verbose=0), learned.predict(x_test, verbose=0))
+    kq.quantization.integer_bias.round_biases(learned)
+    scores = learned.predict(x_test, verbose=0)
+    deployed = kq.export.load(kq.export.tflite(learned, tmp_path / "m.tflite")).predict(x_test)
+    assert np.mean(deployed.argmax(1) == scores.argmax(1)) >= 0.998  # ≤ 1 of 500 near-ties
+    assert np.max(np.abs(deployed - scores)) <= learned.get_layer("output_quantizer").step * 1.01
+
+
 @pytest.mark.parametrize("samples, error, match", [
     (None, ValueError, "samples are needed"),
     (np.zeros((0, 28, 28, 1)), ValueError, "empty"),
@@ -194,6 +222,7 @@ def test_bad_samples(samples, error, match):
     ({"calibration": "entropy"}, "calibration must be one of"),
     ({"mu_law_last": -1}, "mu_law_last"),
     ({"weight_bits": None, "mu_law_last": 1}, "mu_law_last needs weight_bits"),
+    ({"activation_bits": None, "learn_activation_ranges": True}, "learn_activation_ranges needs activation_bits"),
 ])
 def test_bad_quantizer_arguments(kwargs, match):
     with pytest.raises((ValueError, TypeError), match=match):
@@ -205,6 +234,7 @@ def test_settings_parse_and_print():
     assert kq.parse_setting("W3") == (3, None)
     assert kq.RobustQuantizer.from_setting("w3").setting == "w3"
     assert str(kq.RobustQuantizer(4, 4)) == "RobustQuantizer(w4a4, input w8, per-axis, mse calibration)"
+    assert str(kq.RobustQuantizer(4, 4, learn_activation_ranges=True)).endswith("mse calibration, learned ranges)")
     with pytest.raises(ValueError, match="wXaY"):
         kq.parse_setting("4bit")
     with pytest.raises(dataclasses.FrozenInstanceError):

@@ -145,6 +145,53 @@ def test_activation_range_initialised_by_first_training_batch_then_ema():
     assert weights["max"].numpy() == pytest.approx(3.2)
 
 
+@given(x=hnp.arrays(np.float32, st.integers(1, 40), elements=FLOATS), bits=st.integers(1, 8),
+       max_value=st.floats(0.1, 20))
+def test_learned_range_computes_what_the_frozen_range_computes(x, bits, max_value):
+    frozen = qz.ActivationQuantizer(bits)(tf.constant(x), False, _activation_weights(max_value)).numpy()
+    learned = qz.ActivationQuantizer(bits, learn_range=True)(tf.constant(x), False, _activation_weights(max_value))
+    np.testing.assert_array_equal(learned.numpy(), frozen)
+
+
+def test_learned_range_gradients_are_lsq_inside_and_pact_above():
+    """With max = 3 on 2 bits (L = 3, Δ = 1): ∂x̂/∂x is 1 inside [0, 3] and 0 outside;
+    ∂x̂/∂max is (round(v) - v)/L inside, 1 above the range and 0 below zero."""
+    q = qz.ActivationQuantizer(2, learn_range=True)
+    weights = _activation_weights(3.0)
+    x = tf.constant([-1.0, 0.2, 1.4, 2.5, 2.9, 4.0, 7.0])
+    upstream = tf.constant([1.0, 2.0, 1.0, 1.0, 1.0, 1.0, 0.5])
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = tf.reduce_sum(q(x, True, weights) * upstream)
+    d_x, d_max = tape.gradient(y, [x, weights["max"]])
+    np.testing.assert_allclose(d_x.numpy(), [0, 2, 1, 1, 1, 0, 0])
+    v = np.array([0.2, 1.4, 2.5, 2.9])
+    inside = (np.floor(v + 0.5) - v) / 3 * np.array([2.0, 1.0, 1.0, 1.0])
+    assert d_max.numpy() == pytest.approx(inside.sum() + 1.0 + 0.5, abs=1e-6)
+
+
+def test_learned_range_is_trainable_and_moves_with_the_loss():
+    layer = kq.keras.layers.Layer()
+    q = qz.ActivationQuantizer(4, learn_range=True)
+    weights = q.build(None, "act", layer)
+    assert weights["max"].trainable and not weights["initialized"].trainable
+    weights["max"].assign(1.0)
+    x = tf.constant([0.5, 2.0, 4.0])  # two values clipped at 1: the loss wants a wider range
+    optimizer = kq.keras.optimizers.SGD(0.1)
+    for _ in range(3):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum((q(x, True, weights) - x) ** 2)
+        optimizer.apply_gradients([(tape.gradient(loss, weights["max"]), weights["max"])])
+    assert weights["max"].numpy() > 1.5
+
+
+def test_learned_range_and_ema_are_exclusive():
+    with pytest.raises(ValueError, match="learn_range and ema_decay"):
+        qz.ActivationQuantizer(4, ema_decay=0.9, learn_range=True)
+    with pytest.raises(TypeError, match="learn_range must be a bool"):
+        qz.ActivationQuantizer(4, learn_range=1)
+
+
 def test_weight_gradient_is_straight_through():
     w = tf.constant([[0.3, -0.7], [0.1, 0.9]])
     with tf.GradientTape() as tape:
@@ -191,7 +238,8 @@ def test_mu_law_map_mode_applies_the_mapping():
 # --------------------------------------------------------------- config, errors, display
 @pytest.mark.parametrize("quantizer", [
     qz.UniformQuantizer(4, per_axis=True), qz.SymmetricQuantizer(3, axis=(-2, -1)),
-    qz.ActivationQuantizer(5, init_max=2.0, ema_decay=0.99), qz.MuLawQuantizer(3, mu=100.0),
+    qz.ActivationQuantizer(5, init_max=2.0, ema_decay=0.99), qz.ActivationQuantizer(3, learn_range=True),
+    qz.MuLawQuantizer(3, mu=100.0),
     qz.MuLawQuantizer(None, mode="map"),
 ])
 def test_config_round_trip(quantizer):
@@ -205,6 +253,7 @@ def test_readable_str():
     assert str(qz.SymmetricQuantizer(2, per_axis=False)) == "symmetric(2)"
     assert str(qz.SymmetricQuantizer(4, axis=(-2, -1))) == "symmetric(4, per_axis=[-2, -1])"
     assert str(qz.ActivationQuantizer(4)) == "unsigned(4)"
+    assert str(qz.ActivationQuantizer(4, learn_range=True)) == "unsigned(4, learned range)"
     assert str(qz.MuLawQuantizer(3)) == "mu_law(3, mu=255, compand)"
 
 

@@ -22,8 +22,8 @@ class QuantizedReLU(keras.layers.ReLU):
     """``keras.layers.ReLU`` followed by an unsigned activation quantizer.
 
     ``y = Q(relu(x))`` with ``Q`` an :class:`~keras_qrobust.quantizers.ActivationQuantizer`
-    whose range ``[0, max]`` is this layer's non-trainable weight ``activation_max`` (set by
-    calibration). Leaky or thresholded ReLUs are not unsigned and are rejected.
+    whose range ``[0, max]`` is this layer's weight ``activation_max`` (set by calibration;
+    trainable only with the quantizer's ``learn_range``). Leaky or thresholded ReLUs are not unsigned and are rejected.
     """
 
     def __init__(self, activation_quantizer=None, max_value=None, **kwargs):

@@ -87,6 +87,9 @@ class RobustQuantizer:
             computes what the exported int8 model computes.
         quantize_output: end the model with an 8-bit OutputQuantizer on a calibrated range,
             as the int8 model's last layer writes int8 scores (needs ``activation_bits``).
+        learn_activation_ranges: each ReLU range ``max`` starts where calibration puts it and
+            is a trainable weight for quantization-aware fine-tuning (LSQ/PACT gradients,
+            :class:`~keras_qrobust.quantizers.ActivationQuantizer`); else it stays frozen.
     """
 
     weight_bits: Optional[int] = 8
@@ -102,6 +105,7 @@ class RobustQuantizer:
     quantize_output: bool = True
     layer_bits: Optional[Mapping[str, int]] = None
     layer_clip: Optional[Mapping[str, float]] = None
+    learn_activation_ranges: bool = False
 
     def __post_init__(self):
         # per-layer settings are stored as sorted (name, value) tuples: immutable and hashable
@@ -124,6 +128,8 @@ class RobustQuantizer:
             raise ValueError("mu_law_last needs weight_bits: the μ-law grid has weight_bits bits")
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {self.batch_size!r}")
+        if self.learn_activation_ranges and self.activation_bits is None:
+            raise ValueError("learn_activation_ranges needs activation_bits: a weight-only model has no ranges")
 
     @classmethod
     def from_setting(cls, setting: str, **kwargs) -> "RobustQuantizer":
@@ -155,6 +161,8 @@ class RobustQuantizer:
             parts.append("float bias")
         if self.activation_bits is not None and not self.quantize_output:
             parts.append("float output")
+        if self.learn_activation_ranges:
+            parts.append("learned ranges")
         return f"RobustQuantizer({', '.join(parts)})"
 
     # ------------------------------------------------------------------ quantize
@@ -259,7 +267,8 @@ class RobustQuantizer:
                 if config.get("negative_slope") or config.get("threshold"):
                     unquantized_activations.append(f"{name} (leaky/thresholded ReLU)")
                     return None
-                config["activation_quantizer"] = qz.serialize(qz.ActivationQuantizer(self.activation_bits))
+                config["activation_quantizer"] = qz.serialize(qz.ActivationQuantizer(
+                    self.activation_bits, learn_range=self.learn_activation_ranges))
                 return "QuantizedReLU", config
             if kind in ("Activation", "Softmax") and not graph.is_output(name):
                 unquantized_activations.append(f"{name} ({config.get('activation', kind)})")

@@ -110,25 +110,43 @@ class ActivationQuantizer(BaseQuantizer):
     exponential moving average (as tfmot's ``MovingAverageQuantizer``, without its fixed
     6.0 start). The gradient is passed straight through inside ``[0, max]`` and is zero
     outside.
+
+    ``learn_range=True`` makes ``max`` a trainable weight that the loss moves (LSQ, Esser et
+    al. 2020, eq. 3, with ``s = max/(2^b - 1)``; above the range it is PACT's gradient, Choi et
+    al. 2018, eq. 3): with ``L = 2^b - 1`` and ``v = x/Δ``,
+
+        ∂x̂/∂max = (round(v) - v)/L  for 0 ≤ x < max,   1  for x ≥ max,   0  for x < 0,
+
+    so a range is widened where clipping costs loss and narrowed where the grid is too coarse
+    (for adversarial fine-tuning: the range the attacked inputs need). LSQ's gradient scale
+    ``g`` is left out: Adam divides each weight's gradient by its own running RMS, which
+    cancels any constant factor. ``max`` stays above ``1e-3``.
     """
 
     kind = "unsigned"
 
-    def __init__(self, bits: int, init_max: float = 6.0, ema_decay: float | None = None):
+    MIN_LEARNED_MAX = 1e-3
+
+    def __init__(self, bits: int, init_max: float = 6.0, ema_decay: float | None = None, learn_range: bool = False):
         self.bits = check_bits(bits)
         if not init_max > 0:
             raise ValueError(f"init_max must be > 0, got {init_max}")
         if ema_decay is not None and not 0.0 <= ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1) or None, got {ema_decay}")
+        if not isinstance(learn_range, bool):
+            raise TypeError(f"learn_range must be a bool, got {learn_range!r}")
+        if learn_range and ema_decay is not None:
+            raise ValueError("learn_range and ema_decay both set the range: pass one of them")
         self.init_max = float(init_max)
         self.ema_decay = None if ema_decay is None else float(ema_decay)
+        self.learn_range = learn_range
 
     def build(self, tensor_shape, name, layer):
         max_value = layer.add_weight(
             name=f"{name}_max",
             shape=(),
             initializer=keras.initializers.Constant(self.init_max),
-            trainable=False,
+            trainable=self.learn_range,
         )
         initialized = layer.add_weight(
             name=f"{name}_initialized",
@@ -158,6 +176,8 @@ class ActivationQuantizer(BaseQuantizer):
                 lambda: self._tracked_max(inputs, weights),
                 lambda: tf.identity(weights["max"]),
             )
+        if self.learn_range:
+            return self._learned(inputs, tf.maximum(tf.cast(max_value, inputs.dtype), self.MIN_LEARNED_MAX))
         max_value = tf.convert_to_tensor(max_value, inputs.dtype)
 
         @tf.custom_gradient
@@ -174,6 +194,26 @@ class ActivationQuantizer(BaseQuantizer):
         # a sixth less time for an attack's gradient on a quantized model
         return quantized(inputs)
 
+    def _learned(self, inputs: tf.Tensor, max_value: tf.Tensor) -> tf.Tensor:
+        """The quantized ``inputs`` with the gradients of the class docstring (to ``x`` and ``max``)."""
+        levels = float(activation_levels(self.bits))
+
+        @tf.custom_gradient
+        def quantized(x, top):
+            clipped = tf.clip_by_value(x, 0.0, top)
+            step = top / levels
+            scaled = clipped / step
+            rounded = tf.floor(scaled + 0.5)
+            inside = tf.equal(clipped, x)
+
+            def gradients(upstream):
+                d_top = tf.where(x >= top, tf.ones_like(x), tf.where(x > 0.0, (rounded - scaled) / levels, 0.0))
+                return tf.where(inside, upstream, tf.zeros_like(upstream)), tf.reduce_sum(upstream * d_top)
+
+            return rounded * step, gradients
+
+        return quantized(inputs, max_value)
+
     def quantize(self, x, weights=None):
         return self.quantize_with_max(x, weights["max"])
 
@@ -184,9 +224,11 @@ class ActivationQuantizer(BaseQuantizer):
         return tf.floor(tf.clip_by_value(x, 0.0, max_value) / step + 0.5) * step
 
     def get_config(self):
-        return {"bits": self.bits, "init_max": self.init_max, "ema_decay": self.ema_decay}
+        config = {"bits": self.bits, "init_max": self.init_max, "ema_decay": self.ema_decay}
+        return {**config, "learn_range": True} if self.learn_range else config
 
     def _describe(self):
-        return [str(self.bits)] + ([f"ema={self.ema_decay}"] if self.ema_decay is not None else [])
+        return ([str(self.bits)] + ([f"ema={self.ema_decay}"] if self.ema_decay is not None else [])
+                + (["learned range"] if self.learn_range else []))
 
 
