@@ -99,6 +99,59 @@ def test_targets_are_capped_and_dlr_skipped_for_few_classes():
     assert any("apgd-t skipped" in f for f in r.findings)
 
 
+# --------------------------------------------------------------- bfloat16 search
+def test_bfloat16_search_finds_what_float32_finds_and_keeps_float32_verdicts(trained_cnn, test_set, fast_result):
+    x, y = test_set
+    r = autoattack(trained_cnn, x, y, eps=EPS, version="fast", seed=0, verbose=0, search_precision="bfloat16")
+    assert r.search_precision == "bfloat16" and set(r.reattacked) == {"apgd-ce", "apgd-t"}
+    # every verdict is the float32 model's: the returned points score the reported accuracy
+    assert kq.metrics.accuracy(trained_cnn, r.x_adv, y) == pytest.approx(r.robust_accuracy)
+    assert np.abs(r.x_adv - x).max() <= EPS + 1e-6
+    # as strong as the float32 search on these 100 inputs, up to two inputs either way
+    assert abs(int(r.robust.sum()) - int(fast_result.robust.sum())) <= 2
+    assert r.to_dict()["search_precision"] == "bfloat16" and "searched in bfloat16" in str(r)
+
+
+def _lying_twin(model):
+    """``model`` followed by a fixed cyclic shift of its logits: it calls every input the
+    float model gets right misclassified (as the next class)."""
+    shift = keras.layers.Dense(10, use_bias=False, trainable=False, name="shift")
+    out = shift(model.output)
+    shift.set_weights([np.roll(np.eye(10, dtype=np.float32), 1, axis=1)])
+    return keras.Model(model.inputs, out, name="lying")
+
+
+def test_a_twin_verdict_the_float32_model_rejects_is_attacked_again_in_float32(trained_cnn, test_set, monkeypatch):
+    import sys
+
+    x, y = test_set
+    module = sys.modules["keras_qrobust.attacks.autoattack"]
+    monkeypatch.setattr(module, "bfloat16_twin", _lying_twin)
+    r = autoattack(trained_cnn, x[:40], y[:40], eps=EPS, attacks=["apgd-ce"], seed=0, verbose=0,
+                   search_precision="bfloat16")
+    # the twin "breaks" every input at once; the float32 model disagrees on each one the twin's
+    # point does not really break, and those are attacked again in float32
+    assert r.reattacked["apgd-ce"] >= int(r.clean_correct.sum()) - int((r.broken_by == "apgd-ce").sum())
+    assert r.reattacked["apgd-ce"] > 0
+    assert kq.metrics.accuracy(trained_cnn, r.x_adv, y[:40]) == pytest.approx(r.robust_accuracy)
+    reference = autoattack(trained_cnn, x[:40], y[:40], eps=EPS, attacks=["apgd-ce"], seed=0, verbose=0)
+    assert abs(int(r.robust.sum()) - int(reference.robust.sum())) <= 1
+
+
+@pytest.mark.parametrize("kind", ["quantized", "deployed", "unknown"])
+def test_bfloat16_search_refuses_what_it_cannot_search(kind, trained_cnn, test_set, tmp_path):
+    x, y = test_set
+    if kind == "quantized":
+        model, precision, match = kq.RobustQuantizer(4, 4).quantize(trained_cnn, x), "bfloat16", "needs a float model"
+    elif kind == "deployed":
+        model = kq.export.load(kq.export.tflite(trained_cnn, tmp_path / "m.tflite", precision="float32"))
+        precision, match = "bfloat16", "deployed artifact"
+    else:
+        model, precision, match = trained_cnn, "float16", "search_precision must be one of"
+    with pytest.raises(ValueError, match=match):
+        autoattack(model, x[:4], y[:4], eps=EPS, attacks=["square"], search_precision=precision, verbose=0)
+
+
 # ------------------------------------------------------------------------- integrity
 def test_a_model_without_gradient_is_flagged_not_reported_robust(trained_cnn, test_set):
     x, y = test_set

@@ -17,6 +17,13 @@ An input counts as broken only when the returned point is misclassified *and* li
 or non-finite (:func:`~keras_qrobust.attacks.gradient_check.gradient_status`) and that survive
 every attack are reported as unverified, not robust — unless ``trust_flagged=True``.
 Robust accuracy comes with ``n`` and a 95 % Wilson interval.
+
+``search_precision="bfloat16"`` (float models only) runs the attacks on the model's bfloat16
+twin (:mod:`~keras_qrobust.attacks.search_twin`), faster on a CPU with bfloat16 units. The
+float32 model still judges every returned point, and every input the twin called
+broken but the float32 model does not is attacked again by the same attack in float32, so a
+verdict is never the twin's. What the twin can cost is search strength; the AutoAttack
+benchmark measures it against the float32 search on the same inputs.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ import numpy as np
 from .. import metrics
 from ._common import as_attack_model, check_array, check_count, check_eps, check_inputs, check_norm, clip_key
 from .gradient_check import GRADIENT_OK, gradient_status
+from .search_twin import SEARCH_PRECISIONS, bfloat16_twin
 
 __all__ = ["autoattack", "AutoAttackResult", "AUTOATTACK_VERSIONS", "AUTOATTACK_SETTINGS"]
 
@@ -98,6 +106,8 @@ class AutoAttackResult:
     seconds: dict  # wall seconds per attack
     settings: dict  # each attack's settings
     findings: tuple  # warnings about the evaluation itself
+    search_precision: str = "float32"
+    reattacked: dict = field(default_factory=dict)  # inputs each attack ran again in float32 (bfloat16 search)
 
     @property
     def n(self) -> int:
@@ -134,13 +144,16 @@ class AutoAttackResult:
             "robust_interval95": [low, high], "accuracy_after": dict(self.accuracy_after),
             "broken_by": self.broken_counts(), "unverified": unverified,
             "seconds": {k: round(v, 2) for k, v in self.seconds.items()}, "settings": self.settings,
-            "findings": list(self.findings),
+            "findings": list(self.findings), "search_precision": self.search_precision,
+            "reattacked_in_float32": dict(self.reattacked),
         }
 
     def __str__(self) -> str:
         low, high = self.interval()
         norm = "L∞" if self.norm == "inf" else "L2"
-        lines = [f"AutoAttack ({self.version}: {', '.join(self.attacks)}), {norm} ε = {self.eps:g}, n = {self.n}",
+        searched = "" if self.search_precision == "float32" else f", searched in {self.search_precision}"
+        lines = [f"AutoAttack ({self.version}: {', '.join(self.attacks)}), {norm} ε = {self.eps:g}, n = {self.n}"
+                 f"{searched}",
                  f"  clean accuracy  {self.clean_accuracy:.2%}",
                  f"  robust accuracy {self.robust_accuracy:.2%} (95% CI {low:.2%}–{high:.2%})"]
         for name in self.attacks:
@@ -211,7 +224,7 @@ def _randomized(attack_model, x: np.ndarray) -> bool:
 def autoattack(model, x, y, *, eps: float, norm="inf", version: str = "standard",
                attacks: Optional[Sequence[str]] = None, options: Optional[Mapping[str, dict]] = None,
                seed: Optional[int] = 0, clip: Optional[Sequence[float]] = (0.0, 1.0), batch_size: int = 500,
-               trust_flagged: bool = False, verbose: int = 1) -> AutoAttackResult:
+               trust_flagged: bool = False, search_precision: str = "float32", verbose: int = 1) -> AutoAttackResult:
     """Robust accuracy of ``model`` on ``(x, y)`` under AutoAttack (module docstring).
 
     Args:
@@ -225,6 +238,8 @@ def autoattack(model, x, y, *, eps: float, norm="inf", version: str = "standard"
         seed: every attack's seed (same seed, same result).
         trust_flagged: count inputs with a zero or non-finite gradient that no attack broke
             as robust (by default they are reported as unverified and not counted robust).
+        search_precision: ``"float32"``, or ``"bfloat16"`` to search on the float model's
+            bfloat16 twin, every verdict the float32 model's (module docstring).
     """
     eps, norm = check_eps(eps), check_norm(norm)
     batch_size = check_count(batch_size, "batch_size")
@@ -232,6 +247,11 @@ def autoattack(model, x, y, *, eps: float, norm="inf", version: str = "standard"
         check_count(seed, "seed", 0)
     version, names, settings = _plan(version, attacks, options)
     deployed = _is_deployed(model)
+    if search_precision not in SEARCH_PRECISIONS:
+        raise ValueError(f"search_precision must be one of {SEARCH_PRECISIONS}, got {search_precision!r}")
+    if deployed and search_precision != "float32":
+        raise ValueError(f"{model.path.name} is a deployed artifact: it is attacked as it runs; "
+                         "search_precision='bfloat16' is for Keras float models")
     gradient_attacks = [a for a in names if a in _GRADIENT_ATTACKS]
     if deployed and gradient_attacks:
         raise ValueError(f"{model.path.name} is a deployed artifact: AutoAttack's gradient attacks "
@@ -262,21 +282,34 @@ def autoattack(model, x, y, *, eps: float, norm="inf", version: str = "standard"
         gradient[clean_correct] = gradient_status(model, x[clean_correct], y[clean_correct], batch_size=batch_size)
     accuracy_after = {"clean": float(clean_correct.mean())}
     seconds = {"clean": time.perf_counter() - start}
+    search_model = model if search_precision == "float32" else bfloat16_twin(attack_model.model)
+    reattacked: dict[str, int] = {}
+
+    def attacked(name: str, attacker, rows: np.ndarray):
+        """``name`` run by ``attacker`` on ``rows``: the points, which lie in the ε-ball and
+        the box, and which of those the float32 model misclassifies."""
+        found = np.asarray(_run_attack(name, attacker, x[rows], y[rows], eps=eps, norm=norm, clip=clip_key(clip),
+                                       seed=seed, batch_size=batch_size, options=settings[name]), np.float32)
+        inside = _distance(found, x[rows], norm) <= eps * (1 + 1e-5) + 1e-6
+        if clip is not None:
+            inside &= (found.reshape(len(rows), -1).min(1) >= clip[0] - 1e-6) & (
+                found.reshape(len(rows), -1).max(1) <= clip[1] + 1e-6)
+        return found, inside, inside & (_labels_of(model, found, batch_size) != y[rows])
+
     for name in names:
         todo = np.flatnonzero(robust)
         if len(todo) == 0:
             break
         start = time.perf_counter()
-        found = np.asarray(_run_attack(name, model, x[todo], y[todo], eps=eps, norm=norm, clip=clip_key(clip),
-                                       seed=seed, batch_size=batch_size, options=settings[name]), np.float32)
-        inside = _distance(found, x[todo], norm) <= eps * (1 + 1e-5) + 1e-6
-        if clip is not None:
-            inside &= (found.reshape(len(todo), -1).min(1) >= clip[0] - 1e-6) & (
-                found.reshape(len(todo), -1).max(1) <= clip[1] + 1e-6)
+        found, inside, broken = attacked(name, search_model, todo)
+        if search_model is not model:  # the twin's wrong verdicts: attacked again in float32
+            misjudged = np.flatnonzero(inside & ~broken & (_labels_of(search_model, found, batch_size) != y[todo]))
+            if len(misjudged):
+                found[misjudged], inside[misjudged], broken[misjudged] = attacked(name, model, todo[misjudged])
+            reattacked[name] = int(len(misjudged))
         if not inside.all():
             findings.append(f"{name} returned {int((~inside).sum())} points outside the ε-ball or the box; "
                             "they were not counted")
-        broken = inside & (_labels_of(model, found, batch_size) != y[todo])
         rows = todo[broken]
         x_adv[rows], robust[rows], broken_by[rows] = found[broken], False, name
         seconds[name] = time.perf_counter() - start
@@ -304,4 +337,5 @@ def autoattack(model, x, y, *, eps: float, norm="inf", version: str = "standard"
     return AutoAttackResult(
         x_adv=x_adv, y=y, clean_correct=clean_correct, robust=robust, broken_by=broken_by, gradient=gradient,
         eps=eps, norm=norm, version=version, attacks=tuple(names), seed=seed, accuracy_after=accuracy_after,
-        seconds=seconds, settings={k: settings[k] for k in names}, findings=tuple(findings))
+        seconds=seconds, settings={k: settings[k] for k in names}, findings=tuple(findings),
+        search_precision=search_precision, reattacked=reattacked)
