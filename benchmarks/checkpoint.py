@@ -3,7 +3,10 @@
 A model trained by a benchmark is cached in benchmarks/.cache, which a fresh clone does not
 have. This copies a cached model (without its optimizer state) into benchmarks/checkpoints/
 with a provenance file: how it was trained and in how many seconds, on which machine, by which
-commit, and the file's SHA-256. ``_models``/``keras_qrobust.bench.load_cached`` then loads the
+commit, and the file's SHA-256. The ``.keras`` zip is stored deflated (Keras reads it as it
+is); a quantized copy's kernels are already their grid values
+(``kq.quantization.grid_valued_kernels``, applied by ``_models`` after fine-tuning), which
+deflate several-fold. ``_models``/``keras_qrobust.bench.load_cached`` then loads the
 checkpoint when the cache misses (checking the SHA-256), and the results name it. Set
 ``KQ_RETRAIN=1`` to ignore the checkpoints and train everything again.
 
@@ -20,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import zipfile
 
 import _common
 import keras_qrobust as kq
@@ -41,10 +45,20 @@ def add(stem: str) -> None:
     model = kq.keras.models.load_model(model_file, compile=False)  # uncompiled: saved without optimizer state
     with atomic_path(target) as tmp:
         model.save(tmp)
+        deflate(tmp)
     provenance = {**_common.without_machine_paths(json.loads(record.read_text())), "sha256": file_sha256(target),
                   "bytes": target.stat().st_size, "parameters": int(model.count_params())}
     write_json(target.with_suffix(".json"), provenance)
     log(f"wrote {target} ({provenance['bytes'] / 1e6:.1f} MB) and {target.with_suffix('.json').name}")
+
+
+def deflate(path) -> None:
+    """Rewrite the zip at ``path`` with every member deflated (level 9), in the same order."""
+    with zipfile.ZipFile(path) as stored:
+        members = [(info, stored.read(info.filename)) for info in stored.infolist()]
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED, compresslevel=9) as out:
+        for info, data in members:
+            out.writestr(info.filename, data)
 
 
 def list_checkpoints() -> None:

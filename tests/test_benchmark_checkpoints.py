@@ -50,6 +50,10 @@ def test_a_committed_checkpoint_loads_when_the_cache_misses(store):
     provenance = json.loads((_common.CHECKPOINTS / "m.json").read_text())
     assert provenance["sha256"] == bench.file_sha256(_common.CHECKPOINTS / "m.keras")
     assert provenance["parameters"] == model.count_params()
+    import zipfile
+
+    with zipfile.ZipFile(_common.CHECKPOINTS / "m.keras") as stored:  # stored deflated
+        assert {info.compress_type for info in stored.infolist()} == {zipfile.ZIP_DEFLATED}
 
     (_common.CACHE / "m.keras").unlink()
     loaded, info = _common.load_cached(_common.CACHE / "m.keras")

@@ -9,6 +9,7 @@ from keras_qrobust.layers import QuantizedDense, QuantizedReLU
 from keras_qrobust.transforms import UnsupportedModelError
 
 keras = kq.keras
+tf = kq.tf
 layers = keras.layers
 SAMPLES = np.random.default_rng(1).uniform(0, 1, (96, 28, 28, 1)).astype(np.float32)
 
@@ -203,6 +204,58 @@ def test_learned_activation_ranges_start_calibrated_train_and_export_exactly(fas
     deployed = kq.export.load(kq.export.tflite(learned, tmp_path / "m.tflite")).predict(x_test)
     assert np.mean(deployed.argmax(1) == scores.argmax(1)) >= 0.998  # ≤ 1 of 500 near-ties
     assert np.max(np.abs(deployed - scores)) <= learned.get_layer("output_quantizer").step * 1.01
+
+
+@pytest.mark.parametrize("setting, clip", [("w4a4", None), ("w2a2", None), ("w3", {"conv2": 0.7, "fc1": 0.5})])
+def test_grid_valued_kernels_keep_the_function_bit_for_bit_and_compress(setting, clip, fashion_slice, tmp_path):
+    import zipfile
+
+    (x, _), (x_test, y_test) = fashion_slice
+    keras.utils.set_random_seed(0)
+    quantizer = kq.RobustQuantizer.from_setting(setting, layer_clip=clip)
+    qmodel = quantizer.quantize(kq.zoo.cnn_small(), x[:256] if quantizer.activation_bits else None)
+    before = qmodel.predict(x_test, verbose=0)
+    batch = tf.constant(x_test[:64])
+    labels = tf.constant(y_test[:64])
+
+    def input_gradient():
+        with tf.GradientTape() as tape:
+            tape.watch(batch)
+            loss = keras.losses.sparse_categorical_crossentropy(labels, qmodel(batch), from_logits=True)
+        return tape.gradient(loss, batch).numpy()
+
+    gradient = input_gradient()
+    quantized = {name: qmodel.get_layer(name).quantized_kernels()["kernel"].numpy() for name in ("conv2", "fc1")}
+    replaced = kq.quantization.grid_valued_kernels(qmodel)
+    assert replaced == ["conv1.kernel", "conv2.kernel", "fc1.kernel", "logits.kernel"]
+    after = qmodel.predict(x_test, verbose=0)
+    if clip is None:  # W + (Q(W) − W) was Q(W) exactly: the same function, bit for bit
+        np.testing.assert_array_equal(after, before)
+        np.testing.assert_array_equal(input_gradient(), gradient)
+    else:  # clipped entries were Q(W) up to float32 rounding
+        np.testing.assert_allclose(after, before, rtol=0, atol=1e-5)
+        np.testing.assert_array_equal(after.argmax(1), before.argmax(1))
+    for name, values in quantized.items():
+        kernel = qmodel.get_layer(name).kernel.numpy()
+        np.testing.assert_array_equal(qmodel.get_layer(name).quantized_kernels()["kernel"].numpy(), values)
+        # at most 2^b − 1 values per channel besides the kept largest entries
+        assert max(len(np.unique(kernel[..., c])) for c in range(kernel.shape[-1])) <= 2 ** quantizer.weight_bits + 1
+    path = tmp_path / "m.keras"
+    qmodel.save(path)
+    with zipfile.ZipFile(path) as stored:
+        raw = stored.read("model.weights.h5")
+    import zlib
+
+    assert len(zlib.compress(raw, 9)) < len(raw) / 2.5
+
+
+def test_grid_valued_kernels_leave_float_and_mu_law_kernels(rng):
+    model = kq.zoo.cnn_small()
+    qmodel = kq.RobustQuantizer(4, None, mu_law_last=1).quantize(model)
+    mu_law = qmodel.layers[-1].kernel.numpy().copy()
+    assert "logits.kernel" not in kq.quantization.grid_valued_kernels(qmodel)
+    np.testing.assert_array_equal(qmodel.layers[-1].kernel.numpy(), mu_law)
+    assert kq.quantization.grid_valued_kernels(model) == []
 
 
 @pytest.mark.parametrize("samples, error, match", [

@@ -4,6 +4,7 @@
   (fold BatchNorm, per-axis weights, calibrated activations, input-layer bits, μ-law);
 * :mod:`.calibration` — the ranges of activations and tensors from calibration samples;
 * :mod:`.integer_bias` — the int32 bias grid of int8 deployment, applied in the Keras model;
+* :mod:`.grid_kernels` — kernels stored as their grid values (same function, compressible file);
 * :mod:`.tfmot_scheme` — the same quantizers as a tfmot ``QuantizeConfig``/``Scheme`` for QAT;
 * :mod:`.layer_support` — which layers are accepted and what each becomes (the docs' table).
 
@@ -13,6 +14,7 @@ The quantizers themselves and their integer grids are one level down, in
 
 from ..quantizers.grid import parse_setting, setting_name
 from .calibration import CALIBRATIONS, calibrate, calibrate_tfmot, observed_ranges
+from .grid_kernels import grid_valued_kernels
 from .robust_quantizer import RobustQuantizer, round_inputs_half_even
 from .tfmot_scheme import WXAYQuantizeConfig, WXAYScheme, WXScheme
 
@@ -25,6 +27,7 @@ __all__ = [
     "calibrate",
     "calibrate_tfmot",
     "observed_ranges",
+    "grid_valued_kernels",
     "WXAYQuantizeConfig",
     "WXAYScheme",
     "WXScheme",

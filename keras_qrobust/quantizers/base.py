@@ -79,6 +79,10 @@ class _AxisMixin:
             return fn(x)
         return fn(x, axis=_reduce_axes(x.shape.rank, self.axis), keepdims=True)
 
+    def channel_max(self, x: tf.Tensor) -> tf.Tensor:
+        """The largest entry of each channel (of the tensor when not ``per_axis``), kept as dims."""
+        return self._reduce(x, tf.reduce_max)
+
     def _axis_config(self) -> dict:
         return {"per_axis": self.per_axis, "axis": list(self.axis) if len(self.axis) > 1 else self.axis[0]}
 
