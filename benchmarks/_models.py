@@ -147,6 +147,16 @@ def robust_model(seed: int = 0, cached_only: bool = False):
 FINE_TUNE = ROBUST_RECIPE["adversarial"]
 
 
+def on_grids(model) -> None:
+    """Put a fine-tuned quantized copy, in place, on the grids its exported file computes with:
+    the biases back on their int32 grid (training moved them and, with learned ranges, the grid
+    itself) and the kernels stored as their grid values (the same function; a file that
+    benchmarks/checkpoint.py can commit, deflated, under the tree cap). A float model is left
+    as it is."""
+    kq.quantization.integer_bias.round_biases(model)
+    kq.quantization.grid_valued_kernels(model)
+
+
 def adversarially_fine_tuned(model, x, y, epochs: int, learning_rate: float, drop_epochs: int, seed: int,
                              path: Path | None, clean_weight: float = 0.0, record: dict | None = None,
                              adversarial: dict = FINE_TUNE, ema: float | None = None):
@@ -167,9 +177,7 @@ def adversarially_fine_tuned(model, x, y, epochs: int, learning_rate: float, dro
     start = time.perf_counter()
     trainer.fit(x, y, epochs=epochs, batch_size=128, verbose=2, callbacks=callbacks)
     seconds = time.perf_counter() - start
-    # a quantized copy keeps its kernels as their grid values (the same function: the file is
-    # what benchmarks/checkpoint.py can commit, deflated, under the tree cap)
-    kq.quantization.grid_valued_kernels(model)
+    on_grids(model)
     drop = f" then {learning_rate / 10:g} from epoch {drop_at + 1}" if drop_at < epochs else ""
     averaged = "" if ema is None else f", weight averaging (EMA {ema:g})"
     info = {"fine_tune": f"{describe_objective(adversarial, clean_weight)}, {epochs} epochs, "
@@ -195,7 +203,7 @@ def fine_tuned_copy(model, setting: str, x, y, x_cal, epochs: int, learning_rate
     path = (CACHE / f"{cache_stem}_ft{setting}{objective}_e{epochs}_lr{learning_rate:g}{tags}.keras"
             if cache_stem else None)
     if path is not None and (found := load_cached(path)) is not None:
-        kq.quantization.grid_valued_kernels(found[0])  # idempotent: copies cached before this step too
+        on_grids(found[0])  # idempotent: copies cached before this step too
         return found
     if setting == "w3":
         # start from the σ_max-optimal clipping ratio per layer (Song 2021; the plain max grid
