@@ -6,7 +6,7 @@ with a provenance file: how it was trained and in how many seconds, on which mac
 commit, and the file's SHA-256. The ``.keras`` zip is stored deflated (Keras reads it as it
 is); a quantized copy's kernels are already their grid values
 (``kq.quantization.grid_valued_kernels``, applied by ``_models`` after fine-tuning), which
-deflate several-fold. ``_models``/``keras_qrobust.bench.load_cached`` then loads the
+deflate well. ``_models``/``keras_qrobust.bench.load_cached`` then loads the
 checkpoint when the cache misses (checking the SHA-256), and the results name it. Set
 ``KQ_RETRAIN=1`` to ignore the checkpoints and train everything again.
 

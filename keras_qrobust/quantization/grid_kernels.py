@@ -13,8 +13,9 @@ exactly ``Q(W)`` whenever ``W`` and ``Q(W)`` are within a factor of two of each 
 (Sterbenz's lemma) — every entry of an unclipped grid but the ones rounded to zero, which are
 exact too. With a clipping ratio ``r < 1`` a clipped entry can be more than twice its grid
 value and was computed within a float32 rounding of ``Q(W)``; after this it is ``Q(W)``
-exactly, so outputs can move by float32 rounding. A zip-deflated ``.keras`` file of a 4-bit
-model shrinks several-fold. Fine-tuning further starts from ``Q(W)``, not from ``W``.
+exactly, so outputs can move by float32 rounding. A ``b``-bit kernel then holds at most
+``2^b`` distinct values per channel, which a zip-deflated ``.keras`` file stores compactly.
+Fine-tuning further starts from ``Q(W)``, not from ``W``.
 """
 
 from __future__ import annotations
