@@ -120,7 +120,9 @@ class ActivationQuantizer(BaseQuantizer):
     so a range is widened where clipping costs loss and narrowed where the grid is too coarse
     (for adversarial fine-tuning: the range the attacked inputs need). LSQ's gradient scale
     ``g`` is left out: Adam divides each weight's gradient by its own running RMS, which
-    cancels any constant factor. ``max`` stays above ``1e-3``.
+    cancels any constant factor — and so moves each range by about the learning rate per step,
+    whatever its size (a 0.5 range can move by its own size in a few thousand steps at 1e-3).
+    ``max`` stays above ``1e-3``.
     """
 
     kind = "unsigned"
