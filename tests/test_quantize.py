@@ -226,8 +226,21 @@ def test_grid_valued_kernels_keep_the_function_bit_for_bit_and_compress(setting,
 
     gradient = input_gradient()
     quantized = {name: qmodel.get_layer(name).quantized_kernels()["kernel"].numpy() for name in ("conv2", "fc1")}
+    names = ("conv1", "conv2", "fc1", "logits")
+
+    def channel_max():
+        return [np.abs(qmodel.get_layer(n).kernel.numpy()).reshape(-1, qmodel.get_layer(n).kernel.shape[-1]).max(0)
+                for n in names]
+
+    scales = channel_max()
     replaced = kq.quantization.grid_valued_kernels(qmodel)
     assert replaced == ["conv1.kernel", "conv2.kernel", "fc1.kernel", "logits.kernel"]
+    for before_max, after_max in zip(scales, channel_max()):  # each channel's scale is unchanged
+        np.testing.assert_array_equal(after_max, before_max)
+    stored = [w.copy() for w in qmodel.get_weights()]
+    kq.quantization.grid_valued_kernels(qmodel)  # a second call changes nothing
+    for a, b in zip(stored, qmodel.get_weights()):
+        np.testing.assert_array_equal(a, b)
     after = qmodel.predict(x_test, verbose=0)
     if clip is None:  # W + (Q(W) − W) was Q(W) exactly: the same function, bit for bit
         np.testing.assert_array_equal(after, before)

@@ -4,9 +4,11 @@ A fake-quantized layer keeps float "shadow" kernels ``W`` and computes with ``Q(
 training, only ``Q(W)`` matters to what the model computes (and to the straight-through input
 gradients attacks use), but ``W`` is what its file stores — float32 noise that does not
 compress. :func:`grid_valued_kernels` replaces each symmetric-quantized kernel by ``Q(W)``,
-except, in each channel, the entries of largest magnitude, which keep their value: the scale
-``s = r·max|W|`` is then unchanged, so ``Δ`` is bit for bit the same and
-``Q(Q(W)) = Q(W)`` (a code ``k`` times ``Δ`` divided by ``Δ`` rounds back to ``k``).
+except, in each channel, the entries of largest magnitude, which keep their value, and with
+every value clipped to that magnitude (the top level ``L·Δ`` can round one ulp above it): the
+scale ``s = r·max|W|`` is then unchanged, so ``Δ`` is bit for bit the same and
+``Q(Q(W)) = Q(W)`` (a code ``k`` times ``Δ`` divided by ``Δ`` rounds back to ``k``), and a
+second call changes nothing.
 
 A layer computes with the straight-through form ``W + (Q(W) − W)``, which float32 evaluates to
 exactly ``Q(W)`` whenever ``W`` and ``Q(W)`` are within a factor of two of each other
@@ -32,8 +34,10 @@ __all__ = ["grid_valued_kernels"]
 def _grid_valued(quantizer: SymmetricQuantizer, kernel: np.ndarray) -> np.ndarray:
     quantized = quantizer.quantize(tf.constant(kernel)).numpy()
     magnitude = tf.abs(tf.constant(kernel))
-    largest = (magnitude == quantizer.channel_max(magnitude)).numpy()
-    return np.where(largest, kernel, quantized).astype(kernel.dtype)
+    top = quantizer.channel_max(magnitude).numpy()
+    # the top level L·Δ can round one ulp above max|W|: clipped back to max|W|, it still has
+    # code L, and the channel's maximum — so its scale — stays what it was
+    return np.where(magnitude.numpy() == top, kernel, np.clip(quantized, -top, top)).astype(kernel.dtype)
 
 
 def grid_valued_kernels(model) -> list[str]:
