@@ -51,8 +51,7 @@ def markdown(data: dict) -> str:
         aa = row["autoattack"]
         low, high = aa["robust_interval95"]
         mark = " **(chosen)**" if name == data["chosen"] else ""
-        pair = data["paired"].get(name, {}).get("robust")
-        delta = "—" if pair is None else paired_cell(pair)
+        delta = paired_cell(data["paired"].get(name, {}).get("robust"))
         lines.append(f"| {name}{mark} | {row.get('recipe', '—')} | {row.get('train_seconds') or '—'} "
                      f"| {100 * row['clean_accuracy']:.2f} | {100 * aa['robust_accuracy']:.2f} "
                      f"({100 * low:.1f}–{100 * high:.1f}) | {delta} |")

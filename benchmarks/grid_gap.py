@@ -73,17 +73,13 @@ def markdown(data: dict) -> str:
              "| robust Δ vs Adv. (paired, 95% CI; only copy vs only Adv.; McNemar p) "
              "| clean Δ vs Adv. (paired) |",
              "|---|---|---|---|---|---|"]
-
-    def delta(pair: dict | None) -> str:
-        return "—" if pair is None else paired_cell(pair)
-
     for name, row in data["models"].items():
         aa = row["autoattack"]
         low, high = aa["robust_interval95"]
         pair = data["paired"].get(name, {})
         lines.append(f"| {name} | {row.get('train_seconds') or '—'} | {100 * row['clean_accuracy']:.2f} "
                      f"| {100 * aa['robust_accuracy']:.2f} ({100 * low:.1f}–{100 * high:.1f}) "
-                     f"| {delta(pair.get('robust'))} | {delta(pair.get('clean'))} |")
+                     f"| {paired_cell(pair.get('robust'))} | {paired_cell(pair.get('clean'))} |")
     lines += ["", "A difference whose interval holds 0 (p ≥ 0.05) is inside the noise. Training times are each "
               "training's own record; another job may have shared the 2 cores."]
     return "\n".join(lines) + "\n"

@@ -78,9 +78,11 @@ def paired_with(rows: dict, chosen: str | None) -> dict:
     return out
 
 
-def paired_cell(pair: dict) -> str:
+def paired_cell(pair: dict | None) -> str:
     """A paired difference (``kq.paired`` ``to_dict``) in points: the difference, its 95%
-    interval, the inputs only each side gets right, McNemar's p."""
+    interval, the inputs only each side gets right, McNemar's p; "—" for none."""
+    if pair is None:
+        return "—"
     low, high = pair["interval95"]
     return (f"{100 * pair['difference']:+.2f} ({100 * low:+.2f} to {100 * high:+.2f}; "
             f"{pair['only_a']} vs {pair['only_b']}, p = {pair['p_value']:.3g})")
@@ -93,6 +95,12 @@ def choose(rows: dict, floor: float = CLEAN_FLOOR, skip: tuple = (), max_paramet
     eligible = {k: r for k, r in rows.items() if k not in skip and r["clean_accuracy"] >= floor
                 and (max_parameters is None or r["parameters"] <= max_parameters)}
     return max(eligible, key=lambda k: eligible[k]["autoattack"]["robust_accuracy"], default=None)
+
+
+def in_use(data: dict) -> str | None:
+    """The candidate the defenses use: the chosen one, else (none within the size bound) the
+    best above the clean floor of any size."""
+    return data["chosen"] or choose(data["candidates"])
 
 
 def markdown(data: dict) -> str:
@@ -115,14 +123,14 @@ def markdown(data: dict) -> str:
         lines.append(f"| {name}{mark} | {row['recipe']} | {row['parameters']:,} | {seconds} "
                      f"| {100 * row['clean_accuracy']:.2f} "
                      f"| {100 * aa['robust_accuracy']:.2f} ({100 * low:.1f}–{100 * high:.1f}) |")
-    in_use = data.get("in_use", data["chosen"])
+    used = in_use(data)
     lines += ["", f"Chosen: {data['chosen']}." if data["chosen"] else
               "Chosen: none above the clean floor within the size bound; in use until one qualifies: "
-              f"{in_use or 'none'} (the best above the clean floor of any size, retrained on each machine)."]
+              f"{used or 'none'} (the best above the clean floor of any size, retrained on each machine)."]
     if data.get("paired"):
-        lines += ["", f"Paired against {in_use} on the same inputs: the candidate's accuracy minus "
-                  f"{in_use}'s in points, the 95% interval of Newcombe's method 10, the inputs only the "
-                  f"candidate vs only {in_use} gets right, McNemar's exact p (p ≥ 0.05 is inside the noise):",
+        lines += ["", f"Paired against {used} on the same inputs: the candidate's accuracy minus "
+                  f"{used}'s in points, the 95% interval of Newcombe's method 10, the inputs only the "
+                  f"candidate vs only {used} gets right, McNemar's exact p (p ≥ 0.05 is inside the noise):",
                   "",
                   "| candidate | clean Δ (val) | AutoAttack Δ (val) |", "|---|---|---|"]
         for name, pair in data["paired"].items():
@@ -207,11 +215,11 @@ def main(argv=None) -> None:
         log(f"{name}: clean {row['clean_accuracy']:.2%}, AutoAttack {row['autoattack']['robust_accuracy']:.2%}")
     command = command_line("recipes", args, names, RECIPE_CANDIDATES, "standard")
     chosen = choose(rows, max_parameters=MAX_PARAMETERS)
-    in_use = chosen or choose(rows)
+    used = in_use({"chosen": chosen, "candidates": rows})
     data = {"command": command, "machine": machine(), "eps": EPS, "images": args.images,
             "validation_images": int(len(x)), "version": args.version, "seed": args.seed,
             "clean_floor": CLEAN_FLOOR, "max_parameters": MAX_PARAMETERS, "candidates": rows, "chosen": chosen,
-            "in_use": in_use, "paired": paired_with(rows, in_use)}
+            "in_use": used, "paired": paired_with(rows, used)}
     publish("recipes", False, data, markdown(data))
 
 

@@ -155,7 +155,7 @@ def test_the_defense_model_is_the_recipe_chosen_on_validation():
 
     data = json.loads((_common.RESULTS / "recipes.json").read_text())
     # none within the size bound: the best above the clean floor of any size stays in use
-    in_use = data.get("in_use") or data["chosen"] or recipes.choose(data["candidates"])
+    in_use = recipes.in_use(data)
     assert in_use == _models.DEFENSE_CHOICE
     assert data["candidates"][in_use]["recipe"] == _models.DEFENSE_DESCRIPTION
 
