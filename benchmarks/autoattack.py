@@ -85,6 +85,7 @@ def art_classifier(model):
 
 #: the float models, whose attacks also search in bfloat16
 BFLOAT16_MODELS = ("natural", "Adv.")
+#: Square alone, as ART runs it: the iterations + 2 queries, the schedule rescaled to the budget
 _SQUARE_ALONE = {"queries": SQUARE_ITERATIONS + 2, "p_init": SQUARE_P_INIT, "rescale_schedule": True}
 
 
@@ -102,8 +103,7 @@ def ours(attack: str, model, x, y, seed: int) -> np.ndarray:
     if attack in ("apgd-ce", "apgd-dlr"):
         return a.apgd(model, x, y, eps=EPS, loss=attack.split("-")[1], steps=ITERATIONS, restarts=1, seed=seed,
                       batch_size=500, verbose=0)
-    return a.square(model, x, y, eps=EPS, queries=SQUARE_ITERATIONS + 2, p_init=SQUARE_P_INIT, rescale_schedule=True,
-                    seed=seed, batch_size=500, verbose=0)
+    return a.square(model, x, y, eps=EPS, **_SQUARE_ALONE, seed=seed, batch_size=500, verbose=0)
 
 
 def art(attack: str, model, x, y, seed: int) -> np.ndarray:
