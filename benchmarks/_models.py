@@ -260,9 +260,10 @@ DEMO_RECIPE = dict(ROBUST_RECIPE, epochs=15, adversarial={**_TRADES, "beta": 3.0
 # The defenses' Adv. model: the candidate benchmarks/results/recipes.md has in use (the highest
 # validation AutoAttack accuracy among those with validation clean accuracy ≥ 87% and at most
 # 250,000 parameters; while none of that size qualifies, the best above the clean floor of any
-# size, retrained on each machine). Its quantized copies are fine-tuned with the same
+# size, retrained on each machine). The chosen one is committed in benchmarks/checkpoints/, so
+# every machine attacks the same weights. Its quantized copies are fine-tuned with the same
 # objective, on the same fit split.
-DEFENSE_CHOICE = "trades3-ema"
+DEFENSE_CHOICE = "trades2-ema-sq16-bf16"
 DEFENSE_RECIPE = RECIPE_CANDIDATES[DEFENSE_CHOICE]
 DEFENSE_FINE_TUNE = DEFENSE_RECIPE["adversarial"]
 DEFENSE_DESCRIPTION = describe_recipe(DEFENSE_RECIPE)

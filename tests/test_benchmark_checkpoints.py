@@ -142,9 +142,10 @@ def test_finished_results_are_kept_across_runs(tmp_path):
 def test_recipe_descriptions_say_what_is_trained():
     assert _models.ROBUST_DESCRIPTION == "PGD-AT (ε = 0.1, 7 steps), cnn_small without dropout, 30 epochs, LR drop"
     assert _models.DEFENSE_DESCRIPTION == (
-        "TRADES (β = 3, ε = 0.1, 7 steps), cnn_small of width 2 without dropout, 30 epochs, LR drop, weight "
-        "averaging (EMA 0.999) on the fit split (validation held out)")
-    assert _models.describe_objective(_models.DEFENSE_FINE_TUNE) == "TRADES (β = 3, ε = 0.1, 7 steps)"
+        "TRADES (β = 2, ε = 0.1, 7 steps), cnn_small of width 2 without dropout, a 1x1 squeeze to 16 channels "
+        "before fc1, 30 epochs, LR drop, weight averaging (EMA 0.999), trained in bfloat16 arithmetic (mixed "
+        "precision) on the fit split (validation held out)")
+    assert _models.describe_objective(_models.DEFENSE_FINE_TUNE) == "TRADES (β = 2, ε = 0.1, 7 steps)"
     assert _models.describe_objective(_models.FINE_TUNE, 0.5) == "PGD-AT (ε = 0.1, 7 steps, clean-loss weight 0.5)"
 
 
@@ -154,7 +155,6 @@ def test_the_defense_model_is_the_recipe_chosen_on_validation():
     import recipes
 
     data = json.loads((_common.RESULTS / "recipes.json").read_text())
-    # none within the size bound: the best above the clean floor of any size stays in use
     in_use = recipes.in_use(data)
     assert in_use == _models.DEFENSE_CHOICE
     assert data["candidates"][in_use]["recipe"] == _models.DEFENSE_DESCRIPTION
