@@ -82,6 +82,43 @@ def test_a_changed_checkpoint_is_refused_and_retrain_ignores_checkpoints(store, 
         _common.load_cached(_common.CACHE / "m.keras")
 
 
+def test_repack_deflates_a_stored_checkpoint_and_keeps_its_weights_and_record(store):
+    import zipfile
+
+    model = tiny_model()
+    _common.save_cached(model, _common.CACHE / "m.keras", {"train_seconds": 4.0})
+    checkpoint.add("m")
+    target, provenance_file = _common.CHECKPOINTS / "m.keras", _common.CHECKPOINTS / "m.json"
+    with zipfile.ZipFile(target) as deflated:  # as committed before add deflated: members stored
+        members = [(info.filename, deflated.read(info.filename)) for info in deflated.infolist()]
+    with zipfile.ZipFile(target, "w", zipfile.ZIP_STORED) as stored:
+        for name, data in members:
+            stored.writestr(name, data)
+    provenance = json.loads(provenance_file.read_text())
+    provenance.update(sha256=bench.file_sha256(target), bytes=target.stat().st_size)
+    provenance_file.write_text(json.dumps(provenance))
+
+    checkpoint.repack("m.keras")
+    repacked = json.loads(provenance_file.read_text())
+    assert repacked["sha256"] == bench.file_sha256(target) != provenance["sha256"]
+    assert repacked["bytes"] == target.stat().st_size < provenance["bytes"]
+    assert {k: v for k, v in repacked.items() if k not in ("sha256", "bytes")} == \
+        {k: v for k, v in provenance.items() if k not in ("sha256", "bytes")}
+    with zipfile.ZipFile(target) as stored:
+        assert {info.compress_type for info in stored.infolist()} == {zipfile.ZIP_DEFLATED}
+        assert [(info.filename, stored.read(info.filename)) for info in stored.infolist()] == members
+    (_common.CACHE / "m.keras").unlink()
+    for a, b in zip(model.get_weights(), _common.load_cached(_common.CACHE / "m.keras")[0].get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+    with open(target, "ab") as f:  # a changed file is not repacked over
+        f.write(b"x")
+    with pytest.raises(SystemExit, match="does not match the SHA-256"):
+        checkpoint.repack("m.keras")
+    with pytest.raises(SystemExit, match="does not exist"):
+        checkpoint.repack("absent.keras")
+
+
 def test_add_refuses_a_model_without_record_or_an_existing_checkpoint(store):
     with pytest.raises(SystemExit, match="does not exist"):
         checkpoint.add("m")
