@@ -1,9 +1,9 @@
 """AutoAttack in TensorFlow: our attacks against ART 1.20's, and full AutoAttack runs.
 
 Models: a naturally trained cnn_small (8 epochs, cached), and the robust models of the
-defenses benchmark (trained on first use into benchmarks/.cache) — the float Adv. model and its w4a4 copy fine-tuned by
-PGD-AT through its fake quantizers ("AT-ft w4a4"). Data: the first ``--images`` Fashion-MNIST
-test images; L∞, ε = 0.1.
+defenses benchmark (committed in benchmarks/checkpoints/) — the float Adv. model and its w4a4
+copy fine-tuned with the Adv. model's objective through its fake quantizers ("AT-ft w4a4").
+Data: the first ``--images`` Fashion-MNIST test images; L∞, ε = 0.1.
 
 1. Each attack alone, ours and ART's with the same budget, on every input (robust accuracy
    counts the clean mistakes as broken): APGD-CE and APGD-DLR (100 iterations, 1 restart,

@@ -10,10 +10,10 @@ deflate well. ``_models``/``keras_qrobust.bench.load_cached`` then loads the
 checkpoint when the cache misses (checking the SHA-256), and the results name it. Set
 ``KQ_RETRAIN=1`` to ignore the checkpoints and train everything again.
 
-The checked-out tree stays under 5 MB (issue 22): committed are the demo's model (0.84 MB) and
-the defenses' Adv. model (the squeezed width-2 cnn_small recipes.md chose, 0.68 MB). The other
-recipe candidates (the unsqueezed width-2 models take 3.6 MB each) are trained on first use
-into benchmarks/.cache.
+The checked-out tree stays under 5 MB (issue 22): committed are the demo's model (0.84 MB),
+the defenses' Adv. model (the squeezed width-2 cnn_small recipes.md chose, 0.68 MB) and its
+AT-ft w4a4 copy (0.24 MB). The other models (the unsqueezed width-2 recipe candidates take
+3.6 MB each; the other fine-tuned copies) are trained on first use into benchmarks/.cache.
 
     .venv/bin/python benchmarks/checkpoint.py add STEM [STEM ...]   # STEM: a model in benchmarks/.cache
     .venv/bin/python benchmarks/checkpoint.py list                  # the checkpoints, each verified
