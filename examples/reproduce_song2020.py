@@ -1,9 +1,10 @@
 """Reproduce Song et al. 2020 ("Robust weight-quantized networks") on Fashion-MNIST.
 
-Tables 1-4 structure — rows Orig. / Adv. (PGD-AT) / F.L. (feedback learning), each also
-(Q) = 3-bit weight-only, +mu (μ-law mapping of the last layer, eq. 3) and (Q)+mu; columns
-clean, CW-L2, FGSM weak/strong, PGD, BIM, MIM white-box, the same attacks black-box
-(transferred from an independently trained surrogate), Gaussian and uniform noise — computed
+Tables 1-4 structure — rows Orig. / Adv. (adversarial training, the recipe chosen on the
+validation split) / F.L. (feedback learning), each also (Q) = 3-bit weight-only, +mu (μ-law
+mapping of the last layer, eq. 3) and (Q)+mu; columns clean, CW-L2, FGSM weak/strong, PGD, BIM,
+MIM white-box, the same attacks black-box (transferred from an independently trained
+surrogate), Gaussian and uniform noise, and AutoAttack, the robust accuracy claims use — computed
 by ``benchmarks/defenses.py`` (which this script runs, so it also writes
 ``benchmarks/results/defenses.{json,md}``), with the gradient-masking check of every +mu row
 (SPSA, Square, transfer, BPDA). Then Fig. 3: the Lipschitz constant of the quantization
