@@ -171,11 +171,20 @@ def autoattack_floor(aa: dict, images: int, costs: dict) -> float:
 
 
 def score(model, x_adv, x, y) -> dict:
-    distance = np.abs(x_adv - x).reshape(len(x), -1).max(axis=1)
-    inside = (distance <= EPS * (1 + 1e-5) + 1e-6) & (x_adv.reshape(len(x), -1).min(1) >= -1e-6) & (
-        x_adv.reshape(len(x), -1).max(1) <= 1 + 1e-6)
-    robust = (kq.metrics.predict_labels(model, x_adv) == y) | ~inside
-    return {"robust_accuracy": float(robust.mean()), "outside_ball": int((~inside).sum())}
+    """Robust accuracy of the points ``x_adv`` an attack returned: an input is robust if the
+    model classifies it correctly and the point is no adversarial example (correctly classified,
+    or outside the ε-ball or the box). A non-finite point is outside: ART's DLR loss divides by
+    z_π1 − z_π3, which is 0 where a fake-quantized model's logits tie on its output grid, and a
+    NaN in a batch's mean loss turns the whole batch's gradient, and points, into NaN."""
+    flat = x_adv.reshape(len(x), -1)
+    finite = np.isfinite(flat).all(axis=1)
+    points = np.where(finite[:, None], flat, x.reshape(len(x), -1))
+    inside = finite & (np.abs(points - x.reshape(len(x), -1)).max(axis=1) <= EPS * (1 + 1e-5) + 1e-6) & (
+        points.min(1) >= -1e-6) & (points.max(1) <= 1 + 1e-6)
+    clean_correct = kq.metrics.predict_labels(model, x) == y
+    robust = clean_correct & ((kq.metrics.predict_labels(model, points.reshape(x.shape)) == y) | ~inside)
+    return {"robust_accuracy": float(robust.mean()), "outside_ball": int((~inside).sum()),
+            "non_finite": int((~finite).sum())}
 
 
 def cell(finished, key_parts, compute):
@@ -303,6 +312,14 @@ def markdown(data: dict) -> str:
                          f"{a['seconds']:.1f} | {a['seconds'] / o['seconds']:.1f}× | {bf16} |")
     lines += ["", "ours bf16: searched on the bfloat16 twin, every point judged by the float32 model "
               "(`search_precision=\"bfloat16\"`); — for the fake-quantized model, which has no bfloat16 twin."]
+    invalid = [f"{impl} {attack} on {row['model']}: {entry['outside_ball']} of {row['images']} points not valid "
+               f"({entry.get('non_finite', 0)} non-finite), counted as not broken"
+               for row in data["models"] for attack, pair in row["attacks"].items() for impl, entry in pair.items()
+               if entry["outside_ball"]]
+    if invalid:
+        lines += ["", "Points outside the ε-ball or the box, or not finite (never counted as broken; ART's DLR loss "
+                  "has no guard against z_π1 = z_π3, a tie that the fake-quantized model's 8-bit logits produce):",
+                  "", *(f"- {line}" for line in invalid)]
     lines += ["", "## Standard AutoAttack (ours)", "",
               "APGD-CE (100 steps), APGD-T (9 targets × 100 steps), FAB-T (9 targets × 100 steps), Square "
               "(5,000 iterations, p_init 0.8), each on the inputs still robust.", "",
