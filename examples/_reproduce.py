@@ -145,6 +145,26 @@ def pct(value: float) -> str:
     return f"{100 * value:.2f}"
 
 
+def autoattack_column(models: dict, x, y, eps: float, quick: bool, seed: int) -> dict:
+    """Standard AutoAttack (``fast`` when ``quick``) at ``eps`` on every model: ``{name: {"accuracy",
+    "interval95", "n", "version"}}``, the robust accuracy a claim rests on."""
+    version = "fast" if quick else "standard"
+    report = kq.evaluate(models, (x, y), attacks=["autoattack"], eps=[eps], seed=seed,
+                         options={"autoattack": {"version": version}}, verbose=0)
+    out = {}
+    for name in models:
+        accuracy = report.accuracy[name]["autoattack"][0]
+        low, high = kq.metrics.wilson_interval(round(accuracy * len(y)), len(y))
+        out[name] = {"accuracy": accuracy, "interval95": [low, high], "n": int(len(y)), "version": version}
+    return out
+
+
+def with_interval(cell: dict) -> str:
+    """``74.10 (71.3–76.7)``: an accuracy with its 95% interval, in percent."""
+    low, high = cell["interval95"]
+    return f"{pct(cell['accuracy'])} ({100 * low:.1f}–{100 * high:.1f})"
+
+
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence]) -> list[str]:
     """A Markdown table as lines."""
     return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + [
