@@ -40,6 +40,7 @@ within 1.5 points of the Adv. model.
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import tempfile
 import time
@@ -91,20 +92,63 @@ class ChunkRecords:
         write_text(self.folder / f"{key[:24]}.json", text)
 
 
+# A chunk record is committed (40 of them under the repository's 5 MB cap), so its per-input
+# arrays are stored compactly: flags as base64 bit strings, labels as digit strings, the inputs
+# each attack broke as index lists.
+def pack_flags(flags) -> str:
+    return base64.b64encode(np.packbits(np.asarray(flags, bool)).tobytes()).decode("ascii")
+
+
+def unpack_flags(text: str, count: int) -> np.ndarray:
+    return np.unpackbits(np.frombuffer(base64.b64decode(text), np.uint8))[:count].astype(bool)
+
+
+def pack_labels(labels) -> str:
+    labels = np.asarray(labels)
+    if labels.size and not 0 <= labels.min() <= labels.max() <= 9:
+        raise ValueError("a chunk record stores labels as digits: 10 classes at most")
+    return "".join(str(int(v)) for v in labels)
+
+
+def unpack_labels(text: str) -> np.ndarray:
+    return np.array([int(c) for c in text], np.int64)
+
+
+def pack_broken_by(broken_by, clean_correct) -> dict:
+    """``{what broke it: [indices]}`` for the inputs neither robust nor clean mistakes."""
+    out: dict = {}
+    for i, label in enumerate(broken_by):
+        if label not in ("", "clean"):
+            out.setdefault(str(label), []).append(i)
+    return out
+
+
+def unpack_broken_by(record: dict, count: int) -> np.ndarray:
+    broken_by = np.where(unpack_flags(record["clean_correct"], count), "", "clean").astype(object)
+    for label, indices in record["broken_by"].items():
+        broken_by[indices] = label
+    return broken_by
+
+
 def file_labels(twin, artifact, points: np.ndarray) -> dict:
-    """The twin's and the file's labels at ``points`` and their largest score difference."""
+    """The twin's and the file's labels at ``points``, and the largest score difference between
+    them, over all points and over the points where the labels differ."""
     twin_scores = twin.predict(points, batch_size=500, verbose=0)
     file_scores = artifact.predict(points)
-    return {"twin_labels": twin_scores.argmax(axis=1).tolist(), "file_labels": file_scores.argmax(axis=1).tolist(),
-            "score_difference": [float(f"{d:.6g}") for d in np.abs(twin_scores - file_scores).max(axis=1)]}
+    twin_labels, labels = twin_scores.argmax(axis=1), file_scores.argmax(axis=1)
+    difference = np.abs(twin_scores - file_scores).max(axis=1)
+    differs = twin_labels != labels
+    return {"twin_labels": pack_labels(twin_labels), "file_labels": pack_labels(labels),
+            "largest_score_difference": float(difference.max()),
+            "largest_where_disagreeing": float(difference[differs].max()) if differs.any() else 0.0}
 
 
 def chunked_autoattack(name: str, model, x, y, chunk: int, seed: int, records, deployed=None) -> dict:
     """Standard AutoAttack on ``(x, y)`` chunk by chunk (each chunk a record in ``records``;
     ``None``: nothing kept). ``deployed``: ``(artifact, sha256 of its file)``, whose labels at
     each chunk's AutoAttack points are recorded too. Returns per-input arrays (``robust``,
-    ``clean_correct``, ``broken_by`` and with ``deployed`` ``twin_labels``, ``file_labels``,
-    ``score_difference`` at the points) and the summed seconds."""
+    ``clean_correct``, ``broken_by`` and with ``deployed`` ``twin_labels``, ``file_labels`` at the
+    points and the largest score differences) and the summed seconds."""
     parts = []
     for start in range(0, len(x), chunk):
         stop = min(start + chunk, len(x))
@@ -117,8 +161,9 @@ def chunked_autoattack(name: str, model, x, y, chunk: int, seed: int, records, d
             result = kq.attacks.autoattack(model, x[start:stop], y[start:stop], eps=EPS, version="standard",
                                            seed=seed, verbose=0)
             part = {"model": name, "images": [start, stop], "code": CODE_VERSION,
-                    "robust": result.robust.tolist(), "clean_correct": result.clean_correct.tolist(),
-                    "broken_by": [str(b) for b in result.broken_by], "seconds": result.seconds,
+                    "robust": pack_flags(result.robust), "clean_correct": pack_flags(result.clean_correct),
+                    "broken_by": pack_broken_by(result.broken_by, result.clean_correct),
+                    "seconds": {k: round(v, 1) for k, v in result.seconds.items()},
                     "findings": list(result.findings), "settings": result.settings, "deployed": {}}
             points = result.x_adv.astype(np.float32)
             if records is not None:
@@ -131,19 +176,24 @@ def chunked_autoattack(name: str, model, x, y, chunk: int, seed: int, records, d
             part["deployed"] = {**part.get("deployed", {}), deployed[1]: file_labels(model, deployed[0], points)}
         if records is not None and (points is not None or needs_file):
             records.put(key, part)
-        parts.append(part)
-        done = np.concatenate([p["robust"] for p in parts])
+        parts.append((stop - start, part))
+        done = np.concatenate([unpack_flags(p["robust"], n) for n, p in parts])
         log(f"{name}: images {start}–{stop - 1} done, robust so far {done.mean():.2%} of {len(done)}")
     seconds: dict = {}
-    for part in parts:
+    for _, part in parts:
         for attack, value in part["seconds"].items():
             seconds[attack] = seconds.get(attack, 0.0) + value
-    out = {key: np.concatenate([p[key] for p in parts]) for key in ("robust", "clean_correct", "broken_by")}
+    out = {"robust": np.concatenate([unpack_flags(p["robust"], n) for n, p in parts]),
+           "clean_correct": np.concatenate([unpack_flags(p["clean_correct"], n) for n, p in parts]),
+           "broken_by": np.concatenate([unpack_broken_by(p, n) for n, p in parts])}
     if deployed is not None:
-        for key in ("twin_labels", "file_labels", "score_difference"):
-            out[key] = np.concatenate([p["deployed"][deployed[1]][key] for p in parts])
-    findings = sorted({f for p in parts for f in p["findings"]})
-    return {**out, "seconds": seconds, "findings": findings, "settings": parts[0]["settings"]}
+        files = [p["deployed"][deployed[1]] for _, p in parts]
+        for key in ("twin_labels", "file_labels"):
+            out[key] = np.concatenate([unpack_labels(f[key]) for f in files])
+        for key in ("largest_score_difference", "largest_where_disagreeing"):
+            out[key] = max(f[key] for f in files)
+    findings = sorted({f for _, p in parts for f in p["findings"]})
+    return {**out, "seconds": seconds, "findings": findings, "settings": parts[0][1]["settings"]}
 
 
 def summary(robust: np.ndarray, clean_correct: np.ndarray, broken_by=None, seconds=None) -> dict:
@@ -165,7 +215,6 @@ def deployed_rows(twin, artifact, x, y, attacked: dict, args) -> dict:
     twin_clean = kq.metrics.predict_labels(twin, x)
     file_clean = kq.metrics.predict_labels(artifact, x)
     twin_labels, adv_labels = attacked["twin_labels"], attacked["file_labels"]
-    score_difference = attacked["score_difference"]
     survived_points = adv_labels == y
     start = time.perf_counter()
     n_square = min(args.square_images, len(x))
@@ -183,8 +232,8 @@ def deployed_rows(twin, artifact, x, y, attacked: dict, args) -> dict:
         "clean_accuracy": float(np.mean(file_clean == y)),
         "autoattack_points_agreement": float(np.mean(~differs)),
         "autoattack_points_disagreeing": int(differs.sum()),
-        "largest_score_difference": float(score_difference.max()),
-        "largest_score_difference_where_disagreeing": float(score_difference[differs].max()) if differs.any() else 0.0,
+        "largest_score_difference": attacked["largest_score_difference"],
+        "largest_score_difference_where_disagreeing": attacked["largest_where_disagreeing"],
         "output_step": step,
         "accuracy_on_autoattack_points": float(survived_points.mean()),
         "square_on_file": {**summary(square.robust, square.clean_correct), "queries": args.square_queries,
