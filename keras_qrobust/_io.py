@@ -64,5 +64,18 @@ def write_text(path: str | os.PathLike, text: str, overwrite: bool = True) -> Pa
     return Path(path)
 
 
+def dumps_json(data, indent: int = 2, _level: int = 0) -> str:
+    """``data`` as JSON indented like ``json.dumps(data, indent=2)``, except that a list of
+    numbers, strings, booleans or nulls stays on one line: results hold long curves and
+    per-input flags, which one value per line makes several times larger and no easier to read."""
+    pad, inner = " " * (indent * _level), " " * (indent * (_level + 1))
+    if isinstance(data, dict) and data:
+        items = [f"{inner}{json.dumps(str(k))}: {dumps_json(v, indent, _level + 1)}" for k, v in data.items()]
+        return "{\n" + ",\n".join(items) + "\n" + pad + "}"
+    if isinstance(data, (list, tuple)) and data and any(isinstance(v, (dict, list, tuple)) for v in data):
+        return "[\n" + ",\n".join(inner + dumps_json(v, indent, _level + 1) for v in data) + "\n" + pad + "]"
+    return json.dumps(data)
+
+
 def write_json(path: str | os.PathLike, data, overwrite: bool = True) -> Path:
-    return write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n", overwrite)
+    return write_text(path, dumps_json(data) + "\n", overwrite)

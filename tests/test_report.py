@@ -45,6 +45,23 @@ def test_json_follows_the_versioned_schema(report):
         validate({k: v for k, v in data.items() if k != "eps"})
 
 
+@pytest.mark.parametrize("data", [
+    {"eps": [0.0, 0.05], "accuracy": {"m": {"fgsm": [0.9, 0.5]}}, "rows": [{"a": [1, "x", None, True]}, []],
+     "empty": {}, "text": "ε ≥ 0"},
+    [[1, 2], {"k": []}],
+    [0.1, 0.2],
+])
+def test_results_json_keeps_every_value_and_lists_of_scalars_on_one_line(data):
+    from keras_qrobust._io import dumps_json
+
+    text = dumps_json(data)
+    assert json.loads(text) == data
+    lines = text.splitlines()
+    # a list of scalars is one line; the structure around it is indented as json.dumps(indent=2)
+    assert not any(line.strip() in ("0.05", "0.5", '"x",', "0.2") for line in lines)
+    assert len(lines) < len(json.dumps(data, indent=2).splitlines())
+
+
 def test_html_is_self_contained_and_holds_every_plot(report, tmp_path):
     paths = report.save(tmp_path)
     page = paths["html"].read_text()

@@ -9,7 +9,7 @@ from typing import Optional
 
 import numpy as np
 
-from .._io import atomic_path, write_text
+from .._io import atomic_path, dumps_json, write_text
 from ..version import __version__
 from .figures import figures
 from .html import to_html
@@ -93,7 +93,7 @@ class RobustnessReport:
     def to_json(self) -> str:
         data = self.to_dict()
         validate(data)
-        return json.dumps(data, indent=2) + "\n"
+        return dumps_json(data) + "\n"
 
     def to_markdown(self) -> str:
         return lead_markdown(self) + "\n" + body_markdown(self)
