@@ -213,7 +213,7 @@ def autoattack_section(data) -> list[str]:
     pct = lambda v: f"{100 * v:.1f}"  # noqa: E731
     lines = [f"## AutoAttack ({data['aa_version']}), the first {data['aa_images']} test images", "",
              "Each attack runs on the inputs still robust; robust accuracy with its 95% Wilson interval. "
-             f"PGD-20 (a smoke test) is on the first {data['images']} images, a superset.", "",
+             f"PGD-20 (a smoke test) is on the first {data['images']} images.", "",
              "| model | clean % | AutoAttack % (95% CI) | PGD-20 % | broken by | seconds | findings |",
              "|---|---|---|---|---|---|---|"]
     for name, row in data["rows"].items():
