@@ -50,7 +50,7 @@ import keras_qrobust as kq
 from _common import machine, publish
 from _models import (AKIDA_FINE_TUNE_EPOCHS, akida_calibration, akida_fine_tuned, defense_fine_tuned,
                      defense_model)
-from keras_qrobust.bench import log, run_description, targets_table
+from keras_qrobust.bench import log, run_description, targets_table, with_interval
 
 EPS = 0.1
 TARGET_CLEAN_GAP, TARGET_ROBUST_GAP = 0.01, 0.02
@@ -194,8 +194,7 @@ def checks(keras_row: dict, files: dict) -> list[dict]:
 
 
 def pct(row: dict) -> str:
-    low, high = row["interval95"]
-    return f"{100 * row['accuracy']:.2f} ({100 * low:.1f}–{100 * high:.1f})"
+    return with_interval(row["accuracy"], row["interval95"])
 
 
 def _twin_cell(row: dict) -> str:

@@ -22,7 +22,7 @@ import keras_qrobust as kq
 from _common import machine, publish
 from _models import (AKIDA_FINE_TUNE_LR, akida_calibration, akida_fine_tuned, defense_fine_tuned,
                      defense_model)
-from keras_qrobust.bench import log
+from keras_qrobust.bench import log, with_interval
 
 EPS = 0.1
 CLEAN_GAP = 0.01
@@ -42,8 +42,7 @@ def choose(rows: dict, keras_clean: float) -> str | None:
 
 def pct(row: dict) -> str:
     aa = row["autoattack"]
-    low, high = aa["robust_interval95"]
-    return f"{100 * aa['robust_accuracy']:.2f} ({100 * low:.1f}–{100 * high:.1f})"
+    return with_interval(aa["robust_accuracy"], aa["robust_interval95"])
 
 
 def markdown(data: dict) -> str:

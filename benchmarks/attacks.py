@@ -28,7 +28,7 @@ import numpy as np
 import keras_qrobust as kq
 from _common import CW_L2_BUDGET, STRONG_SPSA, STRONG_SQUARE, machine, publish, within_l2_budget
 from _models import trained_model
-from keras_qrobust.bench import log, targets_table, timed
+from keras_qrobust.bench import log, targets_table, timed, with_interval
 
 EPS = 0.1
 TARGET_SPEEDUP = 20.0
@@ -190,8 +190,7 @@ def _with_interval(row: dict) -> str:
     """An accuracy in percent, with its 95% interval where the row has one."""
     if "interval95" not in row:
         return f"{100 * row['accuracy']:.2f}"
-    low, high = row["interval95"]
-    return f"{100 * row['accuracy']:.2f} ({100 * low:.1f}–{100 * high:.1f})"
+    return with_interval(row["accuracy"], row["interval95"])
 
 
 def markdown(data) -> str:

@@ -44,7 +44,7 @@ import keras_qrobust as kq
 from _common import CW_L2_BUDGET, STRONG_SPSA, STRONG_SQUARE, finished_results, machine, publish, source_digest, \
     within_l2_budget
 from _models import ROBUST_EPS, ROBUST_RECIPE, defense_fine_tuned, defense_model, fine_tuned_copy, trained_model
-from keras_qrobust.bench import fingerprint, log, targets_table, timed
+from keras_qrobust.bench import fingerprint, log, targets_table, timed, with_interval
 
 EPS = ROBUST_EPS
 TARGET_CLEAN, TARGET_PGD, TARGET_QUANT_GAP = 0.87, 0.75, 0.03
@@ -218,10 +218,10 @@ def autoattack_section(data) -> list[str]:
              "|---|---|---|---|---|---|---|"]
     for name, row in data["rows"].items():
         detail = row["AutoAttack detail"]
-        low, high = detail["robust_interval95"]
         broken = ", ".join(f"{attack} {count}" for attack, count in detail["broken_by"].items())
         seconds = sum(detail["seconds"].values())
-        lines.append(f"| {name} | {pct(row['AutoAttack clean'])} | {pct(row['AutoAttack'])} ({pct(low)}–{pct(high)}) "
+        lines.append(f"| {name} | {pct(row['AutoAttack clean'])} | "
+                     f"{with_interval(row['AutoAttack'], detail['robust_interval95'], digits=1)} "
                      f"| {pct(row['PGD-20'])} | {broken} | {seconds:.0f} | {'; '.join(detail['findings']) or '—'} |")
     return [*lines, ""]
 

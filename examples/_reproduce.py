@@ -17,6 +17,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 import keras_qrobust as kq
+import keras_qrobust.bench as kb
 from keras_qrobust.bench import log, write_json, write_text
 
 ROOT = Path(__file__).resolve().parents[1]  # the repository
@@ -160,9 +161,8 @@ def autoattack_column(models: dict, x, y, eps: float, quick: bool, seed: int) ->
 
 
 def with_interval(cell: dict) -> str:
-    """``74.10 (71.3–76.7)``: an accuracy with its 95% interval, in percent."""
-    low, high = cell["interval95"]
-    return f"{pct(cell['accuracy'])} ({100 * low:.1f}–{100 * high:.1f})"
+    """``74.10 (71.3–76.7)``: an :func:`autoattack_column` cell, in percent."""
+    return kb.with_interval(cell["accuracy"], cell["interval95"])
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence]) -> list[str]:

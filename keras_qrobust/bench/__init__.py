@@ -9,7 +9,7 @@ must not carry) from the caller.
   :func:`code_version` (the git commit), :func:`timed`, :func:`log`;
 - :mod:`~keras_qrobust.bench.results`: :func:`publish` / :func:`write_results`
   (``NAME.json`` and ``NAME.md`` without the machine's paths), :func:`targets_table`,
-  :func:`run_description`;
+  :func:`run_description`, :func:`with_interval`;
 - :mod:`~keras_qrobust.bench.records`: :func:`fingerprint` and :func:`source_digest`, the keys
   of :class:`FinishedResults` (kept results an interrupted run resumes from), and
   :func:`resumable` (an interrupted fit resumes from its last epoch);
@@ -29,12 +29,14 @@ from .._io import atomic_path, write_json, write_text
 from .machine import code_version, cpu, log, machine, timed
 from .model_cache import file_sha256, load_cached, save_cached
 from .records import FinishedResults, files_digest, fingerprint, resumable, source_digest
-from .results import VERDICT, publish, run_description, targets_table, without_machine_paths, write_results
+from .results import VERDICT, publish, run_description, targets_table, with_interval, without_machine_paths, \
+    write_results
 
 __all__ = [
     "atomic_path", "write_json", "write_text",
     "code_version", "cpu", "log", "machine", "timed",
     "file_sha256", "load_cached", "save_cached",
     "FinishedResults", "files_digest", "fingerprint", "resumable", "source_digest",
-    "VERDICT", "publish", "run_description", "targets_table", "without_machine_paths", "write_results",
+    "VERDICT", "publish", "run_description", "targets_table", "with_interval", "without_machine_paths",
+    "write_results",
 ]

@@ -51,6 +51,12 @@ def publish(name: str, quick: bool, data: dict, markdown: str, *, folder: str | 
     return paths
 
 
+def with_interval(accuracy: float, interval, digits: int = 2) -> str:
+    """``74.10 (71.3–76.7)``: an accuracy and its (low, high) interval, in percent."""
+    low, high = interval
+    return f"{100 * accuracy:.{digits}f} ({100 * low:.1f}–{100 * high:.1f})"
+
+
 def targets_table(checks: list[dict]) -> list[str]:
     """The "## Targets" Markdown section of a results file: one row per ``{"check", "value",
     "passed"}`` (``passed`` None: a figure reported, not a pass/fail check)."""
